@@ -1,0 +1,17 @@
+"""embedcache: encode a corpus once with a frozen sentence encoder, keep the vectors in HDF5 shards."""
+
+__version__ = "0.1.0"
+
+from .cache import CacheLockedError, EmbeddingCache, FingerprintMismatchError  # noqa: E402
+from .encoders import Encoder, load_encoder, register_encoder  # noqa: E402
+from .index import text_keys  # noqa: E402
+
+__all__ = [
+    "CacheLockedError",
+    "EmbeddingCache",
+    "Encoder",
+    "FingerprintMismatchError",
+    "load_encoder",
+    "register_encoder",
+    "text_keys",
+]

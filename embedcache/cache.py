@@ -1,0 +1,333 @@
+"""EmbeddingCache: a directory of HDF5 shards and a manifest, owned by one encoder fingerprint.
+
+Layout of a cache directory::
+
+    manifest.json        fingerprint, encoder, dim, dtype and the list of whole shards
+    shard-000001.h5      keys + vectors, immutable once renamed into place
+    .lock                held by the one process allowed to write
+
+Writes go shard, then manifest, each through a temporary file, fsync and
+atomic rename: a process killed at any instant leaves a cache that opens and
+holds whole shards only.  A shard file that no manifest lists (the writer died
+between the two renames) is ignored and removed by the next writer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock, Timeout
+from tqdm.auto import tqdm
+
+from . import __version__
+from .encoders import Encoder
+from .index import KeyIndex, text_keys
+from .shards import atomic_write_json, check_shard, read_keys, read_vectors, write_shard
+
+MANIFEST = "manifest.json"
+FORMAT = "embedcache-1"
+DTYPES = ("float16", "float32")
+_SHARD_NAME = re.compile(r"^shard-(\d+)\.h5$")
+
+
+class FingerprintMismatchError(ValueError):
+    """An encoder other than the cache's own was asked to write into it."""
+
+
+class CacheLockedError(RuntimeError):
+    """Another process holds the cache's write lock."""
+
+
+class EmbeddingCache:
+    """Vectors of texts, computed once by a frozen encoder and kept on disk.
+
+    Parameters
+    ----------
+    path : directory of the cache; created when ``encoder`` is given and it does not exist.
+    encoder : the encoder that computes missing texts, or None to open read-only.
+    dtype : storage dtype of a new cache, ``"float16"`` (default) or ``"float32"``.
+    shard_size : rows per shard; at most this much work is lost on a crash.
+    """
+
+    def __init__(self, path, encoder: Encoder | None = None, dtype: str | None = None, shard_size: int = 20_000):
+        self.path = Path(path)
+        self.encoder = encoder
+        self.shard_size = shard_size
+        if dtype is not None and dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be at least 1, got {shard_size}")
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.exists():
+            if encoder is None:
+                raise FileNotFoundError(f"no embedding cache at {self.path} ({MANIFEST} not found); pass an encoder to create one")
+            self.path.mkdir(parents=True, exist_ok=True)
+            with self._write_lock():
+                if not manifest_path.exists():
+                    atomic_write_json(manifest_path, self._new_manifest(encoder, dtype or "float16"))
+        self._index = KeyIndex()
+        self._starts: list[int] = []  # global row of each shard's first vector
+        self._files: list[str] = []
+        self._stamp = None
+        self._refresh()
+        if dtype is not None and dtype != self.dtype:
+            raise ValueError(f"cache {self.path} stores {self.dtype}, but dtype={dtype!r} was asked for")
+        if encoder is not None:
+            self._check_encoder(encoder)
+
+    # -- manifest -------------------------------------------------------------
+
+    @staticmethod
+    def _new_manifest(encoder: Encoder, dtype: str) -> dict:
+        return {
+            "format": FORMAT,
+            "fingerprint": encoder.fingerprint,
+            "encoder": {"name": encoder.name, "description": encoder.describe()},
+            "dim": encoder.dim,
+            "dtype": dtype,
+            "shards": [],
+            "created_with": f"embedcache {__version__}",
+        }
+
+    def _read_manifest(self) -> dict:
+        path = self.path / MANIFEST
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read {path}: {e}") from e
+        if manifest.get("format") != FORMAT:
+            raise ValueError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}")
+        return manifest
+
+    def _refresh(self) -> None:
+        """Pick up shards written by another process since we last looked."""
+        st = os.stat(self.path / MANIFEST)
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if stamp == self._stamp:
+            return
+        manifest = self._read_manifest()
+        files = [s["file"] for s in manifest["shards"]]
+        if files[: len(self._files)] != self._files:  # shards were dropped by a repair
+            self._index, self._starts, self._files = KeyIndex(), [], []
+        rows = self._starts[-1] + self._manifest["shards"][len(self._files) - 1]["rows"] if self._files else 0
+        for shard in manifest["shards"][len(self._files) :]:
+            self._index.add(read_keys(self.path / shard["file"]), first_row=rows)
+            self._starts.append(rows)
+            self._files.append(shard["file"])
+            rows += shard["rows"]
+        self._manifest = manifest
+        self._stamp = stamp
+
+    def _check_encoder(self, encoder: Encoder) -> None:
+        if encoder.fingerprint != self.fingerprint:
+            raise FingerprintMismatchError(
+                f"cache {self.path} was built by encoder {self._manifest['encoder']['name']!r} "
+                f"(fingerprint {self.fingerprint}), but the given encoder is {encoder.name!r} "
+                f"(fingerprint {encoder.fingerprint}); use another cache directory for it"
+            )
+
+    # -- properties -----------------------------------------------------------
+
+    @property
+    def fingerprint(self) -> str:
+        return self._manifest["fingerprint"]
+
+    @property
+    def dim(self) -> int:
+        return self._manifest["dim"]
+
+    @property
+    def dtype(self) -> str:
+        return self._manifest["dtype"]
+
+    @property
+    def encoder_name(self) -> str:
+        return self._manifest["encoder"]["name"]
+
+    def __len__(self) -> int:
+        self._refresh()
+        return sum(s["rows"] for s in self._manifest["shards"])
+
+    def __repr__(self) -> str:
+        return f"EmbeddingCache({str(self.path)!r}, encoder={self.encoder_name!r}, rows={len(self)}, dim={self.dim})"
+
+    def info(self) -> dict:
+        self._refresh()
+        shards = self._manifest["shards"]
+        return {
+            "path": str(self.path),
+            "fingerprint": self.fingerprint,
+            "encoder": self.encoder_name,
+            "dim": self.dim,
+            "dtype": self.dtype,
+            "rows": sum(s["rows"] for s in shards),
+            "shards": len(shards),
+            "bytes": sum((self.path / s["file"]).stat().st_size for s in shards if (self.path / s["file"]).exists()),
+            "index_bytes": self._index.nbytes,
+        }
+
+    # -- writing --------------------------------------------------------------
+
+    @contextmanager
+    def _write_lock(self):
+        lock = FileLock(self.path / ".lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise CacheLockedError(
+                f"cache {self.path} is being written by another process (lock {self.path / '.lock'} is held); "
+                "wait for it to finish, or write to another directory"
+            ) from None
+        try:
+            self._remove_leftovers()
+            yield
+        finally:
+            lock.release()
+
+    def _remove_leftovers(self) -> None:
+        """Delete temporary files and unlisted shards of writers that died; we hold the lock."""
+        if not (self.path / MANIFEST).exists():
+            return
+        listed = {s["file"] for s in self._read_manifest()["shards"]}
+        for p in self.path.iterdir():
+            if p.name.startswith(".tmp-") or (_SHARD_NAME.match(p.name) and p.name not in listed):
+                p.unlink(missing_ok=True)
+
+    def _next_shard_name(self) -> str:
+        seqs = [int(m.group(1)) for p in self.path.iterdir() if (m := _SHARD_NAME.match(p.name))]
+        return f"shard-{max(seqs, default=0) + 1:06d}.h5"
+
+    def _write_shard(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        name = self._next_shard_name()
+        attrs = {"fingerprint": self.fingerprint, "encoder": self.encoder_name, "created": time.time()}
+        digest = write_shard(self.path / name, keys, vectors.astype(self.dtype), attrs)
+        manifest = self._read_manifest()
+        manifest["shards"].append({"file": name, "rows": len(keys), "sha256": digest})
+        atomic_write_json(self.path / MANIFEST, manifest)
+        self._refresh()
+
+    def add(self, texts, progress: bool = False) -> dict:
+        """Encode and store the texts not cached yet; return counts.
+
+        The counts are ``rows`` (texts given), ``unique``, ``cached`` (already
+        present), ``encoded`` (new now) and ``truncated`` (encoded texts the
+        encoder cut to its maximum length).
+        """
+        texts = list(texts)
+        unique = list(dict.fromkeys(texts))
+        keys = text_keys(unique)
+        with self._write_lock():
+            self._refresh()
+            missing = np.flatnonzero(self._index.lookup(keys) < 0)
+            stats = {"rows": len(texts), "unique": len(unique), "cached": len(unique) - len(missing), "encoded": 0, "truncated": 0}
+            if not len(missing):
+                return stats
+            if self.encoder is None:
+                raise KeyError(f"{len(missing)} texts are not in cache {self.path}, and it was opened without an encoder")
+            # Longest first, as sentence-transformers sorts, so batches pad little.
+            missing = sorted(missing.tolist(), key=lambda i: -len(unique[i]))
+            step = min(self.shard_size, self.encoder.batch_size * 8)
+            truncated_before = self.encoder.truncated
+            pending_keys, pending_vecs, pending = [], [], 0
+            bar = tqdm(total=len(missing), disable=not progress, unit="text", desc=f"encoding into {self.path.name}")
+            try:
+                for start in range(0, len(missing), step):
+                    idx = missing[start : start + step]
+                    pending_vecs.append(self.encoder.encode([unique[i] for i in idx]))
+                    pending_keys.append(keys[idx])
+                    pending += len(idx)
+                    stats["encoded"] += len(idx)
+                    bar.update(len(idx))
+                    while pending >= self.shard_size:
+                        k, v = np.concatenate(pending_keys), np.concatenate(pending_vecs)
+                        pending_keys, pending_vecs, pending = [k[self.shard_size :]], [v[self.shard_size :]], pending - self.shard_size
+                        self._write_shard(k[: self.shard_size], v[: self.shard_size])
+            finally:
+                # Keep what was finished on Ctrl-C or an encoder error.
+                if pending:
+                    k, v = np.concatenate(pending_keys), np.concatenate(pending_vecs)
+                    pending = 0
+                    self._write_shard(k, v)
+                bar.close()
+                stats["truncated"] = self.encoder.truncated - truncated_before
+        return stats
+
+    def encode(self, texts, progress: bool = False) -> np.ndarray:
+        """``(n, dim)`` float32 vectors of ``texts`` in input order, encoding only what is missing."""
+        texts = list(texts)
+        self.add(texts, progress=progress)
+        return self.get(texts)
+
+    # -- reading --------------------------------------------------------------
+
+    def _rows(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        position: dict[str, int] = {}
+        inverse = np.fromiter((position.setdefault(t, len(position)) for t in texts), dtype=np.int64, count=len(texts))
+        unique = list(position)
+        self._refresh()
+        return self._index.lookup(text_keys(unique)), inverse, unique
+
+    def contains(self, texts) -> np.ndarray:
+        """Boolean array: which of ``texts`` are cached."""
+        rows, inverse, _ = self._rows(list(texts))
+        return (rows >= 0)[inverse]
+
+    def get(self, texts) -> np.ndarray:
+        """``(n, dim)`` float32 vectors of ``texts`` in input order; read-only.
+
+        Raises KeyError saying how many texts are missing.
+        """
+        texts = list(texts)
+        rows, inverse, unique = self._rows(texts)
+        missing = np.flatnonzero(rows < 0)
+        if len(missing):
+            raise KeyError(
+                f"{len(missing)} of {len(unique)} distinct texts are not in cache {self.path} "
+                f"(first: {unique[missing[0]][:60]!r}); add them with cache.encode() or embedcache precompute"
+            )
+        out = np.empty((len(unique), self.dim), dtype=np.float32)
+        order = np.argsort(rows, kind="stable")
+        starts = np.asarray(self._starts)
+        shard_of = np.searchsorted(starts, rows[order], side="right") - 1
+        bounds = np.flatnonzero(np.diff(shard_of)) + 1
+        for sel, s in zip(np.split(order, bounds), shard_of[np.r_[0, bounds]] if len(order) else []):
+            out[sel] = read_vectors(self.path / self._files[s], rows[sel] - starts[s])
+        return out[inverse]
+
+    def iter_shards(self):
+        """Yield ``(keys, vectors)`` per shard, vectors in the stored dtype: one shard in memory at a time."""
+        self._refresh()
+        for name in list(self._files):
+            yield read_keys(self.path / name), read_vectors(self.path / name)
+
+    # -- integrity ------------------------------------------------------------
+
+    def verify(self, repair: bool = False) -> list[tuple[str, str]]:
+        """Check every shard against the manifest; return ``(file, reason)`` for each bad one.
+
+        With ``repair=True`` the bad shards are dropped from the manifest and
+        deleted, so the next run recomputes their texts.
+        """
+        self._refresh()
+        expected = {"fingerprint": self.fingerprint, "dim": self.dim, "dtype": self.dtype}
+        bad = []
+        for shard in self._manifest["shards"]:
+            reason = check_shard(self.path / shard["file"], {**expected, **shard})
+            if reason:
+                bad.append((shard["file"], reason))
+        if repair and bad:
+            with self._write_lock():
+                names = {name for name, _ in bad}
+                manifest = self._read_manifest()
+                manifest["shards"] = [s for s in manifest["shards"] if s["file"] not in names]
+                atomic_write_json(self.path / MANIFEST, manifest)
+                for name in names:
+                    (self.path / name).unlink(missing_ok=True)
+            self._refresh()
+        return bad

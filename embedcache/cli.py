@@ -1,0 +1,156 @@
+"""The ``embedcache`` command: precompute, verify, info."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from .cache import CacheLockedError, EmbeddingCache, FingerprintMismatchError
+from .encoders import DEFAULT_ENCODER, encoder_aliases, load_encoder
+from .inputs import FORMATS, InputError, read_table, texts_from_table
+
+PRECOMPUTE_EXAMPLES = """\
+examples:
+  # one text column, the embedded English encoder
+  embedcache precompute prompts.csv --cache cache/minilm --text-col prompt
+
+  # several files and columns; rerunning encodes only what is new
+  embedcache precompute train.jsonl test.jsonl --cache cache/minilm --text-col premise --text-col hypothesis
+
+  # compose columns into one text, as for per-metric safety scoring
+  embedcache precompute chats.parquet --cache cache/use --model use-multilingual \\
+      --template '[SYSTEM] {system}\\n[USER] {prompt}\\n[RESPONSE] {response}'
+
+  # a CSV without a header row: columns are named 0, 1, 2, ...
+  embedcache precompute stsb-en-train.csv --no-header --cache cache/minilm --text-col 0 --text-col 1
+
+The cache directory belongs to the encoder that created it: a different model,
+max length, precision or normalisation is refused, so use one directory per
+encoder.  A run that is killed keeps every finished shard; run the same command
+again to resume.
+
+With --json the last line of stdout is one JSON object: rows (data rows read),
+texts (texts to cache, rows x columns), unique, cached (present before this
+run), encoded (new this run), skipped (rows skipped by --skip-empty), truncated
+(texts longer than the encoder's max length), seconds (wall time of the whole
+command), texts_per_s (texts / seconds)."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="embedcache",
+        description="Encode texts once with a frozen sentence encoder and keep the vectors in a crash-safe HDF5 cache.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "precompute", help="encode the texts of data files into a cache",
+        description="Encode the texts of one or more data files into a cache, computing only what is not cached yet.",
+        epilog=PRECOMPUTE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help=f"data files: {', '.join(sorted(FORMATS))}")
+    p.add_argument("--cache", required=True, metavar="DIR", help="cache directory (created if absent)")
+    p.add_argument("--text-col", action="append", default=[], metavar="COL",
+                   help="a column whose texts are cached; repeat for several columns")
+    p.add_argument("--template", metavar="TEMPLATE",
+                   help="compose one text per row from columns, e.g. '{system}\\n{prompt}' (\\n and \\t are unescaped)")
+    p.add_argument("--model", default=DEFAULT_ENCODER, metavar="NAME",
+                   help=f"encoder alias ({', '.join(encoder_aliases())}), sentence-transformers id or local "
+                        f"directory (default: {DEFAULT_ENCODER}, the embedded all-MiniLM-L6-v2)")
+    p.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: cuda when present)")
+    p.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default: 64)")
+    p.add_argument("--max-length", type=int, help="truncate texts to this many tokens (default: the model's)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="compute precision (default auto: bf16/fp16 on a GPU, fp32 on the CPU)")
+    p.add_argument("--normalize", action="store_true", help="L2-normalise the vectors")
+    p.add_argument("--dtype", choices=["float16", "float32"], help="storage dtype of a new cache (default float16)")
+    p.add_argument("--shard-size", type=int, default=20_000, help="rows per shard; a crash loses at most one (default 20000)")
+    p.add_argument("--format", choices=sorted(set(FORMATS.values())), help="input format (default: from the extension)")
+    p.add_argument("--no-header", action="store_true", help="CSV/TSV files have no header row; columns are named 0, 1, ...")
+    p.add_argument("--skip-empty", action="store_true", help="skip rows with empty or missing texts instead of failing")
+    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    v = sub.add_parser("verify", help="check every shard against its checksum and the manifest",
+                       description="Check every shard of a cache against its checksum and the manifest. "
+                                   "Exits 1 when a shard is bad (after repairing, with --repair).")
+    v.add_argument("cache", metavar="DIR")
+    v.add_argument("--repair", action="store_true", help="drop bad shards so the next precompute recomputes their texts")
+    v.add_argument("--json", action="store_true", help="print a JSON report as the last line")
+
+    i = sub.add_parser("info", help="print a cache's encoder, fingerprint, size and shards")
+    i.add_argument("cache", metavar="DIR")
+    i.add_argument("--json", action="store_true", help="print a JSON object instead of text")
+    return parser
+
+
+def precompute(args) -> dict:
+    start = time.perf_counter()
+    template = args.template.replace("\\n", "\n").replace("\\t", "\t") if args.template else None
+    if not args.text_col and template is None:
+        raise InputError("give at least one --text-col or a --template")
+    texts, rows, skipped = [], 0, 0
+    for path in args.inputs:  # read and validate everything before the first encoding
+        df = read_table(path, fmt=args.format, header=not args.no_header)
+        t, s = texts_from_table(df, path, args.text_col, template, args.skip_empty)
+        texts += t
+        rows += len(df)
+        skipped += s
+    encoder = load_encoder(args.model, device=args.device, batch_size=args.batch_size,
+                           **({"max_length": args.max_length} if args.max_length else {}),
+                           **({"precision": args.precision} if args.precision != "auto" else {}),
+                           **({"normalize": True} if args.normalize else {}))
+    cache = EmbeddingCache(args.cache, encoder, dtype=args.dtype, shard_size=args.shard_size)
+    stats = cache.add(texts, progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    stats.update(rows=rows, texts=len(texts), skipped=skipped, seconds=round(seconds, 3),
+                 texts_per_s=round(len(texts) / seconds, 1), cache=str(cache.path), cache_rows=len(cache))
+    if stats["truncated"]:
+        print(f"warning: {stats['truncated']} texts were longer than {encoder.max_length} tokens and were truncated",
+              file=sys.stderr)
+    print(f"{rows} rows, {len(texts)} texts, {stats['unique']} unique: {stats['cached']} already cached, "
+          f"{stats['encoded']} encoded, {skipped} rows skipped, in {seconds:.1f} s; "
+          f"{cache.path} holds {stats['cache_rows']} vectors")
+    return stats
+
+
+def verify(args) -> dict:
+    cache = EmbeddingCache(args.cache)
+    bad = cache.verify(repair=args.repair)
+    for name, reason in bad:
+        print(f"BAD {cache.path / name}: {reason}" + (" (dropped)" if args.repair else ""))
+    info = cache.info()
+    if bad and args.repair:
+        print(f"dropped {len(bad)} bad shards; run precompute again to recompute their texts")
+    elif bad:
+        print(f"{len(bad)} bad shards; run 'embedcache verify {args.cache} --repair' to drop them")
+    else:
+        print(f"ok: {info['shards']} shards, {info['rows']} vectors, checksums match")
+    return {"ok": not bad, "bad": [{"file": n, "reason": r} for n, r in bad], "repaired": bool(bad and args.repair),
+            "shards": info["shards"], "rows": info["rows"]}
+
+
+def info(args) -> dict:
+    info = EmbeddingCache(args.cache).info()
+    if not args.json:
+        for key, value in info.items():
+            print(f"{key:12s} {value}")
+    return info
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        result = {"precompute": precompute, "verify": verify, "info": info}[args.command](args)
+    except (InputError, FingerprintMismatchError, CacheLockedError, FileNotFoundError, ValueError, KeyError) as e:
+        print(f"embedcache {args.command}: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result))
+    return 0 if result.get("ok", True) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

