@@ -106,23 +106,32 @@ class EmbeddingCache:
         return manifest
 
     def _refresh(self) -> None:
-        """Pick up shards written by another process since we last looked."""
+        """Re-read the manifest if another process replaced it since we last looked."""
         st = os.stat(self.path / MANIFEST)
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if stamp == self._stamp:
-            return
-        manifest = self._read_manifest()
-        files = [s["file"] for s in manifest["shards"]]
-        if files[: len(self._files)] != self._files:  # shards were dropped by a repair
+        if stamp != self._stamp:
+            self._manifest = self._read_manifest()
+            self._stamp = stamp
+
+    def _sync_index(self) -> None:
+        """Bring the key index up to date with the manifest, reading keys of new shards only."""
+        self._refresh()
+        shards = self._manifest["shards"]
+        if [s["file"] for s in shards[: len(self._files)]] != self._files:  # a repair dropped shards
             self._index, self._starts, self._files = KeyIndex(), [], []
-        rows = self._starts[-1] + self._manifest["shards"][len(self._files) - 1]["rows"] if self._files else 0
-        for shard in manifest["shards"][len(self._files) :]:
-            self._index.add(read_keys(self.path / shard["file"]), first_row=rows)
+        rows = self._starts[-1] + shards[len(self._files) - 1]["rows"] if self._files else 0
+        for shard in shards[len(self._files) :]:
+            try:
+                keys = read_keys(self.path / shard["file"])
+            except Exception as e:  # a missing or damaged file: h5py raises OSError, KeyError, ...
+                raise ValueError(
+                    f"cache {self.path}: shard {shard['file']} cannot be read ({e}); "
+                    f"run 'embedcache verify {self.path} --repair', then precompute again"
+                ) from None
+            self._index.add(keys, first_row=rows)
             self._starts.append(rows)
             self._files.append(shard["file"])
             rows += shard["rows"]
-        self._manifest = manifest
-        self._stamp = stamp
 
     def _check_encoder(self, encoder: Encoder) -> None:
         if encoder.fingerprint != self.fingerprint:
@@ -210,7 +219,7 @@ class EmbeddingCache:
         manifest = self._read_manifest()
         manifest["shards"].append({"file": name, "rows": len(keys), "sha256": digest})
         atomic_write_json(self.path / MANIFEST, manifest)
-        self._refresh()
+        self._sync_index()
 
     def add(self, texts, progress: bool = False) -> dict:
         """Encode and store the texts not cached yet; return counts.
@@ -223,7 +232,7 @@ class EmbeddingCache:
         unique = list(dict.fromkeys(texts))
         keys = text_keys(unique)
         with self._write_lock():
-            self._refresh()
+            self._sync_index()
             missing = np.flatnonzero(self._index.lookup(keys) < 0)
             stats = {"rows": len(texts), "unique": len(unique), "cached": len(unique) - len(missing), "encoded": 0, "truncated": 0}
             if not len(missing):
@@ -270,7 +279,7 @@ class EmbeddingCache:
         position: dict[str, int] = {}
         inverse = np.fromiter((position.setdefault(t, len(position)) for t in texts), dtype=np.int64, count=len(texts))
         unique = list(position)
-        self._refresh()
+        self._sync_index()
         return self._index.lookup(text_keys(unique)), inverse, unique
 
     def contains(self, texts) -> np.ndarray:
@@ -303,8 +312,8 @@ class EmbeddingCache:
     def iter_shards(self):
         """Yield ``(keys, vectors)`` per shard, vectors in the stored dtype: one shard in memory at a time."""
         self._refresh()
-        for name in list(self._files):
-            yield read_keys(self.path / name), read_vectors(self.path / name)
+        for shard in self._manifest["shards"]:
+            yield read_keys(self.path / shard["file"]), read_vectors(self.path / shard["file"])
 
     # -- integrity ------------------------------------------------------------
 
@@ -329,5 +338,4 @@ class EmbeddingCache:
                 atomic_write_json(self.path / MANIFEST, manifest)
                 for name in names:
                     (self.path / name).unlink(missing_ok=True)
-            self._refresh()
         return bad

@@ -60,7 +60,8 @@ def read_table(path, fmt: str | None = None, header: bool = True) -> pd.DataFram
         text = _decode(path)
         try:
             df = pd.read_csv(io.StringIO(text), sep="," if fmt == "csv" else "\t", dtype=str,
-                             keep_default_na=False, header=0 if header else None)
+                             keep_default_na=False, skip_blank_lines=False,
+                             header=0 if header else None)
         except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
             raise InputError(f"{path}: not a readable {fmt.upper()} file ({e})") from None
     elif fmt == "json":
