@@ -299,14 +299,17 @@ class EmbeddingCache:
                 f"{len(missing)} of {len(unique)} distinct texts are not in cache {self.path} "
                 f"(first: {unique[missing[0]][:60]!r}); add them with cache.encode() or embedcache precompute"
             )
-        out = np.empty((len(unique), self.dim), dtype=np.float32)
+        # Fill the output in place, shard by shard in row order: one pass over
+        # the result, no intermediate array of the distinct texts.
+        rows = rows[inverse]
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
         order = np.argsort(rows, kind="stable")
         starts = np.asarray(self._starts)
         shard_of = np.searchsorted(starts, rows[order], side="right") - 1
         bounds = np.flatnonzero(np.diff(shard_of)) + 1
         for sel, s in zip(np.split(order, bounds), shard_of[np.r_[0, bounds]] if len(order) else []):
             out[sel] = read_vectors(self.path / self._files[s], rows[sel] - starts[s])
-        return out[inverse]
+        return out
 
     def iter_shards(self):
         """Yield ``(keys, vectors)`` per shard, vectors in the stored dtype: one shard in memory at a time."""
