@@ -26,7 +26,7 @@ from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from . import __version__
-from .encoders import Encoder
+from .encoders import Encoder, load_encoder
 from .index import KeyIndex, text_keys
 from .shards import atomic_write_json, check_shard, read_keys, read_vectors, write_shard
 
@@ -88,7 +88,7 @@ class EmbeddingCache:
         return {
             "format": FORMAT,
             "fingerprint": encoder.fingerprint,
-            "encoder": {"name": encoder.name, "description": encoder.describe()},
+            "encoder": {"name": encoder.name, "load": encoder.spec, "description": encoder.describe()},
             "dim": encoder.dim,
             "dtype": dtype,
             "shards": [],
@@ -158,6 +158,19 @@ class EmbeddingCache:
     @property
     def encoder_name(self) -> str:
         return self._manifest["encoder"]["name"]
+
+    def load_encoder(self, device: str | None = None, **kwargs) -> Encoder:
+        """Load the encoder that built this cache (as recorded in the manifest) and make it this cache's encoder."""
+        spec = self._manifest["encoder"].get("load")
+        if spec is None:
+            raise ValueError(
+                f"cache {self.path} does not record how to load its encoder {self.encoder_name!r} "
+                "(it was built by a custom Encoder); pass that encoder to EmbeddingCache"
+            )
+        encoder = load_encoder(device=device, **spec, **kwargs)
+        self._check_encoder(encoder)
+        self.encoder = encoder
+        return encoder
 
     def __len__(self) -> int:
         self._refresh()

@@ -42,6 +42,7 @@ class Encoder:
     dim: int
     max_length: int | None = None  # in tokens; None where the model never truncates
     batch_size: int = 64
+    spec: dict | None = None  # load_encoder(**spec) builds it again; set by load_encoder
 
     def __init__(self) -> None:
         self.truncated = 0  # texts truncated so far, over the life of this encoder
@@ -274,6 +275,9 @@ def load_encoder(name_or_path: str | None = None, device: str | None = None, **k
     """
     name = DEFAULT_ENCODER if name_or_path is None else str(name_or_path)
     factory = _ALIASES.get(name.lower())
-    if factory is not None:
-        return factory(device=device, **kwargs)
-    return SentenceTransformerEncoder(name, device=device, **kwargs)
+    if factory is None and Path(name).exists():
+        name = str(Path(name).resolve())
+    encoder = (factory or SentenceTransformerEncoder)(**({} if factory else {"name_or_path": name}), device=device, **kwargs)
+    # How to load this encoder again (a cache records it): everything but where and how fast it runs.
+    encoder.spec = {"name_or_path": name, **{k: v for k, v in kwargs.items() if k not in ("batch_size", "threads")}}
+    return encoder

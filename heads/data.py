@@ -1,0 +1,120 @@
+"""From a table and a cache to what a head trains on: distinct vectors per input, indices per row, labels.
+
+Each input side (``text``, ``pair``, ``condition``) is a table of the distinct
+vectors of that column plus one index per row: a response scored on 8 metrics
+is stored once, and 8 condition vectors serve 450k rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from embedcache import EmbeddingCache
+from embedcache.inputs import InputError, bad_rows, check_columns
+
+SIDES = ("text", "pair", "condition")
+
+
+def embed(cache: EmbeddingCache, texts: list[str]) -> np.ndarray:
+    """Vectors of ``texts`` from the cache; texts missing from it are encoded through it."""
+    present = cache.contains(texts)
+    if not present.all():
+        if cache.encoder is None:
+            cache.load_encoder()
+        cache.add(texts, progress=True)
+    return cache.get(texts)
+
+
+@dataclass
+class Inputs:
+    """Rows of one dataset: ``tables[side]`` (m, dim) distinct vectors, ``index[side]`` (n,) rows into them."""
+
+    tables: dict[str, np.ndarray]
+    index: dict[str, np.ndarray]
+    condition_values: list | None = None  # the condition text of each row, for per-condition metrics
+    sides: tuple = field(init=False)
+
+    def __post_init__(self):
+        self.sides = tuple(s for s in SIDES if s in self.tables)
+
+    def __len__(self) -> int:
+        return len(self.index["text"])
+
+    def subset(self, rows) -> "Inputs":
+        rows = np.asarray(rows)
+        cond = None if self.condition_values is None else [self.condition_values[i] for i in rows]
+        return Inputs(self.tables, {s: i[rows] for s, i in self.index.items()}, cond)
+
+    def rows(self, side: str) -> np.ndarray:
+        """The (n, dim) vectors of one side, row by row."""
+        return self.tables[side][self.index[side]]
+
+
+def column_texts(df: pd.DataFrame, column: str, path) -> list[str]:
+    bad = bad_rows(df, column, path)
+    if bad:
+        rows = ", ".join(str(i + 1) for i in bad[:10])
+        raise InputError(f"{path}: column {column!r} has {len(bad)} empty or missing texts, at rows {rows} (1-based)")
+    return df[column].tolist()
+
+
+def load_inputs(cache: EmbeddingCache, df: pd.DataFrame, columns: dict, path) -> Inputs:
+    """``columns`` maps side -> column name (``text`` required, ``pair`` and ``condition`` optional)."""
+    columns = {s: c for s, c in columns.items() if c is not None}
+    check_columns(df, list(columns.values()), path)
+    if not len(df):
+        raise InputError(f"{path}: has no data rows")
+    tables, index = {}, {}
+    for side, column in columns.items():
+        values = column_texts(df, column, path)
+        position: dict[str, int] = {}
+        index[side] = np.fromiter((position.setdefault(v, len(position)) for v in values), dtype=np.int64, count=len(values))
+        tables[side] = embed(cache, list(position))
+    conditions = df[columns["condition"]].tolist() if "condition" in columns else None
+    return Inputs(tables, index, conditions)
+
+
+def load_labels(df: pd.DataFrame, label_cols: list[str], path) -> np.ndarray:
+    """``(n, n_labels)`` float labels; NaN marks a missing label (allowed only with several labels)."""
+    check_columns(df, label_cols, path)
+    out = np.empty((len(df), len(label_cols)))
+    for j, col in enumerate(label_cols):
+        raw = df[col]
+        values = pd.to_numeric(raw.replace("", np.nan), errors="coerce").to_numpy(dtype=float)
+        not_numbers = np.flatnonzero(np.isnan(values) & raw.notna().to_numpy() & (raw.astype(str).str.strip() != "").to_numpy()
+                                     & (raw.astype(str).str.lower() != "nan").to_numpy())
+        if len(not_numbers):
+            i = not_numbers[0]
+            raise InputError(f"{path}: row {i + 1}, column {col!r}: expected a number, found {raw.iloc[i]!r}"
+                             f" ({len(not_numbers)} such rows)")
+        infinite = np.flatnonzero(np.isinf(values))
+        if len(infinite):
+            raise InputError(f"{path}: column {col!r} has infinite labels at rows {_rows(infinite)}")
+        out[:, j] = values
+    missing = np.isnan(out)
+    if len(label_cols) == 1 and missing.any():
+        raise InputError(f"{path}: column {label_cols[0]!r} has NaN or empty labels at rows {_rows(np.flatnonzero(missing[:, 0]))}")
+    if missing.all(axis=1).any():
+        raise InputError(f"{path}: rows {_rows(np.flatnonzero(missing.all(axis=1)))} have no label in any of {label_cols}")
+    return out
+
+
+def _rows(positions) -> str:
+    shown = ", ".join(str(i + 1) for i in positions[:10])
+    return shown + (f" and {len(positions) - 10} more" if len(positions) > 10 else "") + " (1-based)"
+
+
+def grouped_split(groups: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and validation rows, no group (text) on both sides."""
+    from sklearn.model_selection import GroupShuffleSplit
+
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    if len(np.unique(groups)) < 2:
+        raise InputError("need at least 2 distinct texts to hold some out for validation")
+    split = GroupShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
+    train, val = next(split.split(np.zeros(len(groups)), groups=groups))
+    return train, val

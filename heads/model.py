@@ -1,0 +1,242 @@
+"""HeadModel: a head trained on a table of texts and labels, through an embedcache cache.
+
+A saved model is a directory: ``config.json`` (head type and sizes, columns,
+label scaling, the encoder's fingerprint, training arguments, validation
+metrics, library versions) and ``model.safetensors``.  Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from embedcache import EmbeddingCache, FingerprintMismatchError
+from embedcache.encoders import resolve_device
+from embedcache.inputs import InputError, read_table
+
+from .data import Inputs, grouped_split, load_inputs, load_labels
+from .metrics import report
+from .modules import MODULES
+from .train import fit as fit_module
+from .train import predict_scaled, to_device
+
+HEADS = ("concat", "two-tower", "ridge")
+RIDGE_ALPHAS = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
+
+
+def check_head(head: str) -> None:
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; choose one of: {', '.join(HEADS)}")
+
+
+def ridge_features(tables: dict, index: dict, sides) -> np.ndarray:
+    """What the ridge baseline sees: the sides joined, with |u-v| and u*v for pairs."""
+    rows = {s: tables[s][index[s]] for s in sides}
+    parts = [rows[s] for s in sides]
+    if "pair" in rows:
+        parts += [np.abs(rows["text"] - rows["pair"]), rows["text"] * rows["pair"]]
+    return np.concatenate(parts, axis=1)
+
+
+def fit_ridge(X: np.ndarray, y: np.ndarray, alphas=RIDGE_ALPHAS) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """Ridge per label on the rows where that label is present, alpha chosen by efficient leave-one-out."""
+    from sklearn.linear_model import RidgeCV
+
+    coef, intercept, chosen = [], [], []
+    for j in range(y.shape[1]):
+        keep = ~np.isnan(y[:, j])
+        ridge = RidgeCV(alphas=alphas).fit(X[keep], y[keep, j])
+        coef.append(ridge.coef_)
+        intercept.append(ridge.intercept_)
+        chosen.append(float(ridge.alpha_))
+    return np.asarray(coef, dtype=np.float32), np.asarray(intercept, dtype=np.float32), chosen
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version()}
+    for dist in ("embedcache", "torch", "numpy", "scikit-learn", "safetensors", "sentence-transformers"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+class HeadModel:
+    """A regression head over cached embeddings.
+
+    Parameters are stored as given (scikit-learn style); fitted state ends in ``_``.
+    ``head`` is ``concat``, ``two-tower`` or ``ridge``; ``label_range=(lo, hi)``
+    bounds predictions; ``batch_size=None`` picks about 100 steps an epoch.
+    """
+
+    def __init__(self, head="concat", width=256, dropout=0.1, shared=True, loss="mse", epochs=30, lr=1e-3,
+                 weight_decay=0.01, batch_size=None, patience=5, val_fraction=0.1, label_range=None, seed=0,
+                 device=None):
+        check_head(head)
+        self.head, self.width, self.dropout, self.shared = head, width, dropout, shared
+        self.loss, self.epochs, self.lr, self.weight_decay = loss, epochs, lr, weight_decay
+        self.batch_size, self.patience, self.val_fraction = batch_size, patience, val_fraction
+        self.label_range, self.seed, self.device = label_range, seed, device
+
+    def params(self) -> dict:
+        return {k: getattr(self, k) for k in ("head", "width", "dropout", "shared", "loss", "epochs", "lr",
+                                              "weight_decay", "batch_size", "patience", "val_fraction",
+                                              "label_range", "seed")}
+
+    # -- training -------------------------------------------------------------
+
+    def fit(self, cache: EmbeddingCache, data, label_cols, text_col="text", pair_col=None, condition_col=None,
+            val_data=None, progress=True) -> "HeadModel":
+        """Train on ``data`` (a DataFrame or a file); validate on ``val_data`` or a grouped split."""
+        label_cols = [label_cols] if isinstance(label_cols, str) else list(label_cols)
+        self.columns_ = {"text": text_col, "pair": pair_col, "condition": condition_col}
+        if self.head == "two-tower" and (pair_col is None) == (condition_col is None):
+            raise ValueError("the two-tower head needs exactly one of a pair column or a condition column")
+        df, path = _table(data)
+        inputs, y = load_inputs(cache, df, self.columns_, path), load_labels(df, label_cols, path)
+        if val_data is not None:
+            vdf, vpath = _table(val_data)
+            val, y_val = load_inputs(cache, vdf, self.columns_, vpath), load_labels(vdf, label_cols, vpath)
+            train = inputs
+        else:
+            train_rows, val_rows = grouped_split(inputs.index["text"], self.val_fraction, self.seed)
+            train, val, y, y_val = inputs.subset(train_rows), inputs.subset(val_rows), y[train_rows], y[val_rows]
+        self.labels_ = label_cols
+        self.encoder_ = {"fingerprint": cache.fingerprint, "name": cache.encoder_name,
+                         "load": cache._manifest["encoder"].get("load")}
+        self.fit_inputs(train, y, val, y_val, path=path, progress=progress)
+        return self
+
+    def fit_inputs(self, train: Inputs, y: np.ndarray, val: Inputs | None = None, y_val=None, path="data",
+                   progress=True) -> "HeadModel":
+        """Train on prepared inputs (vectors and labels already in memory)."""
+        self.labels_ = getattr(self, "labels_", None) or [f"label_{j}" for j in range(y.shape[1])]
+        if not len(train):
+            raise InputError(f"{path}: no training rows")
+        self.mean_ = np.nanmean(y, axis=0)
+        self.std_ = np.nanstd(y, axis=0)
+        constant = [name for name, s in zip(self.labels_, self.std_) if not s > 0]
+        if constant:
+            raise InputError(f"{path}: label {', '.join(map(repr, constant))} is constant in the training rows; nothing to learn")
+        self.sides_, self.dim_ = train.sides, next(iter(train.tables.values())).shape[1]
+        y_s = (y - self.mean_) / self.std_
+        if self.head == "ridge":
+            X = ridge_features(train.tables, train.index, self.sides_)
+            self.coef_, self.intercept_, self.alphas_ = fit_ridge(X, y_s)
+            self.history_ = []
+        else:
+            self.module_ = self._new_module()
+            device = resolve_device(self.device)
+            yv = None if val is None else (y_val - self.mean_) / self.std_
+            self.history_ = fit_module(
+                self.module_, train.tables, train.index, y_s, None if val is None else val.index, yv,
+                val_tables=None if val is None else val.tables, scale=self.std_, loss=self.loss,
+                epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay, batch_size=self.batch_size,
+                patience=self.patience, seed=self.seed, device=device, progress=progress)
+            self.module_.to("cpu")
+        self.validation_ = None if val is None else report(y_val, self.predict_inputs(val), self.labels_, val.condition_values)
+        return self
+
+    def _new_module(self):
+        return MODULES[self.head](self.dim_, self.sides_, width=self.width, dropout=self.dropout,
+                                  n_outputs=len(self.labels_), shared=self.shared)
+
+    # -- prediction -----------------------------------------------------------
+
+    def predict_inputs(self, inputs: Inputs) -> np.ndarray:
+        """``(n, n_labels)`` predictions in label units, bounded by ``label_range``."""
+        if self.head == "ridge":
+            X = ridge_features(inputs.tables, inputs.index, self.sides_)
+            scaled = X @ self.coef_.T + self.intercept_
+        else:
+            tables, index = to_device(inputs.tables, inputs.index, "cpu")
+            scaled = predict_scaled(self.module_, tables, index).numpy()
+        out = scaled * self.std_ + self.mean_
+        if self.label_range is not None:
+            out = np.clip(out, *self.label_range)
+        return out
+
+    def _check_cache(self, cache: EmbeddingCache) -> None:
+        if cache.fingerprint != self.encoder_["fingerprint"]:
+            raise FingerprintMismatchError(
+                f"the model was trained on vectors of encoder {self.encoder_['name']!r} (fingerprint "
+                f"{self.encoder_['fingerprint']}), but cache {cache.path} holds encoder {cache.encoder_name!r} "
+                f"(fingerprint {cache.fingerprint}); use a cache built with the model's encoder"
+            )
+
+    def _inputs(self, cache, data, columns=None) -> tuple[Inputs, pd.DataFrame, str]:
+        self._check_cache(cache)
+        df, path = _table(data)
+        columns = {**self.columns_, **{k: v for k, v in (columns or {}).items() if v is not None}}
+        return load_inputs(cache, df, columns, path), df, path
+
+    def predict(self, cache: EmbeddingCache, data, columns=None) -> np.ndarray:
+        """Predictions for the rows of ``data``; ``columns`` overrides the trained column names."""
+        inputs, _, _ = self._inputs(cache, data, columns)
+        return self.predict_inputs(inputs)
+
+    def evaluate(self, cache: EmbeddingCache, data, label_cols=None, columns=None) -> tuple[dict, np.ndarray, np.ndarray, Inputs]:
+        """Metrics (overall, per label, per condition), the labels, the predictions and the inputs."""
+        inputs, df, path = self._inputs(cache, data, columns)
+        y = load_labels(df, list(label_cols or self.labels_), path)
+        pred = self.predict_inputs(inputs)
+        return report(y, pred, list(label_cols or self.labels_), inputs.condition_values), y, pred, inputs
+
+    # -- saving ---------------------------------------------------------------
+
+    def save(self, directory) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.head == "ridge":
+            tensors = {"coef": torch.from_numpy(self.coef_), "intercept": torch.from_numpy(self.intercept_)}
+        else:
+            tensors = {k: v.contiguous() for k, v in self.module_.state_dict().items()}
+        save_file(tensors, str(directory / "model.safetensors"))
+        config = {
+            "head": self.head, "params": self.params(), "dim": int(self.dim_), "sides": list(self.sides_),
+            "columns": self.columns_, "labels": self.labels_,
+            "label_mean": self.mean_.tolist(), "label_std": self.std_.tolist(),
+            "encoder": self.encoder_, "validation": self.validation_, "history": self.history_,
+            "ridge_alphas": getattr(self, "alphas_", None), "versions": _versions(),
+        }
+        (directory / "config.json").write_text(json.dumps(config, indent=1, allow_nan=True) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory) -> "HeadModel":
+        directory = Path(directory)
+        for name in ("config.json", "model.safetensors"):
+            if not (directory / name).exists():
+                raise FileNotFoundError(f"{directory} is not a saved head model: {name} is missing")
+        config = json.loads((directory / "config.json").read_text())
+        params = config["params"]
+        if params.get("label_range") is not None:
+            params["label_range"] = tuple(params["label_range"])
+        model = cls(**params)
+        model.dim_, model.sides_, model.columns_ = config["dim"], tuple(config["sides"]), config["columns"]
+        model.labels_, model.encoder_ = config["labels"], config["encoder"]
+        model.mean_, model.std_ = np.asarray(config["label_mean"]), np.asarray(config["label_std"])
+        model.validation_, model.history_ = config["validation"], config["history"]
+        tensors = load_file(str(directory / "model.safetensors"))
+        if model.head == "ridge":
+            model.coef_, model.intercept_ = tensors["coef"].numpy(), tensors["intercept"].numpy()
+            model.alphas_ = config.get("ridge_alphas")
+        else:
+            model.module_ = model._new_module()
+            model.module_.load_state_dict(tensors)
+            model.module_.eval()
+        return model
+
+
+def _table(data) -> tuple[pd.DataFrame, str]:
+    if isinstance(data, pd.DataFrame):
+        return data, "data"
+    return read_table(data), str(data)

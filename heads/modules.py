@@ -1,0 +1,81 @@
+"""The neural heads.  Each takes, per input side, a table of distinct vectors and the row indices of a batch.
+
+When a side has fewer distinct vectors than the batch has rows (conditions:
+8 metric names under 450k rows), its projection runs on the table and is
+gathered afterwards, which makes that side nearly free.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Projection(nn.Sequential):
+    """linear -> GELU -> layer norm -> dropout."""
+
+    def __init__(self, dim: int, width: int, dropout: float):
+        super().__init__(nn.Linear(dim, width), nn.GELU(), nn.LayerNorm(width), nn.Dropout(dropout))
+
+
+def _project(module: nn.Module, table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    if len(table) < len(index):
+        return module(table)[index]  # one dropout mask per distinct vector in this batch
+    return module(table[index])
+
+
+class ConcatHead(nn.Module):
+    """Each side projected, joined (with |u-v| and u*v for pairs), an MLP to the outputs."""
+
+    def __init__(self, dim: int, sides=("text",), width: int = 256, dropout: float = 0.1, n_outputs: int = 1,
+                 shared: bool = True):
+        super().__init__()
+        self.sides, self.shared = tuple(sides), shared
+        names = [s for s in self.sides if not (s == "pair" and shared)]
+        self.proj = nn.ModuleDict({s: Projection(dim, width, dropout) for s in names})
+        n_parts = len(self.sides) + (2 if "pair" in self.sides else 0)
+        self.mlp = nn.Sequential(nn.Linear(n_parts * width, width), nn.GELU(), nn.Dropout(dropout), nn.Linear(width, n_outputs))
+
+    def forward(self, tables: dict, index: dict) -> torch.Tensor:
+        h = {s: _project(self.proj["text" if s == "pair" and self.shared else s], tables[s], index[s]) for s in self.sides}
+        parts = [h[s] for s in self.sides]
+        if "pair" in h:
+            parts += [(h["text"] - h["pair"]).abs(), h["text"] * h["pair"]]
+        return self.mlp(torch.cat(parts, dim=1))
+
+
+class Tower(nn.Module):
+    """x + MLP(x), the last layer starting at zero: training starts from the plain cosine of the inputs."""
+
+    def __init__(self, dim: int, width: int, dropout: float):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(dim, width), nn.GELU(), nn.Dropout(dropout), nn.Linear(width, dim))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, x):
+        return x + self.mlp(x)
+
+
+class TwoTowerHead(nn.Module):
+    """A tower per side, cosine similarity of the two outputs, a small MLP from it to the outputs."""
+
+    def __init__(self, dim: int, sides=("text", "pair"), width: int = 256, dropout: float = 0.1, n_outputs: int = 1,
+                 shared: bool = True):
+        super().__init__()
+        if len(sides) != 2:
+            raise ValueError(f"two-tower compares exactly two inputs (text and pair, or text and condition), got {list(sides)}")
+        self.sides = tuple(sides)
+        self.shared = shared and sides[1] == "pair"  # a condition is another kind of text: its own tower
+        self.towers = nn.ModuleDict({s: Tower(dim, width, dropout) for s in (self.sides[:1] if self.shared else self.sides)})
+        self.mlp = nn.Sequential(nn.Linear(1, 16), nn.GELU(), nn.Linear(16, n_outputs))
+
+    def forward(self, tables: dict, index: dict) -> torch.Tensor:
+        a, b = self.sides
+        u = _project(self.towers[a], tables[a], index[a])
+        v = _project(self.towers[a if self.shared else b], tables[b], index[b])
+        return self.mlp(F.cosine_similarity(u, v, dim=1).unsqueeze(1))
+
+
+MODULES = {"concat": ConcatHead, "two-tower": TwoTowerHead}
