@@ -1,0 +1,176 @@
+"""The ``heads`` command: train, predict, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+
+from embedcache import EmbeddingCache, FingerprintMismatchError
+from embedcache.inputs import FORMATS, InputError, read_table
+
+from .model import HEADS, HeadModel
+
+EXAMPLES = """\
+examples:
+  # one text -> score (prompt quality on 0-1)
+  heads train --cache cache/minilm --data prompts.csv --text-col prompt --label-col quality \\
+      --label-range 0 1 --out models/quality
+  # text + condition -> score (safety per metric on 0-10); an unseen metric name still gets a score
+  heads train --cache cache/use --data safety.jsonl --text-col response --condition-col metric \\
+      --label-col score --head concat --out models/safety
+  # a pair of texts -> score (STS), without a header row
+  heads train --cache cache/minilm --data stsb-en-train.csv --no-header --text-col 0 --pair-col 1 \\
+      --label-col 2 --head two-tower --out models/sts
+  heads evaluate --model models/sts --cache cache/minilm --data stsb-en-dev.csv --no-header --plots plots/
+  heads predict --model models/sts --cache cache/minilm --data new.csv --no-header --out preds.csv
+
+Texts missing from the cache are encoded through it with the encoder that
+built it. With --json the last line of stdout is one JSON object with n, mse,
+rmse, mae, pearson, spearman and r2 (validation metrics for train)."""
+
+
+def _add_data(p, train: bool) -> None:
+    p.add_argument("--cache", required=True, metavar="DIR", help="embedcache cache directory of the vectors")
+    p.add_argument("--data", required=True, metavar="FILE", help=f"data file: {', '.join(sorted(FORMATS))}")
+    default = "default: text" if train else "default: the model's"
+    p.add_argument("--text-col", default="text" if train else None, metavar="COL", help=f"the text column ({default})")
+    p.add_argument("--pair-col", metavar="COL", help="second text of a pair (premise/hypothesis, sentence1/sentence2)")
+    p.add_argument("--condition-col", metavar="COL", help="condition text per row, e.g. a metric name or description")
+    p.add_argument("--no-header", action="store_true", help="CSV/TSV without a header row: columns are named 0, 1, ...")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="heads", description="Train, evaluate and use regression heads on cached embeddings.",
+                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a head", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Train a head on the cached vectors of a labelled file and save it as a directory.")
+    _add_data(t, train=True)
+    t.add_argument("--label-col", action="append", required=True, metavar="COL",
+                   help="label column; repeat for several labels (one head, one output each; missing labels masked)")
+    t.add_argument("--head", default="concat", help=f"one of {', '.join(HEADS)} (default: concat)")
+    t.add_argument("--out", required=True, metavar="MODEL_DIR", help="where to save the model")
+    t.add_argument("--val-data", metavar="FILE", help="validation file (default: 10%% of the texts held out)")
+    t.add_argument("--val-fraction", type=float, default=0.1, help="held-out share of distinct texts (default 0.1)")
+    t.add_argument("--label-range", type=float, nargs=2, metavar=("LO", "HI"), help="bound predictions to [LO, HI]")
+    t.add_argument("--loss", default="mse", choices=["mse", "huber", "l1"])
+    t.add_argument("--epochs", type=int, default=30, help="at most this many epochs (default 30)")
+    t.add_argument("--patience", type=int, default=5, help="stop after this many epochs without a better val RMSE")
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--weight-decay", type=float, default=0.01)
+    t.add_argument("--batch-size", type=int, help="rows per step (default: about 100 steps an epoch, 32 to 1024)")
+    t.add_argument("--width", type=int, default=256, help="projection width (default 256)")
+    t.add_argument("--dropout", type=float, default=0.1)
+    t.add_argument("--no-shared", action="store_true", help="separate projections for the two texts of a pair")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", help="cuda or cpu (default: cuda when present)")
+    t.add_argument("--json", action="store_true", help="print the validation metrics as JSON on the last line")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("predict", help="write predictions for a file", description="Write id,score per row (a column per label).")
+    p.add_argument("--model", required=True, metavar="MODEL_DIR")
+    _add_data(p, train=False)
+    p.add_argument("--out", required=True, metavar="CSV", help="predictions file")
+    p.add_argument("--id-col", metavar="COL", help="column copied as id (default: 'id' if present, else the row number)")
+    p.add_argument("--round", type=int, metavar="N", help="round predictions to N decimals")
+
+    e = sub.add_parser("evaluate", help="metrics (and plots) of a model on a labelled file")
+    e.add_argument("--model", required=True, metavar="MODEL_DIR")
+    _add_data(e, train=False)
+    e.add_argument("--label-col", action="append", metavar="COL", help="label columns (default: the model's)")
+    e.add_argument("--plots", metavar="DIR", help="write predicted-vs-true, residual and per-condition PNGs here")
+    e.add_argument("--json", action="store_true", help="print the metrics as JSON on the last line")
+    return parser
+
+
+def _read(args, path):
+    return read_table(path, header=not args.no_header)
+
+
+def _columns(args) -> dict:
+    return {"text": args.text_col, "pair": args.pair_col, "condition": args.condition_col}
+
+
+def _print_metrics(prefix: str, m: dict) -> None:
+    print(f"{prefix}: n={m['n']} rmse={m['rmse']:.4f} mae={m['mae']:.4f} pearson={m['pearson']:.4f} "
+          f"spearman={m['spearman']:.4f} r2={m['r2']:.4f}")
+
+
+def train(args) -> dict:
+    start = time.perf_counter()
+    model = HeadModel(head=args.head, width=args.width, dropout=args.dropout, shared=not args.no_shared, loss=args.loss,
+                      epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
+                      patience=args.patience, val_fraction=args.val_fraction,
+                      label_range=tuple(args.label_range) if args.label_range else None, seed=args.seed, device=args.device)
+    cache = EmbeddingCache(args.cache)
+    val = _read(args, args.val_data) if args.val_data else None
+    model.fit(cache, _read(args, args.data), args.label_col, text_col=args.text_col, pair_col=args.pair_col,
+              condition_col=args.condition_col, val_data=val, progress=not args.quiet)
+    model.save(args.out)
+    _print_metrics(f"{args.head} saved to {args.out}; validation", model.validation_)
+    return {**_flat(model.validation_), "model": args.out, "epochs": len(model.history_),
+            "seconds": round(time.perf_counter() - start, 2)}
+
+
+def predict(args) -> dict:
+    import pandas as pd
+
+    model = HeadModel.load(args.model)
+    df = _read(args, args.data)
+    pred = model.predict(EmbeddingCache(args.cache), df, _columns(args))
+    if args.round is not None:
+        pred = pred.round(args.round)
+    id_col = args.id_col or ("id" if "id" in df.columns else None)
+    if args.id_col and args.id_col not in df.columns:
+        raise InputError(f"{args.data}: no column {args.id_col!r}; available columns: {', '.join(df.columns)}")
+    ids = df[id_col].tolist() if id_col else list(range(1, len(df) + 1))
+    names = ["score"] if len(model.labels_) == 1 else model.labels_
+    out = pd.DataFrame({"id": ids, **{n: pred[:, j] for j, n in enumerate(names)}})
+    out.to_csv(args.out, index=False)
+    print(f"wrote {len(out)} predictions to {args.out}")
+    return {"n": len(out), "out": args.out}
+
+
+def evaluate(args) -> dict:
+    model = HeadModel.load(args.model)
+    metrics, y, pred, _ = model.evaluate(EmbeddingCache(args.cache), _read(args, args.data), args.label_col, _columns(args))
+    labels = list(args.label_col or model.labels_)
+    _print_metrics(f"{args.model} on {args.data}", metrics)
+    for cond, per in metrics.get("per_condition", {}).items():
+        for label, m in per.items():
+            _print_metrics(f"  {cond}" + (f" / {label}" if len(labels) > 1 else ""), m)
+    if args.plots:
+        from .plots import write_plots
+
+        for path in write_plots(args.plots, y, pred, labels, metrics):
+            print(f"wrote {path}")
+    return _flat(metrics)
+
+
+def _flat(metrics: dict) -> dict:
+    """JSON-safe: NaN (an undefined correlation) becomes null."""
+    def clean(v):
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        return None if isinstance(v, float) and math.isnan(v) else v
+    return clean(metrics)
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        result = {"train": train, "predict": predict, "evaluate": evaluate}[args.command](args)
+    except (InputError, FingerprintMismatchError, FileNotFoundError, ValueError, KeyError) as e:
+        print(f"heads {args.command}: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 1
+    if getattr(args, "json", False):
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
