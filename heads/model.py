@@ -7,6 +7,7 @@ metrics, library versions) and ``model.safetensors``.  Nothing is unpickled.
 
 from __future__ import annotations
 
+import copy
 import json
 import platform
 from importlib import metadata
@@ -23,7 +24,7 @@ from embedcache.inputs import InputError, read_table
 
 from .data import Inputs, grouped_split, load_inputs, load_labels
 from .metrics import report
-from .modules import MODULES
+from .modules import MODULES, TwoTowerHead
 from .train import fit as fit_module
 from .train import predict_scaled, to_device
 
@@ -133,7 +134,10 @@ class HeadModel:
             self.coef_, self.intercept_, self.alphas_ = fit_ridge(X, y_s)
             self.history_ = []
         else:
+            torch.manual_seed(self.seed)  # the initial weights too: a fixed seed gives identical models
             self.module_ = self._new_module()
+            if isinstance(self.module_, TwoTowerHead):
+                self.module_.start_from_cosine(*to_device(train.tables, train.index, "cpu"), y_s)
             device = resolve_device(self.device)
             yv = None if val is None else (y_val - self.mean_) / self.std_
             self.history_ = fit_module(
@@ -157,8 +161,10 @@ class HeadModel:
             X = ridge_features(inputs.tables, inputs.index, self.sides_)
             scaled = X @ self.coef_.T + self.intercept_
         else:
+            # float64 on the CPU: a row's prediction does not depend on what else is in its batch
             tables, index = to_device(inputs.tables, inputs.index, "cpu")
-            scaled = predict_scaled(self.module_, tables, index).numpy()
+            module = copy.deepcopy(self.module_).to("cpu", torch.float64)
+            scaled = predict_scaled(module, {s: t.double() for s, t in tables.items()}, index).numpy()
         out = scaled * self.std_ + self.mean_
         if self.label_range is not None:
             out = np.clip(out, *self.label_range)

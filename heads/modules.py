@@ -59,7 +59,12 @@ class Tower(nn.Module):
 
 
 class TwoTowerHead(nn.Module):
-    """A tower per side, cosine similarity of the two outputs, a small MLP from it to the outputs."""
+    """A tower per side, cosine similarity of the two outputs, a small MLP from it to the outputs.
+
+    The output is linear in the cosine plus an MLP that starts at zero; with
+    ``start_from_cosine`` the linear part is fitted first, so training starts
+    from the plain cosine similarity calibrated to the labels.
+    """
 
     def __init__(self, dim: int, sides=("text", "pair"), width: int = 256, dropout: float = 0.1, n_outputs: int = 1,
                  shared: bool = True):
@@ -69,13 +74,32 @@ class TwoTowerHead(nn.Module):
         self.sides = tuple(sides)
         self.shared = shared and sides[1] == "pair"  # a condition is another kind of text: its own tower
         self.towers = nn.ModuleDict({s: Tower(dim, width, dropout) for s in (self.sides[:1] if self.shared else self.sides)})
+        self.linear = nn.Linear(1, n_outputs)
         self.mlp = nn.Sequential(nn.Linear(1, 16), nn.GELU(), nn.Linear(16, n_outputs))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
 
-    def forward(self, tables: dict, index: dict) -> torch.Tensor:
+    def cosine(self, tables: dict, index: dict) -> torch.Tensor:
         a, b = self.sides
         u = _project(self.towers[a], tables[a], index[a])
         v = _project(self.towers[a if self.shared else b], tables[b], index[b])
-        return self.mlp(F.cosine_similarity(u, v, dim=1).unsqueeze(1))
+        return F.cosine_similarity(u, v, dim=1).unsqueeze(1)
+
+    def forward(self, tables: dict, index: dict) -> torch.Tensor:
+        c = self.cosine(tables, index)
+        return self.linear(c) + self.mlp(c)
+
+    @torch.no_grad()
+    def start_from_cosine(self, tables: dict, index: dict, y) -> None:
+        """Least-squares fit of each (standardised) label on the cosine, into the linear part."""
+        self.eval()
+        c = self.cosine(tables, index)[:, 0].double()
+        y = torch.as_tensor(y, dtype=torch.float64)
+        for j in range(y.shape[1]):
+            keep = ~torch.isnan(y[:, j])
+            X = torch.stack([c[keep], torch.ones_like(c[keep])], dim=1)
+            slope, intercept = torch.linalg.lstsq(X, y[keep, j : j + 1]).solution[:, 0]
+            self.linear.weight[j, 0], self.linear.bias[j] = slope, intercept
 
 
 MODULES = {"concat": ConcatHead, "two-tower": TwoTowerHead}

@@ -24,7 +24,8 @@ def auto_batch_size(n: int) -> int:
 
 
 def to_device(tables: dict, index: dict, device) -> tuple[dict, dict]:
-    return ({s: torch.as_tensor(t, dtype=torch.float32, device=device) for s, t in tables.items()},
+    # np.require copies read-only arrays (memory maps) only, which torch cannot wrap safely.
+    return ({s: torch.as_tensor(np.require(t, np.float32, ["W"]), device=device) for s, t in tables.items()},
             {s: torch.as_tensor(i, dtype=torch.long, device=device) for s, i in index.items()})
 
 

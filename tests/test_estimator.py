@@ -1,0 +1,39 @@
+import numpy as np
+import pytest
+from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from heads import EmbeddingRegressor
+
+
+# The generic checks use 1 to 5 features; a pair (n_inputs=2, needed by two-tower) splits
+# its features in half, so it is checked on even-width data below instead.
+@parametrize_with_checks([EmbeddingRegressor(epochs=20), EmbeddingRegressor(head="ridge")])
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+def test_works_in_pipeline_grid_search_and_cross_val_score():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 16)).astype(np.float32)
+    y = X[:, :4].sum(1) + 0.1 * rng.standard_normal(300)
+    pipe = make_pipeline(StandardScaler(), EmbeddingRegressor(epochs=30, width=32))
+    scores = cross_val_score(pipe, X, y, cv=3)
+    assert scores.mean() > 0.8
+    search = GridSearchCV(EmbeddingRegressor(epochs=20, width=32), {"lr": [1e-3, 3e-3]}, cv=2).fit(X, y)
+    assert search.best_score_ > 0.7 and search.best_params_["lr"] in (1e-3, 3e-3)
+
+
+def test_pairs_and_two_tower_learn_a_similarity():
+    rng = np.random.default_rng(1)
+    u = rng.standard_normal((400, 8)).astype(np.float32)
+    v = u + rng.standard_normal((400, 8)).astype(np.float32) * rng.uniform(0.1, 2, (400, 1)).astype(np.float32)
+    y = (u * v).sum(1) / np.linalg.norm(u, axis=1) / np.linalg.norm(v, axis=1)
+    X = np.hstack([u, v])
+    # the target is the cosine itself: two-tower gets it almost exactly, concat approximates it
+    for head, r2 in (("two-tower", 0.95), ("concat", 0.6)):
+        assert cross_val_score(EmbeddingRegressor(head=head, n_inputs=2, epochs=40, width=32), X, y, cv=2).mean() > r2
+    with pytest.raises(ValueError, match="divide the 3 features"):
+        EmbeddingRegressor(n_inputs=2).fit(X[:, :3], y)
