@@ -161,7 +161,15 @@ class SentenceTransformerEncoder(Encoder):
     def describe(self) -> dict:
         tokenizer = self.model.tokenizer
         backend = getattr(tokenizer, "backend_tokenizer", None)
-        tok = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+        if backend is not None:
+            # Calling the tokenizer stores its last truncation and padding settings in
+            # this JSON; they are per call, not part of the tokenizer, so leave them out.
+            tok = json.loads(backend.to_str())
+            tok.pop("truncation", None)
+            tok.pop("padding", None)
+        else:
+            tok = tokenizer.get_vocab()
+        tok = json.dumps(tok, sort_keys=True)
         return {
             "backend": "sentence-transformers",
             "weights_sha256": self._weights,

@@ -38,11 +38,17 @@ def check_head(head: str) -> None:
 
 
 def ridge_features(tables: dict, index: dict, sides) -> np.ndarray:
-    """What the ridge baseline sees: the sides joined, with |u-v| and u*v for pairs."""
+    """What the ridge baseline sees: the sides joined, with |u-v| and u*v for pairs.
+
+    A condition adds text*condition too: a linear model cannot otherwise tell
+    whether a text matches a condition, which the MLP heads learn themselves.
+    """
     rows = {s: tables[s][index[s]] for s in sides}
     parts = [rows[s] for s in sides]
     if "pair" in rows:
         parts += [np.abs(rows["text"] - rows["pair"]), rows["text"] * rows["pair"]]
+    if "condition" in rows:
+        parts.append(rows["text"] * rows["condition"])
     return np.concatenate(parts, axis=1)
 
 

@@ -1,0 +1,189 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from embedcache import EmbeddingCache, FingerprintMismatchError
+from embedcache.inputs import InputError
+from heads import HeadModel
+from heads.cli import main
+
+FOOD = ["pizza", "pasta", "soup", "salad", "bread", "cake", "sushi", "tacos", "curry", "pancakes"]
+SPORT = ["football", "tennis", "basketball", "swimming", "cycling", "golf", "rugby", "hockey", "baseball", "skiing"]
+TEMPLATES = ["I really enjoy {}.", "Tell me more about {}.", "{} is my favourite thing.", "We talked about {} all evening.",
+             "Is {} popular in your country?", "My friend cannot stop thinking about {}.", "Yesterday was all about {}.",
+             "What do you know about {}?"]
+
+
+def topic_rows(words_food, words_sport):
+    rows = [(t.format(w), 1.0) for w in words_food for t in TEMPLATES]
+    rows += [(t.format(w), 0.0) for w in words_sport for t in TEMPLATES]
+    return pd.DataFrame(rows, columns=["text", "food"])
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, minilm):
+    return EmbeddingCache(tmp_path_factory.mktemp("heads") / "cache", minilm)
+
+
+TRAIN, TEST = topic_rows(FOOD[:7], SPORT[:7]), topic_rows(FOOD[7:], SPORT[7:])  # test words never seen in training
+
+
+@pytest.mark.parametrize("head", ["concat", "ridge"])
+def test_one_text_to_score_generalises_to_unseen_words(cache, head):
+    model = HeadModel(head=head, label_range=(0, 1)).fit(cache, TRAIN, "food", progress=False)
+    pred = model.predict(cache, TEST)[:, 0]
+    assert pred.min() >= 0 and pred.max() <= 1
+    assert pred[TEST.food == 1].mean() > pred[TEST.food == 0].mean() + 0.4
+
+
+def condition_rows(words_food, words_sport, conditions):
+    rows = []
+    for text, is_food in topic_rows(words_food, words_sport).itertuples(index=False):
+        for cond, about_food in conditions:
+            rows.append((text, cond, 10.0 if bool(is_food) == about_food else 0.0))
+    return pd.DataFrame(rows, columns=["response", "metric", "score"])
+
+
+@pytest.mark.parametrize("head", ["concat", "ridge", "two-tower"])
+def test_text_and_condition_to_score_with_an_unseen_condition(cache, head):
+    train = condition_rows(FOOD[:7], SPORT[:7], [("talks about food", True), ("talks about sport", False)])
+    model = HeadModel(head=head).fit(cache, train, "score", text_col="response", condition_col="metric", progress=False)
+    assert set(model.validation_["per_condition"]) == {"talks about food", "talks about sport"}
+    test = condition_rows(FOOD[7:], SPORT[7:], [("talks about food", True), ("talks about sport", False)])
+    metrics, _, _, _ = model.evaluate(cache, test)
+    assert metrics["spearman"] > 0.5
+    unseen = model.predict(cache, test.assign(metric="mentions something to eat"))
+    assert unseen.shape == (len(test), 1) and np.isfinite(unseen).all()
+
+
+@pytest.mark.parametrize("head", ["concat", "two-tower", "ridge"])
+def test_pair_to_score(cache, head):
+    def pairs(words):
+        rows = []
+        for i, w in enumerate(words):
+            rows.append((f"I really enjoy {w}.", f"{w} is something I love.", 5.0))
+            rows.append((f"I really enjoy {w}.", f"Tell me more about {w}.", 2.5))
+            rows.append((f"I really enjoy {w}.", f"The train to {['Paris', 'Rome', 'Oslo'][i % 3]} was late.", 0.0))
+        return pd.DataFrame(rows, columns=["a", "b", "sim"])
+
+    model = HeadModel(head=head).fit(cache, pairs(FOOD[:7] + SPORT[:7]), "sim", text_col="a", pair_col="b", progress=False)
+    metrics, _, _, _ = model.evaluate(cache, pairs(FOOD[7:] + SPORT[7:]))
+    assert metrics["spearman"] > 0.7
+
+
+def test_several_labels_with_missing_values_masked(cache):
+    df = TRAIN.assign(sport=1 - TRAIN.food)
+    df.loc[::3, "sport"] = np.nan  # a third of the second label is unknown
+    model = HeadModel(epochs=20).fit(cache, df, ["food", "sport"], progress=False)
+    assert set(model.validation_["per_label"]) == {"food", "sport"}
+    pred = model.predict(cache, TEST)
+    assert pred.shape == (len(TEST), 2)
+    assert np.corrcoef(pred[:, 0], pred[:, 1])[0, 1] < -0.8
+
+
+@pytest.mark.parametrize("head", ["concat", "two-tower", "ridge"])
+def test_save_load_reproduces_predictions_exactly(cache, tmp_path, head):
+    df = condition_rows(FOOD[:3], SPORT[:3], [("talks about food", True), ("talks about sport", False)])
+    model = HeadModel(head=head, epochs=3).fit(cache, df, "score", text_col="response", condition_col="metric", progress=False)
+    model.save(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["encoder"]["fingerprint"] == cache.fingerprint and config["validation"]["n"] > 0
+    loaded = HeadModel.load(tmp_path / "m")
+    np.testing.assert_array_equal(loaded.predict(cache, df), model.predict(cache, df))
+
+
+def test_a_fixed_seed_gives_identical_models(cache):
+    a = HeadModel(epochs=3, seed=7).fit(cache, TRAIN, "food", progress=False).predict(cache, TEST)
+    b = HeadModel(epochs=3, seed=7).fit(cache, TRAIN, "food", progress=False).predict(cache, TEST)
+    c = HeadModel(epochs=3, seed=8).fit(cache, TRAIN, "food", progress=False).predict(cache, TEST)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_validation_split_keeps_each_text_on_one_side(cache):
+    df = condition_rows(FOOD[:5], SPORT[:5], [("food?", True), ("sport?", False), ("eating?", True)])
+    model = HeadModel(epochs=1).fit(cache, df, "score", text_col="response", condition_col="metric", progress=False)
+    # every held-out text brings all 3 of its metrics: rows per condition are equal
+    counts = {c: m["score"]["n"] for c, m in model.validation_["per_condition"].items()}
+    assert len(set(counts.values())) == 1 and model.validation_["n"] == 3 * counts["food?"]
+
+
+def test_a_model_refuses_a_cache_of_another_encoder(cache, tmp_path, tiny_bert):
+    model = HeadModel(head="ridge").fit(cache, TRAIN, "food", progress=False)
+    other = EmbeddingCache(tmp_path / "other", tiny_bert)
+    with pytest.raises(FingerprintMismatchError) as err:
+        model.predict(other, TEST)
+    assert cache.fingerprint in str(err.value) and tiny_bert.fingerprint in str(err.value)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda df: df.assign(food=df.food.where(df.index != 4, np.nan)), "NaN or empty labels at rows 5 (1-based)"),
+    (lambda df: df.assign(food=df.food.where(df.index != 2, np.inf)), "infinite labels at rows 3 (1-based)"),
+    (lambda df: df.assign(food=df.food.astype(object).where(df.index != 1, "high")), "row 2, column 'food': expected a number, found 'high'"),
+    (lambda df: df.assign(food=1.0), "label 'food' is constant"),
+    (lambda df: df.drop(columns="text"), "no column 'text'; available columns: food"),
+    (lambda df: df.iloc[:0], "has no data rows"),
+])
+def test_bad_training_data_is_a_clear_error(cache, change, message):
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        HeadModel().fit(cache, change(TRAIN), "food", progress=False)
+
+
+def test_unknown_head_lists_the_choices():
+    with pytest.raises(ValueError, match="unknown head 'mlp'; choose one of: concat, two-tower, ridge"):
+        HeadModel(head="mlp")
+
+
+def test_cli_train_predict_evaluate_end_to_end(cache, tmp_path, capsys):
+    train = condition_rows(FOOD[:7], SPORT[:7], [("talks about food", True), ("talks about sport", False)])
+    test = condition_rows(FOOD[7:], SPORT[7:], [("talks about food", True), ("talks about sport", False)])
+    train.to_csv(tmp_path / "train.csv", index=False)
+    test.assign(id=[f"r{i}" for i in range(len(test))]).to_json(tmp_path / "test.jsonl", orient="records", lines=True)
+
+    assert main(["train", "--cache", str(cache.path), "--data", str(tmp_path / "train.csv"), "--text-col", "response",
+                 "--condition-col", "metric", "--label-col", "score", "--label-range", "0", "10", "--out",
+                 str(tmp_path / "model"), "--json", "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"n", "mse", "rmse", "mae", "pearson", "spearman", "r2"} <= set(summary)
+
+    assert main(["predict", "--model", str(tmp_path / "model"), "--cache", str(cache.path), "--data",
+                 str(tmp_path / "test.jsonl"), "--out", str(tmp_path / "preds.csv"), "--round", "2"]) == 0
+    preds = pd.read_csv(tmp_path / "preds.csv")
+    assert list(preds.columns) == ["id", "score"] and preds.id.tolist()[:2] == ["r0", "r1"]
+    assert preds.score.between(0, 10).all() and (preds.score.round(2) == preds.score).all()
+
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(tmp_path / "model"), "--cache", str(cache.path), "--data",
+                 str(tmp_path / "test.jsonl"), "--plots", str(tmp_path / "plots"), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["n"] == len(test) and metrics["spearman"] > 0.5
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["per_condition.png", "pred_vs_true.png", "residuals.png"]
+
+
+def test_cli_encodes_texts_missing_from_the_cache_with_its_own_encoder(tmp_path, capsys, minilm):
+    from embedcache.cli import main as embedcache_main
+
+    TRAIN.to_csv(tmp_path / "train.csv", index=False)
+    TEST.to_csv(tmp_path / "test.csv", index=False)
+    assert embedcache_main(["precompute", str(tmp_path / "train.csv"), "--cache", str(tmp_path / "c"), "--text-col", "text", "--quiet"]) == 0
+    assert main(["train", "--cache", str(tmp_path / "c"), "--data", str(tmp_path / "train.csv"), "--label-col", "food",
+                 "--head", "ridge", "--out", str(tmp_path / "m"), "--quiet"]) == 0
+    assert main(["predict", "--model", str(tmp_path / "m"), "--cache", str(tmp_path / "c"), "--data", str(tmp_path / "test.csv"),
+                 "--out", str(tmp_path / "p.csv")]) == 0
+    cache = EmbeddingCache(tmp_path / "c")
+    assert cache.contains(TEST.text.tolist()).all() and cache.fingerprint == minilm.fingerprint
+    np.testing.assert_allclose(cache.get(TEST.text.tolist()[:3]), minilm.encode(TEST.text.tolist()[:3]), atol=1e-3)
+
+
+def test_cli_errors_name_the_problem(cache, tmp_path, capsys):
+    TRAIN.to_csv(tmp_path / "train.csv", index=False)
+    base = ["train", "--cache", str(cache.path), "--data", str(tmp_path / "train.csv"), "--out", str(tmp_path / "m")]
+    assert main(base + ["--label-col", "food", "--head", "lasso"]) == 1
+    assert "unknown head 'lasso'; choose one of: concat, two-tower, ridge" in capsys.readouterr().err
+    assert main(base + ["--label-col", "quality"]) == 1
+    assert "no column 'quality'; available columns: text, food" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(tmp_path / "nothing"), "--cache", str(cache.path), "--data", str(tmp_path / "train.csv")]) == 1
+    assert "is not a saved head model: config.json is missing" in capsys.readouterr().err
