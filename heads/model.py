@@ -52,17 +52,30 @@ def ridge_features(tables: dict, index: dict, sides) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
-def fit_ridge(X: np.ndarray, y: np.ndarray, alphas=RIDGE_ALPHAS) -> tuple[np.ndarray, np.ndarray, list[float]]:
-    """Ridge per label on the rows where that label is present, alpha chosen by efficient leave-one-out."""
-    from sklearn.linear_model import RidgeCV
+def fit_ridge(X, y, X_val=None, y_val=None, alphas=RIDGE_ALPHAS) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """Ridge per label on the rows where that label is present, alpha chosen on the validation rows.
 
+    All alphas are fitted at once, as one scikit-learn Ridge with a target
+    column per alpha: X'X is formed once, whatever the number of alphas.
+    Without validation rows alpha is 1.
+    """
+    from sklearn.linear_model import Ridge
+
+    candidates = np.asarray(alphas if X_val is not None and len(X_val) else (1.0,), dtype=float)
     coef, intercept, chosen = [], [], []
     for j in range(y.shape[1]):
         keep = ~np.isnan(y[:, j])
-        ridge = RidgeCV(alphas=alphas).fit(X[keep], y[keep, j])
-        coef.append(ridge.coef_)
-        intercept.append(ridge.intercept_)
-        chosen.append(float(ridge.alpha_))
+        Xj = X if keep.all() else X[keep]
+        ridge = Ridge(alpha=candidates, solver="cholesky").fit(Xj, np.repeat(y[keep, j : j + 1], len(candidates), axis=1))
+        ridge_coef = ridge.coef_.reshape(len(candidates), -1)  # scikit-learn drops the axis for a single alpha
+        best = 0
+        if len(candidates) > 1:
+            vkeep = ~np.isnan(y_val[:, j])
+            errors = ((X_val[vkeep] @ ridge_coef.T + ridge.intercept_ - y_val[vkeep, j : j + 1]) ** 2).mean(axis=0)
+            best = int(np.argmin(errors))
+        coef.append(ridge_coef[best])
+        intercept.append(ridge.intercept_[best])
+        chosen.append(float(candidates[best]))
     return np.asarray(coef, dtype=np.float32), np.asarray(intercept, dtype=np.float32), chosen
 
 
@@ -137,7 +150,9 @@ class HeadModel:
         y_s = (y - self.mean_) / self.std_
         if self.head == "ridge":
             X = ridge_features(train.tables, train.index, self.sides_)
-            self.coef_, self.intercept_, self.alphas_ = fit_ridge(X, y_s)
+            X_val = None if val is None else ridge_features(val.tables, val.index, self.sides_)
+            y_val_s = None if val is None else (y_val - self.mean_) / self.std_
+            self.coef_, self.intercept_, self.alphas_ = fit_ridge(X, y_s, X_val, y_val_s)
             self.history_ = []
         else:
             torch.manual_seed(self.seed)  # the initial weights too: a fixed seed gives identical models

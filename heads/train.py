@@ -68,7 +68,8 @@ def fit(module, tables, train_index, y_train, val_index=None, y_val=None, *, val
     batch_size = batch_size or auto_batch_size(n)
     steps = epochs * math.ceil(n / batch_size)
     warm = max(1, int(warmup * steps))
-    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
+    # fused: one kernel for all parameters instead of a Python loop over them
+    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
     loss_fn = LOSSES[loss]

