@@ -42,14 +42,25 @@ def ridge_features(tables: dict, index: dict, sides) -> np.ndarray:
 
     A condition adds text*condition too: a linear model cannot otherwise tell
     whether a text matches a condition, which the MLP heads learn themselves.
+    Filled in place, block by block: the features are the largest array here.
     """
-    rows = {s: tables[s][index[s]] for s in sides}
-    parts = [rows[s] for s in sides]
-    if "pair" in rows:
-        parts += [np.abs(rows["text"] - rows["pair"]), rows["text"] * rows["pair"]]
-    if "condition" in rows:
-        parts.append(rows["text"] * rows["condition"])
-    return np.concatenate(parts, axis=1)
+    parts = [(s,) for s in sides]
+    if "pair" in sides:
+        parts += [("text", "pair", "absdiff"), ("text", "pair", "mul")]
+    if "condition" in sides:
+        parts.append(("text", "condition", "mul"))
+    n, dim = len(index["text"]), tables["text"].shape[1]
+    out = np.empty((n, dim * len(parts)), dtype=np.float32)
+    for k, part in enumerate(parts):
+        block = out[:, k * dim : (k + 1) * dim]
+        a = tables[part[0]][index[part[0]]]
+        if len(part) == 1:
+            block[:] = a
+        elif part[2] == "mul":
+            np.multiply(a, tables[part[1]][index[part[1]]], out=block)
+        else:
+            np.abs(a - tables[part[1]][index[part[1]]], out=block)
+    return out
 
 
 def fit_ridge(X, y, X_val=None, y_val=None, alphas=RIDGE_ALPHAS) -> tuple[np.ndarray, np.ndarray, list[float]]:
@@ -66,7 +77,7 @@ def fit_ridge(X, y, X_val=None, y_val=None, alphas=RIDGE_ALPHAS) -> tuple[np.nda
     for j in range(y.shape[1]):
         keep = ~np.isnan(y[:, j])
         Xj = X if keep.all() else X[keep]
-        ridge = Ridge(alpha=candidates, solver="cholesky").fit(Xj, np.repeat(y[keep, j : j + 1], len(candidates), axis=1))
+        ridge = Ridge(alpha=candidates, solver="cholesky", copy_X=False).fit(Xj, np.repeat(y[keep, j : j + 1], len(candidates), axis=1))
         ridge_coef = ridge.coef_.reshape(len(candidates), -1)  # scikit-learn drops the axis for a single alpha
         best = 0
         if len(candidates) > 1:
@@ -178,6 +189,7 @@ class HeadModel:
 
     def predict_inputs(self, inputs: Inputs) -> np.ndarray:
         """``(n, n_labels)`` predictions in label units, bounded by ``label_range``."""
+        inputs = inputs.compact()
         if self.head == "ridge":
             X = ridge_features(inputs.tables, inputs.index, self.sides_)
             scaled = X @ self.coef_.T + self.intercept_
