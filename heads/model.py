@@ -29,7 +29,9 @@ from .train import fit as fit_module
 from .train import predict_scaled, to_device
 
 HEADS = ("concat", "two-tower", "ridge")
-RIDGE_ALPHAS = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
+# Alphas relative to the mean diagonal of X'X, so the grid fits any number of rows
+# and any vector scale; the smallest keeps the Cholesky solve stable in float32.
+RIDGE_ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
 
 def check_head(head: str) -> None:
@@ -68,11 +70,14 @@ def fit_ridge(X, y, X_val=None, y_val=None, alphas=RIDGE_ALPHAS) -> tuple[np.nda
 
     All alphas are fitted at once, as one scikit-learn Ridge with a target
     column per alpha: X'X is formed once, whatever the number of alphas.
-    Without validation rows alpha is 1.
+    Without validation rows the relative alpha is 1e-2.  Returns the relative
+    alphas chosen.
     """
     from sklearn.linear_model import Ridge
 
-    candidates = np.asarray(alphas if X_val is not None and len(X_val) else (1.0,), dtype=float)
+    mean_diag = float(np.einsum("ij,ij->", X, X, dtype=np.float64)) / X.shape[1]
+    relative = np.asarray(alphas if X_val is not None and len(X_val) else (1e-2,), dtype=float)
+    candidates = relative * max(mean_diag, 1e-12)
     coef, intercept, chosen = [], [], []
     for j in range(y.shape[1]):
         keep = ~np.isnan(y[:, j])
@@ -86,7 +91,7 @@ def fit_ridge(X, y, X_val=None, y_val=None, alphas=RIDGE_ALPHAS) -> tuple[np.nda
             best = int(np.argmin(errors))
         coef.append(ridge_coef[best])
         intercept.append(ridge.intercept_[best])
-        chosen.append(float(candidates[best]))
+        chosen.append(float(relative[best]))
     return np.asarray(coef, dtype=np.float32), np.asarray(intercept, dtype=np.float32), chosen
 
 
