@@ -159,9 +159,14 @@ class EmbeddingCache:
     def encoder_name(self) -> str:
         return self._manifest["encoder"]["name"]
 
+    @property
+    def encoder_spec(self) -> dict | None:
+        """``load_encoder(**spec)`` arguments that rebuild the cache's encoder; None for a custom one."""
+        return self._manifest["encoder"].get("load")
+
     def load_encoder(self, device: str | None = None, **kwargs) -> Encoder:
         """Load the encoder that built this cache (as recorded in the manifest) and make it this cache's encoder."""
-        spec = self._manifest["encoder"].get("load")
+        spec = self.encoder_spec
         if spec is None:
             raise ValueError(
                 f"cache {self.path} does not record how to load its encoder {self.encoder_name!r} "

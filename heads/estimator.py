@@ -54,7 +54,6 @@ class EmbeddingRegressor(RegressorMixin, BaseEstimator):
         model = HeadModel(head=self.head, width=self.width, dropout=self.dropout, loss=self.loss, epochs=self.epochs,
                           lr=self.lr, weight_decay=self.weight_decay, batch_size=self.batch_size,
                           patience=self.patience, seed=self.random_state, device=self.device)
-        model.labels_ = [f"y{j}" for j in range(y2.shape[1])]
         inputs = self._inputs(X)
         n_val = int(round(self.val_fraction * len(X))) if len(X) >= 20 else 0
         if n_val:

@@ -145,16 +145,14 @@ class HeadModel:
         else:
             train_rows, val_rows = grouped_split(inputs.index["text"], self.val_fraction, self.seed)
             train, val, y, y_val = inputs.subset(train_rows), inputs.subset(val_rows), y[train_rows], y[val_rows]
-        self.labels_ = label_cols
-        self.encoder_ = {"fingerprint": cache.fingerprint, "name": cache.encoder_name,
-                         "load": cache._manifest["encoder"].get("load")}
-        self.fit_inputs(train, y, val, y_val, path=path, progress=progress)
+        self.encoder_ = {"fingerprint": cache.fingerprint, "name": cache.encoder_name, "load": cache.encoder_spec}
+        self.fit_inputs(train, y, val, y_val, labels=label_cols, path=path, progress=progress)
         return self
 
-    def fit_inputs(self, train: Inputs, y: np.ndarray, val: Inputs | None = None, y_val=None, path="data",
-                   progress=True) -> "HeadModel":
-        """Train on prepared inputs (vectors and labels already in memory)."""
-        self.labels_ = getattr(self, "labels_", None) or [f"label_{j}" for j in range(y.shape[1])]
+    def fit_inputs(self, train: Inputs, y: np.ndarray, val: Inputs | None = None, y_val=None, labels=None,
+                   path="data", progress=True) -> "HeadModel":
+        """Train on prepared inputs (vectors and labels already in memory); ``labels`` names y's columns."""
+        self.labels_ = list(labels) if labels is not None else [f"label_{j}" for j in range(y.shape[1])]
         if not len(train):
             raise InputError(f"{path}: no training rows")
         self.mean_ = np.nanmean(y, axis=0)

@@ -66,3 +66,15 @@ def test_use_multilingual_is_offline_and_places_translations_together():
     assert sims[0, 1] > sims[0, 2] + 0.2
     with pytest.raises(ValueError, match="CPU only"):
         load_encoder("use-multilingual", device="cuda")
+
+
+def test_a_cache_reloads_the_encoder_that_built_it(tmp_path, tiny_bert_dir):
+    from conftest import HashEncoder
+
+    built = load_encoder(str(tiny_bert_dir), max_length=16, batch_size=8)
+    EmbeddingCache(tmp_path / "t", built).add(["some text"])
+    reloaded = EmbeddingCache(tmp_path / "t").load_encoder()
+    assert reloaded.fingerprint == built.fingerprint and reloaded.max_length == 16
+    EmbeddingCache(tmp_path / "h", HashEncoder())
+    with pytest.raises(ValueError, match="custom Encoder"):
+        EmbeddingCache(tmp_path / "h").load_encoder()
