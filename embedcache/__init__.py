@@ -2,9 +2,9 @@
 
 __version__ = "0.1.0"
 
-from .cache import CacheLockedError, EmbeddingCache, FingerprintMismatchError  # noqa: E402
-from .encoders import Encoder, load_encoder, register_encoder  # noqa: E402
-from .index import text_keys  # noqa: E402
+from .cache import CacheLockedError, EmbeddingCache, FingerprintMismatchError
+from .encoders import Encoder, load_encoder, register_encoder
+from .index import text_keys
 
 __all__ = [
     "CacheLockedError",

@@ -123,7 +123,7 @@ class EmbeddingCache:
         for shard in shards[len(self._files) :]:
             try:
                 keys = read_keys(self.path / shard["file"])
-            except Exception as e:  # a missing or damaged file: h5py raises OSError, KeyError, ...
+            except Exception as e:  # noqa: BLE001 -- a missing or damaged file: h5py raises OSError, KeyError, ...
                 raise ValueError(
                     f"cache {self.path}: shard {shard['file']} cannot be read ({e}); "
                     f"run 'embedcache verify {self.path} --repair', then precompute again"

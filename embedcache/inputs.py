@@ -54,7 +54,7 @@ def read_table(path, fmt: str | None = None, header: bool = True) -> pd.DataFram
     if fmt == "parquet":
         try:
             df = pd.read_parquet(path)
-        except Exception as e:  # pyarrow raises several types for damaged files
+        except Exception as e:  # noqa: BLE001 -- pyarrow raises several types for damaged files
             raise InputError(f"{path}: not a readable Parquet file ({e})") from None
     elif fmt in ("csv", "tsv"):
         text = _decode(path)

@@ -109,7 +109,7 @@ def check_shard(path: Path, expected: dict) -> str | None:
             attrs = dict(f.attrs)
             keys = f["keys"][...]
             vectors = f["vectors"][...]
-    except Exception as e:  # h5py raises OSError, KeyError and others on damaged files
+    except Exception as e:  # noqa: BLE001 -- h5py raises OSError, KeyError and others on damaged files
         return f"cannot be read ({type(e).__name__}: {e})"
     if attrs.get("fingerprint") != expected["fingerprint"]:
         return f"fingerprint {attrs.get('fingerprint')!r} differs from the cache's {expected['fingerprint']!r}"

@@ -43,12 +43,12 @@ class Inputs:
     def __len__(self) -> int:
         return len(self.index["text"])
 
-    def subset(self, rows) -> "Inputs":
+    def subset(self, rows) -> Inputs:
         rows = np.asarray(rows)
         cond = None if self.condition_values is None else [self.condition_values[i] for i in rows]
         return Inputs(self.tables, {s: i[rows] for s, i in self.index.items()}, cond)
 
-    def compact(self) -> "Inputs":
+    def compact(self) -> Inputs:
         """The same rows with each table cut to the vectors they use (a 10% subset copies 10%)."""
         tables, index = {}, {}
         for side in self.sides:

@@ -49,13 +49,13 @@ class EmbeddingRegressor(RegressorMixin, BaseEstimator):
         if self.n_inputs not in (1, 2) or X.shape[1] % self.n_inputs:
             raise ValueError(f"n_inputs must be 1 or 2 and divide the {X.shape[1]} features, got {self.n_inputs}")
         if len(X) < 2:
-            raise ValueError(f"need at least 2 samples to fit, got 1 sample")
+            raise ValueError("need at least 2 samples to fit, got 1 sample")
         y2 = y.reshape(len(y), -1).astype(float)
         model = HeadModel(head=self.head, width=self.width, dropout=self.dropout, loss=self.loss, epochs=self.epochs,
                           lr=self.lr, weight_decay=self.weight_decay, batch_size=self.batch_size,
                           patience=self.patience, seed=self.random_state, device=self.device)
         inputs = self._inputs(X)
-        n_val = int(round(self.val_fraction * len(X))) if len(X) >= 20 else 0
+        n_val = round(self.val_fraction * len(X)) if len(X) >= 20 else 0
         if n_val:
             order = np.random.default_rng(self.random_state).permutation(len(X))
             val, train = order[:n_val], order[n_val:]

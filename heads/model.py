@@ -130,7 +130,7 @@ class HeadModel:
     # -- training -------------------------------------------------------------
 
     def fit(self, cache: EmbeddingCache, data, label_cols, text_col="text", pair_col=None, condition_col=None,
-            val_data=None, progress=True) -> "HeadModel":
+            val_data=None, progress=True) -> HeadModel:
         """Train on ``data`` (a DataFrame or a file); validate on ``val_data`` or a grouped split."""
         label_cols = [label_cols] if isinstance(label_cols, str) else list(label_cols)
         self.columns_ = {"text": text_col, "pair": pair_col, "condition": condition_col}
@@ -150,7 +150,7 @@ class HeadModel:
         return self
 
     def fit_inputs(self, train: Inputs, y: np.ndarray, val: Inputs | None = None, y_val=None, labels=None,
-                   path="data", progress=True) -> "HeadModel":
+                   path="data", progress=True) -> HeadModel:
         """Train on prepared inputs (vectors and labels already in memory); ``labels`` names y's columns."""
         self.labels_ = list(labels) if labels is not None else [f"label_{j}" for j in range(y.shape[1])]
         if not len(train):
@@ -253,7 +253,7 @@ class HeadModel:
         return directory
 
     @classmethod
-    def load(cls, directory) -> "HeadModel":
+    def load(cls, directory) -> HeadModel:
         directory = Path(directory)
         for name in ("config.json", "model.safetensors"):
             if not (directory / name).exists():

@@ -1,13 +1,17 @@
 import numpy as np
 import pytest
+from conftest import HashEncoder
 from filelock import FileLock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from embedcache import CacheLockedError, EmbeddingCache, FingerprintMismatchError, text_keys
+from embedcache import (
+    CacheLockedError,
+    EmbeddingCache,
+    FingerprintMismatchError,
+    text_keys,
+)
 from embedcache.index import KeyIndex
-
-from conftest import HashEncoder
 
 
 def test_encode_returns_vectors_in_input_order_and_encodes_each_text_once(tmp_path, hash_encoder):
@@ -17,7 +21,7 @@ def test_encode_returns_vectors_in_input_order_and_encodes_each_text_once(tmp_pa
     assert vectors.dtype == np.float32 and vectors.shape == (5, 8)
     expected = np.stack([hash_encoder.vector(t) for t in texts])
     np.testing.assert_allclose(vectors, expected, atol=2e-3, rtol=2e-3)  # float16 storage
-    assert sorted(sum(hash_encoder.calls, [])) == ["a", "b", "c"]
+    assert sorted(t for call in hash_encoder.calls for t in call) == ["a", "b", "c"]
     assert len(cache) == 3 and cache.dim == 8 and cache.fingerprint == hash_encoder.fingerprint
 
 

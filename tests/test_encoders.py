@@ -1,10 +1,9 @@
 import numpy as np
 import pytest
+from conftest import make_tiny_bert
 from sentence_transformers import SentenceTransformer
 
 from embedcache import EmbeddingCache, load_encoder
-
-from conftest import make_tiny_bert
 
 
 def test_embedded_minilm_from_the_cache_matches_sentence_transformers(tmp_path, minilm):

@@ -157,7 +157,7 @@ def test_empty_texts_are_errors_naming_rows_or_skipped_with_a_flag(tmp_path, cap
 
 def test_invalid_utf8_names_the_byte_offset(tmp_path, capsys, tiny_bert_dir, filled_cache):
     data = tmp_path / "latin1.csv"
-    data.write_bytes("prompt\nfine\ncaf".encode() + b"\xe9\n")
+    data.write_bytes(b"prompt\nfine\ncaf" + b"\xe9\n")
     err = bad_run(capsys, filled_cache, tiny_bert_dir, data, "--text-col", "prompt")
     assert "latin1.csv: invalid UTF-8 at byte offset 15 (line 3)" in err
 
