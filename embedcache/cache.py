@@ -164,6 +164,21 @@ class EmbeddingCache:
         """``load_encoder(**spec)`` arguments that rebuild the cache's encoder; None for a custom one."""
         return self._manifest["encoder"].get("load")
 
+    def knows(self, quick_key: str | None) -> bool:
+        """Whether an encoder with this ``encoders.quick_key`` was verified to match this cache."""
+        return quick_key is not None and quick_key in self._manifest["encoder"].get("quick_keys", [])
+
+    def remember(self, quick_key: str | None) -> None:
+        """Record that this cache's own encoder (checked by fingerprint) has ``quick_key``."""
+        if quick_key is None or self.knows(quick_key) or self.encoder is None:
+            return
+        with self._write_lock():
+            manifest = self._read_manifest()
+            keys = manifest["encoder"].get("quick_keys", [])
+            manifest["encoder"]["quick_keys"] = (keys + [quick_key])[-16:]
+            atomic_write_json(self.path / MANIFEST, manifest)
+        self._refresh()
+
     def load_encoder(self, device: str | None = None, **kwargs) -> Encoder:
         """Load the encoder that built this cache (as recorded in the manifest) and make it this cache's encoder."""
         spec = self.encoder_spec

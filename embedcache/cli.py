@@ -6,9 +6,10 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
-from .cache import CacheLockedError, EmbeddingCache, FingerprintMismatchError
-from .encoders import DEFAULT_ENCODER, encoder_aliases, load_encoder
+from .cache import MANIFEST, CacheLockedError, EmbeddingCache, FingerprintMismatchError
+from .encoders import DEFAULT_ENCODER, encoder_aliases, load_encoder, quick_key
 from .inputs import FORMATS, InputError, read_table, texts_from_table
 
 PRECOMPUTE_EXAMPLES = """\
@@ -98,17 +99,23 @@ def precompute(args) -> dict:
         texts += t
         rows += len(df)
         skipped += s
-    encoder = load_encoder(args.model, device=args.device, batch_size=args.batch_size,
-                           **({"max_length": args.max_length} if args.max_length else {}),
-                           **({"precision": args.precision} if args.precision != "auto" else {}),
-                           **({"normalize": True} if args.normalize else {}))
-    cache = EmbeddingCache(args.cache, encoder, dtype=args.dtype, shard_size=args.shard_size)
+    options = {**({"max_length": args.max_length} if args.max_length else {}),
+               **({"precision": args.precision} if args.precision != "auto" else {}),
+               **({"normalize": True} if args.normalize else {})}
+    key = quick_key(args.model, device=args.device, **options)
+    known = (Path(args.cache) / MANIFEST).exists() and EmbeddingCache(args.cache, dtype=args.dtype)
+    if known and known.knows(key) and known.contains(texts).all():
+        cache, encoder = known, None  # everything is cached: no need to load the model
+    else:
+        encoder = load_encoder(args.model, device=args.device, batch_size=args.batch_size, **options)
+        cache = EmbeddingCache(args.cache, encoder, dtype=args.dtype, shard_size=args.shard_size)
+        cache.remember(key)
     stats = cache.add(texts, progress=not args.quiet)
     seconds = time.perf_counter() - start
     stats.update(rows=rows, texts=len(texts), skipped=skipped, seconds=round(seconds, 3),
                  texts_per_s=round(len(texts) / seconds, 1), cache=str(cache.path), cache_rows=len(cache))
     if stats["truncated"]:
-        print(f"warning: {stats['truncated']} texts were longer than {encoder.max_length} tokens and were truncated",
+        print(f"warning: {stats['truncated']} texts were longer than {cache.encoder.max_length} tokens and were truncated",
               file=sys.stderr)
     print(f"{rows} rows, {len(texts)} texts, {stats['unique']} unique: {stats['cached']} already cached, "
           f"{stats['encoded']} encoded, {skipped} rows skipped, in {seconds:.1f} s; "

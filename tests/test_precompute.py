@@ -253,3 +253,23 @@ def test_a_killed_precompute_leaves_a_whole_cache_and_a_rerun_completes_it(tmp_p
     assert len(cache) == n and cache.verify() == []
     sample = [f"prompt {i} about {i % 97} things" for i in (0, 1234, n - 1)]
     np.testing.assert_allclose(cache.get(sample), load_encoder(str(tiny_bert_dir)).encode(sample), atol=2e-3)
+
+
+def test_a_rerun_with_nothing_new_skips_loading_the_model_but_notices_new_weights(tmp_path, capsys, monkeypatch):
+    import embedcache.cli
+
+    from conftest import make_tiny_bert
+
+    model_dir = make_tiny_bert(tmp_path / "bert")
+    data = write(ROWS, tmp_path / "rows.csv")
+    args = ["precompute", data, "--cache", tmp_path / "c", "--model", model_dir, "--text-col", "prompt", "--json"]
+    assert run(capsys, *args)[1]["encoded"] == 3
+    with monkeypatch.context() as m:
+        m.setattr(embedcache.cli, "load_encoder", lambda *a, **k: pytest.fail("the model was loaded"))
+        s = run(capsys, *args)[1]
+        assert (s["cached"], s["encoded"]) == (3, 0)
+    more = write(pd.concat([ROWS, ROWS.assign(prompt="something new")]), tmp_path / "more.csv")
+    assert run(capsys, "precompute", more, *args[2:])[1]["encoded"] == 1  # new text: the model is loaded
+    make_tiny_bert(model_dir, seed=5)  # other weights in the same directory
+    code, _, err = run(capsys, *args)
+    assert code == 1 and "was built by encoder" in err
