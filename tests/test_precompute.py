@@ -256,9 +256,9 @@ def test_a_killed_precompute_leaves_a_whole_cache_and_a_rerun_completes_it(tmp_p
 
 
 def test_a_rerun_with_nothing_new_skips_loading_the_model_but_notices_new_weights(tmp_path, capsys, monkeypatch):
-    import embedcache.cli
-
     from conftest import make_tiny_bert
+
+    import embedcache.cli
 
     model_dir = make_tiny_bert(tmp_path / "bert")
     data = write(ROWS, tmp_path / "rows.csv")
