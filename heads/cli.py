@@ -1,4 +1,4 @@
-"""The ``heads`` command: train, predict, evaluate."""
+"""The ``heads`` command: train, predict, evaluate, leakage."""
 
 from __future__ import annotations
 
@@ -84,6 +84,18 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--label-col", action="append", metavar="COL", help="label columns (default: the model's)")
     e.add_argument("--plots", metavar="DIR", help="write predicted-vs-true, residual and per-condition PNGs here")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON on the last line")
+    k = sub.add_parser("leakage", help="find test texts that nearly duplicate a training text",
+                       description="List test texts whose nearest training text (cosine of cached vectors, "
+                                   "exact faiss search) is at or above --threshold: near-duplicates across "
+                                   "splits inflate every metric.")
+    k.add_argument("--cache", required=True, metavar="DIR")
+    k.add_argument("--train", required=True, metavar="FILE")
+    k.add_argument("--test", required=True, metavar="FILE")
+    k.add_argument("--text-col", default="text", metavar="COL", help="the text column in both files (default: text)")
+    k.add_argument("--threshold", type=float, default=0.95, help="cosine at or above which a pair counts (default 0.95)")
+    k.add_argument("--out", metavar="CSV", help="write every leaked pair here")
+    k.add_argument("--no-header", action="store_true", help="CSV/TSV without a header row: columns are named 0, 1, ...")
+    k.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     return parser
 
 
@@ -151,6 +163,29 @@ def evaluate(args) -> dict:
     return _flat(metrics)
 
 
+def leakage(args) -> dict:
+    import pandas as pd
+
+    from .data import column_texts, embed
+    from .neighbours import leakage as find_leaks
+
+    cache = EmbeddingCache(args.cache)
+    train = column_texts(_read(args, args.train), args.text_col, args.train)
+    test = column_texts(_read(args, args.test), args.text_col, args.test)
+    test_rows, train_rows, cosines = find_leaks(embed(cache, train), embed(cache, test), args.threshold)
+    pairs = pd.DataFrame({"test_row": test_rows + 1, "train_row": train_rows + 1, "cosine": cosines.round(4),
+                          "test_text": [test[i] for i in test_rows], "train_text": [train[i] for i in train_rows]})
+    pairs = pairs.sort_values("cosine", ascending=False)
+    print(f"{len(pairs)} of {len(test)} test texts ({len(pairs) / len(test):.1%}) have a training text "
+          f"with cosine >= {args.threshold}")
+    for row in pairs.head(10).itertuples():
+        print(f"  test row {row.test_row} ~ train row {row.train_row} ({row.cosine:.3f}): {row.test_text[:70]!r}")
+    if args.out:
+        pairs.to_csv(args.out, index=False)
+        print(f"wrote {args.out}")
+    return {"n_test": len(test), "n_leaked": len(pairs), "share": len(pairs) / len(test), "threshold": args.threshold}
+
+
 def _flat(metrics: dict) -> dict:
     """JSON-safe: NaN (an undefined correlation) becomes null."""
     def clean(v):
@@ -163,7 +198,7 @@ def _flat(metrics: dict) -> dict:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
-        result = {"train": train, "predict": predict, "evaluate": evaluate}[args.command](args)
+        result = {"train": train, "predict": predict, "evaluate": evaluate, "leakage": leakage}[args.command](args)
     except (InputError, FingerprintMismatchError, FileNotFoundError, ValueError, KeyError) as e:
         print(f"heads {args.command}: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 1

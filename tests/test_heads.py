@@ -187,3 +187,32 @@ def test_cli_errors_name_the_problem(cache, tmp_path, capsys):
     assert "no column 'quality'; available columns: text, food" in capsys.readouterr().err
     assert main(["evaluate", "--model", str(tmp_path / "nothing"), "--cache", str(cache.path), "--data", str(tmp_path / "train.csv")]) == 1
     assert "is not a saved head model: config.json is missing" in capsys.readouterr().err
+
+
+def test_knn_propagation_recovers_cluster_labels_with_confidence():
+    from heads.neighbours import propagate
+
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((5, 32))
+    def points(n):
+        c = rng.integers(0, 5, n)
+        return centers[c] + 0.3 * rng.standard_normal((n, 32)), c * 1.0
+    labeled, y_labeled = points(50)
+    unlabeled, truth = points(500)
+    scores, confidence = propagate(labeled, y_labeled, unlabeled, k=5)
+    assert np.abs(scores - truth).mean() < 0.05 and confidence.mean() > 0.8
+    far = rng.standard_normal((20, 32)) * 5  # points between clusters: low confidence
+    assert propagate(labeled, y_labeled, far, k=5)[1].mean() < confidence.mean() - 0.3
+
+
+def test_leakage_report_finds_planted_near_duplicates(cache, tmp_path, capsys):
+    test = pd.concat([TEST, pd.DataFrame({"text": ["I really  enjoy pizza. ", "tell me more about football."], "food": [1.0, 0.0]})])
+    TRAIN.to_csv(tmp_path / "train.csv", index=False)
+    test.to_csv(tmp_path / "test.csv", index=False)
+    assert main(["leakage", "--cache", str(cache.path), "--train", str(tmp_path / "train.csv"), "--test",
+                 str(tmp_path / "test.csv"), "--out", str(tmp_path / "leaks.csv"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["n_test"], summary["n_leaked"]) == (len(test), 2)
+    leaks = pd.read_csv(tmp_path / "leaks.csv")
+    assert set(leaks.train_text) == {"I really enjoy pizza.", "Tell me more about football."}
+    assert set(leaks.test_row) == {len(test) - 1, len(test)}
