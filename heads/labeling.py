@@ -1,0 +1,135 @@
+"""Labeling functions: heuristics ``text -> score or None (abstain)``, registered by name and combined.
+
+The built-in ones score prompt quality on 0-1 and are examples to copy more than
+a finished judge.  ``combine`` takes a weighted mean of the functions that do
+not abstain; ``learn_weights`` fits the weights against a labelled subset.
+
+    from heads.labeling import labeling_function
+
+    @labeling_function("mentions_audience")
+    def mentions_audience(text):
+        return 0.9 if " for a " in text.lower() else None
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+
+import numpy as np
+
+LABELING_FUNCTIONS: dict[str, Callable[[str], float | None]] = {}
+
+
+def labeling_function(name: str):
+    """Register ``fn(text) -> float | None`` under ``name`` (None means: no opinion)."""
+    def register(fn):
+        LABELING_FUNCTIONS[name] = fn
+        return fn
+    return register
+
+
+@labeling_function("length")
+def length(text: str) -> float | None:
+    """Very short prompts say little: 0 at 1 character, 1 from 150 characters on (log scale)."""
+    n = len(text.strip())
+    return min(1.0, math.log1p(n) / math.log1p(150)) if n else 0.0
+
+
+_CONSTRAINT = re.compile(r"\b(step by step|in \d+ (words|sentences|lines)|for (a|an|my) \w+|with (examples|sources|code)|"
+                         r"as (a|an) (table|list|checklist|email|poem)|bullet points|in detail|format)\b", re.IGNORECASE)
+
+
+@labeling_function("specificity")
+def specificity(text: str) -> float | None:
+    """Constraints (audience, format, length, examples), numbers and quoted terms make a prompt specific."""
+    hits = len(_CONSTRAINT.findall(text)) + len(re.findall(r"\d+|\"[^\"]+\"", text))
+    return None if hits == 0 else min(1.0, 0.6 + 0.2 * hits)
+
+
+_IMPERATIVE = re.compile(r"^\s*(please\s+)?(explain|write|list|compare|summari[sz]e|describe|translate|give|show|"
+                         r"create|draft|review|plan|debug|analy[sz]e|suggest|help)\b", re.IGNORECASE)
+
+
+@labeling_function("question_or_instruction")
+def question_or_instruction(text: str) -> float | None:
+    """A clear ask (a question or an instruction) beats a fragment; abstains when neither is visible."""
+    if _IMPERATIVE.search(text):
+        return 0.8
+    if text.rstrip().endswith("?"):
+        return 0.7
+    return None
+
+
+@labeling_function("punctuation")
+def punctuation(text: str) -> float | None:
+    """Runs of !!! or ??? and all-caps shouting lower the score; a normal ending raises it a little."""
+    if re.search(r"[!?]{3,}", text) or (len(text) > 10 and text.upper() == text and any(c.isalpha() for c in text)):
+        return 0.2
+    return 0.6 if text.rstrip()[-1:] in (".", "?", "!", ":") else None
+
+
+@labeling_function("repetition")
+def repetition(text: str) -> float | None:
+    """The same word over and over (spam, filler) scores low; abstains on normal text."""
+    words = re.findall(r"\w+", text.lower())
+    if len(words) < 6:
+        return None
+    return 0.1 if len(set(words)) / len(words) < 0.5 else None
+
+
+def apply(texts: list[str], names=None) -> tuple[np.ndarray, list[str]]:
+    """``(n_texts, n_functions)`` outputs, NaN where a function abstains, and the function names."""
+    names = list(names or LABELING_FUNCTIONS)
+    unknown = [n for n in names if n not in LABELING_FUNCTIONS]
+    if unknown:
+        raise ValueError(f"unknown labeling function {', '.join(map(repr, unknown))}; "
+                         f"registered: {', '.join(LABELING_FUNCTIONS)}")
+    out = np.full((len(texts), len(names)), np.nan)
+    for j, name in enumerate(names):
+        fn = LABELING_FUNCTIONS[name]
+        for i, text in enumerate(texts):
+            value = fn(text)
+            if value is not None:
+                out[i, j] = float(value)
+    return out, names
+
+
+def combine(outputs: np.ndarray, weights=None) -> np.ndarray:
+    """Weighted mean over the functions that did not abstain; NaN where all abstain."""
+    weights = np.ones(outputs.shape[1]) if weights is None else np.asarray(weights, dtype=float)
+    voted = ~np.isnan(outputs)
+    w = voted * weights
+    total = w.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, (np.nan_to_num(outputs) * w).sum(1) / total, np.nan)
+
+
+def learn_weights(outputs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative weights (summing to 1) that fit the labelled rows ``y`` best.
+
+    A least-squares fit with positive coefficients (scikit-learn) on the outputs,
+    an abstention filled with that function's mean so it pulls nowhere.
+    """
+    from sklearn.linear_model import LinearRegression
+
+    filled = np.where(np.isnan(outputs), np.nanmean(outputs, axis=0), outputs)
+    filled = np.nan_to_num(filled)  # a function that abstained on every labelled row
+    coef = LinearRegression(positive=True).fit(filled, y).coef_
+    return coef / coef.sum() if coef.sum() > 0 else np.full(len(coef), 1 / len(coef))
+
+
+def coverage_report(outputs: np.ndarray, names: list[str], y=None) -> dict:
+    """Per function: coverage (share of texts it scores) and, with labels, Pearson r on the rows it scores."""
+    report = {}
+    for j, name in enumerate(names):
+        voted = ~np.isnan(outputs[:, j])
+        entry = {"coverage": float(voted.mean())}
+        if y is not None:
+            both = voted & ~np.isnan(y)
+            values = outputs[both, j]
+            defined = both.sum() > 2 and values.std() > 0 and y[both].std() > 0
+            entry["correlation"] = float(np.corrcoef(values, y[both])[0, 1]) if defined else None
+        report[name] = entry
+    return report
