@@ -249,9 +249,15 @@ class EmbeddingCache:
         attrs = {"fingerprint": self.fingerprint, "encoder": self.encoder_name, "created": time.time()}
         digest = write_shard(self.path / name, keys, vectors.astype(self.dtype), attrs)
         manifest = self._read_manifest()
+        first_row = sum(s["rows"] for s in manifest["shards"])
         manifest["shards"].append({"file": name, "rows": len(keys), "sha256": digest})
         atomic_write_json(self.path / MANIFEST, manifest)
-        self._sync_index()
+        # The index was synced under the lock we hold: extend it with the keys in
+        # memory instead of reading the new shard back.
+        self._index.add(keys, first_row=first_row)
+        self._starts.append(first_row)
+        self._files.append(name)
+        self._refresh()
 
     def add(self, texts, progress: bool = False) -> dict:
         """Encode and store the texts not cached yet; return counts.
@@ -261,12 +267,14 @@ class EmbeddingCache:
         encoder cut to its maximum length).
         """
         texts = list(texts)
-        unique = list(dict.fromkeys(texts))
-        keys = text_keys(unique)
+        unique, _, keys = _distinct(texts)
+        return self._add(unique, keys, len(texts), progress)
+
+    def _add(self, unique: list[str], keys: np.ndarray, n_texts: int, progress: bool) -> dict:
         with self._write_lock():
             self._sync_index()
             missing = np.flatnonzero(self._index.lookup(keys) < 0)
-            stats = {"rows": len(texts), "unique": len(unique), "cached": len(unique) - len(missing), "encoded": 0, "truncated": 0}
+            stats = {"rows": n_texts, "unique": len(unique), "cached": len(unique) - len(missing), "encoded": 0, "truncated": 0}
             if not len(missing):
                 return stats
             if self.encoder is None:
@@ -302,21 +310,21 @@ class EmbeddingCache:
     def encode(self, texts, progress: bool = False) -> np.ndarray:
         """``(n, dim)`` float32 vectors of ``texts`` in input order, encoding only what is missing."""
         texts = list(texts)
-        self.add(texts, progress=progress)
-        return self.get(texts)
+        unique, inverse, keys = _distinct(texts)
+        self._add(unique, keys, len(texts), progress)
+        return self._read(self._index.lookup(keys)[inverse])
 
     # -- reading --------------------------------------------------------------
 
-    def _rows(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        position: dict[str, int] = {}
-        inverse = np.fromiter((position.setdefault(t, len(position)) for t in texts), dtype=np.int64, count=len(texts))
-        unique = list(position)
+    def _lookup(self, texts) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Row of each distinct text (-1 where absent), the map back to ``texts``, the distinct texts."""
+        unique, inverse, keys = _distinct(list(texts))
         self._sync_index()
-        return self._index.lookup(text_keys(unique)), inverse, unique
+        return self._index.lookup(keys), inverse, unique
 
     def contains(self, texts) -> np.ndarray:
         """Boolean array: which of ``texts`` are cached."""
-        rows, inverse, _ = self._rows(list(texts))
+        rows, inverse, _ = self._lookup(texts)
         return (rows >= 0)[inverse]
 
     def get(self, texts) -> np.ndarray:
@@ -324,18 +332,18 @@ class EmbeddingCache:
 
         Raises KeyError saying how many texts are missing.
         """
-        texts = list(texts)
-        rows, inverse, unique = self._rows(texts)
+        rows, inverse, unique = self._lookup(texts)
         missing = np.flatnonzero(rows < 0)
         if len(missing):
             raise KeyError(
                 f"{len(missing)} of {len(unique)} distinct texts are not in cache {self.path} "
                 f"(first: {unique[missing[0]][:60]!r}); add them with cache.encode() or embedcache precompute"
             )
-        # Fill the output in place, shard by shard in row order: one pass over
-        # the result, no intermediate array of the distinct texts.
-        rows = rows[inverse]
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        return self._read(rows[inverse])
+
+    def _read(self, rows: np.ndarray) -> np.ndarray:
+        """Vectors at global ``rows`` (all present), filled in place shard by shard in row order."""
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
         order = np.argsort(rows, kind="stable")
         starts = np.asarray(self._starts)
         shard_of = np.searchsorted(starts, rows[order], side="right") - 1
@@ -374,3 +382,11 @@ class EmbeddingCache:
                 for name in names:
                     (self.path / name).unlink(missing_ok=True)
         return bad
+
+
+def _distinct(texts: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Distinct texts in first-seen order, the index of each text among them, and their keys."""
+    position: dict[str, int] = {}
+    inverse = np.fromiter((position.setdefault(t, len(position)) for t in texts), dtype=np.int64, count=len(texts))
+    unique = list(position)
+    return unique, inverse, text_keys(unique)

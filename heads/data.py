@@ -20,12 +20,12 @@ SIDES = ("text", "pair", "condition")
 
 def embed(cache: EmbeddingCache, texts: list[str]) -> np.ndarray:
     """Vectors of ``texts`` from the cache; texts missing from it are encoded through it."""
-    present = cache.contains(texts)
-    if not present.all():
+    try:
+        return cache.get(texts)  # the usual case: everything cached, one pass
+    except KeyError:
         if cache.encoder is None:
             cache.load_encoder()
-        cache.add(texts, progress=True)
-    return cache.get(texts)
+        return cache.encode(texts, progress=True)
 
 
 @dataclass
