@@ -101,6 +101,18 @@ def _hash_state_dict(module) -> str:
     return h.hexdigest()
 
 
+def _hash_tokenizer(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()
+    # Calling the tokenizer stores its last truncation and padding settings in this
+    # JSON; they are per call, not part of the tokenizer, so leave them out.
+    tok = json.loads(backend.to_str())
+    tok.pop("truncation", None)
+    tok.pop("padding", None)
+    return hashlib.sha256(json.dumps(tok, sort_keys=True).encode()).hexdigest()
+
+
 def resolve_device(device: str | None) -> str:
     import torch
 
@@ -156,24 +168,15 @@ class SentenceTransformerEncoder(Encoder):
             self.model.to({"fp16": torch.float16, "bf16": torch.bfloat16}[self.precision])
         self.max_length = self.model.max_seq_length
         self.dim = self.model.get_embedding_dimension()
+        # Hashed once, like the weights: serialising the tokenizer costs tens of milliseconds.
         self._weights = _hash_state_dict(self.model)
+        self._tokenizer = _hash_tokenizer(self.model.tokenizer)
 
     def describe(self) -> dict:
-        tokenizer = self.model.tokenizer
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        if backend is not None:
-            # Calling the tokenizer stores its last truncation and padding settings in
-            # this JSON; they are per call, not part of the tokenizer, so leave them out.
-            tok = json.loads(backend.to_str())
-            tok.pop("truncation", None)
-            tok.pop("padding", None)
-        else:
-            tok = tokenizer.get_vocab()
-        tok = json.dumps(tok, sort_keys=True)
         return {
             "backend": "sentence-transformers",
             "weights_sha256": self._weights,
-            "tokenizer_sha256": hashlib.sha256(tok.encode()).hexdigest(),
+            "tokenizer_sha256": self._tokenizer,
             "modules": [repr(m) for m in self.model],
             "max_length": self.max_length,
             "normalize": self.normalize,
