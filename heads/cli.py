@@ -1,4 +1,4 @@
-"""The ``heads`` command: train, predict, evaluate, leakage."""
+"""The ``heads`` command: train, predict, evaluate, pseudolabel, leakage."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from embedcache import EmbeddingCache, FingerprintMismatchError
 from embedcache.inputs import FORMATS, InputError, read_table
 
 from .model import HEADS, HeadModel
+from .pseudolabel import METHODS
 
 EXAMPLES = """\
 examples:
@@ -26,10 +27,36 @@ examples:
       --label-col 2 --head two-tower --out models/sts
   heads evaluate --model models/sts --cache cache/minilm --data stsb-en-dev.csv --no-header --plots plots/
   heads predict --model models/sts --cache cache/minilm --data new.csv --no-header --out preds.csv
+  # no labels yet: score 450k prompts from a few hundred labelled ones, then train on the result
+  heads pseudolabel --cache cache/minilm --data prompts.csv --text-col prompt --labeled rated.csv \
+      --label-col quality --method self-train --out pseudo.csv
+  heads train --cache cache/minilm --data pseudo.csv --text-col prompt --label-col score --out models/quality
 
 Texts missing from the cache are encoded through it with the encoder that
 built it. With --json the last line of stdout is one JSON object with n, mse,
 rmse, mae, pearson, spearman and r2 (validation metrics for train)."""
+
+PSEUDOLABEL_EXAMPLES = """\
+examples:
+  # no labels at all: the built-in prompt-quality labeling functions (and your own, from my_lfs.py)
+  heads pseudolabel --cache cache/minilm --data prompts.csv --text-col prompt --import my_lfs.py --out pseudo.csv
+  # a few hundred labels: learn the functions' weights from them
+  heads pseudolabel --cache cache/minilm --data prompts.csv --text-col prompt --labeled rated.csv \\
+      --label-col quality --method lf --out pseudo.csv
+  # a few hundred labels: spread them to the nearest neighbours, or self-train a head
+  heads pseudolabel --cache cache/minilm --data prompts.csv --text-col prompt --labeled rated.csv \\
+      --label-col quality --method knn --k 20 --out pseudo.csv
+  heads pseudolabel --cache cache/minilm --data pairs.csv --text-col s1 --pair-col s2 --labeled rated.csv \\
+      --label-col score --label-range 0 5 --out pseudo.csv
+  # then: heads train --cache cache/minilm --data pseudo.csv --text-col prompt --label-col score --out models/q
+
+A labeling function is a plain function text -> score or None (no opinion):
+    from heads.labeling import labeling_function
+    @labeling_function("mentions_audience")
+    def mentions_audience(text):
+        return 0.9 if " for a " in text.lower() else None
+With --json the last line of stdout is a JSON summary (counts, per-round metrics
+or per-function coverage, weight and correlation)."""
 
 
 def _add_data(p, train: bool) -> None:
@@ -84,6 +111,33 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--label-col", action="append", metavar="COL", help="label columns (default: the model's)")
     e.add_argument("--plots", metavar="DIR", help="write predicted-vs-true, residual and per-condition PNGs here")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON on the last line")
+    w = sub.add_parser("pseudolabel", help="score an unlabeled file (labeling functions, neighbours, self-training)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=PSEUDOLABEL_EXAMPLES,
+                       description="Score every row of --data and write source,id,<text columns>,score,confidence: "
+                                   "the labelled rows first (their own label, confidence 1), then the rest. "
+                                   "Train on it with heads train --label-col score.")
+    _add_data(w, train=True)
+    w.add_argument("--labeled", metavar="FILE", help="a labelled file with the same text columns")
+    w.add_argument("--label-col", metavar="COL", help="the label column of --labeled")
+    w.add_argument("--method", choices=METHODS, help="lf: labeling functions; knn: labels spread from the k "
+                   "nearest labelled rows; self-train: heads trained on the labels, then on their surest "
+                   "predictions (default: self-train with --labeled, else lf)")
+    w.add_argument("--lf", action="append", metavar="NAME", help="labeling function to use; repeat (default: all registered)")
+    w.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="a module or .py file to import first, to register your own labeling functions")
+    w.add_argument("--k", type=int, default=10, help="neighbours per row for knn (default 10)")
+    w.add_argument("--rounds", type=int, default=3, help="self-training rounds after the labelled-only one (default 3)")
+    w.add_argument("--committee", type=int, default=3, help="heads per self-training round; their agreement is the confidence (default 3)")
+    w.add_argument("--head", default="concat", help=f"head for self-training: one of {', '.join(HEADS)} (default: concat)")
+    w.add_argument("--val-data", metavar="FILE", help="labelled validation file for self-training (default: 10%% of --labeled)")
+    w.add_argument("--label-range", type=float, nargs=2, metavar=("LO", "HI"), help="bound scores to [LO, HI]")
+    w.add_argument("--min-confidence", type=float, default=0.0, help="leave out scored rows below this confidence")
+    w.add_argument("--id-col", metavar="COL", help="column copied as id (default: 'id' if present, else the row number)")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--out", required=True, metavar="CSV", help="the scored table")
+    w.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    w.add_argument("--quiet", action="store_true", help="no progress bars")
+
     k = sub.add_parser("leakage", help="find test texts that nearly duplicate a training text",
                        description="List test texts whose nearest training text (cosine of cached vectors, "
                                    "exact faiss search) is at or above --threshold: near-duplicates across "
@@ -163,6 +217,51 @@ def evaluate(args) -> dict:
     return _flat(metrics)
 
 
+def pseudolabel(args) -> dict:
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
+    from .labeling import LABELING_FUNCTIONS
+    from .pseudolabel import pseudolabel as score_rows
+
+    for name in args.imports:
+        if name.endswith(".py"):
+            spec = importlib.util.spec_from_file_location(Path(name).stem, name)
+            if spec is None or not Path(name).exists():
+                raise FileNotFoundError(f"--import {name}: no such file")
+            spec.loader.exec_module(importlib.util.module_from_spec(spec))
+        else:
+            importlib.import_module(name)
+    method = args.method or ("self-train" if args.labeled else "lf")
+    labeled = _read(args, args.labeled) if args.labeled else None
+    model = HeadModel(head=args.head, label_range=tuple(args.label_range) if args.label_range else None, seed=args.seed)
+    out, summary = score_rows(
+        EmbeddingCache(args.cache), _read(args, args.data), _columns(args), method, labeled, args.label_col, args.lf,
+        k=args.k, model=model, rounds=args.rounds, committee=args.committee,
+        val_data=_read(args, args.val_data) if args.val_data else None, id_col=args.id_col,
+        paths=(args.data, args.labeled), progress=not args.quiet)
+    if args.label_range and method != "self-train":
+        out["score"] = out["score"].clip(*args.label_range)
+    dropped = int(((out.source == "data") & (out.confidence < args.min_confidence)).sum())
+    out = out[(out.source == "labeled") | (out.confidence >= args.min_confidence)]
+    out.to_csv(args.out, index=False)
+    for name, entry in summary.get("functions", {}).items():
+        corr = entry.get("correlation")
+        print(f"  {name}: coverage {entry['coverage']:.1%}, weight {entry['weight']:.3f}"
+              + (f", correlation with labels {corr:.3f}" if corr is not None else ""))
+    for r in summary.get("rounds", []):
+        print(f"  round {r['round']}: {r['n_pseudo']} pseudo-labelled + labelled = {r['n_train']} rows, "
+              f"val rmse {r['rmse']:.4f} spearman {r['spearman']:.4f} ({r['seconds']:.1f} s)")
+    if "best_round" in summary:
+        print(f"  kept round {summary['best_round']} (best validation rmse)")
+    scored = int((out.source == "data").sum())
+    print(f"{method}: scored {scored} of {summary['n_data']} rows ({summary['n_data'] - summary['n_scored']} already "
+          f"labelled, {summary['n_abstained']} with no vote, {dropped} below --min-confidence); wrote {len(out)} rows to {args.out}")
+    return {**_flat(summary), "n_written": len(out), "n_below_min_confidence": dropped, "out": args.out,
+            "labeling_functions": args.lf or (list(LABELING_FUNCTIONS) if method == "lf" else None)}
+
+
 def leakage(args) -> dict:
     import pandas as pd
 
@@ -198,7 +297,8 @@ def _flat(metrics: dict) -> dict:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
-        result = {"train": train, "predict": predict, "evaluate": evaluate, "leakage": leakage}[args.command](args)
+        result = {"train": train, "predict": predict, "evaluate": evaluate, "pseudolabel": pseudolabel,
+                  "leakage": leakage}[args.command](args)
     except (InputError, FingerprintMismatchError, FileNotFoundError, ValueError, KeyError) as e:
         print(f"heads {args.command}: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 1

@@ -48,6 +48,15 @@ class Inputs:
         cond = None if self.condition_values is None else [self.condition_values[i] for i in rows]
         return Inputs(self.tables, {s: i[rows] for s, i in self.index.items()}, cond)
 
+    def join(self, other: Inputs) -> Inputs:
+        """The rows of ``self`` followed by those of ``other`` (tables stacked, indices shifted)."""
+        if self.sides != other.sides:
+            raise ValueError(f"cannot join inputs with sides {self.sides} and {other.sides}")
+        tables = {s: np.concatenate([self.tables[s], other.tables[s]]) for s in self.sides}
+        index = {s: np.concatenate([self.index[s], other.index[s] + len(self.tables[s])]) for s in self.sides}
+        cond = None if self.condition_values is None else list(self.condition_values) + list(other.condition_values)
+        return Inputs(tables, index, cond)
+
     def compact(self) -> Inputs:
         """The same rows with each table cut to the vectors they use (a 10% subset copies 10%)."""
         tables, index = {}, {}

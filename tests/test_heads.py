@@ -1,4 +1,5 @@
 import json
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -216,3 +217,65 @@ def test_leakage_report_finds_planted_near_duplicates(cache, tmp_path, capsys):
     leaks = pd.read_csv(tmp_path / "leaks.csv")
     assert set(leaks.train_text) == {"I really enjoy pizza.", "Tell me more about football."}
     assert set(leaks.test_row) == {len(test) - 1, len(test)}
+
+
+@pytest.mark.parametrize("method", ["knn", "self-train"])
+def test_pseudolabel_spreads_a_few_labels_and_its_output_trains_a_head(cache, tmp_path, capsys, method):
+    labeled = topic_rows(FOOD[:2], SPORT[:2])
+    data = pd.concat([TRAIN, TEST], ignore_index=True).drop(columns="food")
+    labeled.to_csv(tmp_path / "labeled.csv", index=False)
+    data.to_csv(tmp_path / "data.csv", index=False)
+    out = tmp_path / "pseudo.csv"
+    assert main(["pseudolabel", "--cache", str(cache.path), "--data", str(tmp_path / "data.csv"), "--labeled",
+                 str(tmp_path / "labeled.csv"), "--label-col", "food", "--method", method, "--label-range", "0", "1",
+                 "--rounds", "2", "--out", str(out), "--json", "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    pseudo = pd.read_csv(out)
+    assert list(pseudo.columns) == ["source", "id", "text", "score", "confidence"]
+    # every labelled row once with its own label, then every data row not among them
+    assert (pseudo.source == "labeled").sum() == len(labeled) and (pseudo.source == "data").sum() == len(data) - len(labeled)
+    assert summary["n_written"] == len(data) and pseudo.text.is_unique
+    scored = pseudo[pseudo.source == "data"].merge(pd.concat([TRAIN, TEST]), on="text")
+    right = (scored.score > 0.5) == (scored.food > 0.5)
+    sure = scored.confidence >= scored.confidence.median()
+    assert right.mean() > 0.9
+    if method == "knn":  # closer, agreeing neighbours: the confidence means something
+        assert right[sure].mean() >= right.mean()
+    assert pseudo.confidence.between(0, 1).all()
+    if method == "self-train":
+        assert summary["rounds"][0]["round"] == 0 and summary["rounds"][-1]["n_pseudo"] > 0
+    # the output is a training file as it is
+    assert main(["train", "--cache", str(cache.path), "--data", str(out), "--label-col", "score", "--out",
+                 str(tmp_path / "model"), "--label-range", "0", "1", "--quiet", "--json"]) == 0
+    model = HeadModel.load(tmp_path / "model")
+    assert ((model.predict(cache, TEST)[:, 0] > 0.5) == (TEST.food > 0.5)).mean() > 0.8
+
+
+def test_pseudolabel_with_labeling_functions_imported_from_a_file(cache, tmp_path, capsys):
+    (tmp_path / "my_lfs.py").write_text(textwrap.dedent("""
+        from heads.labeling import labeling_function
+
+        @labeling_function("test_mentions_food")
+        def mentions_food(text):
+            return 1.0 if any(w in text.lower() for w in ("pizza", "cake", "soup")) else None
+    """))
+    data = pd.DataFrame({"text": ["I really enjoy pizza.", "cake", "Tell me more about golf.", "the"], "id": [7, 8, 9, 10]})
+    data.to_csv(tmp_path / "prompts.csv", index=False)
+    args = ["pseudolabel", "--cache", str(cache.path), "--data", str(tmp_path / "prompts.csv"), "--import",
+            str(tmp_path / "my_lfs.py"), "--lf", "test_mentions_food", "--lf", "length", "--out", str(tmp_path / "lf.csv"), "--json"]
+    try:
+        assert main(args) == 0
+    finally:
+        from heads.labeling import LABELING_FUNCTIONS
+        LABELING_FUNCTIONS.pop("test_mentions_food", None)
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out = pd.read_csv(tmp_path / "lf.csv").set_index("id")
+    assert summary["functions"]["test_mentions_food"]["coverage"] == 0.5 and summary["functions"]["length"]["coverage"] == 1
+    # equal weights: the food function lifts the two food prompts above their length score alone
+    assert out.loc[7, "score"] > out.loc[9, "score"] and out.loc[8, "confidence"] == 1.0 and out.loc[9, "confidence"] == 0.5
+    assert main(["pseudolabel", "--cache", str(cache.path), "--data", str(tmp_path / "prompts.csv"), "--method", "knn",
+                 "--out", str(tmp_path / "x.csv")]) == 1
+    assert "method 'knn' needs labelled rows (--labeled FILE --label-col COL)" in capsys.readouterr().err
+    assert main(["pseudolabel", "--cache", str(cache.path), "--data", str(tmp_path / "prompts.csv"), "--lf", "nope",
+                 "--out", str(tmp_path / "x.csv")]) == 1
+    assert "unknown labeling function 'nope'" in capsys.readouterr().err

@@ -128,3 +128,37 @@ def test_an_annotation_record_survives_a_kill_and_is_not_paid_twice(tmp_path):
     assert all(scores[f"prompt {i}"] == len(f"prompt {i}") for i in range(300))
     assert os.path.getsize(record) > 0 and len(read_record(record)) == 300
     assert all(json.loads(line)["text"].startswith("prompt") for line in record.read_text().splitlines()[-5:])
+
+
+def clustered(n, rng, centers, values):
+    from heads.data import Inputs
+
+    c = rng.integers(0, len(centers), n)
+    X = centers[c] + 0.35 * rng.standard_normal((n, centers.shape[1]))
+    return Inputs({"text": X.astype(np.float32)}, {"text": np.arange(n)}), (values[c] + 0.05 * rng.standard_normal(n))[:, None]
+
+
+def test_self_training_beats_the_labeled_only_head_on_clustered_data():
+    """40 labels over 8 clusters, 2,000 unlabeled points: the clusters are there to be learned from the unlabeled rows."""
+    from heads import HeadModel
+    from heads.metrics import regression_metrics
+    from heads.selftrain import committee_predict, self_train
+
+    rng = np.random.default_rng(1)
+    centers, values = rng.standard_normal((8, 32)), rng.uniform(0, 1, 8)
+    labeled, y = clustered(40, rng, centers, values)
+    unlabeled, _ = clustered(2000, rng, centers, values)
+    val, y_val = clustered(40, rng, centers, values)
+    test, y_test = clustered(1000, rng, centers, values)
+    settings = {"width": 64, "epochs": 30, "seed": 1}
+    alone = HeadModel(**settings).fit_inputs(labeled, y, val, y_val, progress=False)
+    result = self_train(HeadModel(**settings), labeled, y, unlabeled, val, y_val, rounds=2, committee=3, progress=False)
+    rounds = result.rounds
+    assert [r["round"] for r in rounds] == list(range(len(rounds))) and rounds[0]["n_pseudo"] == 0
+    assert rounds[1]["n_pseudo"] == 1000 and rounds[1]["n_train"] == 1040  # round 1 of 2 keeps the surest half
+    assert result.best_round >= 1 and rounds[result.best_round]["rmse"] < rounds[0]["rmse"]
+    self_trained, _ = committee_predict(result.models, test, y.std(0))
+    assert regression_metrics(y_test, self_trained)["rmse"] < 0.95 * regression_metrics(y_test, alone.predict_inputs(test))["rmse"]
+    assert result.scores.shape == (2000, 1) and ((result.confidence >= 0) & (result.confidence <= 1)).all()
+    with pytest.raises(ValueError, match="committee must be at least 2"):
+        self_train(HeadModel(), labeled, y, unlabeled, val, y_val, committee=1)
