@@ -13,6 +13,7 @@ from embedcache.inputs import FORMATS, InputError, read_table
 
 from .model import HEADS, HeadModel
 from .pseudolabel import METHODS
+from .selftrain import SELECT
 
 EXAMPLES = """\
 examples:
@@ -128,6 +129,8 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--k", type=int, default=10, help="neighbours per row for knn (default 10)")
     w.add_argument("--rounds", type=int, default=3, help="self-training rounds after the labelled-only one (default 3)")
     w.add_argument("--committee", type=int, default=3, help="heads per self-training round; their agreement is the confidence (default 3)")
+    w.add_argument("--select", default="rmse", choices=list(SELECT), help="validation metric that judges a "
+                   "self-training round (default rmse; spearman where the ranking matters more than the scale)")
     w.add_argument("--head", default="concat", help=f"head for self-training: one of {', '.join(HEADS)} (default: concat)")
     w.add_argument("--val-data", metavar="FILE", help="labelled validation file for self-training (default: 10%% of --labeled)")
     w.add_argument("--label-range", type=float, nargs=2, metavar=("LO", "HI"), help="bound scores to [LO, HI]")
@@ -238,9 +241,10 @@ def pseudolabel(args) -> dict:
     model = HeadModel(head=args.head, label_range=tuple(args.label_range) if args.label_range else None, seed=args.seed)
     out, summary = score_rows(
         EmbeddingCache(args.cache), _read(args, args.data), _columns(args), method, labeled, args.label_col, args.lf,
-        k=args.k, model=model, rounds=args.rounds, committee=args.committee,
+        k=args.k, model=model, rounds=args.rounds, committee=args.committee, select=args.select,
         val_data=_read(args, args.val_data) if args.val_data else None, id_col=args.id_col,
         paths=(args.data, args.labeled), progress=not args.quiet)
+    summary.pop("models", None)  # the committee; the table is what this command gives
     if args.label_range and method != "self-train":
         out["score"] = out["score"].clip(*args.label_range)
     dropped = int(((out.source == "data") & (out.confidence < args.min_confidence)).sum())

@@ -69,9 +69,13 @@ def _ids(df: pd.DataFrame, id_col) -> list:
 
 def pseudolabel(cache: EmbeddingCache, data: pd.DataFrame, columns: dict, method: str, labeled: pd.DataFrame | None = None,
                 label_col: str | None = None, lfs=None, k: int = 10, model: HeadModel | None = None, rounds: int = 3,
-                committee: int = 3, val_data: pd.DataFrame | None = None, id_col=None, paths=("data", "labeled"),
+                committee: int = 3, select: str = "rmse", val_data: pd.DataFrame | None = None, id_col=None, paths=("data", "labeled"),
                 progress: bool = True) -> tuple[pd.DataFrame, dict]:
-    """Score the rows of ``data``; returns the output table and a summary (method, counts, per-round or per-function details)."""
+    """Score the rows of ``data``; returns the output table and a summary.
+
+    The summary holds the method and counts, and per function (``lf``) or per
+    round (``self-train``, with ``models``: the kept round's committee) details.
+    """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     if method != "lf" and labeled is None:
@@ -116,10 +120,10 @@ def pseudolabel(cache: EmbeddingCache, data: pd.DataFrame, columns: dict, method
             else:
                 tr, va = grouped_split(lab_inputs.index["text"], model.val_fraction, model.seed)
                 train, y_train, val, y_val = lab_inputs.subset(tr), y[tr], lab_inputs.subset(va), y[va]
-            result = self_train(model, train, y_train, rest_inputs, val, y_val, rounds=rounds, committee=committee,
+            result = self_train(model, train, y_train, rest_inputs, val, y_val, rounds=rounds, committee=committee, select=select,
                                 labels=[label_col], progress=progress)
             scores, confidence = result.scores, result.confidence
-            summary.update(best_round=result.best_round, rounds=result.rounds)
+            summary.update(best_round=result.best_round, rounds=result.rounds, models=result.models)
 
     scored = ~np.isnan(scores[:, 0])
     summary["n_abstained"] = int((~scored).sum())  # every labeling function abstained: no score to write

@@ -5,8 +5,8 @@ the labelled rows plus the pseudo-labelled rows kept so far.  The committee's
 mean is the pseudo-label and its agreement the confidence: where heads started
 from different seeds disagree, the labelled rows did not settle the answer.
 Round ``r`` of ``R`` keeps the most confident ``r / R`` of the unlabeled rows
-(easy rows first, a curriculum), and the loop stops when the validation RMSE
-stops improving; the best round's scores are returned.
+(easy rows first, a curriculum), and the loop stops when the validation metric
+(RMSE by default) stops improving; the best round's scores are returned.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from tqdm.auto import tqdm
 from .data import Inputs
 from .metrics import NAMES, report
 from .model import HeadModel
+
+SELECT = {"rmse": -1, "mae": -1, "pearson": 1, "spearman": 1, "r2": 1}  # +1: higher is better
 
 
 @dataclass
@@ -39,12 +41,19 @@ def committee_predict(models: list, inputs: Inputs, label_std) -> tuple[np.ndarr
 
 
 def self_train(model: HeadModel, labeled: Inputs, y: np.ndarray, unlabeled: Inputs, val: Inputs, y_val: np.ndarray,
-               rounds: int = 3, committee: int = 3, labels=None, progress: bool = True) -> SelfTraining:
+               rounds: int = 3, committee: int = 3, select: str = "rmse", labels=None, progress: bool = True) -> SelfTraining:
     """Self-train ``model``'s settings from ``labeled`` rows over ``unlabeled`` rows, judged on ``val``.
 
     ``rounds`` is the most pseudo-labelling rounds after the labelled-only
-    round 0; ``committee`` (>= 2) heads are trained per round.
+    round 0; ``committee`` (>= 2) heads are trained per round.  ``select`` is
+    the validation metric that judges a round: ``rmse`` or ``mae`` (lower is
+    better), ``pearson``, ``spearman`` or ``r2`` (higher is better).  Where the
+    ranking matters more than the scale, ``spearman`` suits better: a committee's
+    mean is pulled towards the average label, so a student trained on it ranks
+    better while its RMSE can grow.
     """
+    if select not in SELECT:
+        raise ValueError(f"unknown select metric {select!r}; choose one of: {', '.join(SELECT)}")
     if committee < 2:
         raise ValueError(f"committee must be at least 2 (its disagreement is the confidence), got {committee}")
     if rounds < 1:
@@ -70,7 +79,7 @@ def self_train(model: HeadModel, labeled: Inputs, y: np.ndarray, unlabeled: Inpu
         history.append({"round": r, "n_pseudo": n_pseudo, "n_train": len(train), **metrics,
                         "seconds": round(time.perf_counter() - start, 2)})
         bar.set_postfix(rmse=round(metrics["rmse"], 4), pseudo=n_pseudo)
-        if best is None or metrics["rmse"] < best.rounds[-1]["rmse"]:
+        if best is None or SELECT[select] * metrics[select] > SELECT[select] * best.rounds[-1][select]:
             best = SelfTraining(pseudo, conf, models, list(history), r)
         else:
             break  # no better than the best round: more of the same pseudo-labels will not help
