@@ -13,13 +13,16 @@ import numpy as np
 import pandas as pd
 
 from embedcache import EmbeddingCache
+from embedcache.encoders import Encoder
 from embedcache.inputs import InputError, bad_rows, check_columns
 
 SIDES = ("text", "pair", "condition")
 
 
-def embed(cache: EmbeddingCache, texts: list[str]) -> np.ndarray:
-    """Vectors of ``texts`` from the cache; texts missing from it are encoded through it."""
+def embed(cache: EmbeddingCache | Encoder, texts: list[str]) -> np.ndarray:
+    """Vectors of ``texts`` from the cache (texts missing from it are encoded through it), or from an encoder."""
+    if isinstance(cache, Encoder):
+        return cache.encode(texts)
     try:
         return cache.get(texts)  # the usual case: everything cached, one pass
     except KeyError:

@@ -20,9 +20,9 @@ from safetensors.torch import load_file, save_file
 
 from embedcache import EmbeddingCache, FingerprintMismatchError
 from embedcache.encoders import resolve_device
-from embedcache.inputs import InputError, read_table
+from embedcache.inputs import InputError, check_columns, read_table
 
-from .data import Inputs, grouped_split, load_inputs, load_labels
+from .data import Inputs, column_texts, grouped_split, load_inputs, load_labels
 from .metrics import report
 from .modules import MODULES, TwoTowerHead
 from .train import fit as fit_module
@@ -35,7 +35,7 @@ RIDGE_ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
 
 def check_head(head: str) -> None:
-    if head not in HEADS:
+    if head not in (*HEADS, "cross"):
         raise ValueError(f"unknown head {head!r}; choose one of: {', '.join(HEADS)}")
 
 
@@ -132,6 +132,8 @@ class HeadModel:
     def fit(self, cache: EmbeddingCache, data, label_cols, text_col="text", pair_col=None, condition_col=None,
             val_data=None, progress=True) -> HeadModel:
         """Train on ``data`` (a DataFrame or a file); validate on ``val_data`` or a grouped split."""
+        if self.head == "cross":
+            raise ValueError("the cross head reads both texts in one sequence through the encoder: train it with heads finetune")
         label_cols = [label_cols] if isinstance(label_cols, str) else list(label_cols)
         self.columns_ = {"text": text_col, "pair": pair_col, "condition": condition_col}
         if self.head == "two-tower" and (pair_col is None) == (condition_col is None):
@@ -214,11 +216,35 @@ class HeadModel:
                 f"(fingerprint {cache.fingerprint}); use a cache built with the model's encoder"
             )
 
+    def own_encoder(self):
+        """A fine-tuned model's encoder (its ``encoder/`` directory), loaded once."""
+        if getattr(self, "_own_encoder", None) is None:
+            from embedcache import load_encoder
+
+            self._own_encoder = load_encoder(str(self.directory_ / self.finetuned_["encoder"]))
+        return self._own_encoder
+
     def _inputs(self, cache, data, columns=None) -> tuple[Inputs, pd.DataFrame, str]:
-        self._check_cache(cache)
         df, path = _table(data)
         columns = {**self.columns_, **{k: v for k, v in (columns or {}).items() if v is not None}}
-        return load_inputs(cache, df, columns, path), df, path
+        if getattr(self, "finetuned_", None) is None:
+            if cache is None:
+                raise ValueError("a frozen head needs the cache of the vectors it was trained on (--cache DIR)")
+            self._check_cache(cache)
+            return load_inputs(cache, df, columns, path), df, path
+        if self.head == "cross":  # both texts in one sequence: nothing to cache per text
+            from .backbone import Backbone
+
+            columns = {s: c for s, c in columns.items() if c is not None}
+            check_columns(df, list(columns.values()), path)
+            texts = {s: column_texts(df, c, path) for s, c in columns.items()}
+            backbone = Backbone.from_directory(str(self.directory_ / self.finetuned_["encoder"]))
+            second = texts.get("pair", texts.get("condition"))
+            joint = backbone.to(resolve_device(self.device)).encode(texts["text"], second, progress=True)
+            return Inputs({"text": joint}, {"text": np.arange(len(df))}, texts.get("condition")), df, path
+        # the fine-tuned encoder's vectors: from a cache built with it when one is given, else encoded here
+        source = cache if cache is not None and cache.fingerprint == self.encoder_["fingerprint"] else self.own_encoder()
+        return load_inputs(source, df, columns, path), df, path
 
     def predict(self, cache: EmbeddingCache, data, columns=None) -> np.ndarray:
         """Predictions for the rows of ``data``; ``columns`` overrides the trained column names."""
@@ -247,7 +273,8 @@ class HeadModel:
             "columns": self.columns_, "labels": self.labels_,
             "label_mean": self.mean_.tolist(), "label_std": self.std_.tolist(),
             "encoder": self.encoder_, "validation": self.validation_, "history": self.history_,
-            "ridge_alphas": getattr(self, "alphas_", None), "versions": _versions(),
+            "ridge_alphas": getattr(self, "alphas_", None), "finetuned": getattr(self, "finetuned_", None),
+            "versions": _versions(),
         }
         (directory / "config.json").write_text(json.dumps(config, indent=1, allow_nan=True) + "\n")
         return directory
@@ -267,6 +294,7 @@ class HeadModel:
         model.labels_, model.encoder_ = config["labels"], config["encoder"]
         model.mean_, model.std_ = np.asarray(config["label_mean"]), np.asarray(config["label_std"])
         model.validation_, model.history_ = config["validation"], config["history"]
+        model.finetuned_, model.directory_ = config.get("finetuned"), directory
         tensors = load_file(str(directory / "model.safetensors"))
         if model.head == "ridge":
             model.coef_, model.intercept_ = tensors["coef"].numpy(), tensors["intercept"].numpy()

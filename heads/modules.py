@@ -131,4 +131,20 @@ class TwoTowerHead(nn.Module):
             self.linear.weight[j, 0], self.linear.bias[j] = slope, intercept
 
 
-MODULES = {"concat": ConcatHead, "two-tower": TwoTowerHead}
+class CrossHead(nn.Module):
+    """One output per label from the joint vector of a cross encoder (both texts in one sequence).
+
+    Only for fine-tuning, where the encoder reads the texts together; its one
+    side is that joint vector.
+    """
+
+    def __init__(self, dim: int, sides=("text",), width: int = 256, dropout: float = 0.1, n_outputs: int = 1,
+                 shared: bool = True):
+        super().__init__()
+        self.dropout, self.linear = Dropout(dropout), nn.Linear(dim, n_outputs)
+
+    def forward(self, tables: dict, index: dict) -> torch.Tensor:
+        return self.linear(self.dropout(tables["text"][index["text"]]))
+
+
+MODULES = {"concat": ConcatHead, "two-tower": TwoTowerHead, "cross": CrossHead}

@@ -52,7 +52,8 @@ def make_tiny_bert(path, seed=0):
     vocab += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
     path.mkdir(parents=True, exist_ok=True)
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(path / "vocab.txt"), model_max_length=64).save_pretrained(path)
+    # a vocabulary dict (transformers 5 ignores vocab_file here and would map every word to [UNK])
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, model_max_length=64).save_pretrained(path)
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64)
