@@ -1,4 +1,4 @@
-"""The ``heads`` command: train, predict, evaluate, pseudolabel, leakage."""
+"""The ``heads`` command: train, predict, evaluate, finetune, pseudolabel, leakage."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import time
 from embedcache import EmbeddingCache, FingerprintMismatchError
 from embedcache.inputs import FORMATS, InputError, read_table
 
+from .finetune import FINETUNE_HEADS
 from .model import HEADS, HeadModel
 from .pseudolabel import METHODS
 from .selftrain import SELECT
@@ -37,6 +38,28 @@ Texts missing from the cache are encoded through it with the encoder that
 built it. With --json the last line of stdout is one JSON object with n, mse,
 rmse, mae, pearson, spearman and r2 (validation metrics for train)."""
 
+FINETUNE_EXAMPLES = """\
+examples:
+  # the embedded encoder and a cross head on STS pairs (both sentences in one sequence)
+  heads finetune --data stsb-en-train.csv --no-header --text-col 0 --pair-col 1 --label-col 2 \\
+      --head cross --label-range 0 5 --out models/sts-cross
+  # warm start: first a head on the frozen cache, then fine-tune from it
+  heads train --cache cache/minilm --data train.csv --text-col s1 --pair-col s2 --label-col score \\
+      --head two-tower --out models/sts-frozen
+  heads finetune --data train.csv --text-col s1 --pair-col s2 --label-col score --head two-tower \\
+      --init-head models/sts-frozen --out models/sts-ft --export-encoder encoders/minilm-sts
+  # LoRA adapters only, on a multilingual hub model, 4 GPUs
+  torchrun --nproc_per_node 4 -m heads.cli finetune --model sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2 \\
+      --data safety.jsonl --text-col response --condition-col metric --label-col score --lora 16 --out models/safety-lora
+  # the result is used like a frozen head (no cache needed: it encodes with its own encoder)
+  heads evaluate --model models/sts-cross --data dev.csv --json
+  heads predict --model models/sts-cross --data new.csv --out preds.csv
+
+The encoder learns at --encoder-lr, the head at --lr; batches are padded to
+their longest text and grouped by length; on a GPU training runs in bf16 (or
+fp16) mixed precision. Early stopping on validation RMSE restores the best
+epoch. With --json the last line of stdout is the validation metrics."""
+
 PSEUDOLABEL_EXAMPLES = """\
 examples:
   # no labels at all: the built-in prompt-quality labeling functions (and your own, from my_lfs.py)
@@ -61,7 +84,11 @@ or per-function coverage, weight and correlation)."""
 
 
 def _add_data(p, train: bool) -> None:
-    p.add_argument("--cache", required=True, metavar="DIR", help="embedcache cache directory of the vectors")
+    if train:
+        p.add_argument("--cache", required=True, metavar="DIR", help="embedcache cache directory of the vectors")
+    else:
+        p.add_argument("--cache", metavar="DIR", help="embedcache cache directory of the vectors (required for a frozen "
+                       "head; a fine-tuned model encodes with its own encoder, through this cache if it was built with it)")
     p.add_argument("--data", required=True, metavar="FILE", help=f"data file: {', '.join(sorted(FORMATS))}")
     default = "default: text" if train else "default: the model's"
     p.add_argument("--text-col", default="text" if train else None, metavar="COL", help=f"the text column ({default})")
@@ -112,6 +139,50 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--label-col", action="append", metavar="COL", help="label columns (default: the model's)")
     e.add_argument("--plots", metavar="DIR", help="write predicted-vs-true, residual and per-condition PNGs here")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON on the last line")
+    f = sub.add_parser("finetune", help="fine-tune the encoder together with a head",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=FINETUNE_EXAMPLES,
+                       description="Train the encoder end to end with a head (transformers Trainer) and save a model "
+                                   "directory that heads predict and heads evaluate use like a frozen head's.")
+    f.add_argument("--data", required=True, metavar="FILE", help=f"data file: {', '.join(sorted(FORMATS))}")
+    f.add_argument("--text-col", default="text", metavar="COL", help="the text column (default: text)")
+    f.add_argument("--pair-col", metavar="COL", help="second text of a pair")
+    f.add_argument("--condition-col", metavar="COL", help="condition text per row")
+    f.add_argument("--no-header", action="store_true", help="CSV/TSV without a header row: columns are named 0, 1, ...")
+    f.add_argument("--label-col", action="append", required=True, metavar="COL", help="label column; repeat for several")
+    f.add_argument("--head", default="concat", choices=FINETUNE_HEADS,
+                   help="concat or two-tower (as heads train), or cross: both texts in one sequence (default concat)")
+    f.add_argument("--model", metavar="NAME_OR_PATH", help="encoder to fine-tune: a sentence-transformers or transformers "
+                   "directory or hub id (default: the embedded all-MiniLM-L6-v2)")
+    f.add_argument("--out", required=True, metavar="MODEL_DIR", help="where to save the model (with encoder/ inside)")
+    f.add_argument("--val-data", metavar="FILE", help="validation file (default: 10%% of the texts held out)")
+    f.add_argument("--val-fraction", type=float, default=0.1)
+    f.add_argument("--init-head", metavar="MODEL_DIR", help="start from a head trained by heads train on this encoder's "
+                   "frozen vectors (linear probing, then fine-tuning)")
+    f.add_argument("--lora", type=int, metavar="R", help="train rank-R LoRA adapters (peft) instead of every encoder weight")
+    f.add_argument("--epochs", type=int, default=3, help="at most this many epochs (default 3)")
+    f.add_argument("--patience", type=int, default=2, help="stop after this many epochs without a better val RMSE (default 2)")
+    f.add_argument("--lr", type=float, default=1e-3, help="the head's learning rate (default 1e-3)")
+    f.add_argument("--encoder-lr", type=float, default=2e-5, help="the encoder's learning rate (default 2e-5)")
+    f.add_argument("--weight-decay", type=float, default=0.01)
+    f.add_argument("--batch-size", type=int, default=32, help="rows per device per step (default 32)")
+    f.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (default 1)")
+    f.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations: less memory, slower")
+    f.add_argument("--max-length", type=int, help="tokens per text (default: the encoder's)")
+    f.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: bf16 (or fp16) mixed precision on a GPU, fp32 on the CPU")
+    f.add_argument("--label-range", type=float, nargs=2, metavar=("LO", "HI"), help="bound predictions to [LO, HI]")
+    f.add_argument("--loss", default="mse", choices=["mse", "huber", "l1"])
+    f.add_argument("--width", type=int, default=256, help="projection width of the concat/two-tower head (default 256)")
+    f.add_argument("--dropout", type=float, default=0.1)
+    f.add_argument("--export-encoder", metavar="DIR", help="also write the fine-tuned encoder here (a sentence-transformers "
+                   "directory: embedcache precompute --model DIR caches its vectors)")
+    f.add_argument("--keep-checkpoints", action="store_true", help="keep MODEL_DIR/checkpoints after training")
+    f.add_argument("--resume", action="store_true", help="resume from the last checkpoint in MODEL_DIR/checkpoints")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--device", help="cuda or cpu (default: cuda when present)")
+    f.add_argument("--json", action="store_true", help="print the validation metrics as JSON on the last line")
+    f.add_argument("--quiet", action="store_true", help="no progress bars")
+
     w = sub.add_parser("pseudolabel", help="score an unlabeled file (labeling functions, neighbours, self-training)",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=PSEUDOLABEL_EXAMPLES,
                        description="Score every row of --data and write source,id,<text columns>,score,confidence: "
@@ -160,6 +231,10 @@ def _read(args, path):
     return read_table(path, header=not args.no_header)
 
 
+def _cache(args):
+    return EmbeddingCache(args.cache) if args.cache else None
+
+
 def _columns(args) -> dict:
     return {"text": args.text_col, "pair": args.pair_col, "condition": args.condition_col}
 
@@ -190,7 +265,7 @@ def predict(args) -> dict:
 
     model = HeadModel.load(args.model)
     df = _read(args, args.data)
-    pred = model.predict(EmbeddingCache(args.cache), df, _columns(args))
+    pred = model.predict(_cache(args), df, _columns(args))
     if args.round is not None:
         pred = pred.round(args.round)
     id_col = args.id_col or ("id" if "id" in df.columns else None)
@@ -206,7 +281,7 @@ def predict(args) -> dict:
 
 def evaluate(args) -> dict:
     model = HeadModel.load(args.model)
-    metrics, y, pred, _ = model.evaluate(EmbeddingCache(args.cache), _read(args, args.data), args.label_col, _columns(args))
+    metrics, y, pred, _ = model.evaluate(_cache(args), _read(args, args.data), args.label_col, _columns(args))
     labels = list(args.label_col or model.labels_)
     _print_metrics(f"{args.model} on {args.data}", metrics)
     for cond, per in metrics.get("per_condition", {}).items():
@@ -218,6 +293,28 @@ def evaluate(args) -> dict:
         for path in write_plots(args.plots, y, pred, labels, metrics):
             print(f"wrote {path}")
     return _flat(metrics)
+
+
+def finetune(args) -> dict:
+    from .finetune import finetune as run_finetune
+
+    start = time.perf_counter()
+    model = run_finetune(
+        _read(args, args.data), args.label_col, _columns(args), args.out, head=args.head, model=args.model,
+        val_data=_read(args, args.val_data) if args.val_data else None, init_head=args.init_head, lora=args.lora,
+        epochs=args.epochs, lr=args.lr, encoder_lr=args.encoder_lr, weight_decay=args.weight_decay,
+        batch_size=args.batch_size, grad_accum=args.grad_accum, gradient_checkpointing=args.gradient_checkpointing,
+        max_length=args.max_length, patience=args.patience, val_fraction=args.val_fraction,
+        label_range=tuple(args.label_range) if args.label_range else None, loss=args.loss, width=args.width,
+        dropout=args.dropout, precision=args.precision, device=args.device, seed=args.seed,
+        export_encoder=args.export_encoder, keep_checkpoints=args.keep_checkpoints, resume=args.resume,
+        paths=(args.data, args.val_data), progress=not args.quiet)
+    if model is None:  # a non-zero rank of a multi-GPU run: rank 0 saves and reports
+        return {}
+    _print_metrics(f"fine-tuned {args.head} saved to {args.out}; validation", model.validation_)
+    if args.export_encoder:
+        print(f"fine-tuned encoder written to {args.export_encoder}")
+    return {**_flat(model.validation_), "model": args.out, "seconds": round(time.perf_counter() - start, 2)}
 
 
 def pseudolabel(args) -> dict:
@@ -301,9 +398,9 @@ def _flat(metrics: dict) -> dict:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
-        result = {"train": train, "predict": predict, "evaluate": evaluate, "pseudolabel": pseudolabel,
+        result = {"train": train, "predict": predict, "evaluate": evaluate, "finetune": finetune, "pseudolabel": pseudolabel,
                   "leakage": leakage}[args.command](args)
-    except (InputError, FingerprintMismatchError, FileNotFoundError, ValueError, KeyError) as e:
+    except (InputError, FingerprintMismatchError, FileNotFoundError, ValueError, KeyError, ImportError) as e:
         print(f"heads {args.command}: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 1
     if getattr(args, "json", False):

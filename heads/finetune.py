@@ -145,6 +145,18 @@ def _precision(precision: str, device: str) -> dict:
     return {}
 
 
+def _checkpointing(enabled: bool) -> dict:
+    """The TrainingArguments flag, under its transformers 5 name where it has one."""
+    if not enabled:
+        return {}
+    import inspect
+
+    from transformers import TrainingArguments
+
+    new = "activation_checkpointing" in inspect.signature(TrainingArguments.__init__).parameters
+    return {"activation_checkpointing" if new else "gradient_checkpointing": True}
+
+
 def _texts(df: pd.DataFrame, columns: dict, path) -> dict[str, np.ndarray]:
     check_columns(df, list(columns.values()), path)
     if not len(df):
@@ -174,6 +186,10 @@ def finetune(data: pd.DataFrame, label_cols, columns: dict, out, head: str = "co
     ``columns`` maps side (text, pair, condition) -> column.  ``init_head`` is
     a frozen head's directory to start from (linear probing, then fine-tuning).
     """
+    try:
+        import accelerate  # noqa: F401 -- the Trainer needs it; say so before any work
+    except ImportError as e:
+        raise ImportError("heads finetune needs accelerate (and peft for --lora): pip install -e '.[finetune]'") from e
     from transformers import EarlyStoppingCallback, TrainingArguments
 
     from embedcache.encoders import resolve_device
@@ -232,9 +248,9 @@ def finetune(data: pd.DataFrame, label_cols, columns: dict, out, head: str = "co
         gradient_accumulation_steps=grad_accum, num_train_epochs=epochs, learning_rate=lr, weight_decay=weight_decay,
         lr_scheduler_type="cosine", warmup_steps=max(1, steps // 10), eval_strategy="epoch", save_strategy="epoch",
         logging_strategy="epoch", save_total_limit=2, load_best_model_at_end=True, metric_for_best_model="rmse",
-        greater_is_better=False, gradient_checkpointing=gradient_checkpointing, train_sampling_strategy="group_by_length",
+        greater_is_better=False, train_sampling_strategy="group_by_length",
         remove_unused_columns=False, label_names=["labels"], report_to="none", disable_tqdm=not progress, seed=seed,
-        use_cpu=device == "cpu", **_precision(precision, device))
+        use_cpu=device == "cpu", **_precision(precision, device), **_checkpointing(gradient_checkpointing))
 
     def metrics(prediction):
         pred = np.asarray(prediction.predictions, dtype=float) * std + mean
@@ -249,6 +265,10 @@ def finetune(data: pd.DataFrame, label_cols, columns: dict, out, head: str = "co
         data_collator=Collator(backbone, {"train": (texts, y_s), "val": (val_texts, y_val_s)}, sides, cross),
         compute_metrics=metrics, callbacks=[EarlyStoppingCallback(early_stopping_patience=patience)],
         encoder_lr=encoder_lr, lengths=lengths)
+    if not progress:  # without progress bars the Trainer prints every log line instead
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     checkpoints = sorted((out / "checkpoints").glob("checkpoint-*")) if resume else []
     trainer.train(resume_from_checkpoint=bool(checkpoints) or None)
     if not trainer.is_world_process_zero():
