@@ -28,17 +28,13 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
+from benchmarks.stsb import read_sts
 from embedcache import EmbeddingCache, load_encoder
 from heads import HeadModel
 from heads.finetune import finetune
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "stsb-multi-mt"
 COLUMNS = {"text": "s1", "pair": "s2"}
 
-
-def read(split: str) -> pd.DataFrame:
-    return pd.read_csv(DATA / f"stsb-en-{split}.csv", header=None, names=["s1", "s2", "score"], dtype=str,
-                       keep_default_na=False).assign(score=lambda d: d.score.astype(float))
 
 
 def main() -> None:
@@ -52,7 +48,7 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}", flush=True)
-    train, dev = read("train"), read("dev")
+    train, dev = read_sts("en", "train"), read_sts("en", "dev")
     if args.train_rows:
         train = train.head(args.train_rows)
     cache = EmbeddingCache(Path(args.work) / "minilm", load_encoder())

@@ -38,11 +38,10 @@ from scipy.stats import spearmanr
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from benchmarks.stsb import read_sts
 from embedcache import EmbeddingCache, load_encoder
 from heads import HeadModel
 from heads.data import Inputs
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "stsb-multi-mt"
 
 
 def synthetic(n: int, dim: int, k: int, seed: int = 0):
@@ -117,10 +116,7 @@ def speed(args) -> None:
 
 
 def sts(lang: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    def read(split):
-        return pd.read_csv(DATA / f"stsb-{lang}-{split}.csv", header=None, names=["s1", "s2", "score"], dtype=str,
-                           keep_default_na=False).assign(score=lambda d: d.score.astype(float))
-    return read("train"), read("dev")
+    return read_sts(lang, "train"), read_sts(lang, "dev")
 
 
 def accuracy(args) -> None:

@@ -32,19 +32,15 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
+from benchmarks.stsb import read_sts
 from embedcache import EmbeddingCache, load_encoder
 from heads import HeadModel
 from heads.data import load_inputs
 from heads.pseudolabel import pseudolabel
 from heads.selftrain import committee_predict
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "stsb-multi-mt"
 COLUMNS = {"text": "s1", "pair": "s2"}
 
-
-def read(split: str) -> pd.DataFrame:
-    return pd.read_csv(DATA / f"stsb-en-{split}.csv", header=None, names=["s1", "s2", "score"], dtype=str,
-                       keep_default_na=False).assign(score=lambda d: d.score.astype(float))
 
 
 def spearman(model_or_pred, cache, dev) -> float:
@@ -54,7 +50,7 @@ def spearman(model_or_pred, cache, dev) -> float:
 
 def run(alias: str, args) -> None:
     cache = EmbeddingCache(Path(args.work) / alias, load_encoder(alias))
-    train, dev = read("train"), read("dev")
+    train, dev = read_sts("en", "train"), read_sts("en", "dev")
     cache.add(pd.concat([train.s1, train.s2, dev.s1, dev.s2]).tolist(), progress=True)
 
     def head(data):
