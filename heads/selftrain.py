@@ -61,6 +61,7 @@ def self_train(model: HeadModel, labeled: Inputs, y: np.ndarray, unlabeled: Inpu
     if not len(val):
         raise ValueError("self-training needs labelled validation rows to judge each round")
     label_std = np.nanstd(y, axis=0)
+    names = labels or [f"label_{j}" for j in range(y.shape[1])]
     history, best, pseudo, conf = [], None, None, None
     bar = tqdm(range(rounds + 1), disable=not progress, desc="self-training", unit="round")
     for r in bar:
@@ -73,7 +74,6 @@ def self_train(model: HeadModel, labeled: Inputs, y: np.ndarray, unlabeled: Inpu
         models = [HeadModel(**{**model.params(), "seed": model.seed + i}, device=model.device)
                   .fit_inputs(train, y_train, val, y_val, labels=labels, progress=False) for i in range(committee)]
         val_pred, _ = committee_predict(models, val, label_std)
-        names = labels or [f"label_{j}" for j in range(y.shape[1])]
         metrics = {k: v for k, v in report(y_val, val_pred, names).items() if k in NAMES}
         pseudo, conf = committee_predict(models, unlabeled, label_std)
         history.append({"round": r, "n_pseudo": n_pseudo, "n_train": len(train), **metrics,
