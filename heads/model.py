@@ -196,8 +196,10 @@ class HeadModel:
         """``(n, n_labels)`` predictions in label units, bounded by ``label_range``."""
         inputs = inputs.compact()
         if self.head == "ridge":
-            X = ridge_features(inputs.tables, inputs.index, self.sides_)
-            scaled = X @ self.coef_.T + self.intercept_
+            # float64, as the torch heads: float32 BLAS sums in an order that depends on the
+            # row blocking, so a row's score would change with the rows predicted beside it
+            X = ridge_features(inputs.tables, inputs.index, self.sides_).astype(np.float64)
+            scaled = X @ self.coef_.T.astype(np.float64) + self.intercept_.astype(np.float64)
         else:
             # float64 on the CPU: a row's prediction does not depend on what else is in its batch
             tables, index = to_device(inputs.tables, inputs.index, "cpu")
