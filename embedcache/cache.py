@@ -15,8 +15,11 @@ between the two renames) is ignored and removed by the next writer.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import socket
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +33,11 @@ from .encoders import Encoder, load_encoder
 from .index import KeyIndex, text_keys
 from .shards import atomic_write_json, check_shard, read_keys, read_vectors, write_shard
 
+logger = logging.getLogger(__name__)
+
 MANIFEST = "manifest.json"
+WRITER = ".writer.json"  # who holds the write lock: pid, host, since (for the message of a writer that waits)
+LOCK_TIMEOUT = 300.0  # seconds a writer waits for another writer before giving up
 FORMAT = "embedcache-1"
 DTYPES = ("float16", "float32")
 _SHARD_NAME = re.compile(r"^shard-(\d+)\.h5$")
@@ -41,7 +48,7 @@ class FingerprintMismatchError(ValueError):
 
 
 class CacheLockedError(RuntimeError):
-    """Another process holds the cache's write lock."""
+    """Another writer held the cache's write lock for longer than the writer would wait."""
 
 
 class EmbeddingCache:
@@ -53,12 +60,20 @@ class EmbeddingCache:
     encoder : the encoder that computes missing texts, or None to open read-only.
     dtype : storage dtype of a new cache, ``"float16"`` (default) or ``"float32"``.
     shard_size : rows per shard; at most this much work is lost on a crash.
+    lock_timeout : seconds a write waits while another writer (process or thread) holds the
+        lock, with a message naming it; 0 fails at once.
+
+    Reading (``get``, ``contains``, ``iter_shards``) never writes to the directory and is
+    safe from many threads and processes while one writer writes.
     """
 
-    def __init__(self, path, encoder: Encoder | None = None, dtype: str | None = None, shard_size: int = 20_000):
+    def __init__(self, path, encoder: Encoder | None = None, dtype: str | None = None, shard_size: int = 20_000,
+                 lock_timeout: float = LOCK_TIMEOUT):
         self.path = Path(path)
         self.encoder = encoder
         self.shard_size = shard_size
+        self.lock_timeout = lock_timeout
+        self._mutex = threading.RLock()  # the in-memory index and encoder, shared by this handle's threads
         if dtype is not None and dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         if shard_size < 1:
@@ -107,14 +122,19 @@ class EmbeddingCache:
 
     def _refresh(self) -> None:
         """Re-read the manifest if another process replaced it since we last looked."""
-        st = os.stat(self.path / MANIFEST)
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if stamp != self._stamp:
-            self._manifest = self._read_manifest()
-            self._stamp = stamp
+        with self._mutex:
+            st = os.stat(self.path / MANIFEST)
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if stamp != self._stamp:
+                self._manifest = self._read_manifest()
+                self._stamp = stamp
 
     def _sync_index(self) -> None:
         """Bring the key index up to date with the manifest, reading keys of new shards only."""
+        with self._mutex:
+            self._sync_index_locked()
+
+    def _sync_index_locked(self) -> None:
         self._refresh()
         shards = self._manifest["shards"]
         if [s["file"] for s in shards[: len(self._files)]] != self._files:  # a repair dropped shards
@@ -181,6 +201,12 @@ class EmbeddingCache:
 
     def load_encoder(self, device: str | None = None, **kwargs) -> Encoder:
         """Load the encoder that built this cache (as recorded in the manifest) and make it this cache's encoder."""
+        with self._mutex:  # threads that need it at once load it once
+            if self.encoder is not None and device is None and not kwargs:
+                return self.encoder
+            return self._load_encoder(device, **kwargs)
+
+    def _load_encoder(self, device, **kwargs) -> Encoder:
         spec = self.encoder_spec
         if spec is None:
             raise ValueError(
@@ -217,19 +243,48 @@ class EmbeddingCache:
 
     @contextmanager
     def _write_lock(self):
+        """Hold the one write lock of this directory: other processes and other threads alike wait for it."""
         lock = FileLock(self.path / ".lock")
+        deadline = time.monotonic() + self.lock_timeout
+        told = 0.0
+        while True:
+            try:
+                lock.acquire(timeout=0)
+                break
+            except Timeout:
+                waited = self.lock_timeout - (deadline - time.monotonic())
+                if waited >= self.lock_timeout:
+                    raise CacheLockedError(
+                        f"cache {self.path} is being written by {self._holder()} (lock {self.path / '.lock'}); "
+                        f"gave up after {self.lock_timeout:g} s: wait for it to finish, give a longer lock timeout, "
+                        "or write to another directory"
+                    ) from None
+                if waited >= told:  # a line now and every 30 s, so a long wait is never silent
+                    logger.warning("cache %s is being written by %s; waiting up to %g s", self.path, self._holder(),
+                                   self.lock_timeout)
+                    told = waited + 30
+                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
         try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            raise CacheLockedError(
-                f"cache {self.path} is being written by another process (lock {self.path / '.lock'} is held); "
-                "wait for it to finish, or write to another directory"
-            ) from None
-        try:
+            atomic_write_json(self.path / WRITER, {"pid": os.getpid(), "host": socket.gethostname(),
+                                                   "thread": threading.get_ident(), "since": time.time()})
             self._remove_leftovers()
             yield
         finally:
-            lock.release()
+            try:
+                (self.path / WRITER).unlink(missing_ok=True)
+            finally:
+                lock.release()
+
+    def _holder(self) -> str:
+        """Who holds the write lock, in words, from the record the holder wrote."""
+        try:
+            who = json.loads((self.path / WRITER).read_text())
+        except (OSError, ValueError):
+            return "another process"
+        since = f", for {time.time() - who.get('since', time.time()):.0f} s"
+        if who.get("pid") == os.getpid() and who.get("host") == socket.gethostname():
+            return f"another thread of this process (pid {who['pid']}{since})"
+        return f"process {who.get('pid')} on host {who.get('host')}{since}"
 
     def _remove_leftovers(self) -> None:
         """Delete temporary files and unlisted shards of writers that died; we hold the lock."""
@@ -254,10 +309,11 @@ class EmbeddingCache:
         atomic_write_json(self.path / MANIFEST, manifest)
         # The index was synced under the lock we hold: extend it with the keys in
         # memory instead of reading the new shard back.
-        self._index.add(keys, first_row=first_row)
-        self._starts.append(first_row)
-        self._files.append(name)
-        self._refresh()
+        with self._mutex:
+            self._index.add(keys, first_row=first_row)
+            self._starts.append(first_row)
+            self._files.append(name)
+            self._refresh()
 
     def add(self, texts, progress: bool = False) -> dict:
         """Encode and store the texts not cached yet; return counts.
@@ -272,8 +328,7 @@ class EmbeddingCache:
 
     def _add(self, unique: list[str], keys: np.ndarray, n_texts: int, progress: bool) -> dict:
         with self._write_lock():
-            self._sync_index()
-            missing = np.flatnonzero(self._index.lookup(keys) < 0)
+            missing = np.flatnonzero(self._lookup_keys(keys) < 0)
             stats = {"rows": n_texts, "unique": len(unique), "cached": len(unique) - len(missing), "encoded": 0, "truncated": 0}
             if not len(missing):
                 return stats
@@ -312,44 +367,63 @@ class EmbeddingCache:
         texts = list(texts)
         unique, inverse, keys = _distinct(texts)
         self._add(unique, keys, len(texts), progress)
-        return self._read(self._index.lookup(keys)[inverse])
+        return self._read(self._lookup_keys(keys)[inverse])
 
     # -- reading --------------------------------------------------------------
+
+    def _lookup_keys(self, keys: np.ndarray) -> np.ndarray:
+        with self._mutex:
+            self._sync_index_locked()
+            return self._index.lookup(keys)
 
     def _lookup(self, texts) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Row of each distinct text (-1 where absent), the map back to ``texts``, the distinct texts."""
         unique, inverse, keys = _distinct(list(texts))
-        self._sync_index()
-        return self._index.lookup(keys), inverse, unique
+        return self._lookup_keys(keys), inverse, unique
 
     def contains(self, texts) -> np.ndarray:
         """Boolean array: which of ``texts`` are cached."""
         rows, inverse, _ = self._lookup(texts)
         return (rows >= 0)[inverse]
 
-    def get(self, texts) -> np.ndarray:
-        """``(n, dim)`` float32 vectors of ``texts`` in input order; read-only.
+    def get(self, texts, encode_missing: bool = False, progress: bool = False) -> np.ndarray:
+        """``(n, dim)`` float32 vectors of ``texts`` in input order; never writes.
 
-        Raises KeyError saying how many texts are missing.
+        Texts not in the cache raise KeyError saying how many, or with
+        ``encode_missing=True`` are encoded in memory by the cache's encoder
+        (loaded from the manifest on first need) and not stored: ``encode()``
+        is the call that stores them.
         """
         rows, inverse, unique = self._lookup(texts)
         missing = np.flatnonzero(rows < 0)
-        if len(missing):
+        if not len(missing):
+            return self._read(rows[inverse])
+        if not encode_missing:
             raise KeyError(
                 f"{len(missing)} of {len(unique)} distinct texts are not in cache {self.path} "
                 f"(first: {unique[missing[0]][:60]!r}); add them with cache.encode() or embedcache precompute"
             )
-        return self._read(rows[inverse])
+        out = np.empty((len(unique), self.dim), dtype=np.float32)
+        present = np.flatnonzero(rows >= 0)
+        if len(present):
+            out[present] = self._read(rows[present])
+        encoder = self.encoder or self.load_encoder()
+        batches = range(0, len(missing), encoder.batch_size * 8)
+        for start in tqdm(batches, disable=not progress, unit="batch", desc=f"encoding texts not in {self.path.name}"):
+            chunk = missing[start : start + encoder.batch_size * 8]
+            out[chunk] = encoder.encode([unique[i] for i in chunk])
+        return out[inverse]
 
     def _read(self, rows: np.ndarray) -> np.ndarray:
         """Vectors at global ``rows`` (all present), filled in place shard by shard in row order."""
         out = np.empty((len(rows), self.dim), dtype=np.float32)
         order = np.argsort(rows, kind="stable")
-        starts = np.asarray(self._starts)
+        with self._mutex:  # a snapshot: a writer in another thread may append shards meanwhile
+            starts, files = np.asarray(self._starts), list(self._files)
         shard_of = np.searchsorted(starts, rows[order], side="right") - 1
         bounds = np.flatnonzero(np.diff(shard_of)) + 1
         for sel, s in zip(np.split(order, bounds), shard_of[np.r_[0, bounds]] if len(order) else []):
-            out[sel] = read_vectors(self.path / self._files[s], rows[sel] - starts[s])
+            out[sel] = read_vectors(self.path / files[s], rows[sel] - starts[s])
         return out
 
     def iter_shards(self):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -46,6 +47,9 @@ class Encoder:
 
     def __init__(self) -> None:
         self.truncated = 0  # texts truncated so far, over the life of this encoder
+        # One call at a time: a fast tokenizer used from two threads at once fails ("Already borrowed"),
+        # and a forward pass already uses every core.
+        self._calls = threading.Lock()
 
     def describe(self) -> dict:
         """JSON-able description of everything that changes the vectors."""
@@ -61,8 +65,9 @@ class Encoder:
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        self.truncated += self.count_truncated(texts)
-        vectors = np.asarray(self._encode(texts), dtype=np.float32)
+        with self._calls:
+            self.truncated += self.count_truncated(texts)
+            vectors = np.asarray(self._encode(texts), dtype=np.float32)
         if vectors.shape != (len(texts), self.dim):
             raise RuntimeError(
                 f"encoder {self.name!r} returned shape {vectors.shape}, expected {(len(texts), self.dim)}"

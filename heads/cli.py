@@ -8,7 +8,14 @@ import math
 import sys
 import time
 
-from embedcache import EmbeddingCache, FingerprintMismatchError
+import numpy as np
+
+from embedcache import (
+    CacheLockedError,
+    EmbeddingCache,
+    FingerprintMismatchError,
+    __version__,
+)
 from embedcache.inputs import FORMATS, InputError, read_table
 
 from .finetune import FINETUNE_HEADS
@@ -95,11 +102,24 @@ def _add_data(p, train: bool) -> None:
     p.add_argument("--pair-col", metavar="COL", help="second text of a pair (premise/hypothesis, sentence1/sentence2)")
     p.add_argument("--condition-col", metavar="COL", help="condition text per row, e.g. a metric name or description")
     p.add_argument("--no-header", action="store_true", help="CSV/TSV without a header row: columns are named 0, 1, ...")
+    _add_text_options(p, train)
+
+
+def _add_text_options(p, train: bool) -> None:
+    p.add_argument("--template", metavar="TEMPLATE", help="compose the text of each row from columns, e.g. "
+                   "'[USER] {prompt}\\n[RESPONSE] {response}' (\\n and \\t are unescaped)"
+                   + ("; kept in the model" if train else " (default: the model's)"))
+    p.add_argument("--add-missing", action="store_true", help="store texts missing from --cache in it (default: they "
+                   "are encoded in memory and the cache is left as it is)")
+    p.add_argument("--lock-timeout", type=float, default=300, metavar="S", help="with --add-missing, seconds to wait "
+                   "while another writer holds the cache (default 300)")
+    p.add_argument("--no-wait", dest="lock_timeout", action="store_const", const=0, help="fail at once if the cache is being written")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="heads", description="Train, evaluate and use regression heads on cached embeddings.",
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"heads (embedcache) {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a head", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -107,7 +127,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_data(t, train=True)
     t.add_argument("--label-col", action="append", required=True, metavar="COL",
                    help="label column; repeat for several labels (one head, one output each; missing labels masked)")
-    t.add_argument("--head", default="concat", help=f"one of {', '.join(HEADS)} (default: concat)")
+    t.add_argument("--head", default="auto", help=f"one of {', '.join(HEADS)} (default auto: two-tower for a pair of "
+                   "texts, as it starts from their calibrated cosine; concat otherwise)")
+    t.add_argument("--weight-col", metavar="COL", help="per-row loss weight, e.g. the confidence column of heads pseudolabel")
     t.add_argument("--out", required=True, metavar="MODEL_DIR", help="where to save the model")
     t.add_argument("--val-data", metavar="FILE", help="validation file (default: 10%% of the texts held out)")
     t.add_argument("--val-fraction", type=float, default=0.1, help="held-out share of distinct texts (default 0.1)")
@@ -148,6 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--pair-col", metavar="COL", help="second text of a pair")
     f.add_argument("--condition-col", metavar="COL", help="condition text per row")
     f.add_argument("--no-header", action="store_true", help="CSV/TSV without a header row: columns are named 0, 1, ...")
+    f.add_argument("--template", metavar="TEMPLATE", help="compose the text of each row from columns (kept in the model)")
     f.add_argument("--label-col", action="append", required=True, metavar="COL", help="label column; repeat for several")
     f.add_argument("--head", default="concat", choices=FINETUNE_HEADS,
                    help="concat or two-tower (as heads train), or cross: both texts in one sequence (default concat)")
@@ -202,7 +225,8 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--committee", type=int, default=3, help="heads per self-training round; their agreement is the confidence (default 3)")
     w.add_argument("--select", default="rmse", choices=list(SELECT), help="validation metric that judges a "
                    "self-training round (default rmse; spearman where the ranking matters more than the scale)")
-    w.add_argument("--head", default="concat", help=f"head for self-training: one of {', '.join(HEADS)} (default: concat)")
+    w.add_argument("--head", default="auto", help=f"head for self-training: one of {', '.join(HEADS)} (default auto: "
+                   "two-tower for pairs, concat otherwise)")
     w.add_argument("--val-data", metavar="FILE", help="labelled validation file for self-training (default: 10%% of --labeled)")
     w.add_argument("--label-range", type=float, nargs=2, metavar=("LO", "HI"), help="bound scores to [LO, HI]")
     w.add_argument("--min-confidence", type=float, default=0.0, help="leave out scored rows below this confidence")
@@ -223,6 +247,7 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--threshold", type=float, default=0.95, help="cosine at or above which a pair counts (default 0.95)")
     k.add_argument("--out", metavar="CSV", help="write every leaked pair here")
     k.add_argument("--no-header", action="store_true", help="CSV/TSV without a header row: columns are named 0, 1, ...")
+    _add_text_options(k, train=True)
     k.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     return parser
 
@@ -232,11 +257,19 @@ def _read(args, path):
 
 
 def _cache(args):
-    return EmbeddingCache(args.cache) if args.cache else None
+    return EmbeddingCache(args.cache, lock_timeout=args.lock_timeout) if args.cache else None
+
+
+def _template(args) -> str | None:
+    t = getattr(args, "template", None)
+    return t.replace("\\n", "\n").replace("\\t", "\t") if t else None
 
 
 def _columns(args) -> dict:
-    return {"text": args.text_col, "pair": args.pair_col, "condition": args.condition_col}
+    columns = {"text": args.text_col, "pair": args.pair_col, "condition": args.condition_col}
+    if _template(args):
+        columns.update(text=None, template=_template(args))
+    return columns
 
 
 def _print_metrics(prefix: str, m: dict) -> None:
@@ -250,12 +283,13 @@ def train(args) -> dict:
                       epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
                       patience=args.patience, val_fraction=args.val_fraction,
                       label_range=tuple(args.label_range) if args.label_range else None, seed=args.seed, device=args.device)
-    cache = EmbeddingCache(args.cache)
     val = _read(args, args.val_data) if args.val_data else None
-    model.fit(cache, _read(args, args.data), args.label_col, text_col=args.text_col, pair_col=args.pair_col,
-              condition_col=args.condition_col, val_data=val, progress=not args.quiet)
+    model.fit(_cache(args), _read(args, args.data), args.label_col, text_col=args.text_col, pair_col=args.pair_col,
+              condition_col=args.condition_col, template=_template(args), val_data=val, weight_col=args.weight_col,
+              add_missing=args.add_missing, progress=not args.quiet)
     model.save(args.out)
-    _print_metrics(f"{args.head} saved to {args.out}; validation", model.validation_)
+    print(f"validation on {model.validation_rows_}")
+    _print_metrics(f"{model.head_} saved to {args.out}; validation", model.validation_)
     return {**_flat(model.validation_), "model": args.out, "epochs": len(model.history_),
             "seconds": round(time.perf_counter() - start, 2)}
 
@@ -265,9 +299,11 @@ def predict(args) -> dict:
 
     model = HeadModel.load(args.model)
     df = _read(args, args.data)
-    pred = model.predict(_cache(args), df, _columns(args))
+    pred = model.predict(_cache(args), df, _columns(args), add_missing=args.add_missing)
     if args.round is not None:
         pred = pred.round(args.round)
+        if args.round <= 0:  # whole numbers: written as 5, not 5.0
+            pred = pred.astype(np.int64)
     id_col = args.id_col or ("id" if "id" in df.columns else None)
     if args.id_col and args.id_col not in df.columns:
         raise InputError(f"{args.data}: no column {args.id_col!r}; available columns: {', '.join(df.columns)}")
@@ -281,7 +317,8 @@ def predict(args) -> dict:
 
 def evaluate(args) -> dict:
     model = HeadModel.load(args.model)
-    metrics, y, pred, _ = model.evaluate(_cache(args), _read(args, args.data), args.label_col, _columns(args))
+    metrics, y, pred, _ = model.evaluate(_cache(args), _read(args, args.data), args.label_col, _columns(args),
+                                         add_missing=args.add_missing)
     labels = list(args.label_col or model.labels_)
     _print_metrics(f"{args.model} on {args.data}", metrics)
     for cond, per in metrics.get("per_condition", {}).items():
@@ -337,18 +374,18 @@ def pseudolabel(args) -> dict:
     labeled = _read(args, args.labeled) if args.labeled else None
     model = HeadModel(head=args.head, label_range=tuple(args.label_range) if args.label_range else None, seed=args.seed)
     out, summary = score_rows(
-        EmbeddingCache(args.cache), _read(args, args.data), _columns(args), method, labeled, args.label_col, args.lf,
+        _cache(args), _read(args, args.data), _columns(args), method, labeled, args.label_col, args.lf,
         k=args.k, model=model, rounds=args.rounds, committee=args.committee, select=args.select,
         label_range=tuple(args.label_range) if args.label_range else None,
         val_data=_read(args, args.val_data) if args.val_data else None, id_col=args.id_col,
-        paths=(args.data, args.labeled), progress=not args.quiet)
+        paths=(args.data, args.labeled), add_missing=args.add_missing, progress=not args.quiet)
     summary.pop("models", None)  # the committee; the table is what this command gives
     dropped = int(((out.source == "data") & (out.confidence < args.min_confidence)).sum())
     out = out[(out.source == "labeled") | (out.confidence >= args.min_confidence)]
     out.to_csv(args.out, index=False)
     for name, entry in summary.get("functions", {}).items():
         corr = entry.get("correlation")
-        print(f"  {name}: coverage {entry['coverage']:.1%}, weight {entry['weight']:.3f}"
+        print(f"  {name}: coverage {entry['coverage']:.1%}, weight {entry['weight']:.3g}"
               + (f", correlation with labels {corr:.3f}" if corr is not None else ""))
     for r in summary.get("rounds", []):
         print(f"  round {r['round']}: {r['n_pseudo']} pseudo-labelled + labelled = {r['n_train']} rows, "
@@ -365,13 +402,18 @@ def pseudolabel(args) -> dict:
 def leakage(args) -> dict:
     import pandas as pd
 
-    from .data import column_texts, embed
+    from .data import column_texts, embed, template_texts
     from .neighbours import leakage as find_leaks
 
-    cache = EmbeddingCache(args.cache)
-    train = column_texts(_read(args, args.train), args.text_col, args.train)
-    test = column_texts(_read(args, args.test), args.text_col, args.test)
-    test_rows, train_rows, cosines = find_leaks(embed(cache, train), embed(cache, test), args.threshold)
+    cache = _cache(args)
+
+    def texts(path):
+        df = _read(args, path)
+        return template_texts(df, _template(args), path) if _template(args) else column_texts(df, args.text_col, path)
+
+    train, test = texts(args.train), texts(args.test)
+    test_rows, train_rows, cosines = find_leaks(embed(cache, train, args.add_missing), embed(cache, test, args.add_missing),
+                                                args.threshold)
     pairs = pd.DataFrame({"test_row": test_rows + 1, "train_row": train_rows + 1, "cosine": cosines.round(4),
                           "test_text": [test[i] for i in test_rows], "train_text": [train[i] for i in train_rows]})
     pairs = pairs.sort_values("cosine", ascending=False)
@@ -385,6 +427,19 @@ def leakage(args) -> dict:
     return {"n_test": len(test), "n_leaked": len(pairs), "share": len(pairs) / len(test), "threshold": args.threshold}
 
 
+def _quiet_transformers() -> None:
+    """--quiet: no "Loading weights" bars or info lines from transformers either."""
+    import os
+
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+
 def _flat(metrics: dict) -> dict:
     """JSON-safe: NaN (an undefined correlation) becomes null."""
     def clean(v):
@@ -394,12 +449,21 @@ def _flat(metrics: dict) -> dict:
     return clean(metrics)
 
 
+def _one_line_warnings(message, category, filename, lineno, file=None, line=None) -> str:
+    return f"warning: {message}\n"
+
+
 def main(argv=None) -> int:
+    import warnings
+
     args = _parser().parse_args(argv)
+    warnings.formatwarning = _one_line_warnings  # this process is the command: warnings read as one line each
+    if getattr(args, "quiet", False):
+        _quiet_transformers()
     try:
         result = {"train": train, "predict": predict, "evaluate": evaluate, "finetune": finetune, "pseudolabel": pseudolabel,
                   "leakage": leakage}[args.command](args)
-    except (InputError, FingerprintMismatchError, FileNotFoundError, ValueError, KeyError, ImportError) as e:
+    except (InputError, FingerprintMismatchError, CacheLockedError, FileNotFoundError, ValueError, KeyError, ImportError) as e:
         print(f"heads {args.command}: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 1
     if getattr(args, "json", False):

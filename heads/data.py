@@ -14,21 +14,30 @@ import pandas as pd
 
 from embedcache import EmbeddingCache
 from embedcache.encoders import Encoder
-from embedcache.inputs import InputError, bad_rows, check_columns
+from embedcache.inputs import (
+    InputError,
+    bad_rows,
+    check_columns,
+    compose,
+    template_columns,
+)
 
 SIDES = ("text", "pair", "condition")
 
 
-def embed(cache: EmbeddingCache | Encoder, texts: list[str]) -> np.ndarray:
-    """Vectors of ``texts`` from the cache (texts missing from it are encoded through it), or from an encoder."""
+def embed(cache: EmbeddingCache | Encoder, texts: list[str], add_missing: bool = False) -> np.ndarray:
+    """Vectors of ``texts`` from the cache, or from an encoder.
+
+    Texts missing from the cache are encoded in memory by the cache's encoder and
+    the cache is left as it was; ``add_missing=True`` stores them in it.
+    """
     if isinstance(cache, Encoder):
         return cache.encode(texts)
-    try:
-        return cache.get(texts)  # the usual case: everything cached, one pass
-    except KeyError:
-        if cache.encoder is None:
+    if add_missing:
+        if cache.encoder is None and not cache.contains(texts).all():
             cache.load_encoder()
         return cache.encode(texts, progress=True)
+    return cache.get(texts, encode_missing=True, progress=True)
 
 
 @dataclass
@@ -79,20 +88,43 @@ def column_texts(df: pd.DataFrame, column: str, path) -> list[str]:
     return df[column].tolist()
 
 
-def load_inputs(cache: EmbeddingCache, df: pd.DataFrame, columns: dict, path) -> Inputs:
-    """``columns`` maps side -> column name (``text`` required, ``pair`` and ``condition`` optional)."""
+def template_texts(df: pd.DataFrame, template: str, path) -> list[str]:
+    """One text per row composed from columns, e.g. ``'[USER] {prompt}\\n[RESPONSE] {response}'``."""
+    fields = template_columns(template)
+    if not fields:
+        raise InputError(f"template {template!r} names no column; write columns as {{name}}")
+    check_columns(df, fields, path)
+    for column in dict.fromkeys(fields):
+        column_texts(df, column, path)
+    return compose(df, template, range(len(df)))
+
+
+def side_texts(df: pd.DataFrame, columns: dict, path) -> dict[str, list[str]]:
+    """The texts of each side (``text``, ``pair``, ``condition``), checked; a ``template`` composes the text side."""
     columns = {s: c for s, c in columns.items() if c is not None}
-    check_columns(df, list(columns.values()), path)
+    template = columns.pop("template", None)
+    check_columns(df, [c for s, c in columns.items() if not (s == "text" and template)], path)
     if not len(df):
         raise InputError(f"{path}: has no data rows")
+    if template:
+        columns["text"] = template
+    return {side: template_texts(df, template, path) if side == "text" and template else column_texts(df, column, path)
+            for side, column in sorted(columns.items(), key=lambda kv: SIDES.index(kv[0]))}
+
+
+def load_inputs(cache: EmbeddingCache, df: pd.DataFrame, columns: dict, path, add_missing: bool = False) -> Inputs:
+    """``columns`` maps side -> column name (``text`` required, ``pair`` and ``condition`` optional;
+    ``template`` composes the text side from columns instead).
+
+    Texts missing from the cache are encoded in memory, or stored in it with ``add_missing``.
+    """
     tables, index = {}, {}
-    for side, column in columns.items():
-        values = column_texts(df, column, path)
+    texts = side_texts(df, columns, path)
+    for side, values in texts.items():
         position: dict[str, int] = {}
         index[side] = np.fromiter((position.setdefault(v, len(position)) for v in values), dtype=np.int64, count=len(values))
-        tables[side] = embed(cache, list(position))
-    conditions = df[columns["condition"]].tolist() if "condition" in columns else None
-    return Inputs(tables, index, conditions)
+        tables[side] = embed(cache, list(position), add_missing)
+    return Inputs(tables, index, texts.get("condition"))
 
 
 def load_labels(df: pd.DataFrame, label_cols: list[str], path) -> np.ndarray:

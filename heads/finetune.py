@@ -23,10 +23,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from embedcache.inputs import InputError, check_columns
+from embedcache.inputs import InputError
 
 from .backbone import Backbone
-from .data import column_texts, grouped_split, load_labels
+from .data import grouped_split, load_labels, side_texts
 from .metrics import NAMES, report
 from .model import HeadModel
 from .modules import MODULES
@@ -153,10 +153,7 @@ def _checkpointing(enabled: bool) -> dict:
 
 
 def _texts(df: pd.DataFrame, columns: dict, path) -> dict[str, np.ndarray]:
-    check_columns(df, list(columns.values()), path)
-    if not len(df):
-        raise InputError(f"{path}: has no data rows")
-    return {side: np.asarray(column_texts(df, col, path), dtype=object) for side, col in columns.items()}
+    return {side: np.asarray(t, dtype=object) for side, t in side_texts(df, columns, path).items()}
 
 
 def _add_lora(backbone: Backbone, r: int) -> None:
@@ -196,26 +193,30 @@ def finetune(data: pd.DataFrame, label_cols, columns: dict, out, head: str = "co
         raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
     label_cols = [label_cols] if isinstance(label_cols, str) else list(label_cols)
     columns = {s: c for s, c in columns.items() if c is not None}
-    if head == "two-tower" and len(columns) != 2:
+    template = columns.get("template")
+    sides_given = {"text" if s == "template" else s for s in columns}
+    if head == "two-tower" and len(sides_given) != 2:
         raise ValueError("the two-tower head needs exactly one of a pair column or a condition column")
-    if head == "cross" and len(columns) > 2:
+    if head == "cross" and len(sides_given) > 2:
         raise ValueError("the cross head reads two texts in one sequence: give a pair column or a condition column, not both")
     out = Path(out)
     start = time.perf_counter()
 
-    texts, y = _texts(data, columns, paths[0]), load_labels(data, label_cols, paths[0])
+    y, texts = load_labels(data, label_cols, paths[0]), _texts(data, columns, paths[0])
     if val_data is not None:
-        val_texts, y_val = _texts(val_data, columns, paths[1]), load_labels(val_data, label_cols, paths[1])
+        y_val, val_texts = load_labels(val_data, label_cols, paths[1]), _texts(val_data, columns, paths[1])
+        val_rows_table = val_data
     else:
         groups = np.unique(texts["text"], return_inverse=True)[1].ravel()
         train_rows, val_rows = grouped_split(groups, val_fraction, seed)
+        val_rows_table = data.iloc[val_rows]
         val_texts, y_val = {s: t[val_rows] for s, t in texts.items()}, y[val_rows]
         texts, y = {s: t[train_rows] for s, t in texts.items()}, y[train_rows]
 
     torch.manual_seed(seed)
     backbone = Backbone.from_directory(model, max_length)
     cross = head == "cross"
-    sides = ("text",) if cross else tuple(columns)
+    sides = ("text",) if cross else tuple(texts)
     warm = HeadModel.load(init_head) if init_head is not None else None
     if warm is not None:
         _check_warm_start(warm, head, sides, backbone.dim, label_cols, init_head)
@@ -277,7 +278,8 @@ def finetune(data: pd.DataFrame, label_cols, columns: dict, out, head: str = "co
     network.to("cpu").eval()
     result = HeadModel(head=head, width=width, dropout=dropout, loss=loss, epochs=epochs, lr=lr, weight_decay=weight_decay,
                        batch_size=batch_size, patience=patience, val_fraction=val_fraction, label_range=label_range, seed=seed)
-    result.columns_ = {s: columns.get(s) for s in ("text", "pair", "condition")}
+    result.head_ = head
+    result.columns_ = {**{s: columns.get(s) for s in ("text", "pair", "condition")}, "template": template}
     result.labels_, result.mean_, result.std_ = label_cols, np.asarray(mean), np.asarray(std)
     result.sides_, result.dim_, result.module_ = sides, backbone.dim, module
     result.finetuned_ = {"encoder": "encoder", "base": model or "all-MiniLM-L6-v2 (embedded)", "lora": lora,
@@ -289,8 +291,7 @@ def finetune(data: pd.DataFrame, label_cols, columns: dict, out, head: str = "co
     result.directory_, result._own_encoder = out, backbone if cross else saved
     result.encoder_ = {"name": f"{result.finetuned_['base']} fine-tuned", "fingerprint": saved.fingerprint, "load": None}
     result.history_ = history
-    val = pd.DataFrame({columns[s]: val_texts[s] for s in columns})
-    result.validation_ = report(y_val, result.predict(None, val), label_cols)  # the way predict will
+    result.validation_ = report(y_val, result.predict(None, val_rows_table), label_cols)  # the way predict will
     result.save(out)
     if export_encoder is not None:
         shutil.copytree(out / "encoder", export_encoder, dirs_exist_ok=True)
@@ -300,10 +301,10 @@ def finetune(data: pd.DataFrame, label_cols, columns: dict, out, head: str = "co
 
 
 def _check_warm_start(warm: HeadModel, head: str, sides: tuple, dim: int, labels: list, path) -> None:
-    if warm.head != head:
-        raise ValueError(f"--init-head {path} is a {warm.head!r} head; fine-tuning a {head!r} head needs a {head!r} one")
-    if head == "cross" or warm.head == "ridge":
-        raise ValueError(f"--init-head {path}: a {warm.head!r} head cannot start a {head!r} fine-tuning; use concat or two-tower")
+    if warm.head_ != head:
+        raise ValueError(f"--init-head {path} is a {warm.head_!r} head; fine-tuning a {head!r} head needs a {head!r} one")
+    if head == "cross" or warm.head_ == "ridge":
+        raise ValueError(f"--init-head {path}: a {warm.head_!r} head cannot start a {head!r} fine-tuning; use concat or two-tower")
     if tuple(warm.sides_) != tuple(sides) or warm.dim_ != dim:
         raise ValueError(f"--init-head {path} was trained on {list(warm.sides_)} of {warm.dim_} dims; "
                          f"this fine-tuning has {list(sides)} of {dim} dims (another encoder or other columns?)")

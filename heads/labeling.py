@@ -107,17 +107,45 @@ def combine(outputs: np.ndarray, weights=None) -> np.ndarray:
 
 
 def learn_weights(outputs: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Non-negative weights (summing to 1) that fit the labelled rows ``y`` best.
+    """Non-negative weights (summing to 1) under which ``combine`` fits the labelled rows ``y`` best.
 
-    A least-squares fit with positive coefficients (scikit-learn) on the outputs,
-    an abstention filled with that function's mean so it pulls nowhere.
+    Abstentions are modelled as they are used: each row's score is the weighted
+    mean of the functions that voted on it, and the weights minimise that
+    score's squared error (scipy, L-BFGS-B on the log-weights) over the rows
+    where any function voted.  Filling abstentions with a mean instead turns
+    a function that fires rarely with a constant into an intercept that takes
+    all the weight.  Starts from inverse-error weights (each function's mean
+    squared error on the rows where it voted); the log-weights are bounded, so
+    no weight is exactly zero unless its function never voted.
     """
-    from sklearn.linear_model import LinearRegression
+    from scipy.optimize import minimize
 
-    filled = np.where(np.isnan(outputs), np.nanmean(outputs, axis=0), outputs)
-    filled = np.nan_to_num(filled)  # a function that abstained on every labelled row
-    coef = LinearRegression(positive=True).fit(filled, y).coef_
-    return coef / coef.sum() if coef.sum() > 0 else np.full(len(coef), 1 / len(coef))
+    y = np.asarray(y, dtype=float)
+    voted = ~np.isnan(outputs) & ~np.isnan(y)[:, None]
+    rows = voted.any(axis=1)
+    out, v, target = np.nan_to_num(outputs[rows]), voted[rows].astype(float), y[rows]
+    k = outputs.shape[1]
+    if not rows.any():
+        return np.full(k, 1 / k)
+    counts = v.sum(0)
+    mse = np.array([((out[v[:, j] > 0, j] - target[v[:, j] > 0]) ** 2).mean() if counts[j] else np.inf for j in range(k)])
+    floor = max(np.var(target), 1e-6) * 1e-3
+    start = np.log(np.where(np.isfinite(mse), 1 / np.maximum(mse, floor), 1e-6))
+    start -= start.mean()
+
+    def loss(z):
+        w = np.exp(z)
+        total = v @ w
+        pred = (out * v) @ w / total
+        resid = pred - target
+        # d pred / d w_j = v_j (o_j - pred) / total; chain rule through w = exp(z)
+        grad_w = ((resid / total)[:, None] * v * (out - pred[:, None])).mean(0) * 2
+        return (resid**2).mean(), grad_w * w
+
+    z = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=[(-20, 20)] * k).x
+    w = np.exp(z - z.max())
+    w[counts == 0] = 0.0  # never voted on a labelled row: no evidence for any weight
+    return w / w.sum() if w.sum() > 0 else np.full(k, 1 / k)
 
 
 def coverage_report(outputs: np.ndarray, names: list[str], y=None) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import platform
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -22,21 +23,44 @@ from embedcache import EmbeddingCache, FingerprintMismatchError
 from embedcache.encoders import resolve_device
 from embedcache.inputs import InputError, check_columns, read_table
 
-from .data import Inputs, column_texts, grouped_split, load_inputs, load_labels
+from .data import Inputs, embed, grouped_split, load_inputs, load_labels, side_texts
 from .metrics import report
 from .modules import MODULES, TwoTowerHead
 from .train import fit as fit_module
 from .train import predict_scaled, to_device
 
 HEADS = ("concat", "two-tower", "ridge")
+PSEUDO_SOURCES = {"labeled", "data"}  # the source column of a heads pseudolabel table
 # Alphas relative to the mean diagonal of X'X, so the grid fits any number of rows
 # and any vector scale; the smallest keeps the Cholesky solve stable in float32.
 RIDGE_ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
 
+class UnseenConditionWarning(UserWarning):
+    """A condition (metric) never seen in training was scored."""
+
+
 def check_head(head: str) -> None:
-    if head not in (*HEADS, "cross"):
-        raise ValueError(f"unknown head {head!r}; choose one of: {', '.join(HEADS)}")
+    if head not in ("auto", *HEADS, "cross"):
+        raise ValueError(f"unknown head {head!r}; choose one of: auto, {', '.join(HEADS)}")
+
+
+def resolve_head(head: str, columns: dict) -> str:
+    """``auto``: two-tower for a pair of texts (it starts from their calibrated cosine, so it is never
+    below it), concat otherwise."""
+    if head != "auto":
+        return head
+    return "two-tower" if columns.get("pair") is not None and columns.get("condition") is None else "concat"
+
+
+def pseudolabel_rows(df: pd.DataFrame) -> np.ndarray | None:
+    """Positions of the labelled rows when ``df`` is a table written by heads pseudolabel, else None."""
+    if "source" not in df.columns or "confidence" not in df.columns:
+        return None
+    source = df["source"].astype(str)
+    if not set(source) <= PSEUDO_SOURCES or not (source == "labeled").any():
+        return None
+    return np.flatnonzero((source == "labeled").to_numpy())
 
 
 def ridge_features(tables: dict, index: dict, sides) -> np.ndarray:
@@ -65,7 +89,7 @@ def ridge_features(tables: dict, index: dict, sides) -> np.ndarray:
     return out
 
 
-def fit_ridge(X, y, X_val=None, y_val=None, alphas=RIDGE_ALPHAS) -> tuple[np.ndarray, np.ndarray, list[float]]:
+def fit_ridge(X, y, X_val=None, y_val=None, alphas=RIDGE_ALPHAS, sample_weight=None) -> tuple[np.ndarray, np.ndarray, list[float]]:
     """Ridge per label on the rows where that label is present, alpha chosen on the validation rows.
 
     All alphas are fitted at once, as one scikit-learn Ridge with a target
@@ -82,7 +106,9 @@ def fit_ridge(X, y, X_val=None, y_val=None, alphas=RIDGE_ALPHAS) -> tuple[np.nda
     for j in range(y.shape[1]):
         keep = ~np.isnan(y[:, j])
         Xj = X if keep.all() else X[keep]
-        ridge = Ridge(alpha=candidates, solver="cholesky", copy_X=False).fit(Xj, np.repeat(y[keep, j : j + 1], len(candidates), axis=1))
+        wj = None if sample_weight is None else np.asarray(sample_weight, dtype=float)[keep]
+        ridge = Ridge(alpha=candidates, solver="cholesky", copy_X=False).fit(
+            Xj, np.repeat(y[keep, j : j + 1], len(candidates), axis=1), sample_weight=wj)
         ridge_coef = ridge.coef_.reshape(len(candidates), -1)  # scikit-learn drops the axis for a single alpha
         best = 0
         if len(candidates) > 1:
@@ -109,11 +135,12 @@ class HeadModel:
     """A regression head over cached embeddings.
 
     Parameters are stored as given (scikit-learn style); fitted state ends in ``_``.
-    ``head`` is ``concat``, ``two-tower`` or ``ridge``; ``label_range=(lo, hi)``
+    ``head`` is ``concat``, ``two-tower``, ``ridge`` or ``auto`` (two-tower for pairs,
+    concat otherwise; ``head_`` is the one trained); ``label_range=(lo, hi)``
     bounds predictions; ``batch_size=None`` picks about 100 steps an epoch.
     """
 
-    def __init__(self, head="concat", width=256, dropout=0.1, shared=True, loss="mse", epochs=30, lr=1e-3,
+    def __init__(self, head="auto", width=256, dropout=0.1, shared=True, loss="mse", epochs=30, lr=1e-3,
                  weight_decay=0.01, batch_size=None, patience=5, val_fraction=0.1, label_range=None, seed=0,
                  device=None):
         check_head(head)
@@ -130,31 +157,57 @@ class HeadModel:
     # -- training -------------------------------------------------------------
 
     def fit(self, cache: EmbeddingCache, data, label_cols, text_col="text", pair_col=None, condition_col=None,
-            val_data=None, progress=True) -> HeadModel:
-        """Train on ``data`` (a DataFrame or a file); validate on ``val_data`` or a grouped split."""
-        if self.head == "cross":
-            raise ValueError("the cross head reads both texts in one sequence through the encoder: train it with heads finetune")
+            template=None, val_data=None, weight_col=None, sample_weight=None, add_missing=False,
+            progress=True) -> HeadModel:
+        """Train on ``data`` (a DataFrame or a file); validate on ``val_data`` or a grouped split.
+
+        ``template`` composes the text from columns (``'{system}\\n{prompt}'``) instead of
+        ``text_col``.  A table written by heads pseudolabel validates on its labelled
+        rows only (``validation_rows_`` says so): the teacher's own scores would
+        flatter any model.  ``weight_col`` or ``sample_weight`` weights each row's
+        loss.  Texts missing from the cache are encoded in memory (``add_missing``
+        stores them).
+        """
         label_cols = [label_cols] if isinstance(label_cols, str) else list(label_cols)
-        self.columns_ = {"text": text_col, "pair": pair_col, "condition": condition_col}
-        if self.head == "two-tower" and (pair_col is None) == (condition_col is None):
+        self.columns_ = {"text": None if template else text_col, "pair": pair_col, "condition": condition_col,
+                         "template": template}
+        head = resolve_head(self.head, self.columns_)
+        if head == "cross":
+            raise ValueError("the cross head reads both texts in one sequence through the encoder: train it with heads finetune")
+        if head == "two-tower" and (pair_col is None) == (condition_col is None):
             raise ValueError("the two-tower head needs exactly one of a pair column or a condition column")
         df, path = _table(data)
-        inputs, y = load_inputs(cache, df, self.columns_, path), load_labels(df, label_cols, path)
+        y = load_labels(df, label_cols, path)  # bad labels stop us before any encoding
+        weights = _sample_weight(df, weight_col, sample_weight, path)
+        inputs = load_inputs(cache, df, self.columns_, path, add_missing)
+        labeled = pseudolabel_rows(df) if val_data is None else None
         if val_data is not None:
             vdf, vpath = _table(val_data)
-            val, y_val = load_inputs(cache, vdf, self.columns_, vpath), load_labels(vdf, label_cols, vpath)
-            train = inputs
+            y_val = load_labels(vdf, label_cols, vpath)
+            val, train = load_inputs(cache, vdf, self.columns_, vpath, add_missing), inputs
+            self.validation_rows_ = f"{len(vdf)} rows of {vpath}"
         else:
-            train_rows, val_rows = grouped_split(inputs.index["text"], self.val_fraction, self.seed)
+            candidates = np.arange(len(df)) if labeled is None else labeled
+            _, val_rows = grouped_split(inputs.index["text"][candidates], self.val_fraction, self.seed)
+            val_rows = candidates[val_rows]
+            # every row sharing a text with a validation row stays out of training too
+            in_val = np.isin(inputs.index["text"], inputs.index["text"][val_rows])
+            train_rows = np.flatnonzero(~in_val)
             train, val, y, y_val = inputs.subset(train_rows), inputs.subset(val_rows), y[train_rows], y[val_rows]
+            weights = None if weights is None else weights[train_rows]
+            self.validation_rows_ = (f"{len(val_rows)} held-out rows" if labeled is None else
+                                     f"{len(val_rows)} held-out labelled rows (source == 'labeled') of a pseudolabel "
+                                     f"table; its {len(df) - len(labeled)} pseudo-labelled rows only train")
         self.encoder_ = {"fingerprint": cache.fingerprint, "name": cache.encoder_name, "load": cache.encoder_spec}
-        self.fit_inputs(train, y, val, y_val, labels=label_cols, path=path, progress=progress)
+        self.fit_inputs(train, y, val, y_val, labels=label_cols, path=path, sample_weight=weights, progress=progress)
         return self
 
     def fit_inputs(self, train: Inputs, y: np.ndarray, val: Inputs | None = None, y_val=None, labels=None,
-                   path="data", progress=True) -> HeadModel:
+                   path="data", sample_weight=None, progress=True) -> HeadModel:
         """Train on prepared inputs (vectors and labels already in memory); ``labels`` names y's columns."""
         self.labels_ = list(labels) if labels is not None else [f"label_{j}" for j in range(y.shape[1])]
+        self.head_ = resolve_head(self.head, {s: s for s in train.sides})
+        self.conditions_ = None if train.condition_values is None else sorted(set(train.condition_values))
         if not len(train):
             raise InputError(f"{path}: no training rows")
         self.mean_ = np.nanmean(y, axis=0)
@@ -164,11 +217,11 @@ class HeadModel:
             raise InputError(f"{path}: label {', '.join(map(repr, constant))} is constant in the training rows; nothing to learn")
         self.sides_, self.dim_ = train.sides, next(iter(train.tables.values())).shape[1]
         y_s = (y - self.mean_) / self.std_
-        if self.head == "ridge":
+        if self.head_ == "ridge":
             X = ridge_features(train.tables, train.index, self.sides_)
             X_val = None if val is None else ridge_features(val.tables, val.index, self.sides_)
             y_val_s = None if val is None else (y_val - self.mean_) / self.std_
-            self.coef_, self.intercept_, self.alphas_ = fit_ridge(X, y_s, X_val, y_val_s)
+            self.coef_, self.intercept_, self.alphas_ = fit_ridge(X, y_s, X_val, y_val_s, sample_weight=sample_weight)
             self.history_ = []
         else:
             torch.manual_seed(self.seed)  # the initial weights too: a fixed seed gives identical models
@@ -181,13 +234,13 @@ class HeadModel:
                 self.module_, train.tables, train.index, y_s, None if val is None else val.index, yv,
                 val_tables=None if val is None else val.tables, scale=self.std_, loss=self.loss,
                 epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay, batch_size=self.batch_size,
-                patience=self.patience, seed=self.seed, device=device, progress=progress)
+                patience=self.patience, seed=self.seed, device=device, sample_weight=sample_weight, progress=progress)
             self.module_.to("cpu")
         self.validation_ = None if val is None else report(y_val, self.predict_inputs(val), self.labels_, val.condition_values)
         return self
 
     def _new_module(self):
-        return MODULES[self.head](self.dim_, self.sides_, width=self.width, dropout=self.dropout,
+        return MODULES[self.head_](self.dim_, self.sides_, width=self.width, dropout=self.dropout,
                                   n_outputs=len(self.labels_), shared=self.shared)
 
     # -- prediction -----------------------------------------------------------
@@ -195,7 +248,7 @@ class HeadModel:
     def predict_inputs(self, inputs: Inputs) -> np.ndarray:
         """``(n, n_labels)`` predictions in label units, bounded by ``label_range``."""
         inputs = inputs.compact()
-        if self.head == "ridge":
+        if self.head_ == "ridge":
             # float64, as the torch heads: float32 BLAS sums in an order that depends on the
             # row blocking, so a row's score would change with the rows predicted beside it
             X = ridge_features(inputs.tables, inputs.index, self.sides_).astype(np.float64)
@@ -223,7 +276,7 @@ class HeadModel:
         Encoder for the concat and two-tower heads, a Backbone (two texts, one sequence) for cross."""
         if getattr(self, "_own_encoder", None) is None:
             path = str(self.directory_ / self.finetuned_["encoder"])
-            if self.head == "cross":
+            if self.head_ == "cross":
                 from .backbone import Backbone
 
                 self._own_encoder = Backbone.from_directory(path).to(resolve_device(self.device))
@@ -233,34 +286,64 @@ class HeadModel:
                 self._own_encoder = load_encoder(path)
         return self._own_encoder
 
-    def _inputs(self, cache, data, columns=None) -> tuple[Inputs, pd.DataFrame, str]:
+    def _inputs(self, cache, data, columns=None, add_missing=False) -> tuple[Inputs, pd.DataFrame, str]:
         df, path = _table(data)
         columns = {**self.columns_, **{k: v for k, v in (columns or {}).items() if v is not None}}
         if getattr(self, "finetuned_", None) is None:
             if cache is None:
                 raise ValueError("a frozen head needs the cache of the vectors it was trained on (--cache DIR)")
             self._check_cache(cache)
-            return load_inputs(cache, df, columns, path), df, path
-        if self.head == "cross":  # both texts in one sequence: nothing to cache per text
-            columns = {s: c for s, c in columns.items() if c is not None}
-            check_columns(df, list(columns.values()), path)
-            texts = {s: column_texts(df, c, path) for s, c in columns.items()}
+            source = cache
+        elif self.head_ == "cross":  # both texts in one sequence: nothing to cache per text
+            texts = side_texts(df, columns, path)
             second = texts.get("pair", texts.get("condition"))
             joint = self.own_encoder().encode(texts["text"], second, progress=True)
             return Inputs({"text": joint}, {"text": np.arange(len(df))}, texts.get("condition")), df, path
-        # the fine-tuned encoder's vectors: from a cache built with it when one is given, else encoded here
-        source = cache if cache is not None and cache.fingerprint == self.encoder_["fingerprint"] else self.own_encoder()
-        return load_inputs(source, df, columns, path), df, path
+        else:
+            # the fine-tuned encoder's vectors: from a cache built with it when one is given, else encoded here
+            source = cache if cache is not None and cache.fingerprint == self.encoder_["fingerprint"] else self.own_encoder()
+        inputs = load_inputs(source, df, columns, path, add_missing)
+        self._warn_unseen_conditions(source, inputs)
+        return inputs, df, path
 
-    def predict(self, cache: EmbeddingCache, data, columns=None) -> np.ndarray:
-        """Predictions for the rows of ``data``; ``columns`` overrides the trained column names."""
-        inputs, _, _ = self._inputs(cache, data, columns)
+    def unseen_conditions(self, source, conditions) -> list[tuple[str, str, float]]:
+        """``(condition, nearest trained condition, cosine)`` for each condition not seen in training."""
+        trained = getattr(self, "conditions_", None)
+        if not trained:
+            return []
+        unseen = sorted(set(conditions) - set(trained))
+        if not unseen:
+            return []
+        a, b = embed(source, unseen), embed(source, trained)
+        a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+        b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+        sim = a @ b.T
+        return [(c, trained[int(j)], float(sim[i, j])) for i, (c, j) in enumerate(zip(unseen, sim.argmax(1)))]
+
+    def _warn_unseen_conditions(self, source, inputs: Inputs) -> None:
+        if inputs.condition_values is None:
+            return
+        found = self.unseen_conditions(source, inputs.condition_values)
+        if found:
+            shown = "; ".join(f"{c!r} (nearest trained: {n!r}, cosine {cos:.2f})" for c, n, cos in found[:5])
+            more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+            warnings.warn(f"{len(found)} condition(s) never seen in training are scored from their vectors alone: "
+                          f"{shown}{more}", UnseenConditionWarning, stacklevel=3)
+
+    def predict(self, cache: EmbeddingCache, data, columns=None, add_missing=False) -> np.ndarray:
+        """Predictions for the rows of ``data``; ``columns`` overrides the trained column names.
+
+        Texts missing from the cache are encoded in memory; ``add_missing=True`` stores them in it.
+        """
+        inputs, _, _ = self._inputs(cache, data, columns, add_missing)
         return self.predict_inputs(inputs)
 
-    def evaluate(self, cache: EmbeddingCache, data, label_cols=None, columns=None) -> tuple[dict, np.ndarray, np.ndarray, Inputs]:
+    def evaluate(self, cache: EmbeddingCache, data, label_cols=None, columns=None,
+                 add_missing=False) -> tuple[dict, np.ndarray, np.ndarray, Inputs]:
         """Metrics (overall, per label, per condition), the labels, the predictions and the inputs."""
-        inputs, df, path = self._inputs(cache, data, columns)
+        df, path = _table(data)
         y = load_labels(df, list(label_cols or self.labels_), path)
+        inputs, _, _ = self._inputs(cache, df, columns, add_missing)
         pred = self.predict_inputs(inputs)
         return report(y, pred, list(label_cols or self.labels_), inputs.condition_values), y, pred, inputs
 
@@ -269,13 +352,14 @@ class HeadModel:
     def save(self, directory) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        if self.head == "ridge":
+        if self.head_ == "ridge":
             tensors = {"coef": torch.from_numpy(self.coef_), "intercept": torch.from_numpy(self.intercept_)}
         else:
             tensors = {k: v.contiguous() for k, v in self.module_.state_dict().items()}
         save_file(tensors, str(directory / "model.safetensors"))
         config = {
-            "head": self.head, "params": self.params(), "dim": int(self.dim_), "sides": list(self.sides_),
+            "head": self.head_, "params": self.params(), "conditions": getattr(self, "conditions_", None),
+            "validation_rows": getattr(self, "validation_rows_", None), "dim": int(self.dim_), "sides": list(self.sides_),
             "columns": self.columns_, "labels": self.labels_,
             "label_mean": self.mean_.tolist(), "label_std": self.std_.tolist(),
             "encoder": self.encoder_, "validation": self.validation_, "history": self.history_,
@@ -296,13 +380,15 @@ class HeadModel:
         if params.get("label_range") is not None:
             params["label_range"] = tuple(params["label_range"])
         model = cls(**params)
+        model.head_ = config["head"]
+        model.conditions_, model.validation_rows_ = config.get("conditions"), config.get("validation_rows")
         model.dim_, model.sides_, model.columns_ = config["dim"], tuple(config["sides"]), config["columns"]
         model.labels_, model.encoder_ = config["labels"], config["encoder"]
         model.mean_, model.std_ = np.asarray(config["label_mean"]), np.asarray(config["label_std"])
         model.validation_, model.history_ = config["validation"], config["history"]
         model.finetuned_, model.directory_ = config.get("finetuned"), directory
         tensors = load_file(str(directory / "model.safetensors"))
-        if model.head == "ridge":
+        if model.head_ == "ridge":
             model.coef_, model.intercept_ = tensors["coef"].numpy(), tensors["intercept"].numpy()
             model.alphas_ = config.get("ridge_alphas")
         else:
@@ -310,6 +396,30 @@ class HeadModel:
             model.module_.load_state_dict(tensors)
             model.module_.eval()
         return model
+
+
+def _sample_weight(df: pd.DataFrame, weight_col, sample_weight, path) -> np.ndarray | None:
+    """Per-row loss weights from a column or an array: finite and non-negative, not all zero."""
+    if weight_col is not None and sample_weight is not None:
+        raise ValueError("give weight_col or sample_weight, not both")
+    if weight_col is not None:
+        check_columns(df, [weight_col], path)
+        w = pd.to_numeric(df[weight_col], errors="coerce").to_numpy(dtype=float)
+        where = f"{path}: column {weight_col!r}"
+    elif sample_weight is not None:
+        w = np.asarray(sample_weight, dtype=float).ravel()
+        where = "sample_weight"
+        if len(w) != len(df):
+            raise ValueError(f"sample_weight has {len(w)} values for {len(df)} rows")
+    else:
+        return None
+    bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
+    if len(bad):
+        raise InputError(f"{where}: expected a finite weight >= 0, found {df[weight_col].iloc[bad[0]] if weight_col else w[bad[0]]!r} "
+                         f"at row {bad[0] + 1} ({len(bad)} such rows)")
+    if not w.sum() > 0:
+        raise InputError(f"{where}: every weight is 0")
+    return w
 
 
 def _table(data) -> tuple[pd.DataFrame, str]:

@@ -13,9 +13,16 @@ import numpy as np
 import pandas as pd
 
 from embedcache import EmbeddingCache
-from embedcache.inputs import InputError, check_columns
+from embedcache.inputs import InputError, check_columns, template_columns
 
-from .data import Inputs, column_texts, grouped_split, load_inputs, load_labels
+from .data import (
+    Inputs,
+    column_texts,
+    grouped_split,
+    load_inputs,
+    load_labels,
+    template_texts,
+)
 from .labeling import apply, combine, coverage_report, learn_weights
 from .model import HeadModel
 from .neighbours import propagate
@@ -69,7 +76,7 @@ def _ids(df: pd.DataFrame, id_col) -> list:
 def pseudolabel(cache: EmbeddingCache, data: pd.DataFrame, columns: dict, method: str, labeled: pd.DataFrame | None = None,
                 label_col: str | None = None, lfs=None, k: int = 10, model: HeadModel | None = None, rounds: int = 3,
                 committee: int = 3, select: str = "rmse", label_range=None, val_data: pd.DataFrame | None = None, id_col=None, paths=("data", "labeled"),
-                progress: bool = True) -> tuple[pd.DataFrame, dict]:
+                add_missing: bool = False, progress: bool = True) -> tuple[pd.DataFrame, dict]:
     """Score the rows of ``data``; returns the output table and a summary.
 
     The summary holds the method and counts, and per function (``lf``) or per
@@ -82,7 +89,10 @@ def pseudolabel(cache: EmbeddingCache, data: pd.DataFrame, columns: dict, method
     if labeled is not None and label_col is None:
         raise ValueError("labelled rows need a label column (--label-col)")
     columns = {s: c for s, c in columns.items() if c is not None}
-    text_cols = list(columns.values())
+    template = columns.get("template")
+    # the columns a row's texts come from (a template's fields in place of a text column)
+    text_cols = list(dict.fromkeys((template_columns(template) if template else [])
+                                   + [c for s, c in columns.items() if s != "template"]))
     for df, path in ((data, paths[0]), (labeled, paths[1])):
         if df is not None:
             check_columns(df, text_cols, path)
@@ -100,14 +110,17 @@ def pseudolabel(cache: EmbeddingCache, data: pd.DataFrame, columns: dict, method
     if not len(rest):
         raise InputError(f"{paths[0]}: every row is already in the labelled file; nothing to score")
 
+    def text_of(df, path):
+        return template_texts(df, template, path) if template else df[columns["text"]].tolist()
+
     if method == "lf":
-        texts = rest[columns["text"]].tolist()
         scores, confidence, details = label_with_functions(
-            texts, lfs, None if labeled is None else labeled[columns["text"]].tolist(), None if y is None else y[:, 0])
+            text_of(rest, paths[0]), lfs, None if labeled is None else text_of(labeled, paths[1]), None if y is None else y[:, 0])
         summary.update(details)
         scores = scores[:, None]
     else:
-        rest_inputs, lab_inputs = load_inputs(cache, rest, columns, paths[0]), load_inputs(cache, labeled, columns, paths[1])
+        rest_inputs = load_inputs(cache, rest, columns, paths[0], add_missing)
+        lab_inputs = load_inputs(cache, labeled, columns, paths[1], add_missing)
         if method == "knn":
             s, confidence = propagate(row_vectors(lab_inputs), y[:, 0], row_vectors(rest_inputs), k=k)
             scores = s[:, None]
@@ -115,7 +128,8 @@ def pseudolabel(cache: EmbeddingCache, data: pd.DataFrame, columns: dict, method
             model = model or HeadModel()
             if val_data is not None:
                 train, y_train = lab_inputs, y
-                val, y_val = load_inputs(cache, val_data, columns, "val data"), load_labels(val_data, [label_col], "val data")
+                val = load_inputs(cache, val_data, columns, "val data", add_missing)
+                y_val = load_labels(val_data, [label_col], "val data")
             else:
                 tr, va = grouped_split(lab_inputs.index["text"], model.val_fraction, model.seed)
                 train, y_train, val, y_val = lab_inputs.subset(tr), y[tr], lab_inputs.subset(va), y[va]

@@ -40,7 +40,7 @@ def predict_scaled(module, tables: dict, index: dict, batch_size: int = 8192) ->
 
 def fit(module, tables, train_index, y_train, val_index=None, y_val=None, *, val_tables=None, scale, loss="mse", epochs=30,
         lr=1e-3, weight_decay=0.01, batch_size=None, warmup=0.05, patience=5, seed=0, device="cpu",
-        progress=True) -> list[dict]:
+        sample_weight=None, progress=True) -> list[dict]:
     """Train ``module`` in place; return the history (one dict per epoch).
 
     ``y_*`` are standardised (n, n_labels) arrays with NaN for missing labels;
@@ -48,6 +48,7 @@ def fit(module, tables, train_index, y_train, val_index=None, y_val=None, *, val
     the validation RMSE.  With validation rows, training stops after
     ``patience`` epochs without a better RMSE and the best weights are restored.
     ``val_tables`` defaults to ``tables`` (a split of one dataset).
+    ``sample_weight`` (n,) scales each training row's loss (a pseudo-label's confidence).
     """
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
@@ -58,6 +59,9 @@ def fit(module, tables, train_index, y_train, val_index=None, y_val=None, *, val
     y = torch.as_tensor(y_train, dtype=torch.float32, device=device)
     mask = ~torch.isnan(y)
     y = torch.nan_to_num(y)
+    weight = None
+    if sample_weight is not None:
+        weight = torch.as_tensor(np.asarray(sample_weight, dtype=np.float32), device=device)[:, None].expand_as(y)
     has_val = val_index is not None and len(y_val)
     if has_val:
         val_tables, val_index = to_device(val_tables, val_index, device) if val_tables is not None else (tables, to_device({}, val_index, device)[1])
@@ -84,7 +88,11 @@ def fit(module, tables, train_index, y_train, val_index=None, y_val=None, *, val
             rows = order[k : k + batch_size]
             pred = module(tables, {s: i[rows] for s, i in train_index.items()})
             m = mask[rows]
-            batch_loss = loss_fn(pred[m], y[rows][m])
+            if weight is None:
+                batch_loss = loss_fn(pred[m], y[rows][m])
+            else:  # a weighted mean of the per-element losses
+                w = weight[rows][m]
+                batch_loss = (loss_fn(pred[m], y[rows][m], reduction="none") * w).sum() / w.sum().clamp_min(1e-12)
             optimizer.zero_grad(set_to_none=True)
             batch_loss.backward()
             optimizer.step()
