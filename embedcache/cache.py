@@ -103,7 +103,8 @@ class EmbeddingCache:
         return {
             "format": FORMAT,
             "fingerprint": encoder.fingerprint,
-            "encoder": {"name": encoder.name, "load": encoder.spec, "description": encoder.describe()},
+            "encoder": {"name": encoder.name, "load": encoder.spec, "description": encoder.describe(),
+                        "languages": list(encoder.languages) if encoder.languages else None},
             "dim": encoder.dim,
             "dtype": dtype,
             "shards": [],
@@ -329,7 +330,8 @@ class EmbeddingCache:
     def _add(self, unique: list[str], keys: np.ndarray, n_texts: int, progress: bool) -> dict:
         with self._write_lock():
             missing = np.flatnonzero(self._lookup_keys(keys) < 0)
-            stats = {"rows": n_texts, "unique": len(unique), "cached": len(unique) - len(missing), "encoded": 0, "truncated": 0}
+            stats = {"rows": n_texts, "unique": len(unique), "cached": len(unique) - len(missing), "encoded": 0, "truncated": 0,
+                     "encode_seconds": 0.0, "mostly_unknown": 0, "unknown_examples": []}
             if not len(missing):
                 return stats
             if self.encoder is None:
@@ -337,13 +339,16 @@ class EmbeddingCache:
             # Longest first, as sentence-transformers sorts, so batches pad little.
             missing = sorted(missing.tolist(), key=lambda i: -len(unique[i]))
             step = min(self.shard_size, self.encoder.batch_size * 8)
-            truncated_before = self.encoder.truncated
+            truncated_before, unknown_before = self.encoder.truncated, self.encoder.mostly_unknown
+            examples_before = len(self.encoder.unknown_examples)
             pending_keys, pending_vecs, pending = [], [], 0
             bar = tqdm(total=len(missing), disable=not progress, unit="text", desc=f"encoding into {self.path.name}")
             try:
                 for start in range(0, len(missing), step):
                     idx = missing[start : start + step]
+                    began = time.perf_counter()
                     pending_vecs.append(self.encoder.encode([unique[i] for i in idx]))
+                    stats["encode_seconds"] += time.perf_counter() - began
                     pending_keys.append(keys[idx])
                     pending += len(idx)
                     stats["encoded"] += len(idx)
@@ -360,7 +365,26 @@ class EmbeddingCache:
                     self._write_shard(k, v)
                 bar.close()
                 stats["truncated"] = self.encoder.truncated - truncated_before
+                stats["mostly_unknown"] = self.encoder.mostly_unknown - unknown_before
+                stats["unknown_examples"] = self.encoder.unknown_examples[examples_before:]
+                if stats["mostly_unknown"]:
+                    self._record_unknown(stats["mostly_unknown"], stats["unknown_examples"])
         return stats
+
+    def _record_unknown(self, count: int, examples: list[str]) -> None:
+        """Remember in the manifest how many cached texts were mostly unknown tokens (we hold the lock)."""
+        manifest = self._read_manifest()
+        seen = manifest.get("unknown") or {"mostly_unknown": 0, "examples": []}
+        manifest["unknown"] = {"mostly_unknown": seen["mostly_unknown"] + count,
+                               "examples": (seen["examples"] + examples)[:5]}
+        atomic_write_json(self.path / MANIFEST, manifest)
+        self._refresh()
+
+    def unknown_report(self) -> dict:
+        """Texts of this cache that were mostly tokens its encoder does not know, and the languages it covers."""
+        self._refresh()
+        seen = self._manifest.get("unknown") or {"mostly_unknown": 0, "examples": []}
+        return {**seen, "languages": self._manifest["encoder"].get("languages")}
 
     def encode(self, texts, progress: bool = False) -> np.ndarray:
         """``(n, dim)`` float32 vectors of ``texts`` in input order, encoding only what is missing."""
@@ -411,7 +435,8 @@ class EmbeddingCache:
         batches = range(0, len(missing), encoder.batch_size * 8)
         for start in tqdm(batches, disable=not progress, unit="batch", desc=f"encoding texts not in {self.path.name}"):
             chunk = missing[start : start + encoder.batch_size * 8]
-            out[chunk] = encoder.encode([unique[i] for i in chunk])
+            # rounded as if stored, so a text scores the same before and after it is cached
+            out[chunk] = encoder.encode([unique[i] for i in chunk]).astype(self.dtype)
         return out[inverse]
 
     def _read(self, rows: np.ndarray) -> np.ndarray:

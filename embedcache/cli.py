@@ -8,8 +8,17 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
+from . import __version__
 from .cache import MANIFEST, CacheLockedError, EmbeddingCache, FingerprintMismatchError
-from .encoders import DEFAULT_ENCODER, encoder_aliases, load_encoder, quick_key
+from .encoders import (
+    DEFAULT_ENCODER,
+    encoder_aliases,
+    load_encoder,
+    quick_key,
+    unknown_warning,
+)
 from .inputs import FORMATS, InputError, read_table, texts_from_table
 
 PRECOMPUTE_EXAMPLES = """\
@@ -35,8 +44,11 @@ again to resume.
 With --json the last line of stdout is one JSON object: rows (data rows read),
 texts (texts to cache, rows x columns), unique, cached (present before this
 run), encoded (new this run), skipped (rows skipped by --skip-empty), truncated
-(texts longer than the encoder's max length), seconds (wall time of the whole
-command), texts_per_s (texts / seconds)."""
+(texts longer than the encoder's max length), mostly_unknown (encoded texts of
+which at least a quarter of the tokens are unknown to the encoder: a language it
+does not cover), seconds (wall time of the whole command), encode_seconds (time
+spent encoding), texts_per_s (encoded texts per second of encoding), rows_per_s
+(rows per second of the whole command)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="embedcache",
         description="Encode texts once with a frozen sentence encoder and keep the vectors in a crash-safe HDF5 cache.",
     )
+    parser.add_argument("--version", action="version", version=f"embedcache {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
@@ -57,9 +70,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="a column whose texts are cached; repeat for several columns")
     p.add_argument("--template", metavar="TEMPLATE",
                    help="compose one text per row from columns, e.g. '{system}\\n{prompt}' (\\n and \\t are unescaped)")
-    p.add_argument("--model", default=DEFAULT_ENCODER, metavar="NAME",
+    p.add_argument("--model", metavar="NAME",
                    help=f"encoder alias ({', '.join(encoder_aliases())}), sentence-transformers id or local "
-                        f"directory (default: {DEFAULT_ENCODER}, the embedded all-MiniLM-L6-v2)")
+                        f"directory (default: the encoder an existing cache records, else {DEFAULT_ENCODER}, "
+                        "the embedded all-MiniLM-L6-v2)")
     p.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: cuda when present)")
     p.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default: 64)")
     p.add_argument("--max-length", type=int, help="truncate texts to this many tokens (default: the model's)")
@@ -92,35 +106,60 @@ def precompute(args) -> dict:
     template = args.template.replace("\\n", "\n").replace("\\t", "\t") if args.template else None
     if not args.text_col and template is None:
         raise InputError("give at least one --text-col or a --template")
-    texts, rows, skipped = [], 0, 0
+    texts, rows, skipped, tables = [], 0, 0, []
     for path in args.inputs:  # read and validate everything before the first encoding
         df = read_table(path, fmt=args.format, header=not args.no_header)
         t, s = texts_from_table(df, path, args.text_col, template, args.skip_empty)
+        tables.append((path, df))
         texts += t
         rows += len(df)
         skipped += s
     options = {**({"max_length": args.max_length} if args.max_length else {}),
                **({"precision": args.precision} if args.precision != "auto" else {}),
                **({"normalize": True} if args.normalize else {})}
-    key = quick_key(args.model, device=args.device, **options)
     known = (Path(args.cache) / MANIFEST).exists() and EmbeddingCache(args.cache, dtype=args.dtype)
+    model = args.model
+    if model is None and known:  # an existing cache: its own encoder, as it records it
+        spec = known.encoder_spec
+        if spec is None:
+            raise ValueError(f"cache {known.path} was built by a custom encoder ({known.encoder_name!r}) it cannot "
+                             "reload; pass --model")
+        model, options = spec["name_or_path"], {**{k: v for k, v in spec.items() if k != "name_or_path"}, **options}
+    key = quick_key(model, device=args.device, **options)
     if known and known.knows(key) and known.contains(texts).all():
         cache, encoder = known, None  # everything is cached: no need to load the model
     else:
-        encoder = load_encoder(args.model, device=args.device, batch_size=args.batch_size, **options)
+        encoder = load_encoder(model, device=args.device, batch_size=args.batch_size, **options)
         cache = EmbeddingCache(args.cache, encoder, dtype=args.dtype, shard_size=args.shard_size)
         cache.remember(key)
     stats = cache.add(texts, progress=not args.quiet)
     seconds = time.perf_counter() - start
+    examples = stats.pop("unknown_examples")
     stats.update(rows=rows, texts=len(texts), skipped=skipped, seconds=round(seconds, 3),
-                 texts_per_s=round(len(texts) / seconds, 1), cache=str(cache.path), cache_rows=len(cache))
+                 encode_seconds=round(stats["encode_seconds"], 3),
+                 texts_per_s=round(stats["encoded"] / stats["encode_seconds"], 1) if stats["encoded"] else None,
+                 rows_per_s=round(rows / seconds, 1), cache=str(cache.path), cache_rows=len(cache))
     if stats["truncated"]:
         print(f"warning: {stats['truncated']} texts were longer than {cache.encoder.max_length} tokens and were truncated",
               file=sys.stderr)
+    if stats["mostly_unknown"]:
+        print(unknown_warning(stats["mostly_unknown"], stats["encoded"], cache.encoder_name, examples,
+                              cache.unknown_report()["languages"], where=_rows_of(examples, tables)), file=sys.stderr)
+    speed = f", {stats['texts_per_s']} texts/s encoding" if stats["encoded"] else ""
     print(f"{rows} rows, {len(texts)} texts, {stats['unique']} unique: {stats['cached']} already cached, "
-          f"{stats['encoded']} encoded, {skipped} rows skipped, in {seconds:.1f} s; "
+          f"{stats['encoded']} encoded, {skipped} rows skipped, in {seconds:.1f} s{speed}; "
           f"{cache.path} holds {stats['cache_rows']} vectors")
     return stats
+
+
+def _rows_of(examples: list[str], tables: list) -> list[str]:
+    """Where each example text first occurs: 'FILE row N, column C' (1-based data rows)."""
+    out = []
+    for text in examples:
+        place = next((f"{path} row {i + 1}, column {col!r}" for path, df in tables for col in df.columns
+                      for i in np.flatnonzero((df[col] == text).to_numpy())[:1]), None)
+        out.append(place or "a composed text")
+    return out
 
 
 def verify(args) -> dict:
@@ -149,6 +188,11 @@ def info(args) -> dict:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "quiet", False):  # quiet means quiet: no "Loading weights" bar from transformers either
+        import os
+
+        os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     try:
         result = {"precompute": precompute, "verify": verify, "info": info}[args.command](args)
     except (InputError, FingerprintMismatchError, CacheLockedError, FileNotFoundError, ValueError, KeyError) as e:

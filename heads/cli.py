@@ -38,7 +38,7 @@ examples:
   heads predict --model models/sts --cache cache/minilm --data new.csv --no-header --out preds.csv
   # no labels yet: score 450k prompts from a few hundred labelled ones, then train on the result
   heads pseudolabel --cache cache/minilm --data prompts.csv --text-col prompt --labeled rated.csv \
-      --label-col quality --method self-train --out pseudo.csv
+      --label-col score --method self-train --out pseudo.csv
   heads train --cache cache/minilm --data pseudo.csv --text-col prompt --label-col score --out models/quality
 
 Texts missing from the cache are encoded through it with the encoder that

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_is_fitted,
+    validate_data,
+)
 
 from .data import Inputs
 from .model import HeadModel
@@ -44,8 +48,10 @@ class EmbeddingRegressor(RegressorMixin, BaseEstimator):
         rows = np.arange(len(X))
         return Inputs({s: p for s, p in zip(sides, parts)}, {s: rows for s in sides})
 
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=np.float32)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X)
         if self.n_inputs not in (1, 2) or X.shape[1] % self.n_inputs:
             raise ValueError(f"n_inputs must be 1 or 2 and divide the {X.shape[1]} features, got {self.n_inputs}")
         if len(X) < 2:
@@ -59,9 +65,10 @@ class EmbeddingRegressor(RegressorMixin, BaseEstimator):
         if n_val:
             order = np.random.default_rng(self.random_state).permutation(len(X))
             val, train = order[:n_val], order[n_val:]
-            model.fit_inputs(inputs.subset(train), y2[train], inputs.subset(val), y2[val], path="y", progress=False)
+            model.fit_inputs(inputs.subset(train), y2[train], inputs.subset(val), y2[val], path="y", progress=False,
+                             sample_weight=None if sample_weight is None else sample_weight[train])
         else:
-            model.fit_inputs(inputs, y2, path="y", progress=False)
+            model.fit_inputs(inputs, y2, path="y", sample_weight=sample_weight, progress=False)
         self.model_ = model
         self.n_outputs_ = y2.shape[1] if y.ndim == 2 else 1
         self._y_2d = y.ndim == 2

@@ -107,26 +107,30 @@ def combine(outputs: np.ndarray, weights=None) -> np.ndarray:
 
 
 def learn_weights(outputs: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Non-negative weights (summing to 1) under which ``combine`` fits the labelled rows ``y`` best.
+    """Non-negative weights (summing to 1) under which ``combine`` tracks the labelled rows ``y`` best.
 
     Abstentions are modelled as they are used: each row's score is the weighted
-    mean of the functions that voted on it, and the weights minimise that
-    score's squared error (scipy, L-BFGS-B on the log-weights) over the rows
-    where any function voted.  Filling abstentions with a mean instead turns
-    a function that fires rarely with a constant into an intercept that takes
-    all the weight.  Starts from inverse-error weights (each function's mean
-    squared error on the rows where it voted); the log-weights are bounded, so
-    no weight is exactly zero unless its function never voted.
+    mean of the functions that voted on it.  The weights minimise the squared
+    error of that score after the best affine fit to ``y`` (equivalently,
+    maximise its correlation with ``y``), over the rows where any function
+    voted; scipy's L-BFGS-B on the log-weights.  Two degenerate optima are
+    avoided this way: filling abstentions with a mean turns a function that
+    fires rarely with a constant into an intercept, and a plain squared error
+    rewards a function that votes one constant everywhere (the mean of ``y`` is
+    a good guess); neither carries information about which row is better.
+    Starts from inverse-error weights (each function's mean squared error on
+    the rows where it voted); the log-weights are bounded, so no weight is
+    exactly zero unless its function never voted on a labelled row.
     """
     from scipy.optimize import minimize
 
     y = np.asarray(y, dtype=float)
     voted = ~np.isnan(outputs) & ~np.isnan(y)[:, None]
     rows = voted.any(axis=1)
-    out, v, target = np.nan_to_num(outputs[rows]), voted[rows].astype(float), y[rows]
     k = outputs.shape[1]
-    if not rows.any():
+    if rows.sum() < 3:
         return np.full(k, 1 / k)
+    out, v, target = np.nan_to_num(outputs[rows]), voted[rows].astype(float), y[rows]
     counts = v.sum(0)
     mse = np.array([((out[v[:, j] > 0, j] - target[v[:, j] > 0]) ** 2).mean() if counts[j] else np.inf for j in range(k)])
     floor = max(np.var(target), 1e-6) * 1e-3
@@ -137,9 +141,11 @@ def learn_weights(outputs: np.ndarray, y: np.ndarray) -> np.ndarray:
         w = np.exp(z)
         total = v @ w
         pred = (out * v) @ w / total
-        resid = pred - target
-        # d pred / d w_j = v_j (o_j - pred) / total; chain rule through w = exp(z)
-        grad_w = ((resid / total)[:, None] * v * (out - pred[:, None])).mean(0) * 2
+        centred = pred - pred.mean()
+        slope = (centred @ (target - target.mean())) / max(centred @ centred, 1e-12)
+        resid = target.mean() + slope * centred - target
+        # the affine fit is optimal, so its own derivative drops out; d pred / d w_j = v_j (o_j - pred) / total
+        grad_w = ((slope * resid / total)[:, None] * v * (out - pred[:, None])).mean(0) * 2
         return (resid**2).mean(), grad_w * w
 
     z = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=[(-20, 20)] * k).x

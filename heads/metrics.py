@@ -5,8 +5,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy import stats
-from sklearn import metrics as skm
 
 NAMES = ("n", "mse", "rmse", "mae", "pearson", "spearman", "r2")
 
@@ -16,6 +14,11 @@ def regression_metrics(y_true, y_pred) -> dict:
 
     Correlations are NaN where either side is constant (undefined), never an error.
     """
+    from scipy import (
+        stats,  # imported here: seconds of start-up that predict never needs
+    )
+    from sklearn import metrics as skm
+
     y_true, y_pred = np.asarray(y_true, dtype=float).ravel(), np.asarray(y_pred, dtype=float).ravel()
     keep = ~np.isnan(y_true)
     y_true, y_pred = y_true[keep], y_pred[keep]

@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_tensors
 
 from embedcache import EmbeddingCache, FingerprintMismatchError
-from embedcache.encoders import resolve_device
+from embedcache.encoders import resolve_device, unknown_warning
 from embedcache.inputs import InputError, check_columns, read_table
 
 from .data import Inputs, embed, grouped_split, load_inputs, load_labels, side_texts
@@ -34,6 +35,10 @@ PSEUDO_SOURCES = {"labeled", "data"}  # the source column of a heads pseudolabel
 # Alphas relative to the mean diagonal of X'X, so the grid fits any number of rows
 # and any vector scale; the smallest keeps the Cholesky solve stable in float32.
 RIDGE_ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+
+class UnknownTokensWarning(UserWarning):
+    """Texts were mostly tokens the encoder does not know."""
 
 
 class UnseenConditionWarning(UserWarning):
@@ -199,6 +204,7 @@ class HeadModel:
                                      f"{len(val_rows)} held-out labelled rows (source == 'labeled') of a pseudolabel "
                                      f"table; its {len(df) - len(labeled)} pseudo-labelled rows only train")
         self.encoder_ = {"fingerprint": cache.fingerprint, "name": cache.encoder_name, "load": cache.encoder_spec}
+        _warn_unknown(cache, df, path)
         self.fit_inputs(train, y, val, y_val, labels=label_cols, path=path, sample_weight=weights, progress=progress)
         return self
 
@@ -356,7 +362,8 @@ class HeadModel:
             tensors = {"coef": torch.from_numpy(self.coef_), "intercept": torch.from_numpy(self.intercept_)}
         else:
             tensors = {k: v.contiguous() for k, v in self.module_.state_dict().items()}
-        save_file(tensors, str(directory / "model.safetensors"))
+        # written through open(), which honours the umask (save_file leaves 0600: a service account could not read it)
+        (directory / "model.safetensors").write_bytes(save_tensors(tensors))
         config = {
             "head": self.head_, "params": self.params(), "conditions": getattr(self, "conditions_", None),
             "validation_rows": getattr(self, "validation_rows_", None), "dim": int(self.dim_), "sides": list(self.sides_),
@@ -396,6 +403,19 @@ class HeadModel:
             model.module_.load_state_dict(tensors)
             model.module_.eval()
         return model
+
+
+def _warn_unknown(cache: EmbeddingCache, df: pd.DataFrame, path) -> None:
+    """Warn once when the cache's encoder met texts that were mostly unknown tokens (a language it does not cover)."""
+    seen = cache.unknown_report()
+    if not seen["mostly_unknown"]:
+        return
+    where = []
+    for text in seen["examples"]:
+        hits = [(i, c) for c in df.columns for i in np.flatnonzero((df[c] == text).to_numpy())[:1]]
+        where.append(f"{path} row {hits[0][0] + 1}, column {hits[0][1]!r}" if hits else "another file")
+    warnings.warn(unknown_warning(seen["mostly_unknown"], len(cache), cache.encoder_name, seen["examples"],
+                                  seen["languages"], where).removeprefix("warning: "), UnknownTokensWarning, stacklevel=3)
 
 
 def _sample_weight(df: pd.DataFrame, weight_col, sample_weight, path) -> np.ndarray | None:

