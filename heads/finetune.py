@@ -121,7 +121,7 @@ def _trainer_class():
             return self.optimizer
 
         def _get_train_sampler(self, train_dataset=None):
-            if self.args.train_sampling_strategy == "group_by_length":
+            if getattr(self.args, "train_sampling_strategy", None) == "group_by_length" or getattr(self.args, "group_by_length", False):
                 return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
                                             lengths=self.lengths, generator=torch.Generator().manual_seed(self.args.seed))
             return super()._get_train_sampler(train_dataset)
@@ -138,6 +138,16 @@ def _precision(precision: str, device: str) -> dict:
 
     chosen = resolve_precision(precision, device)
     return {} if chosen == "fp32" else {chosen: True}
+
+
+def _group_by_length() -> dict:
+    """Batches of similar lengths: ``train_sampling_strategy`` in newer transformers, ``group_by_length`` before."""
+    import inspect
+
+    from transformers import TrainingArguments
+
+    new = "train_sampling_strategy" in inspect.signature(TrainingArguments.__init__).parameters
+    return {"train_sampling_strategy": "group_by_length"} if new else {"group_by_length": True}
 
 
 def _checkpointing(enabled: bool) -> dict:
@@ -245,7 +255,7 @@ def finetune(data: pd.DataFrame, label_cols, columns: dict, out, head: str = "co
         gradient_accumulation_steps=grad_accum, num_train_epochs=epochs, learning_rate=lr, weight_decay=weight_decay,
         lr_scheduler_type="cosine", warmup_steps=max(1, steps // 10), eval_strategy="epoch", save_strategy="epoch",
         logging_strategy="epoch", save_total_limit=2, load_best_model_at_end=True, metric_for_best_model="rmse",
-        greater_is_better=False, train_sampling_strategy="group_by_length",
+        greater_is_better=False, **_group_by_length(),
         remove_unused_columns=False, label_names=["labels"], report_to="none", disable_tqdm=not progress, seed=seed,
         use_cpu=device == "cpu", **_precision(precision, device), **_checkpointing(gradient_checkpointing))
 

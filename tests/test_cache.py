@@ -27,11 +27,12 @@ def test_encode_returns_vectors_in_input_order_and_encodes_each_text_once(tmp_pa
 
 def test_second_encode_computes_only_new_texts(tmp_path, hash_encoder):
     cache = EmbeddingCache(tmp_path / "c", hash_encoder)
+    counts = ("rows", "unique", "cached", "encoded", "truncated", "mostly_unknown")
     first = cache.add(["x", "y"])
-    assert first == {"rows": 2, "unique": 2, "cached": 0, "encoded": 2, "truncated": 0}
+    assert {k: first[k] for k in counts} == {"rows": 2, "unique": 2, "cached": 0, "encoded": 2, "truncated": 0, "mostly_unknown": 0}
     hash_encoder.calls.clear()
     stats = cache.add(["y", "z", "x", "z"])
-    assert stats == {"rows": 4, "unique": 3, "cached": 2, "encoded": 1, "truncated": 0}
+    assert {k: stats[k] for k in counts} == {"rows": 4, "unique": 3, "cached": 2, "encoded": 1, "truncated": 0, "mostly_unknown": 0}
     assert hash_encoder.calls == [["z"]]
 
 
@@ -81,9 +82,9 @@ def test_shards_split_at_shard_size_and_iterate_one_at_a_time(tmp_path, hash_enc
 
 
 def test_a_second_writer_gets_a_clear_error(tmp_path, hash_encoder):
-    cache = EmbeddingCache(tmp_path / "c", hash_encoder)
+    cache = EmbeddingCache(tmp_path / "c", hash_encoder, lock_timeout=0.2)
     with FileLock(tmp_path / "c" / ".lock"):  # another writer holds the lock
-        with pytest.raises(CacheLockedError, match="being written by another process"):
+        with pytest.raises(CacheLockedError, match="being written by another process.*gave up after 0.2 s"):
             cache.add(["a"])
         assert cache.contains(["a"]).tolist() == [False]
     cache.add(["a"])
