@@ -131,11 +131,7 @@ class EmbeddingCache:
                 self._stamp = stamp
 
     def _sync_index(self) -> None:
-        """Bring the key index up to date with the manifest, reading keys of new shards only."""
-        with self._mutex:
-            self._sync_index_locked()
-
-    def _sync_index_locked(self) -> None:
+        """Bring the key index up to date with the manifest, reading keys of new shards only (hold ``_mutex``)."""
         self._refresh()
         shards = self._manifest["shards"]
         if [s["file"] for s in shards[: len(self._files)]] != self._files:  # a repair dropped shards
@@ -246,14 +242,13 @@ class EmbeddingCache:
     def _write_lock(self):
         """Hold the one write lock of this directory: other processes and other threads alike wait for it."""
         lock = FileLock(self.path / ".lock")
-        deadline = time.monotonic() + self.lock_timeout
-        told = 0.0
+        started, told = time.monotonic(), 0.0
         while True:
             try:
                 lock.acquire(timeout=0)
                 break
             except Timeout:
-                waited = self.lock_timeout - (deadline - time.monotonic())
+                waited = time.monotonic() - started
                 if waited >= self.lock_timeout:
                     raise CacheLockedError(
                         f"cache {self.path} is being written by {self._holder()} (lock {self.path / '.lock'}); "
@@ -264,7 +259,7 @@ class EmbeddingCache:
                     logger.warning("cache %s is being written by %s; waiting up to %g s", self.path, self._holder(),
                                    self.lock_timeout)
                     told = waited + 30
-                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+                time.sleep(min(0.05, self.lock_timeout - waited))
         try:
             atomic_write_json(self.path / WRITER, {"pid": os.getpid(), "host": socket.gethostname(),
                                                    "thread": threading.get_ident(), "since": time.time()})
@@ -397,7 +392,7 @@ class EmbeddingCache:
 
     def _lookup_keys(self, keys: np.ndarray) -> np.ndarray:
         with self._mutex:
-            self._sync_index_locked()
+            self._sync_index()
             return self._index.lookup(keys)
 
     def _lookup(self, texts) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -8,8 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from . import __version__
 from .cache import MANIFEST, CacheLockedError, EmbeddingCache, FingerprintMismatchError
 from .encoders import (
@@ -17,9 +15,10 @@ from .encoders import (
     encoder_aliases,
     load_encoder,
     quick_key,
+    quiet_transformers,
     unknown_warning,
 )
-from .inputs import FORMATS, InputError, read_table, texts_from_table
+from .inputs import FORMATS, InputError, first_rows, read_table, texts_from_table
 
 PRECOMPUTE_EXAMPLES = """\
 examples:
@@ -143,23 +142,14 @@ def precompute(args) -> dict:
         print(f"warning: {stats['truncated']} texts were longer than {cache.encoder.max_length} tokens and were truncated",
               file=sys.stderr)
     if stats["mostly_unknown"]:
-        print(unknown_warning(stats["mostly_unknown"], stats["encoded"], cache.encoder_name, examples,
-                              cache.unknown_report()["languages"], where=_rows_of(examples, tables)), file=sys.stderr)
+        where = [w or "a composed text" for w in first_rows(examples, tables)]
+        print("warning: " + unknown_warning(stats["mostly_unknown"], stats["encoded"], cache.encoder_name, examples,
+                                            cache.unknown_report()["languages"], where), file=sys.stderr)
     speed = f", {stats['texts_per_s']} texts/s encoding" if stats["encoded"] else ""
     print(f"{rows} rows, {len(texts)} texts, {stats['unique']} unique: {stats['cached']} already cached, "
           f"{stats['encoded']} encoded, {skipped} rows skipped, in {seconds:.1f} s{speed}; "
           f"{cache.path} holds {stats['cache_rows']} vectors")
     return stats
-
-
-def _rows_of(examples: list[str], tables: list) -> list[str]:
-    """Where each example text first occurs: 'FILE row N, column C' (1-based data rows)."""
-    out = []
-    for text in examples:
-        place = next((f"{path} row {i + 1}, column {col!r}" for path, df in tables for col in df.columns
-                      for i in np.flatnonzero((df[col] == text).to_numpy())[:1]), None)
-        out.append(place or "a composed text")
-    return out
 
 
 def verify(args) -> dict:
@@ -189,10 +179,7 @@ def info(args) -> dict:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if getattr(args, "quiet", False):  # quiet means quiet: no "Loading weights" bar from transformers either
-        import os
-
-        os.environ["TRANSFORMERS_VERBOSITY"] = "error"
-        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        quiet_transformers()
     try:
         result = {"precompute": precompute, "verify": verify, "info": info}[args.command](args)
     except (InputError, FingerprintMismatchError, CacheLockedError, FileNotFoundError, ValueError, KeyError) as e:

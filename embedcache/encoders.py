@@ -44,7 +44,7 @@ def unknown_warning(count: int, total: int, encoder: str, examples: list[str], l
     where = where or [None] * len(examples)
     shown = "; ".join(f"{w + ': ' if w else ''}{t[:50]!r}" for t, w in zip(examples, where))
     covers = f"it covers: {', '.join(languages)}" if languages else "its languages are not recorded"
-    return (f"warning: {count} of {total} texts are mostly tokens encoder {encoder!r} does not know (>= "
+    return (f"{count} of {total} texts are mostly tokens encoder {encoder!r} does not know (>= "
             f"{UNKNOWN_SHARE:.0%} unknown), so their vectors say little; e.g. {shown}. {covers}; pick an encoder "
             "that covers your languages")
 
@@ -385,6 +385,19 @@ def quick_key(name_or_path: str | None = None, device: str | None = None, **kwar
             "kwargs": {k: v for k, v in kwargs.items() if k not in ("batch_size", "threads")},
             "versions": {d: _version(d) for d in dists}}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+def quiet_transformers() -> None:
+    """No "Loading weights" bars or info lines from transformers (the commands' --quiet)."""
+    import sys
+
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "transformers" in sys.modules:  # already imported: the variables above came too late
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
 
 def _declared(factory: Callable, kwargs: dict) -> dict:

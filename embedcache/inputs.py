@@ -12,6 +12,7 @@ import math
 import string
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
@@ -88,6 +89,13 @@ def read_table(path, fmt: str | None = None, header: bool = True) -> pd.DataFram
         df = pd.DataFrame.from_records(records)
     df.columns = [str(c) for c in df.columns]
     return df
+
+
+def first_rows(texts, tables) -> list[str | None]:
+    """Where each text first occurs in ``tables`` (``(path, DataFrame)`` pairs): 'PATH row N, column C'
+    (1-based data rows), or None where it does not (a composed text)."""
+    return [next((f"{path} row {i + 1}, column {col!r}" for path, df in tables for col in df.columns
+                  for i in np.flatnonzero((df[col] == text).to_numpy())[:1]), None) for text in texts]
 
 
 def _is_missing(value) -> bool:

@@ -16,6 +16,7 @@ from embedcache import (
     FingerprintMismatchError,
     __version__,
 )
+from embedcache.encoders import quiet_transformers
 from embedcache.inputs import FORMATS, InputError, read_table
 
 from .finetune import FINETUNE_HEADS
@@ -266,10 +267,9 @@ def _template(args) -> str | None:
 
 
 def _columns(args) -> dict:
-    columns = {"text": args.text_col, "pair": args.pair_col, "condition": args.condition_col}
-    if _template(args):
-        columns.update(text=None, template=_template(args))
-    return columns
+    template = _template(args)
+    return {"text": None if template else args.text_col, "pair": args.pair_col, "condition": args.condition_col,
+            "template": template}
 
 
 def _print_metrics(prefix: str, m: dict) -> None:
@@ -402,16 +402,12 @@ def pseudolabel(args) -> dict:
 def leakage(args) -> dict:
     import pandas as pd
 
-    from .data import column_texts, embed, template_texts
+    from .data import embed, side_texts
     from .neighbours import leakage as find_leaks
 
     cache = _cache(args)
-
-    def texts(path):
-        df = _read(args, path)
-        return template_texts(df, _template(args), path) if _template(args) else column_texts(df, args.text_col, path)
-
-    train, test = texts(args.train), texts(args.test)
+    columns = {"text": args.text_col, "template": _template(args)}
+    train, test = (side_texts(_read(args, path), columns, path)["text"] for path in (args.train, args.test))
     test_rows, train_rows, cosines = find_leaks(embed(cache, train, args.add_missing), embed(cache, test, args.add_missing),
                                                 args.threshold)
     pairs = pd.DataFrame({"test_row": test_rows + 1, "train_row": train_rows + 1, "cosine": cosines.round(4),
@@ -425,19 +421,6 @@ def leakage(args) -> dict:
         pairs.to_csv(args.out, index=False)
         print(f"wrote {args.out}")
     return {"n_test": len(test), "n_leaked": len(pairs), "share": len(pairs) / len(test), "threshold": args.threshold}
-
-
-def _quiet_transformers() -> None:
-    """--quiet: no "Loading weights" bars or info lines from transformers either."""
-    import os
-
-    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    if "transformers" in sys.modules:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
 
 
 def _flat(metrics: dict) -> dict:
@@ -459,7 +442,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     warnings.formatwarning = _one_line_warnings  # this process is the command: warnings read as one line each
     if getattr(args, "quiet", False):
-        _quiet_transformers()
+        quiet_transformers()
     try:
         result = {"train": train, "predict": predict, "evaluate": evaluate, "finetune": finetune, "pseudolabel": pseudolabel,
                   "leakage": leakage}[args.command](args)

@@ -22,7 +22,7 @@ from safetensors.torch import save as save_tensors
 
 from embedcache import EmbeddingCache, FingerprintMismatchError
 from embedcache.encoders import resolve_device, unknown_warning
-from embedcache.inputs import InputError, check_columns, read_table
+from embedcache.inputs import InputError, check_columns, first_rows, read_table
 
 from .data import Inputs, embed, grouped_split, load_inputs, load_labels, side_texts
 from .metrics import report
@@ -312,24 +312,24 @@ class HeadModel:
         self._warn_unseen_conditions(source, inputs)
         return inputs, df, path
 
-    def unseen_conditions(self, source, conditions) -> list[tuple[str, str, float]]:
-        """``(condition, nearest trained condition, cosine)`` for each condition not seen in training."""
+    def unseen_conditions(self, source, inputs: Inputs) -> list[tuple[str, str, float]]:
+        """``(condition, nearest trained condition, cosine)`` for each condition of ``inputs`` not seen in training."""
         trained = getattr(self, "conditions_", None)
-        if not trained:
+        if not trained or inputs.condition_values is None:
             return []
-        unseen = sorted(set(conditions) - set(trained))
+        first = {}  # each condition's vector is in the inputs already: its row in the condition table
+        for value, row in zip(inputs.condition_values, inputs.index["condition"]):
+            first.setdefault(value, row)
+        unseen = sorted(set(first) - set(trained))
         if not unseen:
             return []
-        a, b = embed(source, unseen), embed(source, trained)
-        a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-        b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-        sim = a @ b.T
-        return [(c, trained[int(j)], float(sim[i, j])) for i, (c, j) in enumerate(zip(unseen, sim.argmax(1)))]
+        from .neighbours import nearest
+
+        cosine, position = nearest(embed(source, trained), inputs.tables["condition"][[first[c] for c in unseen]], k=1)
+        return [(c, trained[int(j)], float(cos)) for c, cos, j in zip(unseen, cosine[:, 0], position[:, 0])]
 
     def _warn_unseen_conditions(self, source, inputs: Inputs) -> None:
-        if inputs.condition_values is None:
-            return
-        found = self.unseen_conditions(source, inputs.condition_values)
+        found = self.unseen_conditions(source, inputs)
         if found:
             shown = "; ".join(f"{c!r} (nearest trained: {n!r}, cosine {cos:.2f})" for c, n, cos in found[:5])
             more = f" and {len(found) - 5} more" if len(found) > 5 else ""
@@ -410,12 +410,9 @@ def _warn_unknown(cache: EmbeddingCache, df: pd.DataFrame, path) -> None:
     seen = cache.unknown_report()
     if not seen["mostly_unknown"]:
         return
-    where = []
-    for text in seen["examples"]:
-        hits = [(i, c) for c in df.columns for i in np.flatnonzero((df[c] == text).to_numpy())[:1]]
-        where.append(f"{path} row {hits[0][0] + 1}, column {hits[0][1]!r}" if hits else "another file")
+    where = [w or "another file" for w in first_rows(seen["examples"], [(path, df)])]
     warnings.warn(unknown_warning(seen["mostly_unknown"], len(cache), cache.encoder_name, seen["examples"],
-                                  seen["languages"], where).removeprefix("warning: "), UnknownTokensWarning, stacklevel=3)
+                                  seen["languages"], where), UnknownTokensWarning, stacklevel=3)
 
 
 def _sample_weight(df: pd.DataFrame, weight_col, sample_weight, path) -> np.ndarray | None:
