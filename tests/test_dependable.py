@@ -204,7 +204,7 @@ def test_training_on_a_pseudolabel_table_validates_on_its_labelled_rows(tiny_set
 
 
 def test_weights_leave_out_rows_of_weight_zero(tiny_setup):
-    tmp, cache, test = tiny_setup
+    _, cache, test = tiny_setup
     clean = word_rows(WORDS[:8])
     noisy = pd.concat([clean.assign(w=1.0), clean.assign(score=-clean.score * 3, w=0.0, text=clean.text + " !")])
     model = HeadModel(head="ridge").fit(EmbeddingCache(cache), noisy, "score", weight_col="w", progress=False)
@@ -244,7 +244,7 @@ def test_unknown_tokens_are_counted_and_precompute_and_train_warn(tmp_path, caps
 
 
 def test_unseen_conditions_are_named_with_the_nearest_trained_one(tiny_setup):
-    tmp, cache, _ = tiny_setup
+    _, cache, _ = tiny_setup
     data = pd.DataFrame([(t, m, float(len(t) % 3) + (m == "harm")) for t in word_rows(WORDS[:6]).text for m in ("harm", "help")],
                         columns=["response", "metric", "score"])
     model = HeadModel(head="ridge").fit(EmbeddingCache(cache), data, "score", text_col="response", condition_col="metric",
@@ -308,10 +308,11 @@ def test_quiet_is_quiet_and_both_commands_have_a_version(tmp_path, tiny_bert_dir
     pd.DataFrame({"text": ["a b c", "d e f"]}).to_csv(tmp_path / "d.csv", index=False)
     run = subprocess.run([sys.executable, "-m", "embedcache.cli", "precompute", str(tmp_path / "d.csv"), "--cache",
                           str(tmp_path / "c"), "--text-col", "text", "--model", str(tiny_bert_dir), "--quiet"],
-                         capture_output=True, text=True, cwd=ROOT)
+                         check=False, capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 0 and run.stderr == "", run.stderr
     for module in ("embedcache.cli", "heads.cli"):
-        out = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, cwd=ROOT).stdout
+        out = subprocess.run([sys.executable, "-m", module, "--version"], check=True, capture_output=True, text=True,
+                             cwd=ROOT).stdout
         assert out.strip().endswith(heads.__version__)
 
 
@@ -334,7 +335,7 @@ def test_a_factory_gets_only_the_arguments_it_declares(hash_encoder):
 
 
 def test_a_pair_task_without_a_head_gets_the_two_tower_head(tiny_setup):
-    tmp, cache, _ = tiny_setup
+    _, cache, _ = tiny_setup
     pairs = pd.DataFrame({"a": word_rows(WORDS[:6]).text, "b": word_rows(WORDS[2:8]).text, "score": np.arange(30) % 5})
     assert HeadModel(epochs=2).fit(EmbeddingCache(cache), pairs, "score", text_col="a", pair_col="b", progress=False).head_ == "two-tower"
     assert HeadModel(epochs=2).fit(EmbeddingCache(cache), pairs, "score", text_col="a", progress=False).head_ == "concat"
@@ -363,8 +364,8 @@ def test_the_readme_weak_supervision_commands_run_as_written(tmp_path, minilm):
 
 
 def test_the_quickstart_runs_from_any_directory(tmp_path):
-    run = subprocess.run(["bash", str(ROOT / "scripts" / "quickstart.sh"), "out"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=600)
+    run = subprocess.run(["bash", str(ROOT / "scripts" / "quickstart.sh"), "out"], check=False, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "on out/test.csv: n=300" in run.stdout  # evaluated on held-out prompts
     assert (tmp_path / "out" / "model-pseudo" / "config.json").exists()

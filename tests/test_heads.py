@@ -174,6 +174,9 @@ def test_cli_encodes_texts_missing_from_the_cache_with_its_own_encoder(tmp_path,
                  "--head", "ridge", "--out", str(tmp_path / "m"), "--quiet"]) == 0
     assert main(["predict", "--model", str(tmp_path / "m"), "--cache", str(tmp_path / "c"), "--data", str(tmp_path / "test.csv"),
                  "--out", str(tmp_path / "p.csv")]) == 0
+    assert not EmbeddingCache(tmp_path / "c").contains(TEST.text.tolist()).any()  # reading never writes
+    assert main(["predict", "--model", str(tmp_path / "m"), "--cache", str(tmp_path / "c"), "--data", str(tmp_path / "test.csv"),
+                 "--out", str(tmp_path / "p.csv"), "--add-missing"]) == 0
     cache = EmbeddingCache(tmp_path / "c")
     assert cache.contains(TEST.text.tolist()).all() and cache.fingerprint == minilm.fingerprint
     np.testing.assert_allclose(cache.get(TEST.text.tolist()[:3]), minilm.encode(TEST.text.tolist()[:3]), atol=1e-3)
