@@ -9,7 +9,17 @@ Layout of a cache directory::
 Writes go shard, then manifest, each through a temporary file, fsync and
 atomic rename: a process killed at any instant leaves a cache that opens and
 holds whole shards only.  A shard file that no manifest lists (the writer died
-between the two renames) is ignored and removed by the next writer.
+between the two renames) is ignored by readers and adopted by the next writer
+when it passes its own checks (checksum, fingerprint, dimension, dtype).
+
+What may touch which file: ``verify --repair`` deletes only listed shard files
+that fail their own checks (unreadable, or content that does not match their
+own checksum); a whole shard that disagrees with the manifest is dropped from
+the manifest and kept on disk.  ``rebuild`` writes a new manifest from the
+shards' own attributes and deletes nothing.  A writer deletes only the
+``.tmp-`` files writers leave when killed.  Every shard name in a manifest must
+be a plain ``shard-NNNNNN.h5`` file in the cache directory; a manifest naming
+anything else is refused before any file is read or deleted.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import logging
 import os
 import re
 import socket
+import stat
 import threading
 import time
 from contextlib import contextmanager
@@ -30,8 +41,27 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .encoders import Encoder, load_encoder
+from .errors import (
+    CacheDamagedError,
+    CacheError,
+    CacheLockedError,
+    CacheNotFoundError,
+    EncoderError,
+    FingerprintMismatchError,
+    NotCachedError,
+    ParameterError,
+)
+from .files import atomic_write_json, writing
 from .index import KeyIndex, text_keys
-from .shards import atomic_write_json, check_shard, read_keys, read_vectors, write_shard
+from .shards import (
+    DTYPES,
+    header_problem,
+    inspect_shard,
+    read_checked,
+    read_keys,
+    read_vectors,
+    write_shard,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,16 +69,9 @@ MANIFEST = "manifest.json"
 WRITER = ".writer.json"  # who holds the write lock: pid, host, since (for the message of a writer that waits)
 LOCK_TIMEOUT = 300.0  # seconds a writer waits for another writer before giving up
 FORMAT = "embedcache-1"
-DTYPES = ("float16", "float32")
-_SHARD_NAME = re.compile(r"^shard-(\d+)\.h5$")
-
-
-class FingerprintMismatchError(ValueError):
-    """An encoder other than the cache's own was asked to write into it."""
-
-
-class CacheLockedError(RuntimeError):
-    """Another writer held the cache's write lock for longer than the writer would wait."""
+_SHARD_NAME = re.compile(r"^shard-(\d{6,})\.h5$")
+_HEX = re.compile(r"^[0-9a-f]{64}$")
+ENCODER_ATTR = "encoder_info"  # each shard keeps the manifest's encoder record, so a lost manifest can be rebuilt
 
 
 class EmbeddingCache:
@@ -75,15 +98,24 @@ class EmbeddingCache:
         self.lock_timeout = lock_timeout
         self._mutex = threading.RLock()  # the in-memory index and encoder, shared by this handle's threads
         if dtype is not None and dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-        if shard_size < 1:
-            raise ValueError(f"shard_size must be at least 1, got {shard_size}")
+            raise ParameterError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+            raise ParameterError(f"shard_size must be a whole number >= 1, got {shard_size!r}")
+        if self.path.exists() and not self.path.is_dir():
+            raise CacheError(f"cache {self.path} is a file, not a directory; give a directory for the cache")
         manifest_path = self.path / MANIFEST
         if not manifest_path.exists():
+            orphans = self._shard_files()
+            if orphans:  # never start afresh over shards: each describes itself, so the manifest can be rebuilt
+                raise CacheDamagedError(
+                    f"cache {self.path} has {len(orphans)} shard files but no {MANIFEST}; run 'embedcache verify "
+                    f"{self.path} --rebuild' to rebuild the manifest from the shards' own records")
             if encoder is None:
-                raise FileNotFoundError(f"no embedding cache at {self.path} ({MANIFEST} not found); pass an encoder to create one")
-            self.path.mkdir(parents=True, exist_ok=True)
-            with self._write_lock():
+                raise CacheNotFoundError(f"no embedding cache at {self.path} ({MANIFEST} not found); pass an encoder "
+                                         "to create one")
+            with writing(self.path, "creating the cache"):
+                self.path.mkdir(parents=True, exist_ok=True)
+            with self._write_lock(tidy=False):
                 if not manifest_path.exists():
                     atomic_write_json(manifest_path, self._new_manifest(encoder, dtype or "float16"))
         self._index = KeyIndex()
@@ -92,7 +124,7 @@ class EmbeddingCache:
         self._stamp = None
         self._refresh()
         if dtype is not None and dtype != self.dtype:
-            raise ValueError(f"cache {self.path} stores {self.dtype}, but dtype={dtype!r} was asked for")
+            raise ParameterError(f"cache {self.path} stores {self.dtype}, but dtype={dtype!r} was asked for")
         if encoder is not None:
             self._check_encoder(encoder)
 
@@ -116,10 +148,15 @@ class EmbeddingCache:
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
-            raise ValueError(f"cannot read {path}: {e}") from e
-        if manifest.get("format") != FORMAT:
-            raise ValueError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}")
+            raise CacheDamagedError(f"cannot read {path}: {e}; {self._rebuild_hint()}") from None
+        problem = manifest_problem(manifest)
+        if problem:
+            raise CacheDamagedError(f"{path}: {problem}; {self._rebuild_hint()}")
         return manifest
+
+    def _rebuild_hint(self) -> str:
+        return (f"nothing was changed: run 'embedcache verify {self.path} --rebuild' to rebuild the manifest from "
+                "the shards' own records")
 
     def _refresh(self) -> None:
         """Re-read the manifest if another process replaced it since we last looked."""
@@ -130,6 +167,25 @@ class EmbeddingCache:
                 self._manifest = self._read_manifest()
                 self._stamp = stamp
 
+    def _shard_files(self) -> list[str]:
+        """Names of the shard files in the directory, listed or not."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p.name for p in self.path.iterdir() if _SHARD_NAME.match(p.name))
+
+    def _shard_path(self, name: str) -> Path:
+        """The path of a listed shard: a plain file in the cache directory, never a link out of it."""
+        path = self.path / name
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return path  # reported as missing by whoever reads it
+        if not stat.S_ISREG(mode):
+            raise CacheDamagedError(f"cache {self.path}: shard {name} is not a plain file (a link or a directory); "
+                                    "a shard must be a file the cache wrote; move it away and run 'embedcache verify "
+                                    f"{self.path} --repair'")
+        return path
+
     def _sync_index(self) -> None:
         """Bring the key index up to date with the manifest, reading keys of new shards only (hold ``_mutex``)."""
         self._refresh()
@@ -137,12 +193,17 @@ class EmbeddingCache:
         if [s["file"] for s in shards[: len(self._files)]] != self._files:  # a repair dropped shards
             self._index, self._starts, self._files = KeyIndex(), [], []
         rows = self._starts[-1] + shards[len(self._files) - 1]["rows"] if self._files else 0
+        expected = {"fingerprint": self.fingerprint, "dim": self.dim, "dtype": self.dtype}
         for shard in shards[len(self._files) :]:
+            # Its header is read once, with its keys: a wrong size, dim or fingerprint is caught here,
+            # the checksum of every vector only by verify.
             try:
-                keys = read_keys(self.path / shard["file"])
+                keys = read_checked(self._shard_path(shard["file"]), {**expected, "rows": shard["rows"]})
+            except CacheDamagedError:
+                raise
             except Exception as e:  # noqa: BLE001 -- a missing or damaged file: h5py raises OSError, KeyError, ...
-                raise ValueError(
-                    f"cache {self.path}: shard {shard['file']} cannot be read ({e}); "
+                raise CacheDamagedError(
+                    f"cache {self.path}: shard {shard['file']} cannot be used ({e}); "
                     f"run 'embedcache verify {self.path} --repair', then precompute again"
                 ) from None
             self._index.add(keys, first_row=rows)
@@ -187,8 +248,8 @@ class EmbeddingCache:
 
     def remember(self, quick_key: str | None) -> None:
         """Record that this cache's own encoder (checked by fingerprint) has ``quick_key``."""
-        if quick_key is None or self.knows(quick_key) or self.encoder is None:
-            return
+        if quick_key is None or self.knows(quick_key) or self.encoder is None or not self.writable():
+            return  # a shortcut for the next run only: a read-only cache does without
         with self._write_lock():
             manifest = self._read_manifest()
             keys = manifest["encoder"].get("quick_keys", [])
@@ -206,7 +267,7 @@ class EmbeddingCache:
     def _load_encoder(self, device, **kwargs) -> Encoder:
         spec = self.encoder_spec
         if spec is None:
-            raise ValueError(
+            raise EncoderError(
                 f"cache {self.path} does not record how to load its encoder {self.encoder_name!r} "
                 "(it was built by a custom Encoder); pass that encoder to EmbeddingCache"
             )
@@ -214,6 +275,10 @@ class EmbeddingCache:
         self._check_encoder(encoder)
         self.encoder = encoder
         return encoder
+
+    def writable(self) -> bool:
+        """Whether this process may write into the cache directory."""
+        return os.access(self.path, os.W_OK)
 
     def __len__(self) -> int:
         self._refresh()
@@ -239,9 +304,16 @@ class EmbeddingCache:
     # -- writing --------------------------------------------------------------
 
     @contextmanager
-    def _write_lock(self):
-        """Hold the one write lock of this directory: other processes and other threads alike wait for it."""
-        lock = FileLock(self.path / ".lock")
+    def _write_lock(self, tidy: bool = True):
+        """Hold the one write lock of this directory: other processes and other threads alike wait for it.
+
+        ``tidy``: first remove what killed writers left and adopt their whole shards.
+        """
+        if not self.writable():
+            raise CacheError(f"cache {self.path} is read-only for this process: reading works, writing does not; "
+                             "open it without an encoder, or copy it somewhere writable")
+        lock_path = self.path / ".lock"
+        lock = FileLock(lock_path)
         started, told = time.monotonic(), 0.0
         while True:
             try:
@@ -251,7 +323,7 @@ class EmbeddingCache:
                 waited = time.monotonic() - started
                 if waited >= self.lock_timeout:
                     raise CacheLockedError(
-                        f"cache {self.path} is being written by {self._holder()} (lock {self.path / '.lock'}); "
+                        f"cache {self.path} is being written by {self._holder()} (lock {lock_path}); "
                         f"gave up after {self.lock_timeout:g} s: wait for it to finish, give a longer lock timeout, "
                         "or write to another directory"
                     ) from None
@@ -260,10 +332,15 @@ class EmbeddingCache:
                                    self.lock_timeout)
                     told = waited + 30
                 time.sleep(min(0.05, self.lock_timeout - waited))
+            except OSError as e:  # the lock file is a directory, a link loop, on a read-only disk, ...
+                raise CacheError(f"cache {self.path}: cannot take the write lock {lock_path} ({e.strerror or e}); "
+                                 "it must be a plain file the cache can create: remove whatever is there") from None
         try:
-            atomic_write_json(self.path / WRITER, {"pid": os.getpid(), "host": socket.gethostname(),
-                                                   "thread": threading.get_ident(), "since": time.time()})
-            self._remove_leftovers()
+            with writing(self.path / WRITER):
+                atomic_write_json(self.path / WRITER, {"pid": os.getpid(), "host": socket.gethostname(),
+                                                       "thread": threading.get_ident(), "since": time.time()})
+            if tidy:
+                self._tidy()
             yield
         finally:
             try:
@@ -275,21 +352,41 @@ class EmbeddingCache:
         """Who holds the write lock, in words, from the record the holder wrote."""
         try:
             who = json.loads((self.path / WRITER).read_text())
-        except (OSError, ValueError):
+            since = f", for {time.time() - float(who.get('since', time.time())):.0f} s"
+        except (OSError, ValueError, TypeError, AttributeError):
             return "another process"
-        since = f", for {time.time() - who.get('since', time.time()):.0f} s"
         if who.get("pid") == os.getpid() and who.get("host") == socket.gethostname():
             return f"another thread of this process (pid {who['pid']}{since})"
         return f"process {who.get('pid')} on host {who.get('host')}{since}"
 
-    def _remove_leftovers(self) -> None:
-        """Delete temporary files and unlisted shards of writers that died; we hold the lock."""
-        if not (self.path / MANIFEST).exists():
-            return
-        listed = {s["file"] for s in self._read_manifest()["shards"]}
-        for p in self.path.iterdir():
-            if p.name.startswith(".tmp-") or (_SHARD_NAME.match(p.name) and p.name not in listed):
+    def _tidy(self) -> None:
+        """Delete the temporary files of writers that died, and adopt their whole unlisted shards (we hold the lock).
+
+        A shard renamed into place but never listed (the writer died between the two
+        renames) is whole: it joins the manifest when it passes its own checks and
+        matches the cache.  Any other unlisted file is left alone, with a warning.
+        """
+        manifest = self._read_manifest()
+        listed = {s["file"] for s in manifest["shards"]}
+        adopted = []
+        for p in sorted(self.path.iterdir()):
+            if p.name.startswith(".tmp-") and not p.is_dir():
                 p.unlink(missing_ok=True)
+            elif _SHARD_NAME.match(p.name) and p.name not in listed:
+                h, problem = inspect_shard(p) if stat.S_ISREG(os.lstat(p).st_mode) else (None, "not a plain file")
+                if not problem and (h.get("fingerprint"), h["shape"][1], h["dtype"]) != (
+                        manifest["fingerprint"], manifest["dim"], manifest["dtype"]):
+                    problem = f"it belongs to fingerprint {h.get('fingerprint')!r}, dim {h['shape'][1]}, {h['dtype']}"
+                if problem:
+                    logger.warning("cache %s: left %s alone: not listed in the manifest and %s", self.path, p.name, problem)
+                    continue
+                manifest["shards"].append({"file": p.name, "rows": h["rows"], "sha256": h["sha256"]})
+                adopted.append(p.name)
+        if adopted:
+            atomic_write_json(self.path / MANIFEST, manifest)
+            logger.warning("cache %s: adopted %d whole shard(s) a killed writer had not listed: %s", self.path,
+                           len(adopted), ", ".join(adopted))
+            self._refresh()
 
     def _next_shard_name(self) -> str:
         seqs = [int(m.group(1)) for p in self.path.iterdir() if (m := _SHARD_NAME.match(p.name))]
@@ -297,7 +394,9 @@ class EmbeddingCache:
 
     def _write_shard(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         name = self._next_shard_name()
-        attrs = {"fingerprint": self.fingerprint, "encoder": self.encoder_name, "created": time.time()}
+        record = {k: v for k, v in self._manifest["encoder"].items() if k != "quick_keys"}
+        attrs = {"fingerprint": self.fingerprint, "encoder": self.encoder_name, "created": time.time(),
+                 ENCODER_ATTR: json.dumps(record, sort_keys=True)}
         digest = write_shard(self.path / name, keys, vectors.astype(self.dtype), attrs)
         manifest = self._read_manifest()
         first_row = sum(s["rows"] for s in manifest["shards"])
@@ -323,14 +422,20 @@ class EmbeddingCache:
         return self._add(unique, keys, len(texts), progress)
 
     def _add(self, unique: list[str], keys: np.ndarray, n_texts: int, progress: bool) -> dict:
+        def counts(missing):
+            return {"rows": n_texts, "unique": len(unique), "cached": len(unique) - len(missing), "encoded": 0,
+                    "truncated": 0, "encode_seconds": 0.0, "mostly_unknown": 0, "unknown_examples": []}
+
+        if (self._lookup_keys(keys) >= 0).all():  # nothing to write: no lock (a read-only cache stays usable)
+            return counts([])
+        if self.encoder is None:
+            missing = int((self._lookup_keys(keys) < 0).sum())
+            raise NotCachedError(f"{missing} texts are not in cache {self.path}, and it was opened without an encoder")
         with self._write_lock():
-            missing = np.flatnonzero(self._lookup_keys(keys) < 0)
-            stats = {"rows": n_texts, "unique": len(unique), "cached": len(unique) - len(missing), "encoded": 0, "truncated": 0,
-                     "encode_seconds": 0.0, "mostly_unknown": 0, "unknown_examples": []}
+            missing = np.flatnonzero(self._lookup_keys(keys) < 0)  # again: another writer may have added some
+            stats = counts(missing)
             if not len(missing):
                 return stats
-            if self.encoder is None:
-                raise KeyError(f"{len(missing)} texts are not in cache {self.path}, and it was opened without an encoder")
             # Longest first, as sentence-transformers sorts, so batches pad little.
             missing = sorted(missing.tolist(), key=lambda i: -len(unique[i]))
             step = min(self.shard_size, self.encoder.batch_size * 8)
@@ -408,7 +513,7 @@ class EmbeddingCache:
     def get(self, texts, encode_missing: bool = False, progress: bool = False) -> np.ndarray:
         """``(n, dim)`` float32 vectors of ``texts`` in input order; never writes.
 
-        Texts not in the cache raise KeyError saying how many, or with
+        Texts not in the cache raise NotCachedError (a KeyError) saying how many, or with
         ``encode_missing=True`` are encoded in memory by the cache's encoder
         (loaded from the manifest on first need) and not stored: ``encode()``
         is the call that stores them.
@@ -418,7 +523,7 @@ class EmbeddingCache:
         if not len(missing):
             return self._read(rows[inverse])
         if not encode_missing:
-            raise KeyError(
+            raise NotCachedError(
                 f"{len(missing)} of {len(unique)} distinct texts are not in cache {self.path} "
                 f"(first: {unique[missing[0]][:60]!r}); add them with cache.encode() or embedcache precompute"
             )
@@ -450,32 +555,179 @@ class EmbeddingCache:
         """Yield ``(keys, vectors)`` per shard, vectors in the stored dtype: one shard in memory at a time."""
         self._refresh()
         for shard in self._manifest["shards"]:
-            yield read_keys(self.path / shard["file"]), read_vectors(self.path / shard["file"])
+            path = self._shard_path(shard["file"])
+            yield read_keys(path), read_vectors(path)
 
     # -- integrity ------------------------------------------------------------
 
-    def verify(self, repair: bool = False) -> list[tuple[str, str]]:
-        """Check every shard against the manifest; return ``(file, reason)`` for each bad one.
+    def verify(self, repair: bool = False) -> list[tuple[str, str, str]]:
+        """Check every listed shard; return ``(file, reason, action)`` for each bad one.
 
-        With ``repair=True`` the bad shards are dropped from the manifest and
-        deleted, so the next run recomputes their texts.
+        A shard is damaged when it cannot be read or its content does not match its
+        own checksum; it disagrees when it is whole but its fingerprint, dimension,
+        dtype, rows or checksum differ from the manifest.  With ``repair=True``
+        damaged shards are deleted and disagreeing ones dropped from the manifest and
+        kept on disk (``action`` says which); the next run recomputes their texts.
+        When every shard disagrees the same way the manifest is the suspect: repair
+        refuses and suggests ``rebuild``.
         """
         self._refresh()
         expected = {"fingerprint": self.fingerprint, "dim": self.dim, "dtype": self.dtype}
-        bad = []
+        bad = []  # (file, reason, damaged)
         for shard in self._manifest["shards"]:
-            reason = check_shard(self.path / shard["file"], {**expected, **shard})
-            if reason:
-                bad.append((shard["file"], reason))
-        if repair and bad:
-            with self._write_lock():
-                names = {name for name, _ in bad}
-                manifest = self._read_manifest()
-                manifest["shards"] = [s for s in manifest["shards"] if s["file"] not in names]
-                atomic_write_json(self.path / MANIFEST, manifest)
-                for name in names:
-                    (self.path / name).unlink(missing_ok=True)
-        return bad
+            name = shard["file"]
+            path = self.path / name
+            if not os.path.lexists(path):
+                bad.append((name, "file is missing", False))
+                continue
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                bad.append((name, "is not a plain file (a link or a directory)", False))
+                continue
+            h, problem = inspect_shard(path)
+            if problem:
+                bad.append((name, problem if "checksum" not in problem else f"checksum mismatch: {problem}", True))
+                continue
+            problem = header_problem(h, {**expected, "rows": shard["rows"], "sha256": shard["sha256"]})
+            if problem:
+                bad.append((name, problem, False))
+        header = [b for b in bad if not b[2] and b[1].startswith(("fingerprint", "holds"))]
+        if repair and header and len(header) == len(self._manifest["shards"]):
+            raise CacheDamagedError(
+                f"cache {self.path}: every shard disagrees with the manifest ({header[0][0]}: {header[0][1]}): the "
+                f"manifest's header looks damaged, so nothing was dropped; run 'embedcache verify {self.path} "
+                "--rebuild' to rebuild it from the shards' own records")
+        if not (repair and bad):
+            return [(name, reason, "") for name, reason, _ in bad]
+        with self._write_lock(tidy=False):
+            names = {name for name, _, _ in bad}
+            manifest = self._read_manifest()
+            manifest["shards"] = [s for s in manifest["shards"] if s["file"] not in names]
+            atomic_write_json(self.path / MANIFEST, manifest)
+            out = []
+            for name, reason, damaged in bad:
+                path = self.path / name
+                if damaged and stat.S_ISREG(os.lstat(path).st_mode):
+                    path.unlink()
+                    out.append((name, reason, "deleted"))
+                else:
+                    out.append((name, reason, "dropped from the manifest" + (", file kept" if os.path.lexists(path) else "")))
+        self._refresh()
+        return out
+
+    @classmethod
+    def rebuild(cls, path) -> dict:
+        """Write a new manifest from the shards' own records; delete nothing.
+
+        For a manifest that is lost or damaged.  The cache keeps the fingerprint of the
+        old manifest where it can be read and some shard has it, else the one most
+        shards (by rows) have; whole shards of that fingerprint are listed, the others
+        are reported and left on disk.  Returns ``{"listed", "left_out", "rows",
+        "fingerprint"}``.
+        """
+        path = Path(path)
+        if not path.is_dir():
+            raise CacheNotFoundError(f"no cache directory at {path}")
+        cache = cls.__new__(cls)  # no manifest to read: just what the lock needs
+        cache.path, cache.lock_timeout = path, LOCK_TIMEOUT
+        with cache._write_lock(tidy=False):
+            try:
+                old = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+                old = old if isinstance(old, dict) else {}
+            except (OSError, ValueError):
+                old = {}
+            found, left_out = [], []
+            for name in cache._shard_files():
+                p = path / name
+                h, problem = inspect_shard(p) if stat.S_ISREG(os.lstat(p).st_mode) else (None, "not a plain file")
+                if problem:
+                    left_out.append((name, problem))
+                else:
+                    found.append((name, h))
+            if not found:
+                raise CacheDamagedError(f"cache {path}: no whole shard to rebuild a manifest from"
+                                        + (f" ({left_out[0][0]}: {left_out[0][1]})" if left_out else ""))
+            rows_by = {}
+            for _, h in found:
+                group = (h.get("fingerprint"), h["shape"][1], h["dtype"])
+                rows_by[group] = rows_by.get(group, 0) + h["rows"]
+            kept = [g for g in rows_by if g[0] == old.get("fingerprint")] or [max(rows_by, key=rows_by.get)]
+            group = kept[0]
+            listed = [(n, h) for n, h in found if (h.get("fingerprint"), h["shape"][1], h["dtype"]) == group]
+            names = {n for n, _ in listed}
+            left_out += [(n, (f"whole, but of fingerprint {h.get('fingerprint')!r}, dim {h['shape'][1]}, {h['dtype']}; "
+                              f"the cache keeps {group[0]!r}")) for n, h in found if n not in names]
+            encoder = old.get("encoder") if old.get("fingerprint") == group[0] else None
+            if not (isinstance(encoder, dict) and isinstance(encoder.get("name"), str)):
+                encoder = _encoder_record([h for _, h in listed])
+            manifest = {"format": FORMAT, "fingerprint": group[0], "encoder": encoder, "dim": group[1],
+                        "dtype": group[2], "created_with": f"embedcache {__version__}",
+                        "rebuilt": {"at": time.time(), "shards_left_out": [n for n, _ in left_out]},
+                        "shards": [{"file": n, "rows": h["rows"], "sha256": h["sha256"]} for n, h in listed]}
+            problem = manifest_problem(manifest)
+            if problem:
+                raise CacheDamagedError(f"cache {path}: the shards' own records do not make a valid manifest: {problem}")
+            with writing(path / MANIFEST):
+                atomic_write_json(path / MANIFEST, manifest)
+        return {"listed": [n for n, _ in listed], "left_out": left_out, "fingerprint": group[0],
+                "rows": sum(h["rows"] for _, h in listed)}
+
+
+def _encoder_record(headers: list[dict]) -> dict:
+    """The encoder record of a manifest, from the newest shard that kept one (older shards keep only the name)."""
+    for h in sorted(headers, key=lambda h: -float(h.get("created", 0))):
+        try:
+            record = json.loads(h[ENCODER_ATTR])
+            if isinstance(record, dict) and isinstance(record.get("name"), str):
+                return record
+        except (KeyError, TypeError, ValueError):
+            continue
+    return {"name": str(headers[0].get("encoder", "unknown")), "load": None, "description": None, "languages": None}
+
+
+def manifest_problem(m) -> str | None:
+    """What is wrong with a manifest, naming the field; None when it is valid."""
+    if not isinstance(m, dict):
+        return f"expected a JSON object, found {type(m).__name__}"
+
+    def field(name, ok, expected):
+        if name not in m:
+            return f"field {name!r} is missing"
+        value = m[name]
+        if not ok(value):
+            return f"field {name!r} must be {expected}, found {type(value).__name__} {json.dumps(value)[:40]}"
+        return None
+
+    def whole(v, low=1):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    checks = [
+        field("format", lambda v: v == FORMAT, f"{FORMAT!r}"),
+        field("fingerprint", lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+        field("encoder", lambda v: isinstance(v, dict) and isinstance(v.get("name"), str)
+              and isinstance(v.get("load"), (dict, type(None))), "an object with a string 'name'"),
+        field("dim", whole, "a whole number >= 1"),
+        field("dtype", lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"),
+        field("shards", lambda v: isinstance(v, list), "a list"),
+    ]
+    problem = next((c for c in checks if c), None)
+    if problem:
+        return problem
+    seen = set()
+    for i, shard in enumerate(m["shards"]):
+        where = f"shards[{i}]"
+        if not isinstance(shard, dict) or set(shard) != {"file", "rows", "sha256"}:
+            return f"{where} must be an object with exactly 'file', 'rows' and 'sha256', found {json.dumps(shard)[:60]}"
+        if not isinstance(shard["file"], str) or not _SHARD_NAME.match(shard["file"]):
+            # a path out of the directory ('../x', '/etc/x') is refused before anything is read or deleted
+            return f"{where}.file must be a file name like 'shard-000001.h5' in the cache directory, found {shard['file']!r}"
+        if shard["file"] in seen:
+            return f"{where}.file {shard['file']!r} is listed twice"
+        seen.add(shard["file"])
+        if not whole(shard["rows"]):
+            return f"{where}.rows must be a whole number >= 1, found {json.dumps(shard['rows'])}"
+        if not isinstance(shard["sha256"], str) or not _HEX.match(shard["sha256"]):
+            return f"{where}.sha256 must be 64 hex digits, found {json.dumps(shard['sha256'])[:70]}"
+    return None
 
 
 def _distinct(texts: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:

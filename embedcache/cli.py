@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .cache import MANIFEST, CacheLockedError, EmbeddingCache, FingerprintMismatchError
+from .cache import MANIFEST, EmbeddingCache
+from .checks import check_int, flag_type
 from .encoders import (
     DEFAULT_ENCODER,
     encoder_aliases,
@@ -18,6 +19,7 @@ from .encoders import (
     quiet_transformers,
     unknown_warning,
 )
+from .errors import CacheError, run_command
 from .inputs import FORMATS, InputError, first_rows, read_table, texts_from_table
 
 PRECOMPUTE_EXAMPLES = """\
@@ -56,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Encode texts once with a frozen sentence encoder and keep the vectors in a crash-safe HDF5 cache.",
     )
     parser.add_argument("--version", action="version", version=f"embedcache {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also EMBEDCACHE_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
@@ -74,13 +77,13 @@ def _parser() -> argparse.ArgumentParser:
                         f"directory (default: the encoder an existing cache records, else {DEFAULT_ENCODER}, "
                         "the embedded all-MiniLM-L6-v2)")
     p.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: cuda when present)")
-    p.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default: 64)")
-    p.add_argument("--max-length", type=int, help="truncate texts to this many tokens (default: the model's)")
+    p.add_argument("--batch-size", type=flag_type(check_int), default=64, help="texts per forward pass (default: 64)")
+    p.add_argument("--max-length", type=flag_type(check_int), help="truncate texts to this many tokens (default: the model's)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                    help="compute precision (default auto: bf16/fp16 on a GPU, fp32 on the CPU)")
     p.add_argument("--normalize", action="store_true", help="L2-normalise the vectors")
     p.add_argument("--dtype", choices=["float16", "float32"], help="storage dtype of a new cache (default float16)")
-    p.add_argument("--shard-size", type=int, default=20_000, help="rows per shard; a crash loses at most one (default 20000)")
+    p.add_argument("--shard-size", type=flag_type(check_int), default=20_000, help="rows per shard; a crash loses at most one (default 20000)")
     p.add_argument("--format", choices=sorted(set(FORMATS.values())), help="input format (default: from the extension)")
     p.add_argument("--no-header", action="store_true", help="CSV/TSV files have no header row; columns are named 0, 1, ...")
     p.add_argument("--skip-empty", action="store_true", help="skip rows with empty or missing texts instead of failing")
@@ -89,9 +92,16 @@ def _parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("verify", help="check every shard against its checksum and the manifest",
                        description="Check every shard of a cache against its checksum and the manifest. "
-                                   "Exits 1 when a shard is bad (after repairing, with --repair).")
+                                   "Exits 1 when a shard is bad (after repairing, with --repair).",
+                       epilog="--repair deletes only shard files of the cache directory that are listed in its manifest "
+                              "and fail their own checks (unreadable, or content not matching their own checksum); a "
+                              "whole shard that disagrees with the manifest is dropped from it and kept on disk. "
+                              "--rebuild writes a new manifest from the shards' own records (for a manifest that is "
+                              "lost or damaged) and deletes nothing. Neither touches a file outside the directory.")
     v.add_argument("cache", metavar="DIR")
-    v.add_argument("--repair", action="store_true", help="drop bad shards so the next precompute recomputes their texts")
+    mode = v.add_mutually_exclusive_group()
+    mode.add_argument("--repair", action="store_true", help="drop bad shards so the next precompute recomputes their texts")
+    mode.add_argument("--rebuild", action="store_true", help="rebuild a lost or damaged manifest from the shards")
     v.add_argument("--json", action="store_true", help="print a JSON report as the last line")
 
     i = sub.add_parser("info", help="print a cache's encoder, fingerprint, size and shards")
@@ -116,12 +126,14 @@ def precompute(args) -> dict:
     options = {**({"max_length": args.max_length} if args.max_length else {}),
                **({"precision": args.precision} if args.precision != "auto" else {}),
                **({"normalize": True} if args.normalize else {})}
+    if Path(args.cache).exists() and not Path(args.cache).is_dir():
+        raise CacheError(f"--cache {args.cache} is a file, not a directory")
     known = (Path(args.cache) / MANIFEST).exists() and EmbeddingCache(args.cache, dtype=args.dtype)
     model = args.model
     if model is None and known:  # an existing cache: its own encoder, as it records it
         spec = known.encoder_spec
         if spec is None:
-            raise ValueError(f"cache {known.path} was built by a custom encoder ({known.encoder_name!r}) it cannot "
+            raise CacheError(f"cache {known.path} was built by a custom encoder ({known.encoder_name!r}) it cannot "
                              "reload; pass --model")
         model, options = spec["name_or_path"], {**{k: v for k, v in spec.items() if k != "name_or_path"}, **options}
     key = quick_key(model, device=args.device, **options)
@@ -153,18 +165,27 @@ def precompute(args) -> dict:
 
 
 def verify(args) -> dict:
+    if args.rebuild:
+        report = EmbeddingCache.rebuild(args.cache)
+        for name, reason in report["left_out"]:
+            print(f"left out {Path(args.cache) / name}: {reason} (file kept)")
+        print(f"rebuilt {Path(args.cache) / MANIFEST}: {len(report['listed'])} shards, {report['rows']} vectors, "
+              f"fingerprint {report['fingerprint']}; nothing was deleted")
+        return {"ok": True, "rebuilt": True, "shards": len(report["listed"]), "rows": report["rows"],
+                "left_out": [{"file": n, "reason": r} for n, r in report["left_out"]]}
     cache = EmbeddingCache(args.cache)
     bad = cache.verify(repair=args.repair)
-    for name, reason in bad:
-        print(f"BAD {cache.path / name}: {reason}" + (" (dropped)" if args.repair else ""))
+    for name, reason, action in bad:
+        print(f"BAD {cache.path / name}: {reason}" + (f" ({action})" if action else ""))
     info = cache.info()
     if bad and args.repair:
-        print(f"dropped {len(bad)} bad shards; run precompute again to recompute their texts")
+        print(f"repaired {len(bad)} bad shards; run precompute again to recompute their texts")
     elif bad:
         print(f"{len(bad)} bad shards; run 'embedcache verify {args.cache} --repair' to drop them")
     else:
         print(f"ok: {info['shards']} shards, {info['rows']} vectors, checksums match")
-    return {"ok": not bad, "bad": [{"file": n, "reason": r} for n, r in bad], "repaired": bool(bad and args.repair),
+    return {"ok": not bad, "bad": [{"file": n, "reason": r, "action": a} for n, r, a in bad],
+            "repaired": bool(bad and args.repair),
             "shards": info["shards"], "rows": info["rows"]}
 
 
@@ -180,11 +201,10 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if getattr(args, "quiet", False):  # quiet means quiet: no "Loading weights" bar from transformers either
         quiet_transformers()
-    try:
-        result = {"precompute": precompute, "verify": verify, "info": info}[args.command](args)
-    except (InputError, FingerprintMismatchError, CacheLockedError, FileNotFoundError, ValueError, KeyError) as e:
-        print(f"embedcache {args.command}: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
-        return 1
+    status, result = run_command(f"embedcache {args.command}", {"precompute": precompute, "verify": verify,
+                                                                "info": info}[args.command], args)
+    if status:
+        return status
     if args.json:
         print(json.dumps(result))
     return 0 if result.get("ok", True) else 1

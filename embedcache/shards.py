@@ -1,4 +1,4 @@
-"""HDF5 shards and the atomic file writes that make a cache crash-safe.
+"""HDF5 shards: writing one atomically, reading its keys and vectors, checking it.
 
 A shard holds ``keys`` (n, 16) uint8 and ``vectors`` (n, dim) float16 or
 float32, with attributes for the fingerprint, dimension, row count and a
@@ -9,43 +9,16 @@ place: a reader never sees a half-written one.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
+import io
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from .files import atomic_write_bytes
+
 KEY_BYTES = 16
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename inside ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_json(path: Path, obj: dict) -> None:
-    """Write ``obj`` to a temporary file beside ``path``, fsync it, rename it over ``path``."""
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+DTYPES = ("float16", "float32")
 
 
 def checksum(keys: np.ndarray, vectors: np.ndarray) -> str:
@@ -58,22 +31,22 @@ def checksum(keys: np.ndarray, vectors: np.ndarray) -> str:
 def write_shard(path: Path, keys: np.ndarray, vectors: np.ndarray, attrs: dict) -> str:
     """Write a shard atomically and return its checksum.
 
-    The data goes to a temporary file in the same directory, which is flushed,
-    fsynced and renamed to ``path``; a crash at any instant leaves either no
-    file at ``path`` or the whole shard.
+    The HDF5 file is built in memory and written by plain file writes to a
+    temporary file, which is fsynced and renamed to ``path``: a crash at any
+    instant leaves either no file at ``path`` or the whole shard, and a full disk
+    is an ordinary OSError (h5py itself crashes when the disk fills while it
+    closes a file).  A shard is at most tens of MB, so the copy costs little.
     """
     if keys.shape != (len(vectors), KEY_BYTES) or keys.dtype != np.uint8:
         raise ValueError(f"keys must be ({len(vectors)}, {KEY_BYTES}) uint8, got {keys.shape} {keys.dtype}")
     digest = checksum(keys, vectors)
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    with h5py.File(tmp, "w") as f:
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
         f.create_dataset("keys", data=keys)
         f.create_dataset("vectors", data=vectors)
         for k, v in {**attrs, "rows": len(vectors), "dim": vectors.shape[1], "sha256": digest}.items():
             f.attrs[k] = v
-    _fsync_file(tmp)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    atomic_write_bytes(path, buffer.getbuffer())
     return digest
 
 
@@ -96,28 +69,65 @@ def read_vectors(path: Path, rows: np.ndarray | None = None) -> np.ndarray:
         return ds[lo:hi][rows - lo]
 
 
-def check_shard(path: Path, expected: dict) -> str | None:
-    """Return why the shard at ``path`` is bad, or None when it is whole.
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
 
-    ``expected`` holds the manifest's ``rows`` and ``sha256`` for it and the
-    cache's ``fingerprint``, ``dim`` and ``dtype``.
+
+def header(f: h5py.File) -> dict:
+    """A shard's attributes and the shapes and dtypes of its datasets, without reading the data."""
+    keys, vectors = f["keys"], f["vectors"]
+    return {**{k: _plain(v) for k, v in f.attrs.items()}, "keys_shape": keys.shape, "keys_dtype": str(keys.dtype),
+            "shape": vectors.shape, "dtype": str(vectors.dtype)}
+
+
+def header_problem(h: dict, expected: dict | None = None) -> str | None:
+    """Why a shard's header is inconsistent in itself or with ``expected`` (rows, dim, dtype, fingerprint), or None."""
+    if len(h["shape"]) != 2:
+        return f"vectors have shape {h['shape']}, expected (rows, dim)"
+    rows, dim = h["shape"]
+    if h["keys_shape"] != (rows, KEY_BYTES) or h["keys_dtype"] != "uint8":
+        return f"keys have shape {h['keys_shape']} {h['keys_dtype']}, expected ({rows}, {KEY_BYTES}) uint8"
+    if h["dtype"] not in DTYPES:
+        return f"vectors are {h['dtype']}, expected one of {', '.join(DTYPES)}"
+    if h.get("rows") != rows or h.get("dim") != dim or not isinstance(h.get("sha256"), str):
+        return f"its attributes (rows {h.get('rows')!r}, dim {h.get('dim')!r}) do not describe its {rows} x {dim} vectors"
+    if expected is None:
+        return None
+    if h.get("fingerprint") != expected["fingerprint"]:
+        return f"fingerprint {h.get('fingerprint')!r} differs from the cache's {expected['fingerprint']!r}"
+    if dim != expected["dim"] or h["dtype"] != expected["dtype"]:
+        return f"holds {h['dtype']} vectors of dimension {dim}, the cache {expected['dtype']} of dimension {expected['dim']}"
+    if "rows" in expected and rows != expected["rows"]:
+        return f"holds {rows} rows, the manifest says {expected['rows']}"
+    if "sha256" in expected and h["sha256"] != expected["sha256"]:
+        return f"checksum {h['sha256'][:16]}... differs from the manifest's {expected['sha256'][:16]}..."
+    return None
+
+
+def read_checked(path: Path, expected: dict) -> np.ndarray:
+    """The keys of a shard after checking its header against ``expected``; raises ValueError saying why not."""
+    with h5py.File(path, "r") as f:
+        problem = header_problem(header(f), expected)
+        if problem:
+            raise ValueError(problem)
+        return f["keys"][...]
+
+
+def inspect_shard(path: Path) -> tuple[dict | None, str | None]:
+    """``(header, problem)`` of a shard judged by itself: readable, consistent, content matching its own checksum.
+
+    A shard with no problem is whole whatever a manifest says of it; ``header`` is
+    None when the file cannot be read at all.
     """
-    if not path.exists():
-        return "file is missing"
     try:
         with h5py.File(path, "r") as f:
-            attrs = dict(f.attrs)
-            keys = f["keys"][...]
-            vectors = f["vectors"][...]
+            h = header(f)
+            problem = header_problem(h)
+            if problem:
+                return h, problem
+            digest = checksum(f["keys"][...], f["vectors"][...])
     except Exception as e:  # noqa: BLE001 -- h5py raises OSError, KeyError and others on damaged files
-        return f"cannot be read ({type(e).__name__}: {e})"
-    if attrs.get("fingerprint") != expected["fingerprint"]:
-        return f"fingerprint {attrs.get('fingerprint')!r} differs from the cache's {expected['fingerprint']!r}"
-    if vectors.shape != (expected["rows"], expected["dim"]) or keys.shape != (expected["rows"], KEY_BYTES):
-        return f"holds {vectors.shape[0]} rows of dimension {vectors.shape[1]}, manifest says {expected['rows']} of {expected['dim']}"
-    if str(vectors.dtype) != expected["dtype"]:
-        return f"vectors are {vectors.dtype}, manifest says {expected['dtype']}"
-    digest = checksum(keys, vectors)
-    if digest != expected["sha256"] or attrs.get("sha256") != expected["sha256"]:
-        return f"checksum mismatch (content {digest[:16]}..., manifest {expected['sha256'][:16]}...)"
-    return None
+        return None, f"cannot be read ({type(e).__name__}: {e})"
+    if digest != h["sha256"]:
+        return h, f"content does not match its own checksum (content {digest[:16]}..., recorded {h['sha256'][:16]}...)"
+    return h, None

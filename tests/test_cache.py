@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 from conftest import HashEncoder
@@ -91,16 +93,21 @@ def test_a_second_writer_gets_a_clear_error(tmp_path, hash_encoder):
     assert len(cache) == 1
 
 
-def test_leftovers_of_a_dead_writer_are_ignored_then_removed(tmp_path, hash_encoder):
+def test_a_dead_writers_temporary_files_go_its_whole_shard_is_adopted_and_other_files_stay(tmp_path, hash_encoder):
     cache = EmbeddingCache(tmp_path / "c", hash_encoder)
     cache.add(["a"])
+    cache.add(["z"])  # shard-000002: then a writer "dies" before listing it
+    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    manifest["shards"] = manifest["shards"][:1]
+    (tmp_path / "c" / "manifest.json").write_text(json.dumps(manifest))
     (tmp_path / "c" / ".tmp-shard-000009.h5-123").write_bytes(b"half a shard")
-    (tmp_path / "c" / "shard-000009.h5").write_bytes(b"renamed, but never listed")
+    (tmp_path / "c" / "shard-000009.h5").write_bytes(b"not ours to delete")
     reopened = EmbeddingCache(tmp_path / "c", hash_encoder)
-    assert len(reopened) == 1
+    assert len(reopened) == 1 and reopened.contains(["z"]).tolist() == [False]  # readers ignore unlisted shards
     reopened.add(["b"])
     names = sorted(p.name for p in (tmp_path / "c").iterdir())
-    assert names == [".lock", "manifest.json", "shard-000001.h5", "shard-000002.h5"]
+    assert names == [".lock", "manifest.json", "shard-000001.h5", "shard-000002.h5", "shard-000009.h5", "shard-000010.h5"]
+    assert reopened.contains(["a", "z", "b"]).all() and len(reopened) == 3
     assert reopened.verify() == []
 
 

@@ -1,0 +1,166 @@
+"""Writing files and directories so that a crash, a full disk or a wrong path never leaves half a result.
+
+Everything is written beside its destination under a ``.tmp-`` name, flushed,
+fsynced and renamed into place; an OSError becomes a :class:`WriteError` that
+names the file.  ``check_output`` refuses to replace an existing output unless
+asked, and never replaces an input.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import WriteError, os_error_message
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename inside ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def writing(path, doing: str = "writing"):
+    """Turn an OSError inside the block into a WriteError naming ``path``."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as e:
+        raise WriteError(os_error_message(e, path, doing)) from e
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".tmp-{path.name}-{os.getpid()}")
+
+
+@contextmanager
+def atomic_file(path):
+    """Yield a temporary path beside ``path``; when the block ends cleanly, fsync it and rename it over ``path``.
+
+    On any error (a full disk included) the temporary file is removed and ``path``
+    is left as it was.
+    """
+    path = Path(path)
+    tmp = _temporary(path)
+    try:
+        with writing(path):
+            yield tmp
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)  # gone already after the rename
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (created with the umask's permissions)."""
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_json(path, obj) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def check_output(path, inputs=(), overwrite: bool = False, flag: str = "out") -> Path:
+    """Refuse an output that is one of ``inputs`` (always) or that exists (unless ``overwrite``).
+
+    ``inputs`` holds ``(flag, path)`` pairs, so the message can say which input it is.
+    Creates the output's parent directory.  Returns the output as a Path.
+    """
+    path = Path(path)
+    for name, source in inputs:
+        if source is not None and _same(path, Path(source)):
+            raise WriteError(f"{flag} {path} is the input {name} {source}: writing it would destroy the input; "
+                             "write to another path")
+    if path.exists() and not overwrite:
+        kind = "directory" if path.is_dir() else "file"
+        raise WriteError(f"{flag} {path}: a {kind} of that name exists; pass --overwrite (overwrite=True) to replace it")
+    with writing(path.parent, "creating"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        raise WriteError(f"{flag} {path}: {path.parent} is not a directory")
+    return path
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+_RENAME_EXCHANGE = 2  # renameat2 flag: swap two paths in one atomic step (Linux >= 3.15)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths; False where the system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+@contextmanager
+def atomic_directory(path):
+    """Yield an empty temporary directory beside ``path``; when the block ends cleanly it replaces ``path``.
+
+    An existing directory at ``path`` stays whole until the new one is: the two are
+    swapped in one atomic rename where the system allows it (Linux), else the old one
+    is moved aside first.  A crash at any instant leaves the old or the new directory
+    at ``path``, never a mix; an error leaves the old one.
+    """
+    path = Path(path)
+    tmp = _temporary(path)
+    for stale in path.parent.glob(f".tmp-{path.name}-*"):  # left by a writer that was killed
+        if stale.is_dir() and not _alive(stale.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(stale, ignore_errors=True)
+    try:
+        with writing(path):
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            yield tmp
+            for f in tmp.rglob("*"):
+                if f.is_file():
+                    fd = os.open(f, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+            if not path.exists():
+                os.rename(tmp, path)
+            elif not _exchange(tmp, path):
+                aside = path.with_name(f".old-{path.name}-{os.getpid()}")
+                os.rename(path, aside)
+                os.rename(tmp, path)
+                shutil.rmtree(aside, ignore_errors=True)
+            fsync_dir(path.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # after a swap: the old directory
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
