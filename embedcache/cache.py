@@ -311,7 +311,7 @@ class EmbeddingCache:
         """
         if not self.writable():
             raise CacheError(f"cache {self.path} is read-only for this process: reading works, writing does not; "
-                             "open it without an encoder, or copy it somewhere writable")
+                             "to add texts, copy the cache somewhere writable")
         lock_path = self.path / ".lock"
         lock = FileLock(lock_path)
         started, told = time.monotonic(), 0.0
