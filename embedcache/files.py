@@ -89,7 +89,8 @@ def check_output(path, inputs=(), overwrite: bool = False, flag: str = "out") ->
                              "write to another path")
     if path.exists() and not overwrite:
         kind = "directory" if path.is_dir() else "file"
-        raise WriteError(f"{flag} {path}: a {kind} of that name exists; pass --overwrite (overwrite=True) to replace it")
+        how = "--overwrite" if flag.startswith("--") else "overwrite=True"
+        raise WriteError(f"{flag} {path}: a {kind} of that name exists; pass {how} to replace it")
     with writing(path.parent, "creating"):
         path.parent.mkdir(parents=True, exist_ok=True)
     if not path.parent.is_dir():

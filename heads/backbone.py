@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from embedcache import InputError, ParameterError
 from embedcache.encoders import model_directory
 
 POOLING = ("mean", "cls", "max")
@@ -34,7 +35,7 @@ def _read_pooling(path: Path) -> tuple[str, bool, int | None]:
             config = json.loads((path / module["path"] / "config.json").read_text())
             modes = [m for m in POOLING if config.get(f"pooling_mode_{m}_token" if m == "cls" else f"pooling_mode_{m}_tokens")]
             if len(modes) != 1 or config.get("pooling_mode_mean_sqrt_len_tokens"):
-                raise ValueError(f"{path}: pooling {config} is not supported for fine-tuning; supported: one of {POOLING}")
+                raise InputError(f"{path}: pooling {config} is not supported for fine-tuning; supported: one of {POOLING}")
             pooling = modes[0]
         elif kind == "Normalize":
             normalize = True
@@ -49,7 +50,7 @@ class Backbone(nn.Module):
     def __init__(self, model, tokenizer, pooling="mean", normalize=False, max_length=None):
         super().__init__()
         if pooling not in POOLING:
-            raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLING}")
+            raise ParameterError(f"unknown pooling {pooling!r}; choose one of {POOLING}")
         self.model, self.tokenizer = model, tokenizer
         self.pooling, self.normalize = pooling, normalize
         self.max_length = max_length or min(tokenizer.model_max_length, 512)

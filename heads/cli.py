@@ -11,13 +11,18 @@ import time
 import numpy as np
 
 from embedcache import (
-    CacheLockedError,
     EmbeddingCache,
-    FingerprintMismatchError,
+    InputError,
     __version__,
+    atomic_file,
+    check_float,
+    check_int,
+    check_output,
+    flag_type,
+    run_command,
 )
 from embedcache.encoders import quiet_transformers
-from embedcache.inputs import FORMATS, InputError, read_table
+from embedcache.inputs import FORMATS, read_table
 
 from .finetune import FINETUNE_HEADS
 from .model import HEADS, HeadModel
@@ -91,6 +96,12 @@ With --json the last line of stdout is a JSON summary (counts, per-round metrics
 or per-function coverage, weight and correlation)."""
 
 
+COUNT = flag_type(check_int)  # a whole number >= 1
+POSITIVE = flag_type(check_float, float, low=0, low_open=True)
+FRACTION = flag_type(check_float, float, low=0, high=1, low_open=True, high_open=True)
+DROPOUT = flag_type(check_float, float, low=0, high=1, high_open=True)
+
+
 def _add_data(p, train: bool) -> None:
     if train:
         p.add_argument("--cache", required=True, metavar="DIR", help="embedcache cache directory of the vectors")
@@ -112,7 +123,7 @@ def _add_text_options(p, train: bool) -> None:
                    + ("; kept in the model" if train else " (default: the model's)"))
     p.add_argument("--add-missing", action="store_true", help="store texts missing from --cache in it (default: they "
                    "are encoded in memory and the cache is left as it is)")
-    p.add_argument("--lock-timeout", type=float, default=300, metavar="S", help="with --add-missing, seconds to wait "
+    p.add_argument("--lock-timeout", type=flag_type(check_float, float, low=0), default=300, metavar="S", help="with --add-missing, seconds to wait "
                    "while another writer holds the cache (default 300)")
     p.add_argument("--no-wait", dest="lock_timeout", action="store_const", const=0, help="fail at once if the cache is being written")
 
@@ -121,6 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="heads", description="Train, evaluate and use regression heads on cached embeddings.",
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"heads (embedcache) {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also EMBEDCACHE_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a head", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -132,19 +144,20 @@ def _parser() -> argparse.ArgumentParser:
                    "texts, as it starts from their calibrated cosine; concat otherwise)")
     t.add_argument("--weight-col", metavar="COL", help="per-row loss weight, e.g. the confidence column of heads pseudolabel")
     t.add_argument("--out", required=True, metavar="MODEL_DIR", help="where to save the model")
+    t.add_argument("--overwrite", action="store_true", help="replace --out if it exists (an input is never replaced)")
     t.add_argument("--val-data", metavar="FILE", help="validation file (default: 10%% of the texts held out)")
-    t.add_argument("--val-fraction", type=float, default=0.1, help="held-out share of distinct texts (default 0.1)")
+    t.add_argument("--val-fraction", type=FRACTION, default=0.1, help="held-out share of distinct texts (default 0.1)")
     t.add_argument("--label-range", type=float, nargs=2, metavar=("LO", "HI"), help="bound predictions to [LO, HI]")
     t.add_argument("--loss", default="mse", choices=["mse", "huber", "l1"])
-    t.add_argument("--epochs", type=int, default=30, help="at most this many epochs (default 30)")
-    t.add_argument("--patience", type=int, default=5, help="stop after this many epochs without a better val RMSE")
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--weight-decay", type=float, default=0.01)
-    t.add_argument("--batch-size", type=int, help="rows per step (default: about 100 steps an epoch, 32 to 1024)")
-    t.add_argument("--width", type=int, default=256, help="projection width (default 256)")
-    t.add_argument("--dropout", type=float, default=0.1)
+    t.add_argument("--epochs", type=COUNT, default=30, help="at most this many epochs (default 30)")
+    t.add_argument("--patience", type=flag_type(check_int, minimum=0), default=5, help="stop after this many epochs without a better val RMSE")
+    t.add_argument("--lr", type=POSITIVE, default=1e-3)
+    t.add_argument("--weight-decay", type=flag_type(check_float, float, low=0), default=0.01)
+    t.add_argument("--batch-size", type=COUNT, help="rows per step (default: about 100 steps an epoch, 32 to 1024)")
+    t.add_argument("--width", type=COUNT, default=256, help="projection width (default 256)")
+    t.add_argument("--dropout", type=DROPOUT, default=0.1)
     t.add_argument("--no-shared", action="store_true", help="separate projections for the two texts of a pair")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=flag_type(check_int, minimum=0), default=0)
     t.add_argument("--device", help="cuda or cpu (default: cuda when present)")
     t.add_argument("--json", action="store_true", help="print the validation metrics as JSON on the last line")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -153,8 +166,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="MODEL_DIR")
     _add_data(p, train=False)
     p.add_argument("--out", required=True, metavar="CSV", help="predictions file")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (an input is never replaced)")
     p.add_argument("--id-col", metavar="COL", help="column copied as id (default: 'id' if present, else the row number)")
-    p.add_argument("--round", type=int, metavar="N", help="round predictions to N decimals")
+    p.add_argument("--round", type=flag_type(check_int, minimum=0), metavar="N", help="round predictions to N decimals")
 
     e = sub.add_parser("evaluate", help="metrics (and plots) of a model on a labelled file")
     e.add_argument("--model", required=True, metavar="MODEL_DIR")
@@ -178,31 +192,32 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--model", metavar="NAME_OR_PATH", help="encoder to fine-tune: a sentence-transformers or transformers "
                    "directory or hub id (default: the embedded all-MiniLM-L6-v2)")
     f.add_argument("--out", required=True, metavar="MODEL_DIR", help="where to save the model (with encoder/ inside)")
+    f.add_argument("--overwrite", action="store_true", help="replace --out if it exists (an input is never replaced)")
     f.add_argument("--val-data", metavar="FILE", help="validation file (default: 10%% of the texts held out)")
-    f.add_argument("--val-fraction", type=float, default=0.1)
+    f.add_argument("--val-fraction", type=FRACTION, default=0.1)
     f.add_argument("--init-head", metavar="MODEL_DIR", help="start from a head trained by heads train on this encoder's "
                    "frozen vectors (linear probing, then fine-tuning)")
-    f.add_argument("--lora", type=int, metavar="R", help="train rank-R LoRA adapters (peft) instead of every encoder weight")
-    f.add_argument("--epochs", type=int, default=3, help="at most this many epochs (default 3)")
-    f.add_argument("--patience", type=int, default=2, help="stop after this many epochs without a better val RMSE (default 2)")
-    f.add_argument("--lr", type=float, default=1e-3, help="the head's learning rate (default 1e-3)")
-    f.add_argument("--encoder-lr", type=float, default=2e-5, help="the encoder's learning rate (default 2e-5)")
-    f.add_argument("--weight-decay", type=float, default=0.01)
-    f.add_argument("--batch-size", type=int, default=32, help="rows per device per step (default 32)")
-    f.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (default 1)")
+    f.add_argument("--lora", type=COUNT, metavar="R", help="train rank-R LoRA adapters (peft) instead of every encoder weight")
+    f.add_argument("--epochs", type=COUNT, default=3, help="at most this many epochs (default 3)")
+    f.add_argument("--patience", type=flag_type(check_int, minimum=0), default=2, help="stop after this many epochs without a better val RMSE (default 2)")
+    f.add_argument("--lr", type=flag_type(check_float, float, low=0), default=1e-3, help="the head's learning rate (default 1e-3)")
+    f.add_argument("--encoder-lr", type=flag_type(check_float, float, low=0), default=2e-5, help="the encoder's learning rate (default 2e-5)")
+    f.add_argument("--weight-decay", type=flag_type(check_float, float, low=0), default=0.01)
+    f.add_argument("--batch-size", type=COUNT, default=32, help="rows per device per step (default 32)")
+    f.add_argument("--grad-accum", type=COUNT, default=1, help="gradient accumulation steps (default 1)")
     f.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations: less memory, slower")
-    f.add_argument("--max-length", type=int, help="tokens per text (default: the encoder's)")
+    f.add_argument("--max-length", type=COUNT, help="tokens per text (default: the encoder's)")
     f.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto: bf16 (or fp16) mixed precision on a GPU, fp32 on the CPU")
     f.add_argument("--label-range", type=float, nargs=2, metavar=("LO", "HI"), help="bound predictions to [LO, HI]")
     f.add_argument("--loss", default="mse", choices=["mse", "huber", "l1"])
-    f.add_argument("--width", type=int, default=256, help="projection width of the concat/two-tower head (default 256)")
-    f.add_argument("--dropout", type=float, default=0.1)
+    f.add_argument("--width", type=COUNT, default=256, help="projection width of the concat/two-tower head (default 256)")
+    f.add_argument("--dropout", type=DROPOUT, default=0.1)
     f.add_argument("--export-encoder", metavar="DIR", help="also write the fine-tuned encoder here (a sentence-transformers "
                    "directory: embedcache precompute --model DIR caches its vectors)")
     f.add_argument("--keep-checkpoints", action="store_true", help="keep MODEL_DIR/checkpoints after training")
     f.add_argument("--resume", action="store_true", help="resume from the last checkpoint in MODEL_DIR/checkpoints")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--seed", type=flag_type(check_int, minimum=0), default=0)
     f.add_argument("--device", help="cuda or cpu (default: cuda when present)")
     f.add_argument("--json", action="store_true", help="print the validation metrics as JSON on the last line")
     f.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -221,19 +236,20 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--lf", action="append", metavar="NAME", help="labeling function to use; repeat (default: all registered)")
     w.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="a module or .py file to import first, to register your own labeling functions")
-    w.add_argument("--k", type=int, default=10, help="neighbours per row for knn (default 10)")
-    w.add_argument("--rounds", type=int, default=3, help="self-training rounds after the labelled-only one (default 3)")
-    w.add_argument("--committee", type=int, default=3, help="heads per self-training round; their agreement is the confidence (default 3)")
+    w.add_argument("--k", type=COUNT, default=10, help="neighbours per row for knn (default 10)")
+    w.add_argument("--rounds", type=COUNT, default=3, help="self-training rounds after the labelled-only one (default 3)")
+    w.add_argument("--committee", type=flag_type(check_int, minimum=2), default=3, help="heads per self-training round; their agreement is the confidence (default 3)")
     w.add_argument("--select", default="rmse", choices=list(SELECT), help="validation metric that judges a "
                    "self-training round (default rmse; spearman where the ranking matters more than the scale)")
     w.add_argument("--head", default="auto", help=f"head for self-training: one of {', '.join(HEADS)} (default auto: "
                    "two-tower for pairs, concat otherwise)")
     w.add_argument("--val-data", metavar="FILE", help="labelled validation file for self-training (default: 10%% of --labeled)")
     w.add_argument("--label-range", type=float, nargs=2, metavar=("LO", "HI"), help="bound scores to [LO, HI]")
-    w.add_argument("--min-confidence", type=float, default=0.0, help="leave out scored rows below this confidence")
+    w.add_argument("--min-confidence", type=flag_type(check_float, float, low=0, high=1), default=0.0, help="leave out scored rows below this confidence")
     w.add_argument("--id-col", metavar="COL", help="column copied as id (default: 'id' if present, else the row number)")
-    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--seed", type=flag_type(check_int, minimum=0), default=0)
     w.add_argument("--out", required=True, metavar="CSV", help="the scored table")
+    w.add_argument("--overwrite", action="store_true", help="replace --out if it exists (an input is never replaced)")
     w.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     w.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -245,8 +261,9 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--train", required=True, metavar="FILE")
     k.add_argument("--test", required=True, metavar="FILE")
     k.add_argument("--text-col", default="text", metavar="COL", help="the text column in both files (default: text)")
-    k.add_argument("--threshold", type=float, default=0.95, help="cosine at or above which a pair counts (default 0.95)")
+    k.add_argument("--threshold", type=flag_type(check_float, float, low=-1, high=1), default=0.95, help="cosine at or above which a pair counts (default 0.95)")
     k.add_argument("--out", metavar="CSV", help="write every leaked pair here")
+    k.add_argument("--overwrite", action="store_true", help="replace --out if it exists (an input is never replaced)")
     k.add_argument("--no-header", action="store_true", help="CSV/TSV without a header row: columns are named 0, 1, ...")
     _add_text_options(k, train=True)
     k.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
@@ -283,11 +300,12 @@ def train(args) -> dict:
                       epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
                       patience=args.patience, val_fraction=args.val_fraction,
                       label_range=tuple(args.label_range) if args.label_range else None, seed=args.seed, device=args.device)
+    check_output(args.out, [("--data", args.data), ("--val-data", args.val_data)], args.overwrite, "--out")
     val = _read(args, args.val_data) if args.val_data else None
     model.fit(_cache(args), _read(args, args.data), args.label_col, text_col=args.text_col, pair_col=args.pair_col,
               condition_col=args.condition_col, template=_template(args), val_data=val, weight_col=args.weight_col,
               add_missing=args.add_missing, progress=not args.quiet)
-    model.save(args.out)
+    model.save(args.out, overwrite=args.overwrite)
     print(f"validation on {model.validation_rows_}")
     _print_metrics(f"{model.head_} saved to {args.out}; validation", model.validation_)
     return {**_flat(model.validation_), "model": args.out, "epochs": len(model.history_),
@@ -297,6 +315,7 @@ def train(args) -> dict:
 def predict(args) -> dict:
     import pandas as pd
 
+    check_output(args.out, [("--data", args.data), ("--model", args.model)], args.overwrite, "--out")
     model = HeadModel.load(args.model)
     df = _read(args, args.data)
     pred = model.predict(_cache(args), df, _columns(args), add_missing=args.add_missing)
@@ -310,7 +329,7 @@ def predict(args) -> dict:
     ids = df[id_col].tolist() if id_col else list(range(1, len(df) + 1))
     names = ["score"] if len(model.labels_) == 1 else model.labels_
     out = pd.DataFrame({"id": ids, **{n: pred[:, j] for j, n in enumerate(names)}})
-    out.to_csv(args.out, index=False)
+    _write_csv(out, args.out)
     print(f"wrote {len(out)} predictions to {args.out}")
     return {"n": len(out), "out": args.out}
 
@@ -345,7 +364,7 @@ def finetune(args) -> dict:
         label_range=tuple(args.label_range) if args.label_range else None, loss=args.loss, width=args.width,
         dropout=args.dropout, precision=args.precision, device=args.device, seed=args.seed,
         export_encoder=args.export_encoder, keep_checkpoints=args.keep_checkpoints, resume=args.resume,
-        paths=(args.data, args.val_data), progress=not args.quiet)
+        paths=(args.data, args.val_data), overwrite=args.overwrite, progress=not args.quiet)
     if model is None:  # a non-zero rank of a multi-GPU run: rank 0 saves and reports
         return {}
     _print_metrics(f"fine-tuned {args.head} saved to {args.out}; validation", model.validation_)
@@ -366,10 +385,12 @@ def pseudolabel(args) -> dict:
         if name.endswith(".py"):
             spec = importlib.util.spec_from_file_location(Path(name).stem, name)
             if spec is None or not Path(name).exists():
-                raise FileNotFoundError(f"--import {name}: no such file")
+                raise InputError(f"--import {name}: no such file")
             spec.loader.exec_module(importlib.util.module_from_spec(spec))
         else:
             importlib.import_module(name)
+    check_output(args.out, [("--data", args.data), ("--labeled", args.labeled), ("--val-data", args.val_data)],
+                 args.overwrite, "--out")
     method = args.method or ("self-train" if args.labeled else "lf")
     labeled = _read(args, args.labeled) if args.labeled else None
     model = HeadModel(head=args.head, label_range=tuple(args.label_range) if args.label_range else None, seed=args.seed)
@@ -382,7 +403,7 @@ def pseudolabel(args) -> dict:
     summary.pop("models", None)  # the committee; the table is what this command gives
     dropped = int(((out.source == "data") & (out.confidence < args.min_confidence)).sum())
     out = out[(out.source == "labeled") | (out.confidence >= args.min_confidence)]
-    out.to_csv(args.out, index=False)
+    _write_csv(out, args.out)
     for name, entry in summary.get("functions", {}).items():
         corr = entry.get("correlation")
         print(f"  {name}: coverage {entry['coverage']:.1%}, weight {entry['weight']:.3g}"
@@ -405,6 +426,8 @@ def leakage(args) -> dict:
     from .data import embed, side_texts
     from .neighbours import leakage as find_leaks
 
+    if args.out:
+        check_output(args.out, [("--train", args.train), ("--test", args.test)], args.overwrite, "--out")
     cache = _cache(args)
     columns = {"text": args.text_col, "template": _template(args)}
     train, test = (side_texts(_read(args, path), columns, path)["text"] for path in (args.train, args.test))
@@ -418,9 +441,15 @@ def leakage(args) -> dict:
     for row in pairs.head(10).itertuples():
         print(f"  test row {row.test_row} ~ train row {row.train_row} ({row.cosine:.3f}): {row.test_text[:70]!r}")
     if args.out:
-        pairs.to_csv(args.out, index=False)
+        _write_csv(pairs, args.out)
         print(f"wrote {args.out}")
     return {"n_test": len(test), "n_leaked": len(pairs), "share": len(pairs) / len(test), "threshold": args.threshold}
+
+
+def _write_csv(df, path) -> None:
+    """Whole or not at all: a crash or a full disk never leaves half a table at ``path``."""
+    with atomic_file(path) as tmp:
+        df.to_csv(tmp, index=False)
 
 
 def _flat(metrics: dict) -> dict:
@@ -443,12 +472,11 @@ def main(argv=None) -> int:
     warnings.formatwarning = _one_line_warnings  # this process is the command: warnings read as one line each
     if getattr(args, "quiet", False):
         quiet_transformers()
-    try:
-        result = {"train": train, "predict": predict, "evaluate": evaluate, "finetune": finetune, "pseudolabel": pseudolabel,
-                  "leakage": leakage}[args.command](args)
-    except (InputError, FingerprintMismatchError, CacheLockedError, FileNotFoundError, ValueError, KeyError, ImportError) as e:
-        print(f"heads {args.command}: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
-        return 1
+    status, result = run_command(f"heads {args.command}", {
+        "train": train, "predict": predict, "evaluate": evaluate, "finetune": finetune, "pseudolabel": pseudolabel,
+        "leakage": leakage}[args.command], args)
+    if status:
+        return status
     if getattr(args, "json", False):
         print(json.dumps(result))
     return 0

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from embedcache import EmbeddingCache
+from embedcache import EmbeddingCache, ParameterError
 from embedcache.encoders import Encoder
 from embedcache.inputs import (
     InputError,
@@ -162,7 +162,7 @@ def grouped_split(groups: np.ndarray, val_fraction: float, seed: int) -> tuple[n
     from sklearn.model_selection import GroupShuffleSplit
 
     if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+        raise ParameterError(f"val_fraction must be between 0 and 1, got {val_fraction}")
     if len(np.unique(groups)) < 2:
         raise InputError("need at least 2 distinct texts to hold some out for validation")
     split = GroupShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)

@@ -23,12 +23,21 @@ import pandas as pd
 import torch
 from torch import nn
 
-from embedcache.inputs import InputError
+from embedcache import (
+    InputError,
+    MissingDependencyError,
+    ParameterError,
+    atomic_directory,
+    check_choice,
+    check_float,
+    check_int,
+    check_output,
+)
 
 from .backbone import Backbone
 from .data import grouped_split, load_labels, side_texts
 from .metrics import NAMES, report
-from .model import HeadModel
+from .model import HeadModel, check_label_values, check_params
 from .modules import MODULES
 from .train import LOSSES
 
@@ -170,7 +179,7 @@ def _add_lora(backbone: Backbone, r: int) -> None:
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as e:
-        raise ImportError("--lora needs peft: pip install peft (or pip install -e '.[finetune]')") from e
+        raise MissingDependencyError("--lora needs peft: pip install peft (or pip install -e '.[finetune]')") from e
     config = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.1, target_modules="all-linear")
     backbone.model = get_peft_model(backbone.model, config)
 
@@ -182,39 +191,50 @@ def finetune(data: pd.DataFrame, label_cols, columns: dict, out, head: str = "co
              patience: int = 2, val_fraction: float = 0.1, label_range=None, loss: str = "mse", width: int = 256,
              dropout: float = 0.1, precision: str = "auto", device: str | None = None, seed: int = 0,
              export_encoder=None, keep_checkpoints: bool = False, resume: bool = False, paths=("data", "val data"),
-             progress: bool = True) -> HeadModel:
+             overwrite: bool = False, progress: bool = True) -> HeadModel:
     """Fine-tune ``model`` (default: the embedded encoder) with ``head``; save to ``out``; return the saved model.
 
     ``columns`` maps side (text, pair, condition) -> column.  ``init_head`` is
-    a frozen head's directory to start from (linear probing, then fine-tuning).
+    a frozen head's directory to start from (linear probing, then fine-tuning).  An existing ``out``
+    (or ``export_encoder``) is refused unless ``overwrite`` (or ``resume``, which continues in ``out``);
+    the old model stays whole until the new one replaces it.
     """
     try:
         import accelerate  # noqa: F401 -- the Trainer needs it; say so before any work
     except ImportError as e:
-        raise ImportError("heads finetune needs accelerate (and peft for --lora): pip install -e '.[finetune]'") from e
+        raise MissingDependencyError("heads finetune needs accelerate (and peft for --lora): pip install -e '.[finetune]'") from e
     from transformers import EarlyStoppingCallback, TrainingArguments
 
     from embedcache import load_encoder
     from embedcache.encoders import resolve_device
 
-    if head not in FINETUNE_HEADS:
-        raise ValueError(f"unknown head {head!r}; choose one of: {', '.join(FINETUNE_HEADS)}")
-    if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+    check_choice(head, "head", FINETUNE_HEADS)
+    check_params({"head": head, "width": width, "dropout": dropout, "shared": True, "loss": loss, "epochs": epochs,
+                  "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size, "patience": patience,
+                  "val_fraction": val_fraction, "label_range": label_range, "seed": seed}, zero_lr=True)
+    check_float(encoder_lr, "encoder_lr", 0)  # 0 freezes the encoder: the head alone learns
+    check_int(grad_accum, "grad_accum")
+    for value, name in ((lora, "lora"), (max_length, "max_length")):
+        if value is not None:
+            check_int(value, name)
     label_cols = [label_cols] if isinstance(label_cols, str) else list(label_cols)
     columns = {s: c for s, c in columns.items() if c is not None}
     template = columns.get("template")
     sides_given = {"text" if s == "template" else s for s in columns}
     if head == "two-tower" and len(sides_given) != 2:
-        raise ValueError("the two-tower head needs exactly one of a pair column or a condition column")
+        raise ParameterError("the two-tower head needs exactly one of a pair column or a condition column")
     if head == "cross" and len(sides_given) > 2:
-        raise ValueError("the cross head reads two texts in one sequence: give a pair column or a condition column, not both")
-    out = Path(out)
+        raise ParameterError("the cross head reads two texts in one sequence: give a pair column or a condition column, not both")
+    out = Path(out) if resume else check_output(out, overwrite=overwrite, flag="--out")
+    if export_encoder is not None:
+        check_output(export_encoder, overwrite=overwrite, flag="--export-encoder")
     start = time.perf_counter()
 
     y, texts = load_labels(data, label_cols, paths[0]), _texts(data, columns, paths[0])
+    check_label_values(y, label_range, label_cols, paths[0])
     if val_data is not None:
         y_val, val_texts = load_labels(val_data, label_cols, paths[1]), _texts(val_data, columns, paths[1])
+        check_label_values(y_val, label_range, label_cols, paths[1])
         val_rows_table = val_data
     else:
         groups = np.unique(texts["text"], return_inverse=True)[1].ravel()
@@ -296,27 +316,29 @@ def finetune(data: pd.DataFrame, label_cols, columns: dict, out, head: str = "co
                          "init_head": None if init_head is None else str(init_head), "encoder_lr": encoder_lr,
                          "grad_accum": grad_accum, "max_length": backbone.max_length,
                          "best_checkpoint_rmse": trainer.state.best_metric, "seconds": round(time.perf_counter() - start, 2)}
-    backbone.save(out / "encoder")
-    saved = load_encoder(str(out / "encoder"))  # its fingerprint is what a cache built with the exported encoder records
+    staged = out / ".encoder-new"  # moved into the new model directory when it replaces the old one
+    shutil.rmtree(staged, ignore_errors=True)
+    backbone.save(staged)
+    saved = load_encoder(str(staged))  # its fingerprint is what a cache built with the exported encoder records
     result.directory_, result._own_encoder = out, backbone if cross else saved
     result.encoder_ = {"name": f"{result.finetuned_['base']} fine-tuned", "fingerprint": saved.fingerprint, "load": None}
     result.history_ = history
     result.validation_ = report(y_val, result.predict(None, val_rows_table), label_cols)  # the way predict will
-    result.save(out)
+    result.save(out, overwrite=True, move={"encoder": staged,
+                                           **({"checkpoints": out / "checkpoints"} if keep_checkpoints else {})})
     if export_encoder is not None:
-        shutil.copytree(out / "encoder", export_encoder, dirs_exist_ok=True)
-    if not keep_checkpoints:
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        with atomic_directory(export_encoder) as tmp:
+            shutil.copytree(out / "encoder", tmp, dirs_exist_ok=True)
     return result
 
 
 def _check_warm_start(warm: HeadModel, head: str, sides: tuple, dim: int, labels: list, path) -> None:
     if warm.head_ != head:
-        raise ValueError(f"--init-head {path} is a {warm.head_!r} head; fine-tuning a {head!r} head needs a {head!r} one")
+        raise ParameterError(f"--init-head {path} is a {warm.head_!r} head; fine-tuning a {head!r} head needs a {head!r} one")
     if head == "cross" or warm.head_ == "ridge":
-        raise ValueError(f"--init-head {path}: a {warm.head_!r} head cannot start a {head!r} fine-tuning; use concat or two-tower")
+        raise ParameterError(f"--init-head {path}: a {warm.head_!r} head cannot start a {head!r} fine-tuning; use concat or two-tower")
     if tuple(warm.sides_) != tuple(sides) or warm.dim_ != dim:
-        raise ValueError(f"--init-head {path} was trained on {list(warm.sides_)} of {warm.dim_} dims; "
+        raise ParameterError(f"--init-head {path} was trained on {list(warm.sides_)} of {warm.dim_} dims; "
                          f"this fine-tuning has {list(sides)} of {dim} dims (another encoder or other columns?)")
     if list(warm.labels_) != list(labels):
-        raise ValueError(f"--init-head {path} predicts {warm.labels_}; this fine-tuning has labels {labels}")
+        raise ParameterError(f"--init-head {path} predicts {warm.labels_}; this fine-tuning has labels {labels}")

@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from embedcache import ParameterError
+
 LABELING_FUNCTIONS: dict[str, Callable[[str], float | None]] = {}
 
 
@@ -84,7 +86,7 @@ def apply(texts: list[str], names=None) -> tuple[np.ndarray, list[str]]:
     names = list(names or LABELING_FUNCTIONS)
     unknown = [n for n in names if n not in LABELING_FUNCTIONS]
     if unknown:
-        raise ValueError(f"unknown labeling function {', '.join(map(repr, unknown))}; "
+        raise ParameterError(f"unknown labeling function {', '.join(map(repr, unknown))}; "
                          f"registered: {', '.join(LABELING_FUNCTIONS)}")
     out = np.full((len(texts), len(names)), np.nan)
     for j, name in enumerate(names):

@@ -8,7 +8,10 @@ metrics, library versions) and ``model.safetensors``.  Nothing is unpickled.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import math
+import os
 import platform
 import warnings
 from importlib import metadata
@@ -17,24 +20,39 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file
 from safetensors.torch import save as save_tensors
 
-from embedcache import EmbeddingCache, FingerprintMismatchError
+from embedcache import (
+    EmbedcacheError,
+    EmbeddingCache,
+    FingerprintMismatchError,
+    InputError,
+    ParameterError,
+    atomic_directory,
+    check_choice,
+    check_float,
+    check_int,
+    check_label_range,
+    check_output,
+)
 from embedcache.encoders import resolve_device, unknown_warning
-from embedcache.inputs import InputError, check_columns, first_rows, read_table
+from embedcache.inputs import check_columns, first_rows, read_table, source
 
 from .data import Inputs, embed, grouped_split, load_inputs, load_labels, side_texts
 from .metrics import report
 from .modules import MODULES, TwoTowerHead
+from .train import LOSSES, predict_scaled, to_device
 from .train import fit as fit_module
-from .train import predict_scaled, to_device
 
 HEADS = ("concat", "two-tower", "ridge")
 PSEUDO_SOURCES = {"labeled", "data"}  # the source column of a heads pseudolabel table
 # Alphas relative to the mean diagonal of X'X, so the grid fits any number of rows
 # and any vector scale; the smallest keeps the Cholesky solve stable in float32.
 RIDGE_ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+
+class ModelError(EmbedcacheError, ValueError):
+    """A saved model directory that is incomplete, damaged or inconsistent; the message names the file and field."""
 
 
 class UnknownTokensWarning(UserWarning):
@@ -47,7 +65,43 @@ class UnseenConditionWarning(UserWarning):
 
 def check_head(head: str) -> None:
     if head not in ("auto", *HEADS, "cross"):
-        raise ValueError(f"unknown head {head!r}; choose one of: auto, {', '.join(HEADS)}")
+        raise ParameterError(f"unknown head {head!r}; choose one of: auto, {', '.join(HEADS)}")
+
+
+def check_params(p: dict, zero_lr: bool = False) -> None:
+    """The hyperparameters of a HeadModel, each within its allowed values (the flags of heads train check the same).
+
+    ``zero_lr``: a learning rate of 0 is allowed (fine-tuning may freeze the head and train the encoder only).
+    """
+    check_head(p["head"])
+    if not isinstance(p["shared"], bool):
+        raise ParameterError(f"shared must be True or False, got {p['shared']!r}")
+    check_int(p["width"], "width")
+    check_float(p["dropout"], "dropout", 0, 1, high_open=True)
+    check_choice(p["loss"], "loss", list(LOSSES))
+    check_int(p["epochs"], "epochs")
+    check_float(p["lr"], "lr", 0, low_open=not zero_lr)
+    check_float(p["weight_decay"], "weight_decay", 0)
+    if p["batch_size"] is not None:
+        check_int(p["batch_size"], "batch_size")
+    check_int(p["patience"], "patience", 0)
+    check_float(p["val_fraction"], "val_fraction", 0, 1, low_open=True, high_open=True)
+    check_label_range(p["label_range"])
+    check_int(p["seed"], "seed", 0)
+
+
+def check_label_values(y: np.ndarray, label_range, labels, path) -> None:
+    """Labels outside ``label_range`` are an error naming how many and the first: predictions are clipped to
+    the range, so a model trained on them could never be right (0-10 labels under a 0-1 range give 1 everywhere)."""
+    if label_range is None:
+        return
+    lo, hi = label_range
+    outside = (y < lo) | (y > hi)  # NaN (a missing label) is neither
+    if outside.any():
+        i, j = np.argwhere(outside)[0]
+        raise InputError(f"{path}: {int(outside.sum())} labels lie outside label_range [{lo:g}, {hi:g}], the first at "
+                         f"row {i + 1}, column {labels[j]!r}: {y[i, j]:g}; give the range the labels are on "
+                         "(--label-range LO HI) or rescale them")
 
 
 def resolve_head(head: str, columns: dict) -> str:
@@ -173,22 +227,26 @@ class HeadModel:
         loss.  Texts missing from the cache are encoded in memory (``add_missing``
         stores them).
         """
+        check_params(self.params())
         label_cols = [label_cols] if isinstance(label_cols, str) else list(label_cols)
         self.columns_ = {"text": None if template else text_col, "pair": pair_col, "condition": condition_col,
                          "template": template}
         head = resolve_head(self.head, self.columns_)
         if head == "cross":
-            raise ValueError("the cross head reads both texts in one sequence through the encoder: train it with heads finetune")
+            raise ParameterError("the cross head reads both texts in one sequence through the encoder: train it with "
+                                 "heads finetune")
         if head == "two-tower" and (pair_col is None) == (condition_col is None):
-            raise ValueError("the two-tower head needs exactly one of a pair column or a condition column")
+            raise ParameterError("the two-tower head needs exactly one of a pair column or a condition column")
         df, path = _table(data)
         y = load_labels(df, label_cols, path)  # bad labels stop us before any encoding
+        check_label_values(y, self.label_range, label_cols, path)
         weights = _sample_weight(df, weight_col, sample_weight, path)
         inputs = load_inputs(cache, df, self.columns_, path, add_missing)
         labeled = pseudolabel_rows(df) if val_data is None else None
         if val_data is not None:
-            vdf, vpath = _table(val_data)
+            vdf, vpath = _table(val_data, "val_data")
             y_val = load_labels(vdf, label_cols, vpath)
+            check_label_values(y_val, self.label_range, label_cols, vpath)
             val, train = load_inputs(cache, vdf, self.columns_, vpath, add_missing), inputs
             self.validation_rows_ = f"{len(vdf)} rows of {vpath}"
         else:
@@ -297,7 +355,7 @@ class HeadModel:
         columns = {**self.columns_, **{k: v for k, v in (columns or {}).items() if v is not None}}
         if getattr(self, "finetuned_", None) is None:
             if cache is None:
-                raise ValueError("a frozen head needs the cache of the vectors it was trained on (--cache DIR)")
+                raise ParameterError("a frozen head needs the cache of the vectors it was trained on (--cache DIR)")
             self._check_cache(cache)
             source = cache
         elif self.head_ == "cross":  # both texts in one sequence: nothing to cache per text
@@ -355,15 +413,20 @@ class HeadModel:
 
     # -- saving ---------------------------------------------------------------
 
-    def save(self, directory) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+    def save(self, directory, overwrite: bool = False, move: dict | None = None) -> Path:
+        """Write the model directory atomically: ``config.json`` and ``model.safetensors`` go to a temporary
+        directory that replaces ``directory`` only when whole (the old model stays until then).
+
+        An existing ``directory`` is refused unless ``overwrite``.  ``move`` maps names inside the new
+        directory to paths moved there (a fine-tuned model's ``encoder/``).  The config records the
+        weights' SHA-256, which ``load`` checks.
+        """
+        directory = check_output(directory, overwrite=overwrite, flag="model directory")
         if self.head_ == "ridge":
             tensors = {"coef": torch.from_numpy(self.coef_), "intercept": torch.from_numpy(self.intercept_)}
         else:
             tensors = {k: v.contiguous() for k, v in self.module_.state_dict().items()}
-        # written through open(), which honours the umask (save_file leaves 0600: a service account could not read it)
-        (directory / "model.safetensors").write_bytes(save_tensors(tensors))
+        weights = save_tensors(tensors)
         config = {
             "head": self.head_, "params": self.params(), "conditions": getattr(self, "conditions_", None),
             "validation_rows": getattr(self, "validation_rows_", None), "dim": int(self.dim_), "sides": list(self.sides_),
@@ -371,18 +434,36 @@ class HeadModel:
             "label_mean": self.mean_.tolist(), "label_std": self.std_.tolist(),
             "encoder": self.encoder_, "validation": self.validation_, "history": self.history_,
             "ridge_alphas": getattr(self, "alphas_", None), "finetuned": getattr(self, "finetuned_", None),
-            "versions": _versions(),
+            "weights_sha256": hashlib.sha256(weights).hexdigest(), "versions": _versions(),
         }
-        (directory / "config.json").write_text(json.dumps(config, indent=1, allow_nan=True) + "\n")
+        with atomic_directory(directory) as tmp:
+            for name, path in (move or {}).items():
+                os.replace(path, tmp / name)
+            # written through open(), which honours the umask (save_file leaves 0600: a service account could not read it)
+            (tmp / "model.safetensors").write_bytes(weights)
+            (tmp / "config.json").write_text(json.dumps(config, indent=1, allow_nan=True) + "\n")
         return directory
 
     @classmethod
     def load(cls, directory) -> HeadModel:
+        """Load a saved model; a missing, damaged or inconsistent file is a ModelError naming the file and field."""
         directory = Path(directory)
+        if not directory.is_dir():
+            raise ModelError(f"{directory}: no such model directory")
         for name in ("config.json", "model.safetensors"):
-            if not (directory / name).exists():
-                raise FileNotFoundError(f"{directory} is not a saved head model: {name} is missing")
-        config = json.loads((directory / "config.json").read_text())
+            if not (directory / name).is_file():
+                raise ModelError(f"{directory} is not a saved head model: {name} is missing")
+        where = directory / "config.json"
+        try:
+            config = json.loads(where.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ModelError(f"{where}: not readable JSON ({e}); train the model again") from None
+        _check_config(config, where)
+        weights = (directory / "model.safetensors").read_bytes()
+        recorded = config.get("weights_sha256")  # absent in models saved before it was recorded
+        if recorded is not None and hashlib.sha256(weights).hexdigest() != recorded:
+            raise ModelError(f"{directory / 'model.safetensors'} does not match the checksum in {where} (field "
+                             "'weights_sha256'): the directory is half-written or altered; train the model again")
         params = config["params"]
         if params.get("label_range") is not None:
             params["label_range"] = tuple(params["label_range"])
@@ -392,9 +473,27 @@ class HeadModel:
         model.dim_, model.sides_, model.columns_ = config["dim"], tuple(config["sides"]), config["columns"]
         model.labels_, model.encoder_ = config["labels"], config["encoder"]
         model.mean_, model.std_ = np.asarray(config["label_mean"]), np.asarray(config["label_std"])
-        model.validation_, model.history_ = config["validation"], config["history"]
+        model.validation_, model.history_ = config.get("validation"), config.get("history", [])
         model.finetuned_, model.directory_ = config.get("finetuned"), directory
-        tensors = load_file(str(directory / "model.safetensors"))
+        try:
+            from safetensors.torch import load as load_tensors
+
+            tensors = load_tensors(weights)
+        except Exception as e:  # noqa: BLE001 -- safetensors raises its own error types on damaged bytes
+            raise ModelError(f"{directory / 'model.safetensors'} cannot be read ({e}); train the model again") from None
+        if model.head_ == "ridge":
+            n_parts = len(ridge_features({s: np.zeros((1, 1), np.float32) for s in model.sides_},
+                                         {s: np.zeros(1, int) for s in model.sides_}, model.sides_)[0])
+            expected = {"coef": (len(model.labels_), model.dim_ * n_parts), "intercept": (len(model.labels_),)}
+        else:
+            with torch.device("meta"):  # shapes only: a tampered width must not allocate terabytes
+                expected = {k: tuple(v.shape) for k, v in model._new_module().state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in tensors.items()}
+        if found != expected:
+            name = next((k for k in expected if found.get(k) != expected[k]), next(iter(set(found) - set(expected)), "?"))
+            raise ModelError(f"{directory}: tensor {name!r} has shape {found.get(name)} in model.safetensors, but "
+                             f"config.json (head {model.head_!r}, dim {model.dim_}, width {model.width}, "
+                             f"{len(model.labels_)} labels) needs {expected.get(name)}; the files do not belong together")
         if model.head_ == "ridge":
             model.coef_, model.intercept_ = tensors["coef"].numpy(), tensors["intercept"].numpy()
             model.alphas_ = config.get("ridge_alphas")
@@ -403,6 +502,56 @@ class HeadModel:
             model.module_.load_state_dict(tensors)
             model.module_.eval()
         return model
+
+
+def _check_config(config, where) -> None:
+    """A model's config.json: every field the model needs, of the right type and range (ModelError naming it)."""
+    def bad(field, expected, value):
+        raise ModelError(f"{where}: field {field!r} must be {expected}, found {json.dumps(value)[:60]}; "
+                         "train the model again")
+
+    if not isinstance(config, dict):
+        bad("(top level)", "a JSON object", config)
+    for field in ("head", "params", "dim", "sides", "columns", "labels", "label_mean", "label_std", "encoder"):
+        if field not in config:
+            raise ModelError(f"{where}: field {field!r} is missing; train the model again")
+    if config["head"] not in (*HEADS, "cross"):
+        bad("head", f"one of {', '.join((*HEADS, 'cross'))}", config["head"])
+    params = config["params"]
+    known = set(_param_names())
+    if not isinstance(params, dict) or set(params) != known:
+        unknown = sorted(set(params) - known) if isinstance(params, dict) else []
+        bad("params", f"an object with exactly {', '.join(sorted(known))}" + (f" (unknown: {', '.join(unknown)})"
+                                                                              if unknown else ""), params)
+    try:
+        check_params(params)
+    except ParameterError as e:
+        raise ModelError(f"{where}: field 'params': {e}; train the model again") from None
+    dim = config["dim"]
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        bad("dim", "a whole number >= 1", dim)
+    sides = config["sides"]
+    if not isinstance(sides, list) or not sides or sides[0] != "text" or not set(sides) <= {"text", "pair", "condition"} \
+            or len(set(sides)) != len(sides):
+        bad("sides", "a list starting with 'text', of 'text', 'pair', 'condition'", sides)
+    labels = config["labels"]
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        bad("labels", "a non-empty list of column names", labels)
+    for field, positive in (("label_mean", False), ("label_std", True)):
+        values = config[field]
+        if not (isinstance(values, list) and len(values) == len(labels)
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 or not positive)
+                        for v in values)):
+            bad(field, f"{len(labels)} finite number(s){' > 0' if positive else ''}", values)
+    if not isinstance(config["encoder"], dict) or not isinstance(config["encoder"].get("fingerprint"), str):
+        bad("encoder", "an object with a string 'fingerprint'", config["encoder"])
+    if not isinstance(config["columns"], dict):
+        bad("columns", "an object", config["columns"])
+
+
+def _param_names() -> list[str]:
+    """The names of HeadModel's constructor arguments that a config's params hold."""
+    return list(HeadModel(head="auto").params())
 
 
 def _warn_unknown(cache: EmbeddingCache, df: pd.DataFrame, path) -> None:
@@ -418,7 +567,7 @@ def _warn_unknown(cache: EmbeddingCache, df: pd.DataFrame, path) -> None:
 def _sample_weight(df: pd.DataFrame, weight_col, sample_weight, path) -> np.ndarray | None:
     """Per-row loss weights from a column or an array: finite and non-negative, not all zero."""
     if weight_col is not None and sample_weight is not None:
-        raise ValueError("give weight_col or sample_weight, not both")
+        raise ParameterError("give weight_col or sample_weight, not both")
     if weight_col is not None:
         check_columns(df, [weight_col], path)
         w = pd.to_numeric(df[weight_col], errors="coerce").to_numpy(dtype=float)
@@ -427,7 +576,7 @@ def _sample_weight(df: pd.DataFrame, weight_col, sample_weight, path) -> np.ndar
         w = np.asarray(sample_weight, dtype=float).ravel()
         where = "sample_weight"
         if len(w) != len(df):
-            raise ValueError(f"sample_weight has {len(w)} values for {len(df)} rows")
+            raise ParameterError(f"sample_weight has {len(w)} values for {len(df)} rows")
     else:
         return None
     bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
@@ -439,7 +588,8 @@ def _sample_weight(df: pd.DataFrame, weight_col, sample_weight, path) -> np.ndar
     return w
 
 
-def _table(data) -> tuple[pd.DataFrame, str]:
+def _table(data, name: str = "data") -> tuple[pd.DataFrame, str]:
+    """The table and what errors call it: its file (``read_table`` records it in the DataFrame), else ``name``."""
     if isinstance(data, pd.DataFrame):
-        return data, "data"
+        return data, source(data, name)
     return read_table(data), str(data)

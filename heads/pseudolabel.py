@@ -12,8 +12,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from embedcache import EmbeddingCache
-from embedcache.inputs import InputError, check_columns, template_columns
+from embedcache import (
+    EmbeddingCache,
+    InputError,
+    ParameterError,
+    check_choice,
+    check_int,
+    check_label_range,
+)
+from embedcache.inputs import check_columns, source, template_columns
 
 from .data import (
     Inputs,
@@ -24,7 +31,7 @@ from .data import (
     template_texts,
 )
 from .labeling import apply, combine, coverage_report, learn_weights
-from .model import HeadModel
+from .model import HeadModel, check_label_values
 from .neighbours import propagate
 from .selftrain import self_train
 
@@ -82,12 +89,13 @@ def pseudolabel(cache: EmbeddingCache, data: pd.DataFrame, columns: dict, method
     The summary holds the method and counts, and per function (``lf``) or per
     round (``self-train``, with ``models``: the kept round's committee) details.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    check_choice(method, "method", METHODS)
+    check_int(k, "k")
+    label_range = check_label_range(label_range)
     if method != "lf" and labeled is None:
-        raise ValueError(f"method {method!r} needs labelled rows (--labeled FILE --label-col COL)")
+        raise ParameterError(f"method {method!r} needs labelled rows (--labeled FILE --label-col COL)")
     if labeled is not None and label_col is None:
-        raise ValueError("labelled rows need a label column (--label-col)")
+        raise ParameterError("labelled rows need a label column (--label-col)")
     columns = {s: c for s, c in columns.items() if c is not None}
     template = columns.get("template")
     # the columns a row's texts come from (a template's fields in place of a text column)
@@ -102,6 +110,8 @@ def pseudolabel(cache: EmbeddingCache, data: pd.DataFrame, columns: dict, method
         raise InputError(f"{paths[0]}: no column {id_col!r}; available columns: {', '.join(map(str, data.columns))}")
 
     y = None if labeled is None else load_labels(labeled, [label_col], paths[1])
+    if y is not None:
+        check_label_values(y, label_range, [label_col], paths[1])
     known = set() if labeled is None else set(labeled[text_cols].itertuples(index=False, name=None))
     new = ~pd.Series(list(data[text_cols].itertuples(index=False, name=None))).isin(known).to_numpy()
     rest = data[new]
@@ -128,8 +138,9 @@ def pseudolabel(cache: EmbeddingCache, data: pd.DataFrame, columns: dict, method
             model = model or HeadModel()
             if val_data is not None:
                 train, y_train = lab_inputs, y
-                val = load_inputs(cache, val_data, columns, "val data", add_missing)
-                y_val = load_labels(val_data, [label_col], "val data")
+                vpath = source(val_data, "val data")
+                val = load_inputs(cache, val_data, columns, vpath, add_missing)
+                y_val = load_labels(val_data, [label_col], vpath)
             else:
                 tr, va = grouped_split(lab_inputs.index["text"], model.val_fraction, model.seed)
                 train, y_train, val, y_val = lab_inputs.subset(tr), y[tr], lab_inputs.subset(va), y[va]

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
+from embedcache import InputError, check_choice, check_int
+
 from .data import Inputs
 from .metrics import NAMES, report
 from .model import HeadModel
@@ -52,14 +54,11 @@ def self_train(model: HeadModel, labeled: Inputs, y: np.ndarray, unlabeled: Inpu
     mean is pulled towards the average label, so a student trained on it ranks
     better while its RMSE can grow.
     """
-    if select not in SELECT:
-        raise ValueError(f"unknown select metric {select!r}; choose one of: {', '.join(SELECT)}")
-    if committee < 2:
-        raise ValueError(f"committee must be at least 2 (its disagreement is the confidence), got {committee}")
-    if rounds < 1:
-        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    check_choice(select, "select", list(SELECT))
+    check_int(committee, "committee (its disagreement is the confidence)", minimum=2)
+    check_int(rounds, "rounds")
     if not len(val):
-        raise ValueError("self-training needs labelled validation rows to judge each round")
+        raise InputError("self-training needs labelled validation rows to judge each round")
     label_std = np.nanstd(y, axis=0)
     names = labels or [f"label_{j}" for j in range(y.shape[1])]
     history, best, pseudo, conf = [], None, None, None

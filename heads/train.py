@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from embedcache import ParameterError
+
 LOSSES = {"mse": F.mse_loss, "huber": F.huber_loss, "l1": F.l1_loss}
 
 
@@ -51,7 +53,7 @@ def fit(module, tables, train_index, y_train, val_index=None, y_val=None, *, val
     ``sample_weight`` (n,) scales each training row's loss (a pseudo-label's confidence).
     """
     if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+        raise ParameterError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
     torch.manual_seed(seed)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     module.to(device)

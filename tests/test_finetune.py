@@ -126,7 +126,7 @@ def test_bad_input_names_the_file_and_column(files, tiny_bert_dir, tmp_path, cap
     assert main([*base, "--text-col", "s1", "--label-col", "score", "--head", "two-tower"]) == 1
     assert "two-tower head needs exactly one of a pair column or a condition column" in capsys.readouterr().err
     assert main(["predict", "--model", str(tmp_path / "nothing"), "--data", str(files / "dev.csv"), "--out", "x.csv"]) == 1
-    assert "is not a saved head model: config.json is missing" in capsys.readouterr().err
+    assert "nothing: no such model directory" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()  # nothing written for a run refused before training
 
 

@@ -176,7 +176,7 @@ def test_cli_encodes_texts_missing_from_the_cache_with_its_own_encoder(tmp_path,
                  "--out", str(tmp_path / "p.csv")]) == 0
     assert not EmbeddingCache(tmp_path / "c").contains(TEST.text.tolist()).any()  # reading never writes
     assert main(["predict", "--model", str(tmp_path / "m"), "--cache", str(tmp_path / "c"), "--data", str(tmp_path / "test.csv"),
-                 "--out", str(tmp_path / "p.csv"), "--add-missing"]) == 0
+                 "--out", str(tmp_path / "p.csv"), "--add-missing", "--overwrite"]) == 0
     cache = EmbeddingCache(tmp_path / "c")
     assert cache.contains(TEST.text.tolist()).all() and cache.fingerprint == minilm.fingerprint
     np.testing.assert_allclose(cache.get(TEST.text.tolist()[:3]), minilm.encode(TEST.text.tolist()[:3]), atol=1e-3)
@@ -190,7 +190,7 @@ def test_cli_errors_name_the_problem(cache, tmp_path, capsys):
     assert main(base + ["--label-col", "quality"]) == 1
     assert "no column 'quality'; available columns: text, food" in capsys.readouterr().err
     assert main(["evaluate", "--model", str(tmp_path / "nothing"), "--cache", str(cache.path), "--data", str(tmp_path / "train.csv")]) == 1
-    assert "is not a saved head model: config.json is missing" in capsys.readouterr().err
+    assert "nothing: no such model directory" in capsys.readouterr().err
 
 
 def test_knn_propagation_recovers_cluster_labels_with_confidence():

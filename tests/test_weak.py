@@ -160,5 +160,5 @@ def test_self_training_beats_the_labeled_only_head_on_clustered_data():
     self_trained, _ = committee_predict(result.models, test, y.std(0))
     assert regression_metrics(y_test, self_trained)["rmse"] < 0.95 * regression_metrics(y_test, alone.predict_inputs(test))["rmse"]
     assert result.scores.shape == (2000, 1) and ((result.confidence >= 0) & (result.confidence <= 1)).all()
-    with pytest.raises(ValueError, match="committee must be at least 2"):
+    with pytest.raises(ValueError, match=r"committee \(its disagreement is the confidence\) must be >= 2"):
         self_train(HeadModel(), labeled, y, unlabeled, val, y_val, committee=1)
