@@ -62,7 +62,10 @@ def atomic_file(path):
             os.replace(tmp, path)
             fsync_dir(path.parent)
     finally:
-        tmp.unlink(missing_ok=True)  # gone already after the rename
+        try:
+            tmp.unlink(missing_ok=True)  # gone already after the rename
+        except OSError:  # a read-only file system refuses even to remove what is not there
+            pass
 
 
 def atomic_write_bytes(path, data: bytes) -> None:

@@ -81,7 +81,7 @@ def read_table(path, fmt: str | None = None, header: bool = True) -> pd.DataFram
             raise InputError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
         if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
             raise InputError(f"{path}: expected a JSON array of objects (one per row), found {type(records).__name__}")
-        df = pd.DataFrame.from_records(records)
+        df = _frame(records, path)
     else:
         records = []
         for lineno, line in enumerate(_decode(path).splitlines(), 1):
@@ -96,7 +96,7 @@ def read_table(path, fmt: str | None = None, header: bool = True) -> pd.DataFram
             if not isinstance(record, dict):
                 raise InputError(f"{path}: line {lineno} is a {type(record).__name__}, expected a JSON object")
             records.append(record)
-        df = pd.DataFrame.from_records(records)
+        df = _frame(records, path)
     df.columns = [str(c) for c in df.columns]
     repeated = sorted(set(df.columns[df.columns.duplicated()]))
     if repeated:
@@ -107,6 +107,20 @@ def read_table(path, fmt: str | None = None, header: bool = True) -> pd.DataFram
 
 class _DuplicateKey(Exception):
     pass
+
+
+def _frame(records: list[dict], path) -> pd.DataFrame:
+    """A table of JSON records; a string that is not text (a lone surrogate from an escape like "\\ud800",
+    which no encoder can read) is an InputError naming the row and column."""
+    for i, record in enumerate(records):
+        for column, value in record.items():
+            if isinstance(value, str) and not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError as e:
+                    raise InputError(f"{path}: row {i + 1}, column {column!r}: character {e.start + 1} is a lone "
+                                     f"UTF-16 surrogate {value[e.start]!r}, not text; fix the escape in the file") from None
+    return pd.DataFrame.from_records(records)
 
 
 def _unique_keys(pairs):
