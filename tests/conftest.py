@@ -32,6 +32,21 @@ class HashEncoder(Encoder):
         return np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
 
 
+def run(main, capsys, *args):
+    """Run a command's ``main`` in this process: (exit status, stdout, stderr)."""
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(code, err, *words):
+    """The command failed with exactly one line naming what went wrong, and no traceback."""
+    assert code == 1, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for word in words:
+        assert word in err, err
+
+
 @pytest.fixture
 def hash_encoder():
     return HashEncoder()

@@ -14,7 +14,8 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import HashEncoder
+from conftest import HashEncoder, one_line_error
+from conftest import run as run_command
 
 from embedcache import (
     CacheDamagedError,
@@ -29,17 +30,7 @@ TEXTS = [f"text number {i}" for i in range(30)]
 
 
 def run(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(code, err, *words):
-    """The command failed with exactly one line naming what went wrong, and no traceback."""
-    assert code == 1, err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    for word in words:
-        assert word in err, err
+    return run_command(main, capsys, *args)
 
 
 def digest(path: Path) -> str:
@@ -275,7 +266,8 @@ def tmpfs(tmp_path):
 FILL = """
 import sys
 sys.path.insert(0, {tests!r})
-from conftest import HashEncoder
+from conftest import HashEncoder, one_line_error
+from conftest import run as run_command
 from embedcache import EmbeddingCache, EmbedcacheError
 try:
     cache = EmbeddingCache({path!r}, HashEncoder(dim=64), shard_size=200)

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import HashEncoder
+from conftest import HashEncoder, one_line_error
+from conftest import run as run_command
 from filelock import FileLock
 
 from embedcache import EmbeddingCache, ParameterError
@@ -35,16 +36,7 @@ def setup(tmp_path_factory):
 
 
 def run(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(code, err, *words):
-    assert code == 1, err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    for word in words:
-        assert word in err, err
+    return run_command(main, capsys, *args)
 
 
 def usage_error(capsys, args, words):
