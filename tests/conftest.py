@@ -32,6 +32,19 @@ class HashEncoder(Encoder):
         return np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
 
 
+def mount_tmpfs(where, options: str) -> None:
+    """Mount a tmpfs at ``where`` (``options`` like 'size=8k' or 'size=1m,ro'); skip the test where this machine
+    does not allow it (not root, no capability, no mount command)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command here")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], check=False, capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip() or done.returncode}")
+
+
 def run(main, capsys, *args):
     """Run a command's ``main`` in this process: (exit status, stdout, stderr)."""
     code = main([str(a) for a in args])

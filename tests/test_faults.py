@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import HashEncoder, one_line_error
+from conftest import HashEncoder, mount_tmpfs, one_line_error
 from conftest import run as run_command
 
 from embedcache import (
@@ -251,10 +251,7 @@ def tmpfs(tmp_path):
     def mount(size: str) -> Path:
         where = tmp_path / f"fs{len(mounted)}"
         where.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=False,
-                              capture_output=True)
-        if done.returncode:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip() or done.returncode}")
+        mount_tmpfs(where, f"size={size}")
         mounted.append(where)
         return where
 
@@ -266,7 +263,7 @@ def tmpfs(tmp_path):
 FILL = """
 import sys
 sys.path.insert(0, {tests!r})
-from conftest import HashEncoder, one_line_error
+from conftest import HashEncoder, mount_tmpfs, one_line_error
 from conftest import run as run_command
 from embedcache import EmbeddingCache, EmbedcacheError
 try:

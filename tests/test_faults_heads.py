@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import HashEncoder, one_line_error
+from conftest import HashEncoder, mount_tmpfs, one_line_error
 from conftest import run as run_command
 from filelock import FileLock
 
@@ -290,9 +290,7 @@ def test_finetune_from_a_missing_directory_says_so(setup, capsys, tmp_path):
 def test_a_read_only_output_directory_is_one_line(setup, capsys, tmp_path):
     where = tmp_path / "ro"
     where.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(where)], check=False, capture_output=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    mount_tmpfs(where, "size=1m,ro")
     try:
         code, _, err = run(capsys, "predict", "--model", setup / "model", "--cache", setup / "c", "--data",
                            setup / "train.csv", "--out", where / "p.csv")
