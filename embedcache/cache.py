@@ -197,10 +197,9 @@ class EmbeddingCache:
         for shard in shards[len(self._files) :]:
             # Its header is read once, with its keys: a wrong size, dim or fingerprint is caught here,
             # the checksum of every vector only by verify.
+            path = self._shard_path(shard["file"])
             try:
-                keys = read_checked(self._shard_path(shard["file"]), {**expected, "rows": shard["rows"]})
-            except CacheDamagedError:
-                raise
+                keys = read_checked(path, {**expected, "rows": shard["rows"]})
             except Exception as e:  # noqa: BLE001 -- a missing or damaged file: h5py raises OSError, KeyError, ...
                 raise CacheDamagedError(
                     f"cache {self.path}: shard {shard['file']} cannot be used ({e}); "
@@ -373,10 +372,9 @@ class EmbeddingCache:
             if p.name.startswith(".tmp-") and not p.is_dir():
                 p.unlink(missing_ok=True)
             elif _SHARD_NAME.match(p.name) and p.name not in listed:
-                h, problem = inspect_shard(p) if stat.S_ISREG(os.lstat(p).st_mode) else (None, "not a plain file")
-                if not problem and (h.get("fingerprint"), h["shape"][1], h["dtype"]) != (
-                        manifest["fingerprint"], manifest["dim"], manifest["dtype"]):
-                    problem = f"it belongs to fingerprint {h.get('fingerprint')!r}, dim {h['shape'][1]}, {h['dtype']}"
+                h, problem = _check_own(p)
+                if not problem and _group(h) != (manifest["fingerprint"], manifest["dim"], manifest["dtype"]):
+                    problem = "it belongs to fingerprint {!r}, dim {}, {}".format(*_group(h))
                 if problem:
                     logger.warning("cache %s: left %s alone: not listed in the manifest and %s", self.path, p.name, problem)
                     continue
@@ -426,11 +424,11 @@ class EmbeddingCache:
             return {"rows": n_texts, "unique": len(unique), "cached": len(unique) - len(missing), "encoded": 0,
                     "truncated": 0, "encode_seconds": 0.0, "mostly_unknown": 0, "unknown_examples": []}
 
-        if (self._lookup_keys(keys) >= 0).all():  # nothing to write: no lock (a read-only cache stays usable)
+        absent = int((self._lookup_keys(keys) < 0).sum())
+        if not absent:  # nothing to write: no lock (a read-only cache stays usable)
             return counts([])
         if self.encoder is None:
-            missing = int((self._lookup_keys(keys) < 0).sum())
-            raise NotCachedError(f"{missing} texts are not in cache {self.path}, and it was opened without an encoder")
+            raise NotCachedError(f"{absent} texts are not in cache {self.path}, and it was opened without an encoder")
         with self._write_lock():
             missing = np.flatnonzero(self._lookup_keys(keys) < 0)  # again: another writer may have added some
             stats = counts(missing)
@@ -573,40 +571,32 @@ class EmbeddingCache:
         """
         self._refresh()
         expected = {"fingerprint": self.fingerprint, "dim": self.dim, "dtype": self.dtype}
-        bad = []  # (file, reason, damaged)
+        bad = []  # (file, reason, damaged: fails its own checks, header: whole but of another fingerprint/dim/dtype)
         for shard in self._manifest["shards"]:
-            name = shard["file"]
-            path = self.path / name
-            if not os.path.lexists(path):
-                bad.append((name, "file is missing", False))
-                continue
-            if not stat.S_ISREG(os.lstat(path).st_mode):
-                bad.append((name, "is not a plain file (a link or a directory)", False))
-                continue
-            h, problem = inspect_shard(path)
+            h, problem = _check_own(self.path / shard["file"])
             if problem:
-                bad.append((name, problem if "checksum" not in problem else f"checksum mismatch: {problem}", True))
+                bad.append((shard["file"], problem, True, False))
                 continue
             problem = header_problem(h, {**expected, "rows": shard["rows"], "sha256": shard["sha256"]})
             if problem:
-                bad.append((name, problem, False))
-        header = [b for b in bad if not b[2] and b[1].startswith(("fingerprint", "holds"))]
+                bad.append((shard["file"], problem, False, _group(h) != tuple(expected.values())))
+        header = [b for b in bad if b[3]]
         if repair and header and len(header) == len(self._manifest["shards"]):
             raise CacheDamagedError(
                 f"cache {self.path}: every shard disagrees with the manifest ({header[0][0]}: {header[0][1]}): the "
                 f"manifest's header looks damaged, so nothing was dropped; run 'embedcache verify {self.path} "
                 "--rebuild' to rebuild it from the shards' own records")
         if not (repair and bad):
-            return [(name, reason, "") for name, reason, _ in bad]
+            return [(name, reason, "") for name, reason, _, _ in bad]
         with self._write_lock(tidy=False):
-            names = {name for name, _, _ in bad}
+            names = {b[0] for b in bad}
             manifest = self._read_manifest()
             manifest["shards"] = [s for s in manifest["shards"] if s["file"] not in names]
             atomic_write_json(self.path / MANIFEST, manifest)
             out = []
-            for name, reason, damaged in bad:
+            for name, reason, damaged, _ in bad:
                 path = self.path / name
-                if damaged and stat.S_ISREG(os.lstat(path).st_mode):
+                if damaged and _is_plain(path):  # never a link, a directory or what is not there
                     path.unlink()
                     out.append((name, reason, "deleted"))
                 else:
@@ -637,8 +627,7 @@ class EmbeddingCache:
                 old = {}
             found, left_out = [], []
             for name in cache._shard_files():
-                p = path / name
-                h, problem = inspect_shard(p) if stat.S_ISREG(os.lstat(p).st_mode) else (None, "not a plain file")
+                h, problem = _check_own(path / name)
                 if problem:
                     left_out.append((name, problem))
                 else:
@@ -648,11 +637,10 @@ class EmbeddingCache:
                                         + (f" ({left_out[0][0]}: {left_out[0][1]})" if left_out else ""))
             rows_by = {}
             for _, h in found:
-                group = (h.get("fingerprint"), h["shape"][1], h["dtype"])
-                rows_by[group] = rows_by.get(group, 0) + h["rows"]
+                rows_by[_group(h)] = rows_by.get(_group(h), 0) + h["rows"]
             kept = [g for g in rows_by if g[0] == old.get("fingerprint")] or [max(rows_by, key=rows_by.get)]
             group = kept[0]
-            listed = [(n, h) for n, h in found if (h.get("fingerprint"), h["shape"][1], h["dtype"]) == group]
+            listed = [(n, h) for n, h in found if _group(h) == group]
             names = {n for n, _ in listed}
             left_out += [(n, (f"whole, but of fingerprint {h.get('fingerprint')!r}, dim {h['shape'][1]}, {h['dtype']}; "
                               f"the cache keeps {group[0]!r}")) for n, h in found if n not in names]
@@ -670,6 +658,24 @@ class EmbeddingCache:
                 atomic_write_json(path / MANIFEST, manifest)
         return {"listed": [n for n, _ in listed], "left_out": left_out, "fingerprint": group[0],
                 "rows": sum(h["rows"] for _, h in listed)}
+
+
+def _check_own(path: Path) -> tuple[dict | None, str | None]:
+    """``(header, problem)`` of a shard file judged by itself; a link or a directory is never opened."""
+    if not os.path.lexists(path):
+        return None, "file is missing"
+    if not _is_plain(path):
+        return None, "is not a plain file (a link or a directory)"
+    return inspect_shard(path)
+
+
+def _is_plain(path: Path) -> bool:
+    return os.path.lexists(path) and stat.S_ISREG(os.lstat(path).st_mode)
+
+
+def _group(h: dict) -> tuple:
+    """What a shard must share with a cache to belong to it: fingerprint, dim, dtype."""
+    return h.get("fingerprint"), h["shape"][1], h["dtype"]
 
 
 def _encoder_record(headers: list[dict]) -> dict:

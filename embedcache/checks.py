@@ -15,8 +15,8 @@ from .errors import ParameterError
 
 def check_int(value, name: str, minimum: int = 1, maximum: int | None = None) -> int:
     """A whole number in ``[minimum, maximum]``."""
-    if isinstance(value, bool) or not isinstance(value, (int,)) and not (
-            isinstance(value, float) and value.is_integer()):
+    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not whole:
         raise ParameterError(f"{name} must be a whole number, got {value!r}")
     value = int(value)
     if value < minimum or (maximum is not None and value > maximum):

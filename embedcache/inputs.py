@@ -114,13 +114,20 @@ def _frame(records: list[dict], path) -> pd.DataFrame:
     which no encoder can read) is an InputError naming the row and column."""
     for i, record in enumerate(records):
         for column, value in record.items():
-            if isinstance(value, str) and not value.isascii():
-                try:
-                    value.encode("utf-8")
-                except UnicodeEncodeError as e:
-                    raise InputError(f"{path}: row {i + 1}, column {column!r}: character {e.start + 1} is a lone "
-                                     f"UTF-16 surrogate {value[e.start]!r}, not text; fix the escape in the file") from None
+            if isinstance(value, str):
+                _check_text(value, path, i, column)
     return pd.DataFrame.from_records(records)
+
+
+def _check_text(value: str, path, i: int, column) -> None:
+    """A string must encode as UTF-8: a lone surrogate (JSON's "\\ud800" escape gives one) is not text."""
+    if value.isascii():
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(f"{path}: row {i + 1}, column {column!r}: character {e.start + 1} is a lone UTF-16 "
+                         f"surrogate {value[e.start]!r}, not text; fix the escape in the file") from None
 
 
 def _unique_keys(pairs):
@@ -164,12 +171,8 @@ def bad_rows(df: pd.DataFrame, column: str, path) -> list[int]:
             bad.append(i)
         elif not isinstance(value, str):
             raise InputError(f"{path}: row {i + 1}, column {column!r}: expected text, found {type(value).__name__} {value!r}")
-        elif not value.isascii():
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError as e:  # a lone surrogate, as JSON's "\ud800" escape gives
-                raise InputError(f"{path}: row {i + 1}, column {column!r}: character {e.start + 1} is a lone UTF-16 "
-                                 f"surrogate {value[e.start]!r}, not text; fix the escape in the file") from None
+        else:
+            _check_text(value, path, i, column)
     return bad
 
 

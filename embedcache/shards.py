@@ -129,5 +129,5 @@ def inspect_shard(path: Path) -> tuple[dict | None, str | None]:
     except Exception as e:  # noqa: BLE001 -- h5py raises OSError, KeyError and others on damaged files
         return None, f"cannot be read ({type(e).__name__}: {e})"
     if digest != h["sha256"]:
-        return h, f"content does not match its own checksum (content {digest[:16]}..., recorded {h['sha256'][:16]}...)"
+        return h, f"checksum mismatch: content {digest[:16]}... does not match its own record {h['sha256'][:16]}..."
     return h, None
