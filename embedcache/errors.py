@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import warnings
 
 
 class EmbedcacheError(Exception):
@@ -89,14 +90,23 @@ def debug_enabled(flag: bool = False) -> bool:
     return flag or os.environ.get("EMBEDCACHE_DEBUG", "") not in ("", "0")
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def run_command(prog: str, command, args) -> tuple[int, object]:
     """Run ``command(args)``; an EmbedcacheError becomes one line on stderr and exit status 1.
 
     Returns ``(status, result)``.  With ``--debug`` or ``EMBEDCACHE_DEBUG=1`` the
-    error is raised as it is, with its traceback.
+    error is raised as it is, with its traceback.  Warnings the library gives
+    read as one line each on stderr while the command runs (the caller's
+    warning settings are restored after).
     """
     try:
-        return 0, command(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = _one_line_warning
+            return 0, command(args)
     except EmbedcacheError as e:
         if debug_enabled(getattr(args, "debug", False)):
             raise

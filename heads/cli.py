@@ -8,8 +8,6 @@ import math
 import sys
 import time
 
-import numpy as np
-
 from embedcache import (
     EmbeddingCache,
     InputError,
@@ -24,8 +22,9 @@ from embedcache import (
 from embedcache.encoders import quiet_transformers
 from embedcache.inputs import FORMATS, read_table
 
-from .finetune import FINETUNE_HEADS
-from .model import HEADS, HeadModel
+from .config import FinetuneConfig, TrainConfig, add_arguments, from_arguments
+from .finetune import FINETUNE_DEFAULTS
+from .model import HeadModel
 from .pseudolabel import METHODS
 from .selftrain import SELECT
 
@@ -96,36 +95,158 @@ With --json the last line of stdout is a JSON summary (counts, per-round metrics
 or per-function coverage, weight and correlation)."""
 
 
-COUNT = flag_type(check_int)  # a whole number >= 1
-POSITIVE = flag_type(check_float, float, low=0, low_open=True)
-FRACTION = flag_type(check_float, float, low=0, high=1, low_open=True, high_open=True)
-DROPOUT = flag_type(check_float, float, low=0, high=1, high_open=True)
+POSITIVE_INT = flag_type(check_int)  # a whole number >= 1
+NON_NEGATIVE_INT = flag_type(check_int, minimum=0)
 
 
-def _add_data(p, train: bool) -> None:
-    if train:
+def _data_arguments(p, cache: str = "required", trained: bool = False) -> None:
+    """Where the texts come from.  ``cache``: required, optional (a fine-tuned model needs none) or none.
+    ``trained``: the columns default to the model's."""
+    if cache == "required":
         p.add_argument("--cache", required=True, metavar="DIR", help="embedcache cache directory of the vectors")
-    else:
+    elif cache == "optional":
         p.add_argument("--cache", metavar="DIR", help="embedcache cache directory of the vectors (required for a frozen "
                        "head; a fine-tuned model encodes with its own encoder, through this cache if it was built with it)")
     p.add_argument("--data", required=True, metavar="FILE", help=f"data file: {', '.join(sorted(FORMATS))}")
-    default = "default: text" if train else "default: the model's"
-    p.add_argument("--text-col", default="text" if train else None, metavar="COL", help=f"the text column ({default})")
+    default = "default: the model's" if trained else "default: text"
+    p.add_argument("--text-col", default=None if trained else "text", metavar="COL", help=f"the text column ({default})")
     p.add_argument("--pair-col", metavar="COL", help="second text of a pair (premise/hypothesis, sentence1/sentence2)")
     p.add_argument("--condition-col", metavar="COL", help="condition text per row, e.g. a metric name or description")
+    _table_arguments(p, trained)
+    if cache != "none":
+        _cache_arguments(p)
+
+
+def _table_arguments(p, trained: bool) -> None:
     p.add_argument("--no-header", action="store_true", help="CSV/TSV without a header row: columns are named 0, 1, ...")
-    _add_text_options(p, train)
-
-
-def _add_text_options(p, train: bool) -> None:
     p.add_argument("--template", metavar="TEMPLATE", help="compose the text of each row from columns, e.g. "
                    "'[USER] {prompt}\\n[RESPONSE] {response}' (\\n and \\t are unescaped)"
-                   + ("; kept in the model" if train else " (default: the model's)"))
+                   + (" (default: the model's)" if trained else "; kept in the model"))
+
+
+def _cache_arguments(p) -> None:
     p.add_argument("--add-missing", action="store_true", help="store texts missing from --cache in it (default: they "
                    "are encoded in memory and the cache is left as it is)")
-    p.add_argument("--lock-timeout", type=flag_type(check_float, float, low=0), default=300, metavar="S", help="with --add-missing, seconds to wait "
-                   "while another writer holds the cache (default 300)")
+    p.add_argument("--lock-timeout", type=flag_type(check_float, float, low=0), default=300, metavar="S",
+                   help="with --add-missing, seconds to wait while another writer holds the cache (default 300)")
     p.add_argument("--no-wait", dest="lock_timeout", action="store_const", const=0, help="fail at once if the cache is being written")
+
+
+def _out_arguments(p, metavar: str, help: str, required: bool = True) -> None:
+    p.add_argument("--out", required=required, metavar=metavar, help=help)
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (an input is never replaced)")
+
+
+def _run_arguments(p, json_help: str = "print a JSON summary as the last line") -> None:
+    p.add_argument("--json", action="store_true", help=json_help)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="a module or .py file to import first: your own head types (heads.units.register_head) "
+                        "or labeling functions (heads.labeling.labeling_function)")
+
+
+def _labels_argument(p, required: bool = True, help: str = "label column; repeat for several labels (one head, one "
+                     "output each; missing labels masked)") -> None:
+    p.add_argument("--label-col", action="append", required=required, metavar="COL", help=help)
+
+
+def _subparser(sub, name: str, help: str, description: str, epilog: str | None = None):
+    return sub.add_parser(name, help=help, description=description, epilog=epilog,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _train_parser(sub) -> None:
+    t = _subparser(sub, "train", "train a head", "Train a head on the cached vectors of a labelled file and save it "
+                   "as a directory.", EXAMPLES)
+    _data_arguments(t)
+    _labels_argument(t)
+    t.add_argument("--weight-col", metavar="COL", help="per-row loss weight, e.g. the confidence column of heads pseudolabel")
+    t.add_argument("--val-data", metavar="FILE", help="validation file (default: --val-fraction of the texts held out)")
+    _out_arguments(t, "MODEL_DIR", "where to save the model")
+    add_arguments(t, TrainConfig(), "head training")
+    t.add_argument("--device", help="cuda or cpu (default: cuda when present)")
+    _run_arguments(t, "print the validation metrics as JSON on the last line")
+
+
+def _predict_parsers(sub) -> None:
+    p = _subparser(sub, "predict", "write predictions for a file", "Write id,score per row (a column per label).")
+    p.add_argument("--model", required=True, metavar="MODEL_DIR")
+    _data_arguments(p, cache="optional", trained=True)
+    _out_arguments(p, "CSV", "predictions file")
+    p.add_argument("--id-col", metavar="COL", help="column copied as id (default: 'id' if present, else the row number)")
+    p.add_argument("--round", type=NON_NEGATIVE_INT, metavar="N", help="round predictions to N decimals")
+    _run_arguments(p)
+
+    e = _subparser(sub, "evaluate", "metrics (and plots) of a model on a labelled file",
+                   "Metrics of a model on a labelled file: overall, per label and per condition.")
+    e.add_argument("--model", required=True, metavar="MODEL_DIR")
+    _data_arguments(e, cache="optional", trained=True)
+    _labels_argument(e, required=False, help="label columns (default: the model's)")
+    e.add_argument("--plots", metavar="DIR", help="write predicted-vs-true, residual and per-condition PNGs here")
+    _run_arguments(e, "print the metrics as JSON on the last line")
+
+
+def _finetune_parser(sub) -> None:
+    f = _subparser(sub, "finetune", "fine-tune the encoder together with a head",
+                   "Train the encoder end to end with a head (transformers Trainer) and save a model directory that "
+                   "heads predict and heads evaluate use like a frozen head's.", FINETUNE_EXAMPLES)
+    _data_arguments(f, cache="none")
+    _labels_argument(f)
+    f.add_argument("--val-data", metavar="FILE", help="validation file (default: --val-fraction of the texts held out)")
+    _out_arguments(f, "MODEL_DIR", "where to save the model (with encoder/ inside)")
+    add_arguments(f, FINETUNE_DEFAULTS, "head training (concat, two-tower as heads train; cross: both texts in one "
+                  "sequence)", zero_lr=True)
+    add_arguments(f, FinetuneConfig(), "encoder training")
+    f.add_argument("--export-encoder", metavar="DIR", help="also write the fine-tuned encoder here (a sentence-transformers "
+                   "directory: embedcache precompute --model DIR caches its vectors)")
+    f.add_argument("--keep-checkpoints", action="store_true", help="keep MODEL_DIR/checkpoints after training")
+    f.add_argument("--resume", action="store_true", help="resume from the last checkpoint in MODEL_DIR/checkpoints")
+    f.add_argument("--device", help="cuda or cpu (default: cuda when present)")
+    _run_arguments(f, "print the validation metrics as JSON on the last line")
+
+
+def _pseudolabel_parser(sub) -> None:
+    w = _subparser(sub, "pseudolabel", "score an unlabeled file (labeling functions, neighbours, self-training)",
+                   "Score every row of --data and write source,id,<text columns>,score,confidence: the labelled rows "
+                   "first (their own label, confidence 1), then the rest. Train on it with heads train --label-col "
+                   "score.", PSEUDOLABEL_EXAMPLES)
+    _data_arguments(w)
+    w.add_argument("--labeled", metavar="FILE", help="a labelled file with the same text columns")
+    w.add_argument("--label-col", metavar="COL", help="the label column of --labeled")
+    w.add_argument("--val-data", metavar="FILE", help="labelled validation file for self-training (default: "
+                   "--val-fraction of --labeled)")
+    w.add_argument("--method", choices=METHODS, help="lf: labeling functions; knn: labels spread from the k "
+                   "nearest labelled rows; self-train: heads trained on the labels, then on their surest "
+                   "predictions (default: self-train with --labeled, else lf)")
+    w.add_argument("--lf", action="append", metavar="NAME", help="labeling function to use; repeat (default: all registered)")
+    w.add_argument("--k", type=POSITIVE_INT, default=10, help="neighbours per row for knn (default 10)")
+    w.add_argument("--rounds", type=POSITIVE_INT, default=3, help="self-training rounds after the labelled-only one (default 3)")
+    w.add_argument("--committee", type=flag_type(check_int, minimum=2), default=3,
+                   help="heads per self-training round; their agreement is the confidence (default 3)")
+    w.add_argument("--select", default="rmse", choices=list(SELECT), help="validation metric that judges a "
+                   "self-training round (default rmse; spearman where the ranking matters more than the scale)")
+    w.add_argument("--min-confidence", type=flag_type(check_float, float, low=0, high=1), default=0.0,
+                   help="leave out scored rows below this confidence")
+    w.add_argument("--id-col", metavar="COL", help="column copied as id (default: 'id' if present, else the row number)")
+    _out_arguments(w, "CSV", "the scored table")
+    add_arguments(w, TrainConfig(), "head training (self-training)")
+    _run_arguments(w)
+
+
+def _leakage_parser(sub) -> None:
+    k = _subparser(sub, "leakage", "find test texts that nearly duplicate a training text",
+                   "List test texts whose nearest training text (cosine of cached vectors, exact faiss search) is at or "
+                   "above --threshold: near-duplicates across splits inflate every metric.")
+    k.add_argument("--cache", required=True, metavar="DIR")
+    k.add_argument("--train", required=True, metavar="FILE")
+    k.add_argument("--test", required=True, metavar="FILE")
+    k.add_argument("--text-col", default="text", metavar="COL", help="the text column in both files (default: text)")
+    _table_arguments(k, trained=False)
+    _cache_arguments(k)
+    k.add_argument("--threshold", type=flag_type(check_float, float, low=-1, high=1), default=0.95,
+                   help="cosine at or above which a pair counts (default 0.95)")
+    _out_arguments(k, "CSV", "write every leaked pair here", required=False)
+    _run_arguments(k)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -134,139 +255,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"heads (embedcache) {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also EMBEDCACHE_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    t = sub.add_parser("train", help="train a head", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Train a head on the cached vectors of a labelled file and save it as a directory.")
-    _add_data(t, train=True)
-    t.add_argument("--label-col", action="append", required=True, metavar="COL",
-                   help="label column; repeat for several labels (one head, one output each; missing labels masked)")
-    t.add_argument("--head", default="auto", help=f"one of {', '.join(HEADS)} (default auto: two-tower for a pair of "
-                   "texts, as it starts from their calibrated cosine; concat otherwise)")
-    t.add_argument("--weight-col", metavar="COL", help="per-row loss weight, e.g. the confidence column of heads pseudolabel")
-    t.add_argument("--out", required=True, metavar="MODEL_DIR", help="where to save the model")
-    t.add_argument("--overwrite", action="store_true", help="replace --out if it exists (an input is never replaced)")
-    t.add_argument("--val-data", metavar="FILE", help="validation file (default: 10%% of the texts held out)")
-    t.add_argument("--val-fraction", type=FRACTION, default=0.1, help="held-out share of distinct texts (default 0.1)")
-    t.add_argument("--label-range", type=float, nargs=2, metavar=("LO", "HI"), help="bound predictions to [LO, HI]")
-    t.add_argument("--loss", default="mse", choices=["mse", "huber", "l1"])
-    t.add_argument("--epochs", type=COUNT, default=30, help="at most this many epochs (default 30)")
-    t.add_argument("--patience", type=flag_type(check_int, minimum=0), default=5, help="stop after this many epochs without a better val RMSE")
-    t.add_argument("--lr", type=POSITIVE, default=1e-3)
-    t.add_argument("--weight-decay", type=flag_type(check_float, float, low=0), default=0.01)
-    t.add_argument("--batch-size", type=COUNT, help="rows per step (default: about 100 steps an epoch, 32 to 1024)")
-    t.add_argument("--width", type=COUNT, default=256, help="projection width (default 256)")
-    t.add_argument("--dropout", type=DROPOUT, default=0.1)
-    t.add_argument("--no-shared", action="store_true", help="separate projections for the two texts of a pair")
-    t.add_argument("--seed", type=flag_type(check_int, minimum=0), default=0)
-    t.add_argument("--device", help="cuda or cpu (default: cuda when present)")
-    t.add_argument("--json", action="store_true", help="print the validation metrics as JSON on the last line")
-    t.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    p = sub.add_parser("predict", help="write predictions for a file", description="Write id,score per row (a column per label).")
-    p.add_argument("--model", required=True, metavar="MODEL_DIR")
-    _add_data(p, train=False)
-    p.add_argument("--out", required=True, metavar="CSV", help="predictions file")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (an input is never replaced)")
-    p.add_argument("--id-col", metavar="COL", help="column copied as id (default: 'id' if present, else the row number)")
-    p.add_argument("--round", type=flag_type(check_int, minimum=0), metavar="N", help="round predictions to N decimals")
-
-    e = sub.add_parser("evaluate", help="metrics (and plots) of a model on a labelled file")
-    e.add_argument("--model", required=True, metavar="MODEL_DIR")
-    _add_data(e, train=False)
-    e.add_argument("--label-col", action="append", metavar="COL", help="label columns (default: the model's)")
-    e.add_argument("--plots", metavar="DIR", help="write predicted-vs-true, residual and per-condition PNGs here")
-    e.add_argument("--json", action="store_true", help="print the metrics as JSON on the last line")
-    f = sub.add_parser("finetune", help="fine-tune the encoder together with a head",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=FINETUNE_EXAMPLES,
-                       description="Train the encoder end to end with a head (transformers Trainer) and save a model "
-                                   "directory that heads predict and heads evaluate use like a frozen head's.")
-    f.add_argument("--data", required=True, metavar="FILE", help=f"data file: {', '.join(sorted(FORMATS))}")
-    f.add_argument("--text-col", default="text", metavar="COL", help="the text column (default: text)")
-    f.add_argument("--pair-col", metavar="COL", help="second text of a pair")
-    f.add_argument("--condition-col", metavar="COL", help="condition text per row")
-    f.add_argument("--no-header", action="store_true", help="CSV/TSV without a header row: columns are named 0, 1, ...")
-    f.add_argument("--template", metavar="TEMPLATE", help="compose the text of each row from columns (kept in the model)")
-    f.add_argument("--label-col", action="append", required=True, metavar="COL", help="label column; repeat for several")
-    f.add_argument("--head", default="concat", choices=FINETUNE_HEADS,
-                   help="concat or two-tower (as heads train), or cross: both texts in one sequence (default concat)")
-    f.add_argument("--model", metavar="NAME_OR_PATH", help="encoder to fine-tune: a sentence-transformers or transformers "
-                   "directory or hub id (default: the embedded all-MiniLM-L6-v2)")
-    f.add_argument("--out", required=True, metavar="MODEL_DIR", help="where to save the model (with encoder/ inside)")
-    f.add_argument("--overwrite", action="store_true", help="replace --out if it exists (an input is never replaced)")
-    f.add_argument("--val-data", metavar="FILE", help="validation file (default: 10%% of the texts held out)")
-    f.add_argument("--val-fraction", type=FRACTION, default=0.1)
-    f.add_argument("--init-head", metavar="MODEL_DIR", help="start from a head trained by heads train on this encoder's "
-                   "frozen vectors (linear probing, then fine-tuning)")
-    f.add_argument("--lora", type=COUNT, metavar="R", help="train rank-R LoRA adapters (peft) instead of every encoder weight")
-    f.add_argument("--epochs", type=COUNT, default=3, help="at most this many epochs (default 3)")
-    f.add_argument("--patience", type=flag_type(check_int, minimum=0), default=2, help="stop after this many epochs without a better val RMSE (default 2)")
-    f.add_argument("--lr", type=flag_type(check_float, float, low=0), default=1e-3, help="the head's learning rate (default 1e-3)")
-    f.add_argument("--encoder-lr", type=flag_type(check_float, float, low=0), default=2e-5, help="the encoder's learning rate (default 2e-5)")
-    f.add_argument("--weight-decay", type=flag_type(check_float, float, low=0), default=0.01)
-    f.add_argument("--batch-size", type=COUNT, default=32, help="rows per device per step (default 32)")
-    f.add_argument("--grad-accum", type=COUNT, default=1, help="gradient accumulation steps (default 1)")
-    f.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations: less memory, slower")
-    f.add_argument("--max-length", type=COUNT, help="tokens per text (default: the encoder's)")
-    f.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto: bf16 (or fp16) mixed precision on a GPU, fp32 on the CPU")
-    f.add_argument("--label-range", type=float, nargs=2, metavar=("LO", "HI"), help="bound predictions to [LO, HI]")
-    f.add_argument("--loss", default="mse", choices=["mse", "huber", "l1"])
-    f.add_argument("--width", type=COUNT, default=256, help="projection width of the concat/two-tower head (default 256)")
-    f.add_argument("--dropout", type=DROPOUT, default=0.1)
-    f.add_argument("--export-encoder", metavar="DIR", help="also write the fine-tuned encoder here (a sentence-transformers "
-                   "directory: embedcache precompute --model DIR caches its vectors)")
-    f.add_argument("--keep-checkpoints", action="store_true", help="keep MODEL_DIR/checkpoints after training")
-    f.add_argument("--resume", action="store_true", help="resume from the last checkpoint in MODEL_DIR/checkpoints")
-    f.add_argument("--seed", type=flag_type(check_int, minimum=0), default=0)
-    f.add_argument("--device", help="cuda or cpu (default: cuda when present)")
-    f.add_argument("--json", action="store_true", help="print the validation metrics as JSON on the last line")
-    f.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    w = sub.add_parser("pseudolabel", help="score an unlabeled file (labeling functions, neighbours, self-training)",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=PSEUDOLABEL_EXAMPLES,
-                       description="Score every row of --data and write source,id,<text columns>,score,confidence: "
-                                   "the labelled rows first (their own label, confidence 1), then the rest. "
-                                   "Train on it with heads train --label-col score.")
-    _add_data(w, train=True)
-    w.add_argument("--labeled", metavar="FILE", help="a labelled file with the same text columns")
-    w.add_argument("--label-col", metavar="COL", help="the label column of --labeled")
-    w.add_argument("--method", choices=METHODS, help="lf: labeling functions; knn: labels spread from the k "
-                   "nearest labelled rows; self-train: heads trained on the labels, then on their surest "
-                   "predictions (default: self-train with --labeled, else lf)")
-    w.add_argument("--lf", action="append", metavar="NAME", help="labeling function to use; repeat (default: all registered)")
-    w.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                   help="a module or .py file to import first, to register your own labeling functions")
-    w.add_argument("--k", type=COUNT, default=10, help="neighbours per row for knn (default 10)")
-    w.add_argument("--rounds", type=COUNT, default=3, help="self-training rounds after the labelled-only one (default 3)")
-    w.add_argument("--committee", type=flag_type(check_int, minimum=2), default=3, help="heads per self-training round; their agreement is the confidence (default 3)")
-    w.add_argument("--select", default="rmse", choices=list(SELECT), help="validation metric that judges a "
-                   "self-training round (default rmse; spearman where the ranking matters more than the scale)")
-    w.add_argument("--head", default="auto", help=f"head for self-training: one of {', '.join(HEADS)} (default auto: "
-                   "two-tower for pairs, concat otherwise)")
-    w.add_argument("--val-data", metavar="FILE", help="labelled validation file for self-training (default: 10%% of --labeled)")
-    w.add_argument("--label-range", type=float, nargs=2, metavar=("LO", "HI"), help="bound scores to [LO, HI]")
-    w.add_argument("--min-confidence", type=flag_type(check_float, float, low=0, high=1), default=0.0, help="leave out scored rows below this confidence")
-    w.add_argument("--id-col", metavar="COL", help="column copied as id (default: 'id' if present, else the row number)")
-    w.add_argument("--seed", type=flag_type(check_int, minimum=0), default=0)
-    w.add_argument("--out", required=True, metavar="CSV", help="the scored table")
-    w.add_argument("--overwrite", action="store_true", help="replace --out if it exists (an input is never replaced)")
-    w.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
-    w.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    k = sub.add_parser("leakage", help="find test texts that nearly duplicate a training text",
-                       description="List test texts whose nearest training text (cosine of cached vectors, "
-                                   "exact faiss search) is at or above --threshold: near-duplicates across "
-                                   "splits inflate every metric.")
-    k.add_argument("--cache", required=True, metavar="DIR")
-    k.add_argument("--train", required=True, metavar="FILE")
-    k.add_argument("--test", required=True, metavar="FILE")
-    k.add_argument("--text-col", default="text", metavar="COL", help="the text column in both files (default: text)")
-    k.add_argument("--threshold", type=flag_type(check_float, float, low=-1, high=1), default=0.95, help="cosine at or above which a pair counts (default 0.95)")
-    k.add_argument("--out", metavar="CSV", help="write every leaked pair here")
-    k.add_argument("--overwrite", action="store_true", help="replace --out if it exists (an input is never replaced)")
-    k.add_argument("--no-header", action="store_true", help="CSV/TSV without a header row: columns are named 0, 1, ...")
-    _add_text_options(k, train=True)
-    k.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    for build in (_train_parser, _predict_parsers, _finetune_parser, _pseudolabel_parser, _leakage_parser):
+        build(sub)
     return parser
 
 
@@ -296,10 +286,7 @@ def _print_metrics(prefix: str, m: dict) -> None:
 
 def train(args) -> dict:
     start = time.perf_counter()
-    model = HeadModel(head=args.head, width=args.width, dropout=args.dropout, shared=not args.no_shared, loss=args.loss,
-                      epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
-                      patience=args.patience, val_fraction=args.val_fraction,
-                      label_range=tuple(args.label_range) if args.label_range else None, seed=args.seed, device=args.device)
+    model = HeadModel(from_arguments(TrainConfig, args), device=args.device)
     check_output(args.out, [("--data", args.data), ("--val-data", args.val_data)], args.overwrite, "--out")
     val = _read(args, args.val_data) if args.val_data else None
     model.fit(_cache(args), _read(args, args.data), args.label_col, text_col=args.text_col, pair_col=args.pair_col,
@@ -313,22 +300,11 @@ def train(args) -> dict:
 
 
 def predict(args) -> dict:
-    import pandas as pd
-
     check_output(args.out, [("--data", args.data), ("--model", args.model)], args.overwrite, "--out")
     model = HeadModel.load(args.model)
     df = _read(args, args.data)
-    pred = model.predict(_cache(args), df, _columns(args), add_missing=args.add_missing)
-    if args.round is not None:
-        pred = pred.round(args.round)
-        if args.round <= 0:  # whole numbers: written as 5, not 5.0
-            pred = pred.astype(np.int64)
-    id_col = args.id_col or ("id" if "id" in df.columns else None)
-    if args.id_col and args.id_col not in df.columns:
-        raise InputError(f"{args.data}: no column {args.id_col!r}; available columns: {', '.join(df.columns)}")
-    ids = df[id_col].tolist() if id_col else list(range(1, len(df) + 1))
-    names = ["score"] if len(model.labels_) == 1 else model.labels_
-    out = pd.DataFrame({"id": ids, **{n: pred[:, j] for j, n in enumerate(names)}})
+    out = model.predict_table(_cache(args), df, _columns(args), id_col=args.id_col, decimals=args.round,
+                              add_missing=args.add_missing)
     _write_csv(out, args.out)
     print(f"wrote {len(out)} predictions to {args.out}")
     return {"n": len(out), "out": args.out}
@@ -356,53 +332,32 @@ def finetune(args) -> dict:
 
     start = time.perf_counter()
     model = run_finetune(
-        _read(args, args.data), args.label_col, _columns(args), args.out, head=args.head, model=args.model,
-        val_data=_read(args, args.val_data) if args.val_data else None, init_head=args.init_head, lora=args.lora,
-        epochs=args.epochs, lr=args.lr, encoder_lr=args.encoder_lr, weight_decay=args.weight_decay,
-        batch_size=args.batch_size, grad_accum=args.grad_accum, gradient_checkpointing=args.gradient_checkpointing,
-        max_length=args.max_length, patience=args.patience, val_fraction=args.val_fraction,
-        label_range=tuple(args.label_range) if args.label_range else None, loss=args.loss, width=args.width,
-        dropout=args.dropout, precision=args.precision, device=args.device, seed=args.seed,
+        _read(args, args.data), args.label_col, _columns(args), args.out, from_arguments(TrainConfig, args),
+        from_arguments(FinetuneConfig, args), val_data=_read(args, args.val_data) if args.val_data else None,
         export_encoder=args.export_encoder, keep_checkpoints=args.keep_checkpoints, resume=args.resume,
-        paths=(args.data, args.val_data), overwrite=args.overwrite, progress=not args.quiet)
+        overwrite=args.overwrite, device=args.device, paths=(args.data, args.val_data), progress=not args.quiet)
     if model is None:  # a non-zero rank of a multi-GPU run: rank 0 saves and reports
         return {}
-    _print_metrics(f"fine-tuned {args.head} saved to {args.out}; validation", model.validation_)
+    _print_metrics(f"fine-tuned {model.head_} saved to {args.out}; validation", model.validation_)
     if args.export_encoder:
         print(f"fine-tuned encoder written to {args.export_encoder}")
     return {**_flat(model.validation_), "model": args.out, "seconds": round(time.perf_counter() - start, 2)}
 
 
 def pseudolabel(args) -> dict:
-    import importlib
-    import importlib.util
-    from pathlib import Path
-
-    from .labeling import LABELING_FUNCTIONS
     from .pseudolabel import pseudolabel as score_rows
 
-    for name in args.imports:
-        if name.endswith(".py"):
-            spec = importlib.util.spec_from_file_location(Path(name).stem, name)
-            if spec is None or not Path(name).exists():
-                raise InputError(f"--import {name}: no such file")
-            spec.loader.exec_module(importlib.util.module_from_spec(spec))
-        else:
-            importlib.import_module(name)
     check_output(args.out, [("--data", args.data), ("--labeled", args.labeled), ("--val-data", args.val_data)],
                  args.overwrite, "--out")
     method = args.method or ("self-train" if args.labeled else "lf")
-    labeled = _read(args, args.labeled) if args.labeled else None
-    model = HeadModel(head=args.head, label_range=tuple(args.label_range) if args.label_range else None, seed=args.seed)
+    config = from_arguments(TrainConfig, args)
     out, summary = score_rows(
-        _cache(args), _read(args, args.data), _columns(args), method, labeled, args.label_col, args.lf,
-        k=args.k, model=model, rounds=args.rounds, committee=args.committee, select=args.select,
-        label_range=tuple(args.label_range) if args.label_range else None,
-        val_data=_read(args, args.val_data) if args.val_data else None, id_col=args.id_col,
-        paths=(args.data, args.labeled), add_missing=args.add_missing, progress=not args.quiet)
+        _cache(args), _read(args, args.data), _columns(args), method, _read(args, args.labeled) if args.labeled else None,
+        args.label_col, args.lf, k=args.k, model=HeadModel(config), rounds=args.rounds, committee=args.committee,
+        select=args.select, label_range=config.label_range, val_data=_read(args, args.val_data) if args.val_data else None,
+        id_col=args.id_col, paths=(args.data, args.labeled), add_missing=args.add_missing,
+        min_confidence=args.min_confidence, progress=not args.quiet)
     summary.pop("models", None)  # the committee; the table is what this command gives
-    dropped = int(((out.source == "data") & (out.confidence < args.min_confidence)).sum())
-    out = out[(out.source == "labeled") | (out.confidence >= args.min_confidence)]
     _write_csv(out, args.out)
     for name, entry in summary.get("functions", {}).items():
         corr = entry.get("correlation")
@@ -412,38 +367,55 @@ def pseudolabel(args) -> dict:
         print(f"  round {r['round']}: {r['n_pseudo']} pseudo-labelled + labelled = {r['n_train']} rows, "
               f"val rmse {r['rmse']:.4f} spearman {r['spearman']:.4f} ({r['seconds']:.1f} s)")
     if "best_round" in summary:
-        print(f"  kept round {summary['best_round']} (best validation rmse)")
+        print(f"  kept round {summary['best_round']} (best validation {args.select})")
     scored = int((out.source == "data").sum())
     print(f"{method}: scored {scored} of {summary['n_data']} rows ({summary['n_data'] - summary['n_scored']} already "
-          f"labelled, {summary['n_abstained']} with no vote, {dropped} below --min-confidence); wrote {len(out)} rows to {args.out}")
-    return {**_flat(summary), "n_written": len(out), "n_below_min_confidence": dropped, "out": args.out,
-            "labeling_functions": args.lf or (list(LABELING_FUNCTIONS) if method == "lf" else None)}
+          f"labelled, {summary['n_abstained']} with no vote, {summary['n_below_min_confidence']} below --min-confidence); "
+          f"wrote {len(out)} rows to {args.out}")
+    return {**_flat(summary), "n_written": len(out), "out": args.out}
 
 
 def leakage(args) -> dict:
-    import pandas as pd
-
-    from .data import embed, side_texts
-    from .neighbours import leakage as find_leaks
+    from .neighbours import leakage_report
 
     if args.out:
         check_output(args.out, [("--train", args.train), ("--test", args.test)], args.overwrite, "--out")
-    cache = _cache(args)
-    columns = {"text": args.text_col, "template": _template(args)}
-    train, test = (side_texts(_read(args, path), columns, path)["text"] for path in (args.train, args.test))
-    test_rows, train_rows, cosines = find_leaks(embed(cache, train, args.add_missing), embed(cache, test, args.add_missing),
-                                                args.threshold)
-    pairs = pd.DataFrame({"test_row": test_rows + 1, "train_row": train_rows + 1, "cosine": cosines.round(4),
-                          "test_text": [test[i] for i in test_rows], "train_text": [train[i] for i in train_rows]})
-    pairs = pairs.sort_values("cosine", ascending=False)
-    print(f"{len(pairs)} of {len(test)} test texts ({len(pairs) / len(test):.1%}) have a training text "
+    pairs = leakage_report(_cache(args), _read(args, args.train), _read(args, args.test),
+                           {"text": args.text_col, "template": _template(args)}, args.threshold, args.add_missing,
+                           paths=(args.train, args.test))
+    n_test = pairs.attrs["n_test"]
+    print(f"{len(pairs)} of {n_test} test texts ({len(pairs) / n_test:.1%}) have a training text "
           f"with cosine >= {args.threshold}")
     for row in pairs.head(10).itertuples():
         print(f"  test row {row.test_row} ~ train row {row.train_row} ({row.cosine:.3f}): {row.test_text[:70]!r}")
     if args.out:
         _write_csv(pairs, args.out)
         print(f"wrote {args.out}")
-    return {"n_test": len(test), "n_leaked": len(pairs), "share": len(pairs) / len(test), "threshold": args.threshold}
+    return {"n_test": n_test, "n_leaked": len(pairs), "share": len(pairs) / n_test, "threshold": args.threshold}
+
+
+def _with_imports(command):
+    """``command`` run after importing the modules of ``--import`` (a user's head types or labeling functions)."""
+    def run(args):
+        import_modules(args.imports)
+        return command(args)
+    return run
+
+
+def import_modules(names) -> None:
+    """Import each module name or ``.py`` file (an InputError names one that is missing)."""
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
+    for name in names:
+        if name.endswith(".py"):
+            spec = importlib.util.spec_from_file_location(Path(name).stem, name)
+            if spec is None or not Path(name).exists():
+                raise InputError(f"--import {name}: no such file")
+            spec.loader.exec_module(importlib.util.module_from_spec(spec))
+        else:
+            importlib.import_module(name)
 
 
 def _write_csv(df, path) -> None:
@@ -461,20 +433,13 @@ def _flat(metrics: dict) -> dict:
     return clean(metrics)
 
 
-def _one_line_warnings(message, category, filename, lineno, file=None, line=None) -> str:
-    return f"warning: {message}\n"
-
-
 def main(argv=None) -> int:
-    import warnings
-
     args = _parser().parse_args(argv)
-    warnings.formatwarning = _one_line_warnings  # this process is the command: warnings read as one line each
-    if getattr(args, "quiet", False):
+    if args.quiet:
         quiet_transformers()
-    status, result = run_command(f"heads {args.command}", {
+    status, result = run_command(f"heads {args.command}", _with_imports({
         "train": train, "predict": predict, "evaluate": evaluate, "finetune": finetune, "pseudolabel": pseudolabel,
-        "leakage": leakage}[args.command], args)
+        "leakage": leakage}[args.command]), args)
     if status:
         return status
     if getattr(args, "json", False):

@@ -112,6 +112,19 @@ def side_texts(df: pd.DataFrame, columns: dict, path) -> dict[str, list[str]]:
             for side, column in sorted(columns.items(), key=lambda kv: SIDES.index(kv[0]))}
 
 
+def sides_of(columns: dict) -> tuple:
+    """The input sides that ``columns`` fill (a template fills the text side)."""
+    return tuple(s for s in SIDES if columns.get(s) is not None or (s == "text" and columns.get("template")))
+
+
+def joint_inputs(encoder, df: pd.DataFrame, columns: dict, path) -> Inputs:
+    """One vector per row from an encoder that reads the text and its pair (or condition) as one sequence."""
+    texts = side_texts(df, columns, path)
+    second = texts.get("pair", texts.get("condition"))
+    joint = encoder.encode(texts["text"], second, progress=True)
+    return Inputs({"text": joint}, {"text": np.arange(len(df))}, texts.get("condition"))
+
+
 def load_inputs(cache: EmbeddingCache, df: pd.DataFrame, columns: dict, path, add_missing: bool = False) -> Inputs:
     """``columns`` maps side -> column name (``text`` required, ``pair`` and ``condition`` optional;
     ``template`` composes the text side from columns instead).

@@ -15,6 +15,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
+from .config import TrainConfig
 from .data import Inputs
 from .model import HeadModel
 
@@ -42,6 +43,13 @@ class EmbeddingRegressor(RegressorMixin, BaseEstimator):
         self.random_state = random_state
         self.device = device
 
+    def train_config(self) -> TrainConfig:
+        """The constructor's arguments as the training settings every head takes (``random_state`` is the seed;
+        ``val_fraction`` is this estimator's own split, which may be 0)."""
+        params = self.get_params()
+        return TrainConfig(**{k: v for k, v in params.items() if k in TrainConfig.__dataclass_fields__ and k != "val_fraction"},
+                           seed=self.random_state)
+
     def _inputs(self, X: np.ndarray) -> Inputs:
         parts = np.split(X, self.n_inputs, axis=1)
         sides = ("text", "pair")[: self.n_inputs]
@@ -57,9 +65,7 @@ class EmbeddingRegressor(RegressorMixin, BaseEstimator):
         if len(X) < 2:
             raise ValueError("need at least 2 samples to fit, got 1 sample")
         y2 = y.reshape(len(y), -1).astype(float)
-        model = HeadModel(head=self.head, width=self.width, dropout=self.dropout, loss=self.loss, epochs=self.epochs,
-                          lr=self.lr, weight_decay=self.weight_decay, batch_size=self.batch_size,
-                          patience=self.patience, seed=self.random_state, device=self.device)
+        model = HeadModel(self.train_config(), device=self.device)
         inputs = self._inputs(X)
         n_val = round(self.val_fraction * len(X)) if len(X) >= 20 else 0
         if n_val:

@@ -24,24 +24,22 @@ import torch
 from torch import nn
 
 from embedcache import (
-    InputError,
     MissingDependencyError,
     ParameterError,
     atomic_directory,
-    check_choice,
-    check_float,
-    check_int,
     check_output,
 )
 
 from .backbone import Backbone
-from .data import grouped_split, load_labels, side_texts
+from .config import FinetuneConfig, TrainConfig
+from .data import grouped_split, load_labels, side_texts, sides_of
 from .metrics import NAMES, report
-from .model import HeadModel, check_label_values, check_params
-from .modules import MODULES
-from .train import LOSSES
+from .model import HeadModel, check_label_values, label_scaling
+from .train import LOSS_FUNCTIONS, seeded
+from .units import TorchHead, head_type
 
-FINETUNE_HEADS = ("concat", "two-tower", "cross")
+# what heads finetune trains when not told otherwise: a few epochs suffice for a pretrained encoder
+FINETUNE_DEFAULTS = TrainConfig(head="concat", epochs=3, patience=2, batch_size=32)
 
 
 class FineTuneNetwork(nn.Module):
@@ -62,7 +60,7 @@ class FineTuneNetwork(nn.Module):
         out = {"logits": pred}
         if labels is not None:
             keep = ~torch.isnan(labels)
-            out["loss"] = LOSSES[self.loss](pred[keep], labels[keep])
+            out["loss"] = LOSS_FUNCTIONS[self.loss](pred[keep], labels[keep])
         return out
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
@@ -175,6 +173,8 @@ def _texts(df: pd.DataFrame, columns: dict, path) -> dict[str, np.ndarray]:
     return {side: np.asarray(t, dtype=object) for side, t in side_texts(df, columns, path).items()}
 
 
+
+
 def _add_lora(backbone: Backbone, r: int) -> None:
     try:
         from peft import LoraConfig, get_peft_model
@@ -184,147 +184,156 @@ def _add_lora(backbone: Backbone, r: int) -> None:
     backbone.model = get_peft_model(backbone.model, config)
 
 
-def finetune(data: pd.DataFrame, label_cols, columns: dict, out, head: str = "concat", model: str | None = None,
-             val_data: pd.DataFrame | None = None, init_head=None, lora: int | None = None, epochs: int = 3,
-             lr: float = 1e-3, encoder_lr: float = 2e-5, weight_decay: float = 0.01, batch_size: int = 32,
-             grad_accum: int = 1, gradient_checkpointing: bool = False, max_length: int | None = None,
-             patience: int = 2, val_fraction: float = 0.1, label_range=None, loss: str = "mse", width: int = 256,
-             dropout: float = 0.1, precision: str = "auto", device: str | None = None, seed: int = 0,
-             export_encoder=None, keep_checkpoints: bool = False, resume: bool = False, paths=("data", "val data"),
-             overwrite: bool = False, progress: bool = True) -> HeadModel:
-    """Fine-tune ``model`` (default: the embedded encoder) with ``head``; save to ``out``; return the saved model.
+def _configs(config: TrainConfig | None, encoder: FinetuneConfig | None, settings: dict) -> tuple[TrainConfig, FinetuneConfig]:
+    """The two configs with ``settings`` (field names of either) applied, checked."""
+    config, encoder = config or FINETUNE_DEFAULTS, encoder or FinetuneConfig()
+    head_fields, encoder_fields = TrainConfig.__dataclass_fields__, FinetuneConfig.__dataclass_fields__
+    unknown = sorted(set(settings) - set(head_fields) - set(encoder_fields))
+    if unknown:
+        raise ParameterError(f"unknown setting {', '.join(unknown)}; settings are the fields of TrainConfig and FinetuneConfig")
+    config = config.replace(**{k: v for k, v in settings.items() if k in head_fields})
+    encoder = FinetuneConfig(**{**encoder.to_dict(), **{k: v for k, v in settings.items() if k in encoder_fields}})
+    config.check(zero_lr=True)  # lr 0 freezes the head: the encoder alone learns
+    encoder.check()
+    kind = head_type("concat" if config.head == "auto" else config.head)
+    if not issubclass(kind, TorchHead):
+        raise ParameterError(f"head must be a neural head to fine-tune with the encoder (one of "
+                             f"{', '.join(n for n, c in _torch_heads())}), got {config.head!r}")
+    return config.replace(head="concat") if config.head == "auto" else config, encoder
 
-    ``columns`` maps side (text, pair, condition) -> column.  ``init_head`` is
-    a frozen head's directory to start from (linear probing, then fine-tuning).  An existing ``out``
-    (or ``export_encoder``) is refused unless ``overwrite`` (or ``resume``, which continues in ``out``);
-    the old model stays whole until the new one replaces it.
-    """
-    try:
-        import accelerate  # noqa: F401 -- the Trainer needs it; say so before any work
-    except ImportError as e:
-        raise MissingDependencyError("heads finetune needs accelerate (and peft for --lora): pip install -e '.[finetune]'") from e
-    from transformers import EarlyStoppingCallback, TrainingArguments
 
-    from embedcache import load_encoder
-    from embedcache.encoders import resolve_device
+def _torch_heads():
+    from .units import HEAD_TYPES
 
-    check_choice(head, "head", FINETUNE_HEADS)
-    check_params({"head": head, "width": width, "dropout": dropout, "shared": True, "loss": loss, "epochs": epochs,
-                  "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size, "patience": patience,
-                  "val_fraction": val_fraction, "label_range": label_range, "seed": seed}, zero_lr=True)
-    check_float(encoder_lr, "encoder_lr", 0)  # 0 freezes the encoder: the head alone learns
-    check_int(grad_accum, "grad_accum")
-    for value, name in ((lora, "lora"), (max_length, "max_length")):
-        if value is not None:
-            check_int(value, name)
-    label_cols = [label_cols] if isinstance(label_cols, str) else list(label_cols)
-    columns = {s: c for s, c in columns.items() if c is not None}
-    template = columns.get("template")
-    sides_given = {"text" if s == "template" else s for s in columns}
-    if head == "two-tower" and len(sides_given) != 2:
-        raise ParameterError("the two-tower head needs exactly one of a pair column or a condition column")
-    if head == "cross" and len(sides_given) > 2:
-        raise ParameterError("the cross head reads two texts in one sequence: give a pair column or a condition column, not both")
-    out = Path(out) if resume else check_output(out, overwrite=overwrite, flag="--out")
-    if export_encoder is not None:
-        check_output(export_encoder, overwrite=overwrite, flag="--export-encoder")
-    start = time.perf_counter()
+    return [(n, c) for n, c in HEAD_TYPES.items() if issubclass(c, TorchHead)]
 
+
+def _split(data, val_data, label_cols, columns, config: TrainConfig, paths) -> tuple:
+    """(texts, y, validation texts, validation y, validation table): the validation file, or a grouped split."""
     y, texts = load_labels(data, label_cols, paths[0]), _texts(data, columns, paths[0])
-    check_label_values(y, label_range, label_cols, paths[0])
+    check_label_values(y, config.label_range, label_cols, paths[0])
     if val_data is not None:
         y_val, val_texts = load_labels(val_data, label_cols, paths[1]), _texts(val_data, columns, paths[1])
-        check_label_values(y_val, label_range, label_cols, paths[1])
-        val_rows_table = val_data
-    else:
-        groups = np.unique(texts["text"], return_inverse=True)[1].ravel()
-        train_rows, val_rows = grouped_split(groups, val_fraction, seed)
-        val_rows_table = data.iloc[val_rows]
-        val_texts, y_val = {s: t[val_rows] for s, t in texts.items()}, y[val_rows]
-        texts, y = {s: t[train_rows] for s, t in texts.items()}, y[train_rows]
+        check_label_values(y_val, config.label_range, label_cols, paths[1])
+        return texts, y, val_texts, y_val, val_data
+    groups = np.unique(texts["text"], return_inverse=True)[1].ravel()
+    train_rows, val_rows = grouped_split(groups, config.val_fraction, config.seed)
+    val_texts, y_val = {s: t[val_rows] for s, t in texts.items()}, y[val_rows]
+    return {s: t[train_rows] for s, t in texts.items()}, y[train_rows], val_texts, y_val, data.iloc[val_rows]
 
-    torch.manual_seed(seed)
-    backbone = Backbone.from_directory(model, max_length)
-    cross = head == "cross"
-    sides = ("text",) if cross else tuple(texts)
-    warm = HeadModel.load(init_head) if init_head is not None else None
-    if warm is not None:
-        _check_warm_start(warm, head, sides, backbone.dim, label_cols, init_head)
+
+def _head(backbone: Backbone, config: TrainConfig, sides: tuple, texts: dict, y, label_cols, init_head, path):
+    """The head to train and the label scaling: from ``init_head`` (a frozen head on this encoder), else new and
+    prepared on the encoder's initial vectors of a sample (the two-tower starts from their calibrated cosine)."""
+    if init_head is not None:
+        warm = HeadModel.load(init_head)
+        _check_warm_start(warm, config.head, sides, backbone.dim, label_cols, init_head)
         mean, std = warm.mean_, warm.std_
     else:
-        mean, std = np.nanmean(y, axis=0), np.nanstd(y, axis=0)
-        constant = [c for c, s in zip(label_cols, std) if not s > 0]
-        if constant:
-            raise InputError(f"{paths[0]}: label {', '.join(map(repr, constant))} is constant in the training rows; nothing to learn")
-    module = MODULES[head](backbone.dim, sides, width=width, dropout=dropout, n_outputs=len(label_cols), shared=True)
-    y_s, y_val_s = (y - mean) / std, (y_val - mean) / std
-    if warm is not None:
-        module.load_state_dict(warm.module_.state_dict())
-    elif head == "two-tower":  # as in heads train: start from the cosine of the (initial) vectors, calibrated
-        sample = np.random.default_rng(seed).permutation(len(y))[:2048]
+        mean, std = label_scaling(y, label_cols, path)
+    unit = head_type(config.head).build(backbone.dim, sides, len(label_cols), config)
+    if init_head is not None:
+        unit.load_state_dict(warm.unit_.state_dict())
+    elif not unit.joint:
+        sample = np.random.default_rng(config.seed).permutation(len(y))[:2048]
         tables = {s: torch.from_numpy(backbone.encode(list(texts[s][sample]))) for s in sides}
-        module.start_from_cosine(tables, {s: torch.arange(len(sample)) for s in sides}, y_s[sample])
-    if lora:
-        _add_lora(backbone, lora)
-    network = FineTuneNetwork(backbone, module, sides, cross, loss)
+        unit.prepare(tables, {s: torch.arange(len(sample)) for s in sides}, ((y - mean) / std)[sample])
+    return unit, mean, std
 
-    device = resolve_device(device)
-    steps = epochs * -(-len(y) // (batch_size * grad_accum))
-    args = TrainingArguments(
-        output_dir=str(out / "checkpoints"), per_device_train_batch_size=batch_size, per_device_eval_batch_size=2 * batch_size,
-        gradient_accumulation_steps=grad_accum, num_train_epochs=epochs, learning_rate=lr, weight_decay=weight_decay,
+
+def _training_arguments(out: Path, config: TrainConfig, encoder: FinetuneConfig, n_rows: int, device: str,
+                        progress: bool):
+    from transformers import TrainingArguments
+
+    steps = config.epochs * -(-n_rows // (config.batch_size * encoder.grad_accum))
+    return TrainingArguments(
+        output_dir=str(out / "checkpoints"), per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=2 * config.batch_size, gradient_accumulation_steps=encoder.grad_accum,
+        num_train_epochs=config.epochs, learning_rate=config.lr, weight_decay=config.weight_decay,
         lr_scheduler_type="cosine", warmup_steps=max(1, steps // 10), eval_strategy="epoch", save_strategy="epoch",
         logging_strategy="epoch", save_total_limit=2, load_best_model_at_end=True, metric_for_best_model="rmse",
         greater_is_better=False, **_group_by_length(),
-        remove_unused_columns=False, label_names=["labels"], report_to="none", disable_tqdm=not progress, seed=seed,
-        use_cpu=device == "cpu", **_precision(precision, device), **_checkpointing(gradient_checkpointing))
+        remove_unused_columns=False, label_names=["labels"], report_to="none", disable_tqdm=not progress,
+        seed=config.seed, use_cpu=device == "cpu", **_precision(encoder.precision, device),
+        **_checkpointing(encoder.gradient_checkpointing))
+
+
+def _train(network, backbone, config, encoder, splits: dict, label_cols, mean, std, out, device, resume, progress):
+    """Run the Trainer; returns it (its state holds the history and the best checkpoint's metric)."""
+    from transformers import EarlyStoppingCallback
 
     def metrics(prediction):
         pred = np.asarray(prediction.predictions, dtype=float) * std + mean
-        if label_range is not None:
-            pred = np.clip(pred, *label_range)
+        if config.label_range is not None:
+            pred = np.clip(pred, *config.label_range)
         overall = report(np.asarray(prediction.label_ids, dtype=float) * std + mean, pred, label_cols)
         return {k: overall[k] for k in NAMES if k != "n"}
 
-    lengths = [sum(len(texts[s][i]) for s in texts) for i in range(len(y))]  # characters: close enough to sort by
+    texts, y_s = splits["train"]
+    lengths = [sum(len(texts[s][i]) for s in texts) for i in range(len(y_s))]  # characters: close enough to sort by
     trainer = _trainer_class()(
-        model=network, args=args, train_dataset=Rows(len(y), "train"), eval_dataset=Rows(len(y_val), "val"),
-        data_collator=Collator(backbone, {"train": (texts, y_s), "val": (val_texts, y_val_s)}, sides, cross),
-        compute_metrics=metrics, callbacks=[EarlyStoppingCallback(early_stopping_patience=patience)],
-        encoder_lr=encoder_lr, lengths=lengths)
+        model=network, args=_training_arguments(out, config, encoder, len(y_s), device, progress),
+        train_dataset=Rows(len(y_s), "train"), eval_dataset=Rows(len(splits["val"][1]), "val"),
+        data_collator=Collator(backbone, splits, network.sides, network.cross), compute_metrics=metrics,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=config.patience)],
+        encoder_lr=encoder.encoder_lr, lengths=lengths)
     if not progress:  # without progress bars the Trainer prints every log line instead
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
     checkpoints = sorted((out / "checkpoints").glob("checkpoint-*")) if resume else []
     trainer.train(resume_from_checkpoint=bool(checkpoints) or None)
+    return trainer
+
+
+def finetune(data: pd.DataFrame, label_cols, columns: dict, out, config: TrainConfig | None = None,
+             encoder: FinetuneConfig | None = None, *, val_data: pd.DataFrame | None = None, export_encoder=None,
+             keep_checkpoints: bool = False, resume: bool = False, overwrite: bool = False, device: str | None = None,
+             paths=("data", "val data"), progress: bool = True, **settings) -> HeadModel | None:
+    """Fine-tune an encoder (default: the embedded one) with a head; save to ``out``; return the saved model.
+
+    ``columns`` maps side (text, pair, condition, template) -> column.  ``config``: how the head is
+    trained (default ``FINETUNE_DEFAULTS``); ``encoder``: what fine-tuning adds (the encoder, its learning
+    rate, LoRA, ``init_head``...); ``settings`` overrides fields of either by name
+    (``finetune(df, "score", {"text": "s"}, "out", head="cross", epochs=2, encoder_lr=1e-5)``).
+    An existing ``out`` (or ``export_encoder``) is refused unless ``overwrite`` (or ``resume``, which
+    continues in ``out``); the old model stays whole until the new one replaces it.  A non-zero rank of a
+    multi-GPU run returns None: rank 0 saves.
+    """
+    try:
+        import accelerate  # noqa: F401 -- the Trainer needs it; say so before any work
+    except ImportError as e:
+        raise MissingDependencyError("heads finetune needs accelerate (and peft for --lora): pip install -e '.[finetune]'") from e
+    from embedcache.encoders import resolve_device
+
+    config, encoder = _configs(config, encoder, settings)
+    label_cols = [label_cols] if isinstance(label_cols, str) else list(label_cols)
+    columns = {s: c for s, c in columns.items() if c is not None}
+    head_type(config.head).check_sides(sides_of(columns))
+    out = Path(out) if resume else check_output(out, overwrite=overwrite, flag="--out")
+    if export_encoder is not None:
+        check_output(export_encoder, overwrite=overwrite, flag="--export-encoder")
+    start = time.perf_counter()
+    texts, y, val_texts, y_val, val_table = _split(data, val_data, label_cols, columns, config, paths)
+    device = resolve_device(device)
+    with seeded(config.seed, device):
+        backbone = Backbone.from_directory(encoder.model, encoder.max_length)
+        joint = head_type(config.head).joint
+        sides = ("text",) if joint else tuple(texts)
+        unit, mean, std = _head(backbone, config, sides, texts, y, label_cols, encoder.init_head, paths[0])
+        if encoder.lora:
+            _add_lora(backbone, encoder.lora)
+        network = FineTuneNetwork(backbone, unit, sides, joint, config.loss)
+        splits = {"train": (texts, (y - mean) / std), "val": (val_texts, (y_val - mean) / std)}
+        trainer = _train(network, backbone, config, encoder, splits, label_cols, mean, std, out, device, resume, progress)
     if not trainer.is_world_process_zero():
         return None
-
-    history = [{k: v for k, v in e.items() if k in ("epoch", "loss", "eval_loss", "eval_rmse", "eval_spearman")}
-               for e in trainer.state.log_history if "loss" in e or "eval_rmse" in e]
-    if lora:
+    if encoder.lora:
         backbone.model = backbone.model.merge_and_unload()  # plain weights: any sentence-transformers user can load them
     network.to("cpu").eval()
-    result = HeadModel(head=head, width=width, dropout=dropout, loss=loss, epochs=epochs, lr=lr, weight_decay=weight_decay,
-                       batch_size=batch_size, patience=patience, val_fraction=val_fraction, label_range=label_range, seed=seed)
-    result.head_ = head
-    result.columns_ = {**{s: columns.get(s) for s in ("text", "pair", "condition")}, "template": template}
-    result.labels_, result.mean_, result.std_ = label_cols, np.asarray(mean), np.asarray(std)
-    result.sides_, result.dim_, result.module_ = sides, backbone.dim, module
-    result.finetuned_ = {"encoder": "encoder", "base": model or "all-MiniLM-L6-v2 (embedded)", "lora": lora,
-                         "init_head": None if init_head is None else str(init_head), "encoder_lr": encoder_lr,
-                         "grad_accum": grad_accum, "max_length": backbone.max_length,
-                         "best_checkpoint_rmse": trainer.state.best_metric, "seconds": round(time.perf_counter() - start, 2)}
-    staged = out / ".encoder-new"  # moved into the new model directory when it replaces the old one
-    shutil.rmtree(staged, ignore_errors=True)
-    backbone.save(staged)
-    saved = load_encoder(str(staged))  # its fingerprint is what a cache built with the exported encoder records
-    result.directory_, result._own_encoder = out, backbone if cross else saved
-    result.encoder_ = {"name": f"{result.finetuned_['base']} fine-tuned", "fingerprint": saved.fingerprint, "load": None}
-    result.history_ = history
-    result.validation_ = report(y_val, result.predict(None, val_rows_table), label_cols)  # the way predict will
-    result.save(out, overwrite=True, move={"encoder": staged,
+    result = _result(backbone, unit, sides, config, encoder, columns, label_cols, mean, std, trainer, out, start)
+    result.validation_ = report(y_val, result.predict(None, val_table), label_cols)  # the way predict will
+    result.save(out, overwrite=True, move={"encoder": out / ".encoder-new",
                                            **({"checkpoints": out / "checkpoints"} if keep_checkpoints else {})})
     if export_encoder is not None:
         with atomic_directory(export_encoder) as tmp:
@@ -332,13 +341,33 @@ def finetune(data: pd.DataFrame, label_cols, columns: dict, out, head: str = "co
     return result
 
 
+def _result(backbone, unit, sides, config, encoder, columns, label_cols, mean, std, trainer, out: Path, start) -> HeadModel:
+    """The HeadModel of a finished run, its encoder staged at ``out/.encoder-new`` for ``save`` to move in."""
+    from embedcache import load_encoder
+
+    history = [{k: v for k, v in e.items() if k in ("epoch", "loss", "eval_loss", "eval_rmse", "eval_spearman")}
+               for e in trainer.state.log_history if "loss" in e or "eval_rmse" in e]
+    base = encoder.model or "all-MiniLM-L6-v2 (embedded)"
+    finetuned = {"encoder": "encoder", "base": base, "lora": encoder.lora, "init_head": encoder.to_dict()["init_head"],
+                 "encoder_lr": encoder.encoder_lr, "grad_accum": encoder.grad_accum, "max_length": backbone.max_length,
+                 "best_checkpoint_rmse": trainer.state.best_metric, "seconds": round(time.perf_counter() - start, 2)}
+    staged = out / ".encoder-new"  # moved into the new model directory when it replaces the old one
+    shutil.rmtree(staged, ignore_errors=True)
+    backbone.save(staged)
+    saved = load_encoder(str(staged))  # its fingerprint is what a cache built with the exported encoder records
+    return HeadModel.from_trained(
+        config, config.head, unit, sides=sides, dim=backbone.dim,
+        columns={**{s: columns.get(s) for s in ("text", "pair", "condition")}, "template": columns.get("template")},
+        labels=label_cols, mean=mean, std=std, history=history, finetuned=finetuned, directory=out,
+        encoder={"name": f"{base} fine-tuned", "fingerprint": saved.fingerprint, "load": None},
+        own_encoder=backbone if unit.joint else saved)
+
+
 def _check_warm_start(warm: HeadModel, head: str, sides: tuple, dim: int, labels: list, path) -> None:
     if warm.head_ != head:
         raise ParameterError(f"--init-head {path} is a {warm.head_!r} head; fine-tuning a {head!r} head needs a {head!r} one")
-    if head == "cross" or warm.head_ == "ridge":
-        raise ParameterError(f"--init-head {path}: a {warm.head_!r} head cannot start a {head!r} fine-tuning; use concat or two-tower")
     if tuple(warm.sides_) != tuple(sides) or warm.dim_ != dim:
         raise ParameterError(f"--init-head {path} was trained on {list(warm.sides_)} of {warm.dim_} dims; "
-                         f"this fine-tuning has {list(sides)} of {dim} dims (another encoder or other columns?)")
+                             f"this fine-tuning has {list(sides)} of {dim} dims (another encoder or other columns?)")
     if list(warm.labels_) != list(labels):
         raise ParameterError(f"--init-head {path} predicts {warm.labels_}; this fine-tuning has labels {labels}")

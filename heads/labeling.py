@@ -1,8 +1,12 @@
-"""Labeling functions: heuristics ``text -> score or None (abstain)``, registered by name and combined.
+"""Labeling functions: heuristics ``text -> score or None (abstain)``, combined into one score per text.
 
-The built-in ones score prompt quality on 0-1 and are examples to copy more than
-a finished judge.  ``combine`` takes a weighted mean of the functions that do
-not abstain; ``learn_weights`` fits the weights against a labelled subset.
+Functions are passed as a list (``apply(texts, [length, my_function])``); names
+look them up in ``LABELING_FUNCTIONS``, which holds the built-in ones and any
+registered with the ``labeling_function`` decorator (a convenience for
+``heads pseudolabel --import my_lfs.py``).  The built-in ones score prompt
+quality on 0-1 and are examples to copy more than a finished judge.
+``combine`` takes a weighted mean of the functions that do not abstain;
+``learn_weights`` fits the weights against a labelled subset.
 
     from heads.labeling import labeling_function
 
@@ -21,18 +25,16 @@ import numpy as np
 
 from embedcache import ParameterError
 
-LABELING_FUNCTIONS: dict[str, Callable[[str], float | None]] = {}
-
 
 def labeling_function(name: str):
-    """Register ``fn(text) -> float | None`` under ``name`` (None means: no opinion)."""
+    """Register ``fn(text) -> float | None`` under ``name`` in ``LABELING_FUNCTIONS`` (None means: no opinion)."""
     def register(fn):
+        fn.labeling_name = name
         LABELING_FUNCTIONS[name] = fn
         return fn
     return register
 
 
-@labeling_function("length")
 def length(text: str) -> float | None:
     """Very short prompts say little: 0 at 1 character, 1 from 150 characters on (log scale)."""
     n = len(text.strip())
@@ -43,7 +45,6 @@ _CONSTRAINT = re.compile(r"\b(step by step|in \d+ (words|sentences|lines)|for (a
                          r"as (a|an) (table|list|checklist|email|poem)|bullet points|in detail|format)\b", re.IGNORECASE)
 
 
-@labeling_function("specificity")
 def specificity(text: str) -> float | None:
     """Constraints (audience, format, length, examples), numbers and quoted terms make a prompt specific."""
     hits = len(_CONSTRAINT.findall(text)) + len(re.findall(r"\d+|\"[^\"]+\"", text))
@@ -54,7 +55,6 @@ _IMPERATIVE = re.compile(r"^\s*(please\s+)?(explain|write|list|compare|summari[s
                          r"create|draft|review|plan|debug|analy[sz]e|suggest|help)\b", re.IGNORECASE)
 
 
-@labeling_function("question_or_instruction")
 def question_or_instruction(text: str) -> float | None:
     """A clear ask (a question or an instruction) beats a fragment; abstains when neither is visible."""
     if _IMPERATIVE.search(text):
@@ -64,7 +64,6 @@ def question_or_instruction(text: str) -> float | None:
     return None
 
 
-@labeling_function("punctuation")
 def punctuation(text: str) -> float | None:
     """Runs of !!! or ??? and all-caps shouting lower the score; a normal ending raises it a little."""
     if re.search(r"[!?]{3,}", text) or (len(text) > 10 and text.upper() == text and any(c.isalpha() for c in text)):
@@ -72,7 +71,6 @@ def punctuation(text: str) -> float | None:
     return 0.6 if text.rstrip()[-1:] in (".", "?", "!", ":") else None
 
 
-@labeling_function("repetition")
 def repetition(text: str) -> float | None:
     """The same word over and over (spam, filler) scores low; abstains on normal text."""
     words = re.findall(r"\w+", text.lower())
@@ -81,16 +79,38 @@ def repetition(text: str) -> float | None:
     return 0.1 if len(set(words)) / len(words) < 0.5 else None
 
 
-def apply(texts: list[str], names=None) -> tuple[np.ndarray, list[str]]:
-    """``(n_texts, n_functions)`` outputs, NaN where a function abstains, and the function names."""
-    names = list(names or LABELING_FUNCTIONS)
-    unknown = [n for n in names if n not in LABELING_FUNCTIONS]
-    if unknown:
-        raise ParameterError(f"unknown labeling function {', '.join(map(repr, unknown))}; "
-                         f"registered: {', '.join(LABELING_FUNCTIONS)}")
+BUILT_IN = {"length": length, "specificity": specificity, "question_or_instruction": question_or_instruction,
+            "punctuation": punctuation, "repetition": repetition}
+LABELING_FUNCTIONS: dict[str, Callable[[str], float | None]] = dict(BUILT_IN)
+
+
+def resolve(functions=None) -> dict[str, Callable]:
+    """Name -> function for a list of functions and registered names (default: every registered function);
+    a dict of name -> function is taken as it is."""
+    if isinstance(functions, dict):
+        return dict(functions)
+    out = {}
+    for item in LABELING_FUNCTIONS if functions is None else functions:
+        if callable(item):
+            out[getattr(item, "labeling_name", item.__name__)] = item
+        elif item in LABELING_FUNCTIONS:
+            out[item] = LABELING_FUNCTIONS[item]
+        else:
+            raise ParameterError(f"unknown labeling function {item!r}; registered: {', '.join(LABELING_FUNCTIONS)}")
+    if not out:
+        raise ParameterError("no labeling functions given")
+    return out
+
+
+def apply(texts: list[str], functions=None) -> tuple[np.ndarray, list[str]]:
+    """``(n_texts, n_functions)`` outputs, NaN where a function abstains, and the function names.
+
+    ``functions``: functions and registered names (default: every registered function).
+    """
+    functions = resolve(functions)
+    names = list(functions)
     out = np.full((len(texts), len(names)), np.nan)
-    for j, name in enumerate(names):
-        fn = LABELING_FUNCTIONS[name]
+    for j, fn in enumerate(functions.values()):
         for i, text in enumerate(texts):
             value = fn(text)
             if value is not None:

@@ -44,3 +44,29 @@ def leakage(train: np.ndarray, test: np.ndarray, threshold: float = 0.95) -> tup
     sims, idx = nearest(train, test, 1)
     hit = np.flatnonzero(sims[:, 0] >= threshold)
     return hit, idx[hit, 0], sims[hit, 0]
+
+
+def leakage_report(cache, train, test, columns: dict, threshold: float = 0.95, add_missing: bool = False,
+                   paths=("train", "test")):
+    """Every test row whose nearest training text has cosine >= ``threshold``, most similar first.
+
+    ``train`` and ``test`` are tables; ``columns`` names their text column (or a ``template``).
+    Returns a DataFrame of test_row, train_row (1-based), cosine, test_text, train_text; its
+    ``attrs["n_test"]`` is the number of test rows searched.
+    """
+    import pandas as pd
+
+    from embedcache import check_float
+
+    from .data import embed, side_texts
+
+    check_float(threshold, "threshold", -1, 1)
+    train_texts, test_texts = (side_texts(df, columns, path)["text"] for df, path in ((train, paths[0]), (test, paths[1])))
+    test_rows, train_rows, cosines = leakage(embed(cache, train_texts, add_missing), embed(cache, test_texts, add_missing),
+                                             threshold)
+    pairs = pd.DataFrame({"test_row": test_rows + 1, "train_row": train_rows + 1, "cosine": cosines.round(4),
+                          "test_text": [test_texts[i] for i in test_rows],
+                          "train_text": [train_texts[i] for i in train_rows]})
+    pairs = pairs.sort_values("cosine", ascending=False, kind="stable").reset_index(drop=True)
+    pairs.attrs["n_test"] = len(test_texts)
+    return pairs

@@ -17,6 +17,7 @@ from embedcache import (
     InputError,
     ParameterError,
     check_choice,
+    check_float,
     check_int,
     check_label_range,
 )
@@ -30,7 +31,7 @@ from .data import (
     load_labels,
     template_texts,
 )
-from .labeling import apply, combine, coverage_report, learn_weights
+from .labeling import apply, combine, coverage_report, learn_weights, resolve
 from .model import HeadModel, check_label_values
 from .neighbours import propagate
 from .selftrain import self_train
@@ -54,17 +55,18 @@ def row_vectors(inputs: Inputs) -> np.ndarray:
     return np.hstack(parts).astype(np.float32)
 
 
-def label_with_functions(texts: list[str], names=None, labeled_texts=None, y=None) -> tuple[np.ndarray, np.ndarray, dict]:
+def label_with_functions(texts: list[str], functions=None, labeled_texts=None, y=None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Scores (NaN where every function abstains), a confidence, and a report of the functions.
 
     With labelled texts the weights are learned against them; the confidence
     is the share of the total weight whose function voted on the row.
     """
-    outputs, names = apply(texts, names)
+    functions = resolve(functions)
+    outputs, names = apply(texts, functions)
     weights = np.ones(len(names)) / len(names)
     result = {"functions": coverage_report(outputs, names)}
     if labeled_texts is not None:
-        labeled_outputs, _ = apply(labeled_texts, names)
+        labeled_outputs, _ = apply(labeled_texts, functions)
         weights = learn_weights(labeled_outputs, y)
         for name, entry in coverage_report(labeled_outputs, names, y).items():
             result["functions"][name]["correlation"] = entry["correlation"]
@@ -83,22 +85,68 @@ def _ids(df: pd.DataFrame, id_col) -> list:
 def pseudolabel(cache: EmbeddingCache, data: pd.DataFrame, columns: dict, method: str, labeled: pd.DataFrame | None = None,
                 label_col: str | None = None, lfs=None, k: int = 10, model: HeadModel | None = None, rounds: int = 3,
                 committee: int = 3, select: str = "rmse", label_range=None, val_data: pd.DataFrame | None = None, id_col=None, paths=("data", "labeled"),
-                add_missing: bool = False, progress: bool = True) -> tuple[pd.DataFrame, dict]:
+                add_missing: bool = False, min_confidence: float = 0.0, progress: bool = True) -> tuple[pd.DataFrame, dict]:
     """Score the rows of ``data``; returns the output table and a summary.
 
-    The summary holds the method and counts, and per function (``lf``) or per
-    round (``self-train``, with ``models``: the kept round's committee) details.
+    Scored rows below ``min_confidence`` are left out of the table (``n_below_min_confidence`` counts
+    them).  ``lfs`` is a list of labeling functions, or of names registered with ``labeling_function``
+    (default: the built-in ones).  The summary holds the method and counts, and per function (``lf``)
+    or per round (``self-train``, with ``models``: the kept round's committee) details.
     """
     check_choice(method, "method", METHODS)
     check_int(k, "k")
+    check_float(min_confidence, "min_confidence", 0, 1)
     label_range = check_label_range(label_range)
     if method != "lf" and labeled is None:
         raise ParameterError(f"method {method!r} needs labelled rows (--labeled FILE --label-col COL)")
     if labeled is not None and label_col is None:
         raise ParameterError("labelled rows need a label column (--label-col)")
     columns = {s: c for s, c in columns.items() if c is not None}
+    text_cols = _check_tables(data, labeled, columns, id_col, paths)
+    y = None if labeled is None else load_labels(labeled, [label_col], paths[1])
+    if y is not None:
+        check_label_values(y, label_range, [label_col], paths[1])
+    known = set() if labeled is None else set(labeled[text_cols].itertuples(index=False, name=None))
+    new = ~pd.Series(list(data[text_cols].itertuples(index=False, name=None))).isin(known).to_numpy()
+    rest = data[new]
+    summary = {"method": method, "n_data": len(data), "n_labeled": 0 if labeled is None else len(labeled),
+               "n_scored": int(new.sum()), "labeling_functions": None}
+    if not len(rest):
+        raise InputError(f"{paths[0]}: every row is already in the labelled file; nothing to score")
+
+    if method == "lf":
+        template = columns.get("template")
+        texts = [template_texts(df, template, p) if template else df[columns["text"]].tolist()
+                 for df, p in ((rest, paths[0]), (labeled, paths[1])) if df is not None]
+        scores, confidence, details = label_with_functions(texts[0], lfs, texts[1] if len(texts) > 1 else None,
+                                                           None if y is None else y[:, 0])
+        summary.update(details, labeling_functions=list(details["functions"]))
+        scores = scores[:, None]
+    else:
+        rest_inputs = load_inputs(cache, rest, columns, paths[0], add_missing)
+        lab_inputs = load_inputs(cache, labeled, columns, paths[1], add_missing)
+        if method == "knn":
+            s, confidence = propagate(row_vectors(lab_inputs), y[:, 0], row_vectors(rest_inputs), k=k)
+            scores = s[:, None]
+        else:
+            val = None if val_data is None else (load_inputs(cache, val_data, columns, source(val_data, "val data"), add_missing),
+                                                 load_labels(val_data, [label_col], source(val_data, "val data")))
+            result = _self_train(model or HeadModel(), lab_inputs, y, rest_inputs, val, rounds=rounds, committee=committee,
+                                 select=select, labels=[label_col], progress=progress)
+            scores, confidence = result.scores, result.confidence
+            summary.update(best_round=result.best_round, rounds=result.rounds, models=result.models)
+    if label_range is not None:  # a self-trained committee is bounded already; functions and neighbours are not
+        scores = np.clip(scores, *label_range)
+    out = _table(data, new, scores, confidence, labeled, y, text_cols, id_col)
+    summary["n_abstained"] = int(np.isnan(scores[:, 0]).sum())  # every labeling function abstained: no score to write
+    below = (out.source == "data") & (out.confidence < min_confidence)
+    summary["n_below_min_confidence"] = int(below.sum())
+    return out[~below].reset_index(drop=True), summary
+
+
+def _check_tables(data, labeled, columns: dict, id_col, paths) -> list[str]:
+    """The columns a row's texts come from (a template's fields in place of a text column), checked in both tables."""
     template = columns.get("template")
-    # the columns a row's texts come from (a template's fields in place of a text column)
     text_cols = list(dict.fromkeys((template_columns(template) if template else [])
                                    + [c for s, c in columns.items() if s != "template"]))
     for df, path in ((data, paths[0]), (labeled, paths[1])):
@@ -108,56 +156,26 @@ def pseudolabel(cache: EmbeddingCache, data: pd.DataFrame, columns: dict, method
                 column_texts(df, col, path)
     if id_col is not None and id_col not in data.columns:
         raise InputError(f"{paths[0]}: no column {id_col!r}; available columns: {', '.join(map(str, data.columns))}")
+    return text_cols
 
-    y = None if labeled is None else load_labels(labeled, [label_col], paths[1])
-    if y is not None:
-        check_label_values(y, label_range, [label_col], paths[1])
-    known = set() if labeled is None else set(labeled[text_cols].itertuples(index=False, name=None))
-    new = ~pd.Series(list(data[text_cols].itertuples(index=False, name=None))).isin(known).to_numpy()
-    rest = data[new]
-    summary = {"method": method, "n_data": len(data), "n_labeled": 0 if labeled is None else len(labeled),
-               "n_scored": int(new.sum())}
-    if not len(rest):
-        raise InputError(f"{paths[0]}: every row is already in the labelled file; nothing to score")
 
-    def text_of(df, path):
-        return template_texts(df, template, path) if template else df[columns["text"]].tolist()
+def _self_train(model: HeadModel, labeled: Inputs, y, rest: Inputs, val, **options):
+    """Self-training judged on ``val`` (inputs, labels), or on a grouped split of the labelled rows."""
+    if val is None:
+        tr, va = grouped_split(labeled.index["text"], model.config.val_fraction, model.config.seed)
+        labeled, y, val = labeled.subset(tr), y[tr], (labeled.subset(va), y[va])
+    return self_train(model, labeled, y, rest, *val, **options)
 
-    if method == "lf":
-        scores, confidence, details = label_with_functions(
-            text_of(rest, paths[0]), lfs, None if labeled is None else text_of(labeled, paths[1]), None if y is None else y[:, 0])
-        summary.update(details)
-        scores = scores[:, None]
-    else:
-        rest_inputs = load_inputs(cache, rest, columns, paths[0], add_missing)
-        lab_inputs = load_inputs(cache, labeled, columns, paths[1], add_missing)
-        if method == "knn":
-            s, confidence = propagate(row_vectors(lab_inputs), y[:, 0], row_vectors(rest_inputs), k=k)
-            scores = s[:, None]
-        else:
-            model = model or HeadModel()
-            if val_data is not None:
-                train, y_train = lab_inputs, y
-                vpath = source(val_data, "val data")
-                val = load_inputs(cache, val_data, columns, vpath, add_missing)
-                y_val = load_labels(val_data, [label_col], vpath)
-            else:
-                tr, va = grouped_split(lab_inputs.index["text"], model.val_fraction, model.seed)
-                train, y_train, val, y_val = lab_inputs.subset(tr), y[tr], lab_inputs.subset(va), y[va]
-            result = self_train(model, train, y_train, rest_inputs, val, y_val, rounds=rounds, committee=committee, select=select,
-                                labels=[label_col], progress=progress)
-            scores, confidence = result.scores, result.confidence
-            summary.update(best_round=result.best_round, rounds=result.rounds, models=result.models)
 
-    if label_range is not None:  # a self-trained committee is bounded already; functions and neighbours are not
-        scores = np.clip(scores, *label_range)
+def _table(data, new, scores, confidence, labeled, y, text_cols, id_col) -> pd.DataFrame:
+    """The labelled rows (their own label, confidence 1), then each new row of ``data`` that has a score."""
     scored = ~np.isnan(scores[:, 0])
-    summary["n_abstained"] = int((~scored).sum())  # every labeling function abstained: no score to write
     parts = []
     if labeled is not None:
         parts.append(pd.DataFrame({"source": "labeled", "id": _ids(labeled, id_col if id_col in labeled.columns else None),
                                    **{c: labeled[c].tolist() for c in text_cols}, "score": y[:, 0], "confidence": 1.0}))
+    rest = data[new]
     ids = np.asarray(_ids(data, id_col), dtype=object)[new][scored]
     parts.append(pd.DataFrame({"source": "data", "id": ids, **{c: rest[c].to_numpy()[scored] for c in text_cols},
                                "score": scores[scored, 0], "confidence": np.asarray(confidence)[scored]}))
-    return pd.concat(parts, ignore_index=True), summary
+    return pd.concat(parts, ignore_index=True)

@@ -70,7 +70,7 @@ def self_train(model: HeadModel, labeled: Inputs, y: np.ndarray, unlabeled: Inpu
             n_pseudo = round(len(unlabeled) * r / rounds)
             kept = np.argsort(-conf, kind="stable")[:n_pseudo]
             train, y_train = labeled.join(unlabeled.subset(kept)), np.concatenate([y, pseudo[kept]])
-        models = [HeadModel(**{**model.params(), "seed": model.seed + i}, device=model.device)
+        models = [HeadModel(model.config.replace(seed=model.config.seed + i), device=model.device)
                   .fit_inputs(train, y_train, val, y_val, labels=labels, progress=False) for i in range(committee)]
         val_pred, _ = committee_predict(models, val, label_std)
         metrics = {k: v for k, v in report(y_val, val_pred, names).items() if k in NAMES}

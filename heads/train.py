@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import math
+import random
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -17,7 +19,23 @@ from tqdm.auto import tqdm
 
 from embedcache import ParameterError
 
-LOSSES = {"mse": F.mse_loss, "huber": F.huber_loss, "l1": F.l1_loss}
+LOSS_FUNCTIONS = {"mse": F.mse_loss, "huber": F.huber_loss, "l1": F.l1_loss}
+
+
+@contextmanager
+def seeded(seed: int, device="cpu"):
+    """Torch's global generators seeded for the block and restored after it: a fixed seed gives the same
+    model, and the caller's own random state is left as it was."""
+    device = torch.device(device)
+    devices = [device.index or 0] if device.type == "cuda" else []
+    python_state, numpy_state = random.getstate(), np.random.get_state()  # the Trainer seeds these too
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
 def auto_batch_size(n: int) -> int:
@@ -51,10 +69,10 @@ def fit(module, tables, train_index, y_train, val_index=None, y_val=None, *, val
     ``patience`` epochs without a better RMSE and the best weights are restored.
     ``val_tables`` defaults to ``tables`` (a split of one dataset).
     ``sample_weight`` (n,) scales each training row's loss (a pseudo-label's confidence).
+    Dropout draws from torch's global generator: run this under ``seeded`` for repeatable results.
     """
-    if loss not in LOSSES:
-        raise ParameterError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
-    torch.manual_seed(seed)
+    if loss not in LOSS_FUNCTIONS:
+        raise ParameterError(f"unknown loss {loss!r}; choose one of {', '.join(LOSS_FUNCTIONS)}")
     generator = torch.Generator(device="cpu").manual_seed(seed)
     module.to(device)
     tables, train_index = to_device(tables, train_index, device)
@@ -78,7 +96,7 @@ def fit(module, tables, train_index, y_train, val_index=None, y_val=None, *, val
     optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
-    loss_fn = LOSSES[loss]
+    loss_fn = LOSS_FUNCTIONS[loss]
 
     history, best, best_state, bad_epochs = [], math.inf, None, 0
     bar = tqdm(range(epochs), disable=not progress, desc="training", unit="epoch")

@@ -114,14 +114,14 @@ def test_other_commands_refuse_out_of_range_flags(capsys, args, words):
 
 KILL_WHILE_SAVING = """
 import json, os, signal, sys
-import heads.model
+import heads.directory
 
 real = json.dumps
 def dumps(obj, *a, **k):  # the config is written after the weights: die in between
     if isinstance(obj, dict) and "weights_sha256" in obj:
         os.kill(os.getpid(), signal.SIGKILL)
     return real(obj, *a, **k)
-heads.model.json.dumps = dumps
+heads.directory.json.dumps = dumps
 from heads.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -1,0 +1,150 @@
+"""Settings as objects: ``TrainConfig`` (how a head is trained) and ``FinetuneConfig`` (what fine-tuning adds).
+
+Each field carries its check and its help in its metadata, so the Python API
+(``config.check()``), the commands (``add_arguments``: one flag per field) and
+a saved model's ``config.json`` (``params``) agree on names, bounds and words.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from embedcache import (
+    ParameterError,
+    check_choice,
+    check_float,
+    check_int,
+    check_label_range,
+    flag_type,
+)
+
+LOSSES = ("mse", "huber", "l1")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def setting(default, help: str, check=None, convert=int, **bounds):
+    """A config field: its default, the help of its flag, and the check both the API and the flag apply."""
+    return field(default=default, metadata={"help": help, "check": check, "convert": convert, "bounds": bounds})
+
+
+def _check_bool(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ParameterError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+@dataclass
+class TrainConfig:
+    """How a head is trained: by ``HeadModel``, ``EmbeddingRegressor``, ``heads train``, self-training and fine-tuning."""
+
+    head: str = setting("auto", "head type: auto (two-tower for a pair of texts, as it starts from their calibrated "
+                        "cosine; concat otherwise) or a registered type (default: %(default)s)")
+    width: int = setting(256, "projection width (default %(default)s)", check_int)
+    dropout: float = setting(0.1, "dropout (default %(default)s)", check_float, float, low=0, high=1, high_open=True)
+    shared: bool = setting(True, "(--no-shared) separate projections for the two texts of a pair", _check_bool)
+    loss: str = setting("mse", "training loss", check_choice, str, choices=LOSSES)
+    epochs: int = setting(30, "at most this many epochs (default %(default)s)", check_int)
+    lr: float = setting(1e-3, "the head's learning rate (default %(default)s)", check_float, float, low=0, low_open=True)
+    weight_decay: float = setting(0.01, "AdamW weight decay (default %(default)s)", check_float, float, low=0)
+    batch_size: int | None = setting(None, "rows per step (default: about 100 steps an epoch, 32 to 1024)", check_int)
+    patience: int = setting(5, "stop after this many epochs without a better validation RMSE (default %(default)s)",
+                            check_int, minimum=0)
+    val_fraction: float = setting(0.1, "held-out share of distinct texts when no validation file is given "
+                                  "(default %(default)s)", check_float, float, low=0, high=1, low_open=True, high_open=True)
+    label_range: tuple | None = setting(None, "bound predictions to [LO, HI]", check_label_range)
+    seed: int = setting(0, "random seed: the same seed gives the same model (default %(default)s)", check_int, minimum=0)
+
+    def check(self, zero_lr: bool = False) -> TrainConfig:
+        """Every field within its allowed values (ParameterError naming it); ``zero_lr`` allows lr = 0
+        (fine-tuning may freeze the head and train the encoder only)."""
+        from .units import check_head_name
+
+        check_head_name(self.head, allow_auto=True)
+        for f in fields(self):
+            check, value, bounds = f.metadata["check"], getattr(self, f.name), dict(f.metadata["bounds"])
+            if f.name == "lr" and zero_lr:
+                bounds["low_open"] = False
+            if check is not None and value is not None:
+                check(value, f.name, **bounds)
+        return self
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["label_range"] = None if self.label_range is None else list(self.label_range)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        values = dict(values)
+        if values.get("label_range") is not None:
+            values["label_range"] = tuple(values["label_range"])
+        return cls(**values)
+
+    def replace(self, **changes) -> TrainConfig:
+        return replace(self, **changes)
+
+
+@dataclass
+class FinetuneConfig:
+    """What fine-tuning the encoder adds to a ``TrainConfig``."""
+
+    model: str | None = setting(None, "encoder to fine-tune: a sentence-transformers or transformers directory or hub "
+                                "id (default: the embedded all-MiniLM-L6-v2)")
+    encoder_lr: float = setting(2e-5, "the encoder's learning rate; 0 freezes it (default %(default)s)", check_float,
+                                float, low=0)
+    lora: int | None = setting(None, "train rank-R LoRA adapters (peft) instead of every encoder weight", check_int)
+    grad_accum: int = setting(1, "gradient accumulation steps (default %(default)s)", check_int)
+    gradient_checkpointing: bool = setting(False, "recompute activations: less memory, slower", _check_bool)
+    max_length: int | None = setting(None, "tokens per text (default: the encoder's)", check_int)
+    precision: str = setting("auto", "auto: bf16 (or fp16) mixed precision on a GPU, fp32 on the CPU", check_choice,
+                             str, choices=PRECISIONS)
+    init_head: str | None = setting(None, "start from a head trained by heads train on this encoder's frozen vectors "
+                                    "(linear probing, then fine-tuning)")
+
+    def check(self) -> FinetuneConfig:
+        for f in fields(self):
+            check, value = f.metadata["check"], getattr(self, f.name)
+            if check is not None and value is not None:
+                check(value, f.name, **f.metadata["bounds"])
+        return self
+
+    def to_dict(self) -> dict:
+        return {k: (None if v is None else str(v) if k == "init_head" else v) for k, v in asdict(self).items()}
+
+
+# -- flags ------------------------------------------------------------------------
+
+METAVARS = {"dropout": "P", "lr": "LR", "encoder_lr": "LR", "weight_decay": "W", "val_fraction": "F", "batch_size": "N", "epochs": "N", "width": "N", "patience": "N", "seed": "N", "lora": "R",
+            "max_length": "N", "grad_accum": "N", "model": "NAME_OR_PATH", "init_head": "MODEL_DIR", "head": "HEAD"}
+
+
+def add_arguments(parser, config, title: str, zero_lr: bool = False) -> None:
+    """One flag per field of ``config`` (an instance: its values are the defaults), in an argument group;
+    ``zero_lr`` lets ``--lr`` be 0, as ``TrainConfig.check(zero_lr=True)`` does."""
+    group = parser.add_argument_group(title)
+    for f in fields(config):
+        meta, default, flag = f.metadata, getattr(config, f.name), "--" + f.name.replace("_", "-")
+        if f.name == "lr" and zero_lr:
+            meta = {**meta, "bounds": {**meta["bounds"], "low_open": False}}
+        if f.name == "shared":
+            group.add_argument("--no-shared", dest="shared", action="store_false", default=default, help=meta["help"])
+        elif isinstance(default, bool):
+            group.add_argument(flag, action="store_true", default=default, help=meta["help"])
+        elif f.name == "label_range":
+            group.add_argument(flag, type=float, nargs=2, metavar=("LO", "HI"), default=default, help=meta["help"])
+        elif "choices" in meta["bounds"]:
+            group.add_argument(flag, default=default, choices=meta["bounds"]["choices"], help=meta["help"])
+        elif meta["check"] is None:
+            group.add_argument(flag, default=default, metavar=METAVARS.get(f.name), help=meta["help"])
+        else:
+            group.add_argument(flag, type=flag_type(meta["check"], meta["convert"], **meta["bounds"]), default=default,
+                               metavar=METAVARS.get(f.name), help=meta["help"])
+
+
+def from_arguments(cls, args: argparse.Namespace, **changes):
+    """The config of class ``cls`` from parsed flags (fields without a flag keep their defaults)."""
+    values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+    if values.get("label_range") is not None:
+        values["label_range"] = tuple(values["label_range"])
+    return cls(**{**values, **changes})

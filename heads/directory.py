@@ -1,0 +1,158 @@
+"""A saved model directory: ``config.json`` and ``model.safetensors``, written whole or not at all, checked on read.
+
+Nothing is unpickled.  The config records the weights' SHA-256; reading checks
+it, the config's fields, and the tensors' shapes against what the config says
+(computed without allocating them), so a damaged or altered directory is a
+``ModelError`` naming the file and field, never a crash or a wrong model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+from safetensors.torch import save as save_tensors
+
+from embedcache import EmbedcacheError, ParameterError, atomic_directory, check_output
+
+from .config import TrainConfig
+
+REQUIRED = ("head", "params", "dim", "sides", "columns", "labels", "label_mean", "label_std", "encoder")
+
+
+class ModelError(EmbedcacheError, ValueError):
+    """A saved model directory that is incomplete, damaged or inconsistent; the message names the file and field."""
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for dist in ("embedcache", "torch", "numpy", "scikit-learn", "safetensors", "sentence-transformers"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def write_model(directory, config: dict, tensors: dict, overwrite: bool = False, move: dict | None = None) -> Path:
+    """Write ``config`` and ``tensors`` to a temporary directory that replaces ``directory`` only when whole.
+
+    ``move`` maps names inside the new directory to paths moved there (a fine-tuned model's ``encoder/``).
+    """
+    directory = check_output(directory, overwrite=overwrite, flag="model directory")
+    weights = save_tensors(tensors)
+    config = {**config, "weights_sha256": hashlib.sha256(weights).hexdigest(), "versions": versions()}
+    with atomic_directory(directory) as tmp:
+        for name, path in (move or {}).items():
+            os.replace(path, tmp / name)
+        # written through open(), which honours the umask (save_file leaves 0600: a service account could not read it)
+        (tmp / "model.safetensors").write_bytes(weights)
+        (tmp / "config.json").write_text(json.dumps(config, indent=1, allow_nan=True) + "\n")
+    return directory
+
+
+def read_model(directory) -> tuple[dict, dict]:
+    """The checked config and the tensors of a saved model."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ModelError(f"{directory}: no such model directory")
+    for name in ("config.json", "model.safetensors"):
+        if not (directory / name).is_file():
+            raise ModelError(f"{directory} is not a saved head model: {name} is missing")
+    where = directory / "config.json"
+    try:
+        config = json.loads(where.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{where}: not readable JSON ({e}); train the model again") from None
+    check_config(config, where)
+    weights = (directory / "model.safetensors").read_bytes()
+    recorded = config.get("weights_sha256")  # absent in models saved before it was recorded
+    if recorded is not None and hashlib.sha256(weights).hexdigest() != recorded:
+        raise ModelError(f"{directory / 'model.safetensors'} does not match the checksum in {where} (field "
+                         "'weights_sha256'): the directory is half-written or altered; train the model again")
+    try:
+        from safetensors.torch import load as load_tensors
+
+        tensors = load_tensors(weights)
+    except Exception as e:  # noqa: BLE001 -- safetensors raises its own error types on damaged bytes
+        raise ModelError(f"{directory / 'model.safetensors'} cannot be read ({e}); train the model again") from None
+    return config, tensors
+
+
+def check_shapes(tensors: dict, expected: dict, directory, config: dict, head_config: dict) -> None:
+    found = {k: tuple(v.shape) for k, v in tensors.items()}
+    if found != expected:
+        name = next((k for k in expected if found.get(k) != expected[k]), next(iter(set(found) - set(expected)), "?"))
+        sizes = ", ".join(f"{k} {v}" for k, v in head_config.items() if k not in ("sides", "n_outputs") and isinstance(v, int))
+        raise ModelError(f"{directory}: tensor {name!r} has shape {found.get(name)} in model.safetensors, but "
+                         f"config.json (head {config['head']!r}, {sizes}, {len(config['labels'])} labels) needs "
+                         f"{expected.get(name)}; the files do not belong together")
+
+
+def _bad(where, field, expected, value):
+    raise ModelError(f"{where}: field {field!r} must be {expected}, found {json.dumps(value)[:60]}; train the model again")
+
+
+def check_config(config, where) -> None:
+    """A model's config.json: every field the model needs, of the right type and range (ModelError naming it)."""
+    from .units import HEAD_TYPES
+
+    if not isinstance(config, dict):
+        _bad(where, "(top level)", "a JSON object", config)
+    for field in REQUIRED:
+        if field not in config:
+            raise ModelError(f"{where}: field {field!r} is missing; train the model again")
+    if config["head"] not in HEAD_TYPES:
+        _bad(where, "head", f"one of {', '.join(HEAD_TYPES)}", config["head"])
+    _check_params(config["params"], where)
+    dim = config["dim"]
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        _bad(where, "dim", "a whole number >= 1", dim)
+    sides = config["sides"]
+    if not isinstance(sides, list) or not sides or sides[0] != "text" or not set(sides) <= {"text", "pair", "condition"} \
+            or len(set(sides)) != len(sides):
+        _bad(where, "sides", "a list starting with 'text', of 'text', 'pair', 'condition'", sides)
+    labels = config["labels"]
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        _bad(where, "labels", "a non-empty list of column names", labels)
+    for field, positive in (("label_mean", False), ("label_std", True)):
+        values = config[field]
+        if not (isinstance(values, list) and len(values) == len(labels)
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 or not positive)
+                        for v in values)):
+            _bad(where, field, f"{len(labels)} finite number(s){' > 0' if positive else ''}", values)
+    if not isinstance(config["encoder"], dict) or not isinstance(config["encoder"].get("fingerprint"), str):
+        _bad(where, "encoder", "an object with a string 'fingerprint'", config["encoder"])
+    if not isinstance(config["columns"], dict):
+        _bad(where, "columns", "an object", config["columns"])
+    _check_head_config(config, where)
+
+
+def _check_params(params, where) -> None:
+    known = [f for f in TrainConfig.__dataclass_fields__]
+    if not isinstance(params, dict) or set(params) != set(known):
+        unknown = sorted(set(params) - set(known)) if isinstance(params, dict) else []
+        _bad(where, "params", f"an object with exactly {', '.join(sorted(known))}"
+             + (f" (unknown: {', '.join(unknown)})" if unknown else ""), params)
+    try:
+        TrainConfig.from_dict(params).check()
+    except (ParameterError, TypeError, ValueError) as e:
+        raise ModelError(f"{where}: field 'params': {e}; train the model again") from None
+
+
+def _check_head_config(config: dict, where) -> None:
+    """``head_config`` (absent in models saved before it was recorded) agrees with the training settings it was built from."""
+    head = config.get("head_config")
+    if head is None:
+        return
+    if not isinstance(head, dict):
+        _bad(where, "head_config", "an object", head)
+    for key, value in config["params"].items():
+        if key in head and head[key] != value:
+            raise ModelError(f"{where}: field 'head_config' has {key} {json.dumps(head[key])[:40]}, but field 'params' "
+                             f"has {json.dumps(value)[:40]}: the fields do not belong together; train the model again")

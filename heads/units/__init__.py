@@ -1,0 +1,54 @@
+"""Head types, by name.  A head type is one class (see ``base`` for what it provides) and one line here.
+
+``register_head("name", cls)`` adds a type from outside the package (a test, a
+user's module passed to ``heads train --import``); ``HeadModel``, the commands,
+saving and loading then use it like the built-in ones.
+"""
+
+from __future__ import annotations
+
+from embedcache import ParameterError
+
+from .base import TorchHead
+from .concat import ConcatHead
+from .cross import CrossHead
+from .ridge import RidgeHead
+from .two_tower import TwoTowerHead
+
+HEAD_TYPES: dict[str, type] = {
+    "concat": ConcatHead,
+    "two-tower": TwoTowerHead,
+    "ridge": RidgeHead,
+    "cross": CrossHead,
+}
+
+__all__ = ["HEAD_TYPES", "ConcatHead", "CrossHead", "RidgeHead", "TorchHead", "TwoTowerHead", "check_head_name",
+           "head_type", "register_head", "resolve_head"]
+
+
+def register_head(name: str, cls: type) -> type:
+    """Make ``cls`` the head type called ``name``; returns ``cls``."""
+    for method in ("build", "config", "from_config", "state", "load_state", "state_shapes", "fit", "predict", "check_sides"):
+        if not callable(getattr(cls, method, None)):
+            raise ParameterError(f"head type {cls.__name__} has no method {method!r}; see heads.units.base")
+    HEAD_TYPES[name] = cls
+    return cls
+
+
+def check_head_name(name, allow_auto: bool = False) -> str:
+    if name not in HEAD_TYPES and not (allow_auto and name == "auto"):
+        raise ParameterError(f"unknown head {name!r}; choose one of: {'auto, ' if allow_auto else ''}"
+                             f"{', '.join(HEAD_TYPES)}")
+    return name
+
+
+def head_type(name: str) -> type:
+    return HEAD_TYPES[check_head_name(name)]
+
+
+def resolve_head(head: str, sides) -> str:
+    """``auto``: two-tower for a pair of texts (it starts from their calibrated cosine, so it is never
+    below it), concat otherwise."""
+    if head != "auto":
+        return head
+    return "two-tower" if "pair" in sides and "condition" not in sides else "concat"
