@@ -1,4 +1,8 @@
-"""Evaluation plots as PNG files: predicted vs true, residuals, metrics per condition."""
+"""Evaluation plots as PNG files: predicted vs true, residuals, metrics per condition.
+
+Drawn on ``matplotlib.figure.Figure`` objects with their own canvas: pyplot's
+global backend and figure list are never touched, so a notebook keeps its own.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,6 @@ import numpy as np
 
 
 def write_plots(directory, y_true: np.ndarray, y_pred: np.ndarray, labels: list[str], metrics: dict) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display needed
-    import matplotlib.pyplot as plt
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     written = []
@@ -22,7 +21,7 @@ def write_plots(directory, y_true: np.ndarray, y_pred: np.ndarray, labels: list[
         m = metrics["per_label"][label]
         suffix = "" if len(labels) == 1 else f"-{label}"
 
-        fig, ax = plt.subplots(figsize=(5, 5))
+        fig, ax = _figure(5, 5)
         ax.scatter(t, p, s=6, alpha=0.4)
         lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
         ax.plot([lo, hi], [lo, hi], color="black", linewidth=1, label="prediction = truth")
@@ -31,7 +30,7 @@ def write_plots(directory, y_true: np.ndarray, y_pred: np.ndarray, labels: list[
         ax.legend(loc="upper left")
         written.append(_save(fig, directory / f"pred_vs_true{suffix}.png"))
 
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = _figure(6, 4)
         ax.hist(p - t, bins=50)
         ax.axvline(0, color="black", linewidth=1)
         ax.set(xlabel="predicted - true", ylabel="rows", title=f"{label}: residuals (MAE {m['mae']:.3f})")
@@ -40,17 +39,21 @@ def write_plots(directory, y_true: np.ndarray, y_pred: np.ndarray, labels: list[
         if "per_condition" in metrics:
             names = list(metrics["per_condition"])
             values = [metrics["per_condition"][c][label]["rmse"] for c in names]
-            fig, ax = plt.subplots(figsize=(6, 0.4 * len(names) + 1.5))
+            fig, ax = _figure(6, 0.4 * len(names) + 1.5)
             ax.barh(names, values)
             ax.set(xlabel="RMSE", title=f"{label}: RMSE per condition")
             written.append(_save(fig, directory / f"per_condition{suffix}.png"))
     return written
 
 
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    return fig, fig.subplots()
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    fig.savefig(path, dpi=100)  # a Figure made this way draws with Agg by itself
     return path
