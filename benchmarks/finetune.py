@@ -17,19 +17,17 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path[0] = str(Path(__file__).resolve().parents[1])  # the heads package, not this folder's heads.py
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pandas as pd
 import torch
 from scipy.stats import spearmanr
+from stsb import read_sts  # this folder is first on sys.path when a benchmark runs
 
-from benchmarks.stsb import read_sts
 from embedcache import EmbeddingCache, load_encoder
 from heads import HeadModel
 from heads.finetune import finetune

@@ -12,15 +12,12 @@ German, Spanish and French on USE multilingual.  Accuracy only, no timings.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-
-sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repository, not this folder, comes first
 
 import numpy as np
 from scipy.stats import spearmanr
+from stsb import read_sts  # this folder is first on sys.path when a benchmark runs
 
-from benchmarks.stsb import read_sts
 from embedcache import EmbeddingCache, load_encoder
 from heads import HeadModel
 

@@ -1,14 +1,27 @@
 """embedcache: encode a corpus once with a frozen sentence encoder, keep the vectors in HDF5 shards.
 
 The names below are the contract with the ``heads`` package and with users:
-everything else is internal.
+everything else is internal.  Besides the cache, the encoders and the errors,
+they include what a package building on embedcache needs to read tables the
+same way (``read_table``, ``check_columns``, ``template_columns``, ...) and to
+place and describe an encoder (``resolve_device``, ``model_directory``, ...).
 """
 
 __version__ = "0.1.0"
 
 from .cache import EmbeddingCache
 from .checks import check_choice, check_float, check_int, check_label_range, flag_type
-from .encoders import Encoder, load_encoder, register_encoder
+from .corpus import precompute
+from .encoders import (
+    Encoder,
+    load_encoder,
+    model_directory,
+    quiet_transformers,
+    register_encoder,
+    resolve_device,
+    resolve_precision,
+    unknown_warning,
+)
 from .errors import (
     CacheDamagedError,
     CacheError,
@@ -21,6 +34,8 @@ from .errors import (
     MissingDependencyError,
     NotCachedError,
     ParameterError,
+    TruncatedTextsWarning,
+    UnknownTokensWarning,
     WriteError,
     run_command,
 )
@@ -33,8 +48,19 @@ from .files import (
     writing,
 )
 from .index import text_keys
+from .inputs import (
+    FORMATS,
+    bad_rows,
+    check_columns,
+    compose,
+    first_rows,
+    read_table,
+    table_source,
+    template_columns,
+)
 
 __all__ = [
+    "FORMATS",
     "CacheDamagedError",
     "CacheError",
     "CacheLockedError",
@@ -48,20 +74,35 @@ __all__ = [
     "MissingDependencyError",
     "NotCachedError",
     "ParameterError",
+    "TruncatedTextsWarning",
+    "UnknownTokensWarning",
     "WriteError",
     "atomic_directory",
     "atomic_file",
     "atomic_write_bytes",
     "atomic_write_json",
+    "bad_rows",
     "check_choice",
+    "check_columns",
     "check_float",
     "check_int",
     "check_label_range",
     "check_output",
+    "compose",
+    "first_rows",
     "flag_type",
     "load_encoder",
+    "model_directory",
+    "precompute",
+    "quiet_transformers",
+    "read_table",
     "register_encoder",
+    "resolve_device",
+    "resolve_precision",
     "run_command",
+    "table_source",
+    "template_columns",
     "text_keys",
+    "unknown_warning",
     "writing",
 ]

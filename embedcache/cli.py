@@ -5,22 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from . import __version__
 from .cache import MANIFEST, EmbeddingCache
 from .checks import check_int, flag_type
-from .encoders import (
-    DEFAULT_ENCODER,
-    encoder_aliases,
-    load_encoder,
-    quick_key,
-    quiet_transformers,
-    unknown_warning,
-)
-from .errors import CacheError, run_command
-from .inputs import FORMATS, InputError, first_rows, read_table, texts_from_table
+from .corpus import precompute as run_precompute
+from .encoders import DEFAULT_ENCODER, encoder_aliases, quiet_transformers
+from .errors import run_command
+from .inputs import FORMATS
 
 PRECOMPUTE_EXAMPLES = """\
 examples:
@@ -111,56 +104,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def precompute(args) -> dict:
-    start = time.perf_counter()
     template = args.template.replace("\\n", "\n").replace("\\t", "\t") if args.template else None
-    if not args.text_col and template is None:
-        raise InputError("give at least one --text-col or a --template")
-    texts, rows, skipped, tables = [], 0, 0, []
-    for path in args.inputs:  # read and validate everything before the first encoding
-        df = read_table(path, fmt=args.format, header=not args.no_header)
-        t, s = texts_from_table(df, path, args.text_col, template, args.skip_empty)
-        tables.append((path, df))
-        texts += t
-        rows += len(df)
-        skipped += s
-    options = {**({"max_length": args.max_length} if args.max_length else {}),
-               **({"precision": args.precision} if args.precision != "auto" else {}),
-               **({"normalize": True} if args.normalize else {})}
-    if Path(args.cache).exists() and not Path(args.cache).is_dir():
-        raise CacheError(f"--cache {args.cache} is a file, not a directory")
-    known = (Path(args.cache) / MANIFEST).exists() and EmbeddingCache(args.cache, dtype=args.dtype)
-    model = args.model
-    if model is None and known:  # an existing cache: its own encoder, as it records it
-        spec = known.encoder_spec
-        if spec is None:
-            raise CacheError(f"cache {known.path} was built by a custom encoder ({known.encoder_name!r}) it cannot "
-                             "reload; pass --model")
-        model, options = spec["name_or_path"], {**{k: v for k, v in spec.items() if k != "name_or_path"}, **options}
-    key = quick_key(model, device=args.device, **options)
-    if known and known.knows(key) and known.contains(texts).all():
-        cache, encoder = known, None  # everything is cached: no need to load the model
-    else:
-        encoder = load_encoder(model, device=args.device, batch_size=args.batch_size, **options)
-        cache = EmbeddingCache(args.cache, encoder, dtype=args.dtype, shard_size=args.shard_size)
-        cache.remember(key)
-    stats = cache.add(texts, progress=not args.quiet)
-    seconds = time.perf_counter() - start
-    examples = stats.pop("unknown_examples")
-    stats.update(rows=rows, texts=len(texts), skipped=skipped, seconds=round(seconds, 3),
-                 encode_seconds=round(stats["encode_seconds"], 3),
-                 texts_per_s=round(stats["encoded"] / stats["encode_seconds"], 1) if stats["encoded"] else None,
-                 rows_per_s=round(rows / seconds, 1), cache=str(cache.path), cache_rows=len(cache))
-    if stats["truncated"]:
-        print(f"warning: {stats['truncated']} texts were longer than {cache.encoder.max_length} tokens and were truncated",
-              file=sys.stderr)
-    if stats["mostly_unknown"]:
-        where = [w or "a composed text" for w in first_rows(examples, tables)]
-        print("warning: " + unknown_warning(stats["mostly_unknown"], stats["encoded"], cache.encoder_name, examples,
-                                            cache.unknown_report()["languages"], where), file=sys.stderr)
+    stats = run_precompute(
+        args.inputs, args.cache, args.text_col, template, args.model, device=args.device, batch_size=args.batch_size,
+        max_length=args.max_length, precision=args.precision, normalize=args.normalize, dtype=args.dtype,
+        shard_size=args.shard_size, fmt=args.format, header=not args.no_header, skip_empty=args.skip_empty,
+        progress=not args.quiet)
     speed = f", {stats['texts_per_s']} texts/s encoding" if stats["encoded"] else ""
-    print(f"{rows} rows, {len(texts)} texts, {stats['unique']} unique: {stats['cached']} already cached, "
-          f"{stats['encoded']} encoded, {skipped} rows skipped, in {seconds:.1f} s{speed}; "
-          f"{cache.path} holds {stats['cache_rows']} vectors")
+    print(f"{stats['rows']} rows, {stats['texts']} texts, {stats['unique']} unique: {stats['cached']} already cached, "
+          f"{stats['encoded']} encoded, {stats['skipped']} rows skipped, in {stats['seconds']:.1f} s{speed}; "
+          f"{stats['cache']} holds {stats['cache_rows']} vectors")
     return stats
 
 

@@ -71,6 +71,14 @@ class WriteError(EmbedcacheError, OSError):
         return str(self.args[0]) if self.args else ""
 
 
+class UnknownTokensWarning(UserWarning):
+    """Texts were mostly tokens the encoder does not know (a language it does not cover)."""
+
+
+class TruncatedTextsWarning(UserWarning):
+    """Texts were longer than the encoder's max length and were cut."""
+
+
 def os_error_message(error: OSError, path, doing: str = "writing") -> str:
     """One line for an OSError met while ``doing`` ``path``, with what to do."""
     code = error.errno

@@ -137,7 +137,7 @@ def _unique_keys(pairs):
     return dict(pairs)
 
 
-def source(df: pd.DataFrame, default: str = "data") -> str:
+def table_source(df: pd.DataFrame, default: str = "data") -> str:
     """The file a table was read from (``read_table`` records it), for error messages."""
     return df.attrs.get("source", default)
 

@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embedcache import InputError, ParameterError
-from embedcache.encoders import model_directory
+from embedcache import InputError, ParameterError, model_directory
 
 POOLING = ("mean", "cls", "max")
 

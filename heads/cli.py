@@ -9,6 +9,7 @@ import sys
 import time
 
 from embedcache import (
+    FORMATS,
     EmbeddingCache,
     InputError,
     __version__,
@@ -17,10 +18,10 @@ from embedcache import (
     check_int,
     check_output,
     flag_type,
+    quiet_transformers,
+    read_table,
     run_command,
 )
-from embedcache.encoders import quiet_transformers
-from embedcache.inputs import FORMATS, read_table
 
 from .config import FinetuneConfig, TrainConfig, add_arguments, from_arguments
 from .finetune import FINETUNE_DEFAULTS

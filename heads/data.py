@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from embedcache import EmbeddingCache, ParameterError
-from embedcache.encoders import Encoder
-from embedcache.inputs import (
+from embedcache import (
+    EmbeddingCache,
+    Encoder,
     InputError,
+    ParameterError,
     bad_rows,
     check_columns,
     compose,

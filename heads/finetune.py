@@ -141,7 +141,7 @@ def _trainer_class():
 
 def _precision(precision: str, device: str) -> dict:
     """The TrainingArguments flag for embedcache's choice of precision (auto: bf16 or fp16 on a GPU, fp32 elsewhere)."""
-    from embedcache.encoders import resolve_precision
+    from embedcache import resolve_precision
 
     chosen = resolve_precision(precision, device)
     return {} if chosen == "fp32" else {chosen: True}
@@ -304,7 +304,7 @@ def finetune(data: pd.DataFrame, label_cols, columns: dict, out, config: TrainCo
         import accelerate  # noqa: F401 -- the Trainer needs it; say so before any work
     except ImportError as e:
         raise MissingDependencyError("heads finetune needs accelerate (and peft for --lora): pip install -e '.[finetune]'") from e
-    from embedcache.encoders import resolve_device
+    from embedcache import resolve_device
 
     config, encoder = _configs(config, encoder, settings)
     label_cols = [label_cols] if isinstance(label_cols, str) else list(label_cols)

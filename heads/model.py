@@ -22,10 +22,15 @@ from embedcache import (
     FingerprintMismatchError,
     InputError,
     ParameterError,
+    UnknownTokensWarning,
+    check_columns,
     check_label_range,
+    first_rows,
+    read_table,
+    resolve_device,
+    table_source,
+    unknown_warning,
 )
-from embedcache.encoders import resolve_device, unknown_warning
-from embedcache.inputs import check_columns, first_rows, read_table, source
 
 from .config import TrainConfig
 from .data import (
@@ -44,10 +49,6 @@ from .units import check_head_name, head_type, resolve_head
 PSEUDO_SOURCES = {"labeled", "data"}  # the source column of a heads pseudolabel table
 
 __all__ = ["HeadModel", "ModelError", "UnknownTokensWarning", "UnseenConditionWarning"]
-
-
-class UnknownTokensWarning(UserWarning):
-    """Texts were mostly tokens the encoder does not know."""
 
 
 class UnseenConditionWarning(UserWarning):
@@ -401,5 +402,5 @@ def _sample_weight(df: pd.DataFrame, weight_col, sample_weight, path) -> np.ndar
 def _table(data, name: str = "data") -> tuple[pd.DataFrame, str]:
     """The table and what errors call it: its file (``read_table`` records it in the DataFrame), else ``name``."""
     if isinstance(data, pd.DataFrame):
-        return data, source(data, name)
+        return data, table_source(data, name)
     return read_table(data), str(data)

@@ -17,11 +17,13 @@ from embedcache import (
     InputError,
     ParameterError,
     check_choice,
+    check_columns,
     check_float,
     check_int,
     check_label_range,
+    table_source,
+    template_columns,
 )
-from embedcache.inputs import check_columns, source, template_columns
 
 from .data import (
     Inputs,
@@ -129,8 +131,8 @@ def pseudolabel(cache: EmbeddingCache, data: pd.DataFrame, columns: dict, method
             s, confidence = propagate(row_vectors(lab_inputs), y[:, 0], row_vectors(rest_inputs), k=k)
             scores = s[:, None]
         else:
-            val = None if val_data is None else (load_inputs(cache, val_data, columns, source(val_data, "val data"), add_missing),
-                                                 load_labels(val_data, [label_col], source(val_data, "val data")))
+            val = None if val_data is None else (load_inputs(cache, val_data, columns, table_source(val_data, "val data"), add_missing),
+                                                 load_labels(val_data, [label_col], table_source(val_data, "val data")))
             result = _self_train(model or HeadModel(), lab_inputs, y, rest_inputs, val, rounds=rounds, committee=committee,
                                  select=select, labels=[label_col], progress=progress)
             scores, confidence = result.scores, result.confidence

@@ -26,7 +26,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])  # run as a script from a
 
 import pandas as pd
 
-from embedcache.inputs import read_table
+from embedcache import read_table
 from heads.annotate import annotate
 from heads.data import column_texts
 from heads.labeling import apply, combine

@@ -157,3 +157,20 @@ def test_settings_are_one_object_shared_by_the_model_the_estimator_and_the_flags
     assert config == TrainConfig(width=32, shared=False, label_range=(0.0, 5.0), seed=3)
     assert HeadModel(config).params() == HeadModel(width=32, shared=False, label_range=(0, 5), seed=3).params()
     assert EmbeddingRegressor(width=32, random_state=3).train_config() == TrainConfig(head="concat", width=32, seed=3)
+
+
+def test_plots_leave_pyplot_and_its_backend_alone(tmp_path):
+    import matplotlib
+
+    matplotlib.use("svg")  # a notebook's own choice
+    import matplotlib.pyplot as plt
+
+    from heads.metrics import report
+    from heads.plots import write_plots
+
+    y = np.linspace(0, 1, 30)[:, None]
+    pred = y + np.random.default_rng(0).normal(0, 0.1, y.shape)
+    written = write_plots(tmp_path, y, pred, ["score"], report(y, pred, ["score"], ["a", "b", "c"] * 10))
+    assert [p.name for p in written] == ["pred_vs_true.png", "residuals.png", "per_condition.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in written)
+    assert matplotlib.get_backend() == "svg" and plt.get_fignums() == []

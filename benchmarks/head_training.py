@@ -1,7 +1,7 @@
 """Head training speed against the notebook loop, and accuracy on the STS benchmark.
 
-    python benchmarks/heads.py                       # both sections, about 15 minutes on 2 CPU cores
-    python benchmarks/heads.py --skip-accuracy --rows 45000
+    python benchmarks/head_training.py                       # both sections, about 15 minutes on 2 CPU cores
+    python benchmarks/head_training.py --skip-accuracy --rows 45000
 
 Speed: 450k rows of 768-d vectors, 8 conditions, 5 epochs, the concat head, against
 (1) the notebook loop: a Dataset returning one item at a time, a DataLoader with
@@ -21,13 +21,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 from pathlib import Path
-
-# Run as a script, this file's folder comes first on sys.path and its name would
-# hide the heads package: look from the repository root instead.
-sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -35,10 +30,10 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.stats import spearmanr
+from stsb import read_sts  # this folder is first on sys.path when a benchmark runs
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from benchmarks.stsb import read_sts
 from embedcache import EmbeddingCache, load_encoder
 from heads import HeadModel
 from heads.data import Inputs

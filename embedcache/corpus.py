@@ -1,0 +1,87 @@
+"""``precompute``: the texts of data files (a corpus) into a cache, encoding only what is not cached yet.
+
+What ``embedcache precompute`` runs, for Python users too: every file is read
+and checked before the first text is encoded, and a rerun over texts that are
+all cached already does not load the model at all (loading sentence-transformers
+alone takes seconds): the cache records a quick key of each encoder it verified.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+from .cache import MANIFEST, EmbeddingCache
+from .encoders import load_encoder, quick_key, unknown_warning
+from .errors import CacheError, InputError, TruncatedTextsWarning, UnknownTokensWarning
+from .inputs import first_rows, read_table, texts_from_table
+
+
+def precompute(inputs, cache, text_cols=(), template: str | None = None, model: str | None = None, *,
+               device: str | None = None, batch_size: int = 64, max_length: int | None = None,
+               precision: str | None = None, normalize: bool = False, dtype: str | None = None,
+               shard_size: int = 20_000, fmt: str | None = None, header: bool = True, skip_empty: bool = False,
+               progress: bool = True) -> dict:
+    """Encode the texts of ``inputs`` (data files) into the cache directory ``cache``; return a summary.
+
+    ``text_cols`` are columns whose texts are cached, ``template`` composes one text per row
+    from columns.  ``model`` defaults to the encoder an existing cache records, else the
+    embedded one.  The summary holds rows, texts, unique, cached, encoded, skipped, truncated,
+    mostly_unknown, seconds, encode_seconds, texts_per_s, rows_per_s, cache and cache_rows.
+    Truncated texts and texts the encoder mostly does not know are reported as warnings
+    (``TruncatedTextsWarning``, ``UnknownTokensWarning``) naming where they are.
+    """
+    start = time.perf_counter()
+    inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    if not text_cols and template is None:
+        raise InputError("give at least one text column (--text-col) or a template (--template)")
+    texts, rows, skipped, tables = [], 0, 0, []
+    for path in inputs:  # read and validate everything before the first encoding
+        df = read_table(path, fmt=fmt, header=header)
+        t, s = texts_from_table(df, path, list(text_cols), template, skip_empty)
+        tables.append((path, df))
+        texts += t
+        rows += len(df)
+        skipped += s
+    options = {**({"max_length": max_length} if max_length else {}),
+               **({"precision": precision} if precision not in (None, "auto") else {}),
+               **({"normalize": True} if normalize else {})}
+    store = _open(cache, texts, model, options, device, batch_size, dtype, shard_size)
+    stats = store.add(texts, progress=progress)
+    seconds = time.perf_counter() - start
+    examples = stats.pop("unknown_examples")
+    stats.update(rows=rows, texts=len(texts), skipped=skipped, seconds=round(seconds, 3),
+                 encode_seconds=round(stats["encode_seconds"], 3),
+                 texts_per_s=round(stats["encoded"] / stats["encode_seconds"], 1) if stats["encoded"] else None,
+                 rows_per_s=round(rows / seconds, 1), cache=str(store.path), cache_rows=len(store))
+    if stats["truncated"]:
+        warnings.warn(f"{stats['truncated']} texts were longer than {store.encoder.max_length} tokens and were truncated",
+                      TruncatedTextsWarning, stacklevel=2)
+    if stats["mostly_unknown"]:
+        where = [w or "a composed text" for w in first_rows(examples, tables)]
+        warnings.warn(unknown_warning(stats["mostly_unknown"], stats["encoded"], store.encoder_name, examples,
+                                      store.unknown_report()["languages"], where), UnknownTokensWarning, stacklevel=2)
+    return stats
+
+
+def _open(cache, texts, model, options: dict, device, batch_size, dtype, shard_size) -> EmbeddingCache:
+    """The cache to add ``texts`` to: with its encoder loaded, unless every text is cached and the encoder
+    asked for is one the cache verified before (then no model is loaded)."""
+    cache = Path(cache)
+    if cache.exists() and not cache.is_dir():
+        raise CacheError(f"--cache {cache} is a file, not a directory")
+    known = (cache / MANIFEST).exists() and EmbeddingCache(cache, dtype=dtype)
+    if model is None and known:  # an existing cache: its own encoder, as it records it
+        spec = known.encoder_spec
+        if spec is None:
+            raise CacheError(f"cache {known.path} was built by a custom encoder ({known.encoder_name!r}) it cannot "
+                             "reload; pass --model")
+        model, options = spec["name_or_path"], {**{k: v for k, v in spec.items() if k != "name_or_path"}, **options}
+    key = quick_key(model, device=device, **options)
+    if known and known.knows(key) and known.contains(texts).all():
+        return known  # everything is cached: no need to load the model
+    encoder = load_encoder(model, device=device, batch_size=batch_size, **options)
+    store = EmbeddingCache(cache, encoder, dtype=dtype, shard_size=shard_size)
+    store.remember(key)
+    return store
