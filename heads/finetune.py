@@ -36,7 +36,7 @@ from .data import grouped_split, load_labels, side_texts, sides_of
 from .metrics import NAMES, report
 from .model import HeadModel, check_label_values, label_scaling
 from .train import LOSS_FUNCTIONS, seeded
-from .units import TorchHead, head_type
+from .units import TorchHead, head_type, resolve_head
 
 # what heads finetune trains when not told otherwise: a few epochs suffice for a pretrained encoder
 FINETUNE_DEFAULTS = TrainConfig(head="concat", epochs=3, patience=2, batch_size=32)
@@ -184,8 +184,9 @@ def _add_lora(backbone: Backbone, r: int) -> None:
     backbone.model = get_peft_model(backbone.model, config)
 
 
-def _configs(config: TrainConfig | None, encoder: FinetuneConfig | None, settings: dict) -> tuple[TrainConfig, FinetuneConfig]:
-    """The two configs with ``settings`` (field names of either) applied, checked."""
+def _configs(config: TrainConfig | None, encoder: FinetuneConfig | None, settings: dict,
+             sides: tuple) -> tuple[TrainConfig, FinetuneConfig]:
+    """The two configs with ``settings`` (field names of either) applied, checked; ``auto`` resolved for ``sides``."""
     config, encoder = config or FINETUNE_DEFAULTS, encoder or FinetuneConfig()
     head_fields, encoder_fields = TrainConfig.__dataclass_fields__, FinetuneConfig.__dataclass_fields__
     unknown = sorted(set(settings) - set(head_fields) - set(encoder_fields))
@@ -195,11 +196,12 @@ def _configs(config: TrainConfig | None, encoder: FinetuneConfig | None, setting
     encoder = FinetuneConfig(**{**encoder.to_dict(), **{k: v for k, v in settings.items() if k in encoder_fields}})
     config.check(zero_lr=True)  # lr 0 freezes the head: the encoder alone learns
     encoder.check()
-    kind = head_type("concat" if config.head == "auto" else config.head)
-    if not issubclass(kind, TorchHead):
+    config = config.replace(head=resolve_head(config.head, sides))
+    if not issubclass(head_type(config.head), TorchHead):
         raise ParameterError(f"head must be a neural head to fine-tune with the encoder (one of "
                              f"{', '.join(n for n, c in _torch_heads())}), got {config.head!r}")
-    return config.replace(head="concat") if config.head == "auto" else config, encoder
+    head_type(config.head).check_sides(sides)
+    return config, encoder
 
 
 def _torch_heads():
@@ -306,10 +308,9 @@ def finetune(data: pd.DataFrame, label_cols, columns: dict, out, config: TrainCo
         raise MissingDependencyError("heads finetune needs accelerate (and peft for --lora): pip install -e '.[finetune]'") from e
     from embedcache import resolve_device
 
-    config, encoder = _configs(config, encoder, settings)
-    label_cols = [label_cols] if isinstance(label_cols, str) else list(label_cols)
     columns = {s: c for s, c in columns.items() if c is not None}
-    head_type(config.head).check_sides(sides_of(columns))
+    config, encoder = _configs(config, encoder, settings, sides_of(columns))
+    label_cols = [label_cols] if isinstance(label_cols, str) else list(label_cols)
     out = Path(out) if resume else check_output(out, overwrite=overwrite, flag="--out")
     if export_encoder is not None:
         check_output(export_encoder, overwrite=overwrite, flag="--export-encoder")

@@ -35,7 +35,6 @@ from embedcache import (
 from .config import TrainConfig
 from .data import (
     Inputs,
-    embed,
     grouped_split,
     joint_inputs,
     load_inputs,
@@ -44,15 +43,12 @@ from .data import (
 )
 from .directory import ModelError, check_shapes, read_model, write_model
 from .metrics import report
+from .neighbours import UnseenConditionWarning, warn_unseen_conditions
 from .units import check_head_name, head_type, resolve_head
 
 PSEUDO_SOURCES = {"labeled", "data"}  # the source column of a heads pseudolabel table
 
 __all__ = ["HeadModel", "ModelError", "UnknownTokensWarning", "UnseenConditionWarning"]
-
-
-class UnseenConditionWarning(UserWarning):
-    """A condition (metric) never seen in training was scored."""
 
 
 def check_label_values(y: np.ndarray, label_range, labels, path) -> None:
@@ -230,32 +226,8 @@ class HeadModel:
         if head_type(self.head_).joint:  # both texts in one sequence: nothing to cache per text
             return joint_inputs(source, df, columns, path), df, path
         inputs = load_inputs(source, df, columns, path, add_missing)
-        self._warn_unseen_conditions(source, inputs)
+        warn_unseen_conditions(getattr(self, "conditions_", None), source, inputs)
         return inputs, df, path
-
-    def unseen_conditions(self, source, inputs: Inputs) -> list[tuple[str, str, float]]:
-        """``(condition, nearest trained condition, cosine)`` for each condition of ``inputs`` not seen in training."""
-        trained = getattr(self, "conditions_", None)
-        if not trained or inputs.condition_values is None:
-            return []
-        first = {}  # each condition's vector is in the inputs already: its row in the condition table
-        for value, row in zip(inputs.condition_values, inputs.index["condition"]):
-            first.setdefault(value, row)
-        unseen = sorted(set(first) - set(trained))
-        if not unseen:
-            return []
-        from .neighbours import nearest
-
-        cosine, position = nearest(embed(source, trained), inputs.tables["condition"][[first[c] for c in unseen]], k=1)
-        return [(c, trained[int(j)], float(cos)) for c, cos, j in zip(unseen, cosine[:, 0], position[:, 0])]
-
-    def _warn_unseen_conditions(self, source, inputs: Inputs) -> None:
-        found = self.unseen_conditions(source, inputs)
-        if found:
-            shown = "; ".join(f"{c!r} (nearest trained: {n!r}, cosine {cos:.2f})" for c, n, cos in found[:5])
-            more = f" and {len(found) - 5} more" if len(found) > 5 else ""
-            warnings.warn(f"{len(found)} condition(s) never seen in training are scored from their vectors alone: "
-                          f"{shown}{more}", UnseenConditionWarning, stacklevel=3)
 
     def predict(self, cache: EmbeddingCache, data, columns=None, add_missing=False) -> np.ndarray:
         """Predictions for the rows of ``data``; ``columns`` overrides the trained column names.

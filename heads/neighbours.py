@@ -1,8 +1,15 @@
-"""Nearest neighbours over cached vectors (faiss): label propagation and a train/test leakage report."""
+"""Nearest neighbours over cached vectors (faiss): label propagation, a train/test leakage report, and the
+nearest trained condition of one never seen in training."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+
+
+class UnseenConditionWarning(UserWarning):
+    """A condition (metric) never seen in training was scored."""
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
@@ -70,3 +77,29 @@ def leakage_report(cache, train, test, columns: dict, threshold: float = 0.95, a
     pairs = pairs.sort_values("cosine", ascending=False, kind="stable").reset_index(drop=True)
     pairs.attrs["n_test"] = len(test_texts)
     return pairs
+
+
+def unseen_conditions(trained, source, inputs) -> list[tuple[str, str, float]]:
+    """``(condition, nearest trained condition, cosine)`` for each condition of ``inputs`` not among ``trained``;
+    ``source`` (a cache or an encoder) gives the trained conditions' vectors."""
+    from .data import embed
+
+    if not trained or inputs.condition_values is None:
+        return []
+    first = {}  # each condition's vector is in the inputs already: its row in the condition table
+    for value, row in zip(inputs.condition_values, inputs.index["condition"]):
+        first.setdefault(value, row)
+    unseen = sorted(set(first) - set(trained))
+    if not unseen:
+        return []
+    cosine, position = nearest(embed(source, trained), inputs.tables["condition"][[first[c] for c in unseen]], k=1)
+    return [(c, trained[int(j)], float(cos)) for c, cos, j in zip(unseen, cosine[:, 0], position[:, 0])]
+
+
+def warn_unseen_conditions(trained, source, inputs) -> None:
+    found = unseen_conditions(trained, source, inputs)
+    if found:
+        shown = "; ".join(f"{c!r} (nearest trained: {n!r}, cosine {cos:.2f})" for c, n, cos in found[:5])
+        more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+        warnings.warn(f"{len(found)} condition(s) never seen in training are scored from their vectors alone: "
+                      f"{shown}{more}", UnseenConditionWarning, stacklevel=4)
