@@ -103,11 +103,8 @@ NON_NEGATIVE_INT = flag_type(check_int, minimum=0)
 def _data_arguments(p, cache: str = "required", trained: bool = False) -> None:
     """Where the texts come from.  ``cache``: required, optional (a fine-tuned model needs none) or none.
     ``trained``: the columns default to the model's."""
-    if cache == "required":
-        p.add_argument("--cache", required=True, metavar="DIR", help="embedcache cache directory of the vectors")
-    elif cache == "optional":
-        p.add_argument("--cache", metavar="DIR", help="embedcache cache directory of the vectors (required for a frozen "
-                       "head; a fine-tuned model encodes with its own encoder, through this cache if it was built with it)")
+    if cache != "none":
+        _cache_argument(p, required=cache == "required")
     p.add_argument("--data", required=True, metavar="FILE", help=f"data file: {', '.join(sorted(FORMATS))}")
     default = "default: the model's" if trained else "default: text"
     p.add_argument("--text-col", default=None if trained else "text", metavar="COL", help=f"the text column ({default})")
@@ -123,6 +120,12 @@ def _table_arguments(p, trained: bool) -> None:
     p.add_argument("--template", metavar="TEMPLATE", help="compose the text of each row from columns, e.g. "
                    "'[USER] {prompt}\\n[RESPONSE] {response}' (\\n and \\t are unescaped)"
                    + (" (default: the model's)" if trained else "; kept in the model"))
+
+
+def _cache_argument(p, required: bool = True) -> None:
+    p.add_argument("--cache", required=required, metavar="DIR", help="embedcache cache directory of the vectors" + (
+        "" if required else " (required for a frozen head; a fine-tuned model encodes with its own encoder, through "
+        "this cache if it was built with it)"))
 
 
 def _cache_arguments(p) -> None:
@@ -151,6 +154,19 @@ def _labels_argument(p, required: bool = True, help: str = "label column; repeat
     p.add_argument("--label-col", action="append", required=required, metavar="COL", help=help)
 
 
+def _option(p, name: str, **kwargs) -> None:
+    """A flag several commands share, declared here once."""
+    p.add_argument(name, **{**OPTIONS[name], **kwargs})
+
+
+OPTIONS = {
+    "--val-data": {"metavar": "FILE", "help": "validation file (default: --val-fraction of the texts held out)"},
+    "--device": {"help": "cuda or cpu (default: cuda when present)"},
+    "--id-col": {"metavar": "COL", "help": "column copied as id (default: 'id' if present, else the row number)"},
+    "--model": {"required": True, "metavar": "MODEL_DIR", "help": "a model directory written by heads train or heads finetune"},
+}
+
+
 def _subparser(sub, name: str, help: str, description: str, epilog: str | None = None):
     return sub.add_parser(name, help=help, description=description, epilog=epilog,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -162,25 +178,25 @@ def _train_parser(sub) -> None:
     _data_arguments(t)
     _labels_argument(t)
     t.add_argument("--weight-col", metavar="COL", help="per-row loss weight, e.g. the confidence column of heads pseudolabel")
-    t.add_argument("--val-data", metavar="FILE", help="validation file (default: --val-fraction of the texts held out)")
+    _option(t, "--val-data")
     _out_arguments(t, "MODEL_DIR", "where to save the model")
     add_arguments(t, TrainConfig(), "head training")
-    t.add_argument("--device", help="cuda or cpu (default: cuda when present)")
+    _option(t, "--device")
     _run_arguments(t, "print the validation metrics as JSON on the last line")
 
 
 def _predict_parsers(sub) -> None:
     p = _subparser(sub, "predict", "write predictions for a file", "Write id,score per row (a column per label).")
-    p.add_argument("--model", required=True, metavar="MODEL_DIR")
+    _option(p, "--model")
     _data_arguments(p, cache="optional", trained=True)
     _out_arguments(p, "CSV", "predictions file")
-    p.add_argument("--id-col", metavar="COL", help="column copied as id (default: 'id' if present, else the row number)")
+    _option(p, "--id-col")
     p.add_argument("--round", type=NON_NEGATIVE_INT, metavar="N", help="round predictions to N decimals")
     _run_arguments(p)
 
     e = _subparser(sub, "evaluate", "metrics (and plots) of a model on a labelled file",
                    "Metrics of a model on a labelled file: overall, per label and per condition.")
-    e.add_argument("--model", required=True, metavar="MODEL_DIR")
+    _option(e, "--model")
     _data_arguments(e, cache="optional", trained=True)
     _labels_argument(e, required=False, help="label columns (default: the model's)")
     e.add_argument("--plots", metavar="DIR", help="write predicted-vs-true, residual and per-condition PNGs here")
@@ -193,7 +209,7 @@ def _finetune_parser(sub) -> None:
                    "heads predict and heads evaluate use like a frozen head's.", FINETUNE_EXAMPLES)
     _data_arguments(f, cache="none")
     _labels_argument(f)
-    f.add_argument("--val-data", metavar="FILE", help="validation file (default: --val-fraction of the texts held out)")
+    _option(f, "--val-data")
     _out_arguments(f, "MODEL_DIR", "where to save the model (with encoder/ inside)")
     add_arguments(f, FINETUNE_DEFAULTS, "head training (concat, two-tower as heads train; cross: both texts in one "
                   "sequence)", zero_lr=True)
@@ -202,7 +218,7 @@ def _finetune_parser(sub) -> None:
                    "directory: embedcache precompute --model DIR caches its vectors)")
     f.add_argument("--keep-checkpoints", action="store_true", help="keep MODEL_DIR/checkpoints after training")
     f.add_argument("--resume", action="store_true", help="resume from the last checkpoint in MODEL_DIR/checkpoints")
-    f.add_argument("--device", help="cuda or cpu (default: cuda when present)")
+    _option(f, "--device")
     _run_arguments(f, "print the validation metrics as JSON on the last line")
 
 
@@ -214,8 +230,7 @@ def _pseudolabel_parser(sub) -> None:
     _data_arguments(w)
     w.add_argument("--labeled", metavar="FILE", help="a labelled file with the same text columns")
     w.add_argument("--label-col", metavar="COL", help="the label column of --labeled")
-    w.add_argument("--val-data", metavar="FILE", help="labelled validation file for self-training (default: "
-                   "--val-fraction of --labeled)")
+    _option(w, "--val-data", help="labelled validation file for self-training (default: --val-fraction of --labeled)")
     w.add_argument("--method", choices=METHODS, help="lf: labeling functions; knn: labels spread from the k "
                    "nearest labelled rows; self-train: heads trained on the labels, then on their surest "
                    "predictions (default: self-train with --labeled, else lf)")
@@ -228,7 +243,7 @@ def _pseudolabel_parser(sub) -> None:
                    "self-training round (default rmse; spearman where the ranking matters more than the scale)")
     w.add_argument("--min-confidence", type=flag_type(check_float, float, low=0, high=1), default=0.0,
                    help="leave out scored rows below this confidence")
-    w.add_argument("--id-col", metavar="COL", help="column copied as id (default: 'id' if present, else the row number)")
+    _option(w, "--id-col")
     _out_arguments(w, "CSV", "the scored table")
     add_arguments(w, TrainConfig(), "head training (self-training)")
     _run_arguments(w)
@@ -238,7 +253,7 @@ def _leakage_parser(sub) -> None:
     k = _subparser(sub, "leakage", "find test texts that nearly duplicate a training text",
                    "List test texts whose nearest training text (cosine of cached vectors, exact faiss search) is at or "
                    "above --threshold: near-duplicates across splits inflate every metric.")
-    k.add_argument("--cache", required=True, metavar="DIR")
+    _cache_argument(k)
     k.add_argument("--train", required=True, metavar="FILE")
     k.add_argument("--test", required=True, metavar="FILE")
     k.add_argument("--text-col", default="text", metavar="COL", help="the text column in both files (default: text)")
