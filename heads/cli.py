@@ -124,8 +124,8 @@ def _table_arguments(p, trained: bool) -> None:
 
 def _cache_argument(p, required: bool = True) -> None:
     p.add_argument("--cache", required=required, metavar="DIR", help="embedcache cache directory of the vectors" + (
-        "" if required else " (required for a frozen head; a fine-tuned model encodes with its own encoder, through "
-        "this cache if it was built with it)"))
+        "" if required else " (optional: vectors of the texts it holds are read from it, never written unless "
+        "--add-missing; the rest are encoded with the model's encoder)"))
 
 
 def _cache_arguments(p) -> None:
@@ -160,6 +160,9 @@ def _option(p, name: str, **kwargs) -> None:
 
 
 OPTIONS = {
+    "--interval": {"type": flag_type(check_float, float, low=0, high=1, low_open=True, high_open=True), "metavar": "C",
+                   "help": "also give bounds that hold the truth for a share C of rows like the validation rows "
+                           "(split conformal, e.g. 0.9)"},
     "--val-data": {"metavar": "FILE", "help": "validation file (default: --val-fraction of the texts held out)"},
     "--device": {"help": "cuda or cpu (default: cuda when present)"},
     "--id-col": {"metavar": "COL", "help": "column copied as id (default: 'id' if present, else the row number)"},
@@ -192,6 +195,7 @@ def _predict_parsers(sub) -> None:
     _out_arguments(p, "CSV", "predictions file")
     _option(p, "--id-col")
     p.add_argument("--round", type=NON_NEGATIVE_INT, metavar="N", help="round predictions to N decimals")
+    _option(p, "--interval", help=OPTIONS["--interval"]["help"] + ": columns lower and upper")
     _run_arguments(p)
 
     e = _subparser(sub, "evaluate", "metrics (and plots) of a model on a labelled file",
@@ -200,6 +204,7 @@ def _predict_parsers(sub) -> None:
     _data_arguments(e, cache="optional", trained=True)
     _labels_argument(e, required=False, help="label columns (default: the model's)")
     e.add_argument("--plots", metavar="DIR", help="write predicted-vs-true, residual and per-condition PNGs here")
+    _option(e, "--interval", help="report the empirical coverage and mean width of the model's intervals at level C")
     _run_arguments(e, "print the metrics as JSON on the last line")
 
 
@@ -320,7 +325,7 @@ def predict(args) -> dict:
     model = HeadModel.load(args.model)
     df = _read(args, args.data)
     out = model.predict_table(_cache(args), df, _columns(args), id_col=args.id_col, decimals=args.round,
-                              add_missing=args.add_missing)
+                              add_missing=args.add_missing, interval=args.interval)
     _write_csv(out, args.out)
     print(f"wrote {len(out)} predictions to {args.out}")
     return {"n": len(out), "out": args.out}
@@ -329,12 +334,15 @@ def predict(args) -> dict:
 def evaluate(args) -> dict:
     model = HeadModel.load(args.model)
     metrics, y, pred, _ = model.evaluate(_cache(args), _read(args, args.data), args.label_col, _columns(args),
-                                         add_missing=args.add_missing)
+                                         add_missing=args.add_missing, interval=args.interval)
     labels = list(args.label_col or model.labels_)
     _print_metrics(f"{args.model} on {args.data}", metrics)
     for cond, per in metrics.get("per_condition", {}).items():
         for label, m in per.items():
             _print_metrics(f"  {cond}" + (f" / {label}" if len(labels) > 1 else ""), m)
+    if "interval" in metrics:
+        i = metrics["interval"]
+        print(f"{i['level']:g} intervals: coverage {i['coverage']:.3f}, mean width {i['mean_width']:.4f}")
     if args.plots:
         from .plots import write_plots
 

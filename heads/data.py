@@ -182,3 +182,58 @@ def grouped_split(groups: np.ndarray, val_fraction: float, seed: int) -> tuple[n
     split = GroupShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
     train, val = next(split.split(np.zeros(len(groups)), groups=groups))
     return train, val
+
+
+def as_table(data, columns: dict, sides, conditions=None) -> tuple[pd.DataFrame, str]:
+    """Plain Python data as a table with the columns a model was trained on, and what errors call it.
+
+    ``data``: a DataFrame; a ``pathlib.Path`` (or a string naming an existing data file) to read; one
+    text; a list of texts; a list of ``(text, pair)`` or ``(text, condition)`` tuples; or a list of
+    dicts keyed by ``text``/``pair``/``condition`` or by the trained column (template field) names.
+    ``conditions``: one condition per row, for a list of texts.
+    """
+    from pathlib import Path
+
+    from embedcache import FORMATS, read_table, table_source
+
+    if isinstance(data, pd.DataFrame):
+        df = data
+    elif isinstance(data, Path) or (isinstance(data, str) and Path(data).suffix.lower() in FORMATS and Path(data).is_file()):
+        return read_table(data), str(data)
+    else:
+        df = _records(data, columns, sides)
+    if conditions is not None:
+        if columns.get("condition") is None:
+            raise ParameterError("conditions: this model was trained without a condition")
+        conditions = list(conditions)
+        if len(conditions) != len(df):
+            raise ParameterError(f"conditions has {len(conditions)} values for {len(df)} texts")
+        df = df.assign(**{columns["condition"]: conditions})
+    return df, table_source(df, "data")
+
+
+def _records(data, columns: dict, sides) -> pd.DataFrame:
+    """Rows from a text, a list of texts, of tuples, or of dicts; keyed by the trained column names."""
+    names = {s: columns.get(s) for s in SIDES if columns.get(s) is not None}  # side -> trained column
+    if isinstance(data, str):
+        data = [data]
+    if not isinstance(data, (list, tuple)) or not len(data):
+        raise ParameterError(f"data must be a text, a non-empty list of texts, tuples or dicts, a DataFrame or a "
+                             f"file path; got {type(data).__name__}" + (" (empty)" if isinstance(data, (list, tuple)) else ""))
+    second = next((s for s in ("pair", "condition") if s in sides), None)
+    rows = []
+    for i, item in enumerate(data):
+        if isinstance(item, str):
+            item = {"text": item}
+        elif isinstance(item, (tuple, list)):
+            if second is None or len(item) != 2:
+                raise ParameterError(f"data[{i}]: a tuple is (text, pair) or (text, condition) for a model trained on "
+                                     f"two texts; this one reads {', '.join(sides)}")
+            item = {"text": item[0], second: item[1]}
+        if not isinstance(item, dict):
+            raise ParameterError(f"data[{i}]: expected a text, a tuple or a dict, got {type(item).__name__}")
+        rows.append({names.get(k, k): v for k, v in item.items()})
+    if columns.get("template") is not None and any(names.get("text") is None and "text" in r for r in rows):
+        fields = ", ".join(template_columns(columns["template"]))
+        raise ParameterError(f"this model composes its text from the fields {fields}: give each item as a dict with them")
+    return pd.DataFrame(rows)

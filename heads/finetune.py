@@ -333,7 +333,7 @@ def finetune(data: pd.DataFrame, label_cols, columns: dict, out, config: TrainCo
         backbone.model = backbone.model.merge_and_unload()  # plain weights: any sentence-transformers user can load them
     network.to("cpu").eval()
     result = _result(backbone, unit, sides, config, encoder, columns, label_cols, mean, std, trainer, out, start)
-    result.validation_ = report(y_val, result.predict(None, val_table), label_cols)  # the way predict will
+    result.validate(y_val, result.predict(val_table))  # the way predict will
     result.save(out, overwrite=True, move={"encoder": out / ".encoder-new",
                                            **({"checkpoints": out / "checkpoints"} if keep_checkpoints else {})})
     if export_encoder is not None:

@@ -35,6 +35,7 @@ from embedcache import (
 from .config import TrainConfig
 from .data import (
     Inputs,
+    as_table,
     grouped_split,
     joint_inputs,
     load_inputs,
@@ -42,6 +43,7 @@ from .data import (
     sides_of,
 )
 from .directory import ModelError, check_shapes, read_model, write_model
+from .intervals import half_widths, interval_report, residual_quantiles
 from .metrics import report
 from .neighbours import UnseenConditionWarning, warn_unseen_conditions
 from .units import check_head_name, head_type, resolve_head
@@ -176,7 +178,15 @@ class HeadModel:
                                  None if val is None else (y_val - self.mean_) / self.std_, self.config, scale=self.std_,
                                  sample_weight=sample_weight, device=resolve_device(self.device), progress=progress)
         self.unit_ = unit
-        self.validation_ = None if val is None else report(y_val, self.predict_inputs(val), self.labels_, val.condition_values)
+        self.validation_ = self.calibration_ = None
+        if val is not None:
+            self.validate(y_val, self.predict_inputs(val), val.condition_values)
+        return self
+
+    def validate(self, y_val: np.ndarray, pred: np.ndarray, conditions=None) -> HeadModel:
+        """Record the validation metrics and the residuals that intervals are drawn from."""
+        self.validation_ = report(y_val, pred, self.labels_, conditions)
+        self.calibration_ = residual_quantiles(y_val, pred)
         return self
 
     # -- prediction -----------------------------------------------------------
@@ -189,39 +199,51 @@ class HeadModel:
         return out
 
     def own_encoder(self):
-        """A fine-tuned model's encoder (its ``encoder/`` directory), loaded once: an embedcache
-        Encoder, or a Backbone (two texts, one sequence) for a head that reads them jointly."""
-        if getattr(self, "_own_encoder", None) is None:
+        """The encoder of this model's vectors, loaded once: a fine-tuned model's own (its ``encoder/``
+        directory; a Backbone for a head that reads two texts as one sequence), else the encoder recorded
+        in ``config.json``, checked against the recorded fingerprint."""
+        if getattr(self, "_own_encoder", None) is not None:
+            return self._own_encoder
+        from embedcache import load_encoder
+
+        if getattr(self, "finetuned_", None) is not None:
             path = str(self.directory_ / self.finetuned_["encoder"])
             if head_type(self.head_).joint:
                 from .backbone import Backbone
 
                 self._own_encoder = Backbone.from_directory(path).to(resolve_device(self.device))
             else:
-                from embedcache import load_encoder
-
                 self._own_encoder = load_encoder(path)
-        return self._own_encoder
+            return self._own_encoder
+        spec = self.encoder_.get("load")
+        if spec is None:
+            raise ParameterError(f"the model was trained on vectors of a custom encoder ({self.encoder_['name']!r}) "
+                                 "it cannot load: pass the cache of those vectors (cache=..., --cache DIR)")
+        encoder = load_encoder(device=self.device, **spec)
+        if encoder.fingerprint != self.encoder_["fingerprint"]:
+            raise FingerprintMismatchError(
+                f"the model was trained on vectors of encoder {self.encoder_['name']!r} (fingerprint "
+                f"{self.encoder_['fingerprint']}), but loading it now gives fingerprint {encoder.fingerprint} (other "
+                "weights or library versions); pass the cache of the training vectors (cache=..., --cache DIR)")
+        self._own_encoder = encoder
+        return encoder
 
     def vector_source(self, cache: EmbeddingCache | None):
-        """Where this model's vectors come from: the cache it was trained on (a frozen head), else its own
-        encoder (fine-tuned), through ``cache`` when that was built with it."""
-        if getattr(self, "finetuned_", None) is None:
-            if cache is None:
-                raise ParameterError("a frozen head needs the cache of the vectors it was trained on (--cache DIR)")
-            if cache.fingerprint != self.encoder_["fingerprint"]:
-                raise FingerprintMismatchError(
-                    f"the model was trained on vectors of encoder {self.encoder_['name']!r} (fingerprint "
-                    f"{self.encoder_['fingerprint']}), but cache {cache.path} holds encoder {cache.encoder_name!r} "
-                    f"(fingerprint {cache.fingerprint}); use a cache built with the model's encoder")
-            return cache
+        """Where this model's vectors come from: ``cache`` when it holds the model's encoder's vectors (a
+        frozen head's cache must), else the model's own encoder (``own_encoder``)."""
+        if cache is not None and getattr(self, "finetuned_", None) is None and \
+                cache.fingerprint != self.encoder_["fingerprint"]:
+            raise FingerprintMismatchError(
+                f"the model was trained on vectors of encoder {self.encoder_['name']!r} (fingerprint "
+                f"{self.encoder_['fingerprint']}), but cache {cache.path} holds encoder {cache.encoder_name!r} "
+                f"(fingerprint {cache.fingerprint}); use a cache built with the model's encoder")
         if cache is not None and cache.fingerprint == self.encoder_["fingerprint"] and not head_type(self.head_).joint:
             return cache
         return self.own_encoder()
 
-    def _inputs(self, cache, data, columns=None, add_missing=False) -> tuple[Inputs, pd.DataFrame, str]:
-        df, path = _table(data)
+    def _inputs(self, cache, data, columns=None, add_missing=False, conditions=None) -> tuple[Inputs, pd.DataFrame, str]:
         columns = {**self.columns_, **{k: v for k, v in (columns or {}).items() if v is not None}}
+        df, path = as_table(data, columns, self.sides_, conditions)
         source = self.vector_source(cache)
         if head_type(self.head_).joint:  # both texts in one sequence: nothing to cache per text
             return joint_inputs(source, df, columns, path), df, path
@@ -229,39 +251,71 @@ class HeadModel:
         warn_unseen_conditions(getattr(self, "conditions_", None), source, inputs)
         return inputs, df, path
 
-    def predict(self, cache: EmbeddingCache, data, columns=None, add_missing=False) -> np.ndarray:
-        """Predictions for the rows of ``data``; ``columns`` overrides the trained column names.
+    def predict(self, data, cache: EmbeddingCache | None = None, *, columns=None, conditions=None,
+                interval: float | None = None, add_missing=False):
+        """Scores for ``data``: ``(n, n_labels)``; with ``interval=0.9``, ``(scores, lower, upper)`` bounds that
+        hold the truth for at least 90% of rows like the validation rows (split conformal).
 
-        Texts missing from the cache are encoded in memory; ``add_missing=True`` stores them in it.
+        ``data``: one text, a list of texts, of ``(text, pair)`` / ``(text, condition)`` tuples or of dicts
+        (``{"text": ..., "condition": ...}``, or the trained column names), a DataFrame, or a file path;
+        ``conditions`` gives a list of texts their conditions.  The vectors come from ``cache`` for the texts
+        it holds (it is never written unless ``add_missing``), the rest from the model's encoder, loaded on
+        first use.  ``columns`` overrides the trained column names.  ``predict(cache, data)``, the order of
+        embedcache 0.1, still works.
         """
-        inputs, _, _ = self._inputs(cache, data, columns, add_missing)
-        return self.predict_inputs(inputs)
+        if data is None or isinstance(data, EmbeddingCache):  # the 0.1 order: predict(cache or None, data)
+            data, cache = cache, data
+        inputs, _, _ = self._inputs(cache, data, columns, add_missing, conditions)
+        scores = self.predict_inputs(inputs)
+        if interval is None:
+            return scores
+        return (scores, *self.bounds(scores, interval))
+
+    def bounds(self, scores: np.ndarray, interval: float) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper bounds around ``scores`` holding the truth for at least ``interval`` of rows."""
+        half = half_widths(getattr(self, "calibration_", None), interval)
+        lower, upper = scores - half, scores + half
+        if self.config.label_range is not None:
+            lower, upper = np.clip(lower, *self.config.label_range), np.clip(upper, *self.config.label_range)
+        return lower, upper
 
     def predict_table(self, cache: EmbeddingCache | None, data, columns=None, id_col=None, decimals=None,
-                      add_missing=False) -> pd.DataFrame:
+                      add_missing=False, interval: float | None = None) -> pd.DataFrame:
         """Predictions as a table: ``id`` (from ``id_col``, else an ``id`` column, else the row number) and
-        ``score`` (a column per label when there are several), rounded to ``decimals`` when given."""
+        ``score`` (a column per label when there are several), with ``lower`` and ``upper`` for an
+        ``interval``, rounded to ``decimals`` when given."""
         df, path = _table(data)
         if id_col is not None and id_col not in df.columns:
             raise InputError(f"{path}: no column {id_col!r}; available columns: {', '.join(map(str, df.columns))}")
-        pred = self.predict(cache, df, columns, add_missing)
+        pred = self.predict(df, cache, columns=columns, add_missing=add_missing)
+        names = ["score"] if len(self.labels_) == 1 else self.labels_
+        out = {n: pred[:, j] for j, n in enumerate(names)}
+        if interval is not None:
+            lower, upper = self.bounds(pred, interval)
+            for j, n in enumerate(names):
+                prefix = "" if len(names) == 1 else f"{n}_"
+                out[f"{prefix}lower"], out[f"{prefix}upper"] = lower[:, j], upper[:, j]
         if decimals is not None:
-            pred = pred.round(decimals)
-            if decimals <= 0:  # whole numbers: written as 5, not 5.0
-                pred = pred.astype(np.int64)
+            out = {n: (v.round(decimals).astype(np.int64) if decimals <= 0 else v.round(decimals))  # 5, not 5.0
+                   for n, v in out.items()}
         id_col = id_col or ("id" if "id" in df.columns else None)
         ids = df[id_col].tolist() if id_col else list(range(1, len(df) + 1))
-        names = ["score"] if len(self.labels_) == 1 else self.labels_
-        return pd.DataFrame({"id": ids, **{n: pred[:, j] for j, n in enumerate(names)}})
+        return pd.DataFrame({"id": ids, **out})
 
-    def evaluate(self, cache: EmbeddingCache, data, label_cols=None, columns=None,
-                 add_missing=False) -> tuple[dict, np.ndarray, np.ndarray, Inputs]:
-        """Metrics (overall, per label, per condition), the labels, the predictions and the inputs."""
+    def evaluate(self, cache: EmbeddingCache | None, data, label_cols=None, columns=None, add_missing=False,
+                 interval: float | None = None) -> tuple[dict, np.ndarray, np.ndarray, Inputs]:
+        """Metrics (overall, per label, per condition), the labels, the predictions and the inputs.
+
+        With ``interval``, ``metrics["interval"]`` holds the empirical coverage and mean width of the
+        model's intervals at that level."""
         df, path = _table(data)
         y = load_labels(df, list(label_cols or self.labels_), path)
         inputs, _, _ = self._inputs(cache, df, columns, add_missing)
         pred = self.predict_inputs(inputs)
-        return report(y, pred, list(label_cols or self.labels_), inputs.condition_values), y, pred, inputs
+        metrics = report(y, pred, list(label_cols or self.labels_), inputs.condition_values)
+        if interval is not None:
+            metrics["interval"] = interval_report(y, *self.bounds(pred, interval), interval)
+        return metrics, y, pred, inputs
 
     # -- saving ---------------------------------------------------------------
 
@@ -278,6 +332,7 @@ class HeadModel:
             "dim": int(self.dim_), "sides": list(self.sides_), "columns": self.columns_, "labels": self.labels_,
             "label_mean": self.mean_.tolist(), "label_std": self.std_.tolist(), "encoder": self.encoder_,
             "validation": self.validation_, "history": self.history_, "finetuned": getattr(self, "finetuned_", None),
+            "calibration": getattr(self, "calibration_", None),
         }
         return write_model(directory, config, self.unit_.state(), overwrite=overwrite, move=move)
 
@@ -294,7 +349,7 @@ class HeadModel:
                                  encoder=config["encoder"], history=config.get("history", []),
                                  finetuned=config.get("finetuned"), directory=directory)
         model.conditions_, model.validation_rows_ = config.get("conditions"), config.get("validation_rows")
-        model.validation_ = config.get("validation")
+        model.validation_, model.calibration_ = config.get("validation"), config.get("calibration")
         return model
 
     @classmethod
@@ -313,7 +368,7 @@ class HeadModel:
         model.mean_, model.std_ = np.asarray(mean, dtype=float), np.asarray(std, dtype=float)
         model.encoder_, model.history_, model.finetuned_ = encoder, list(history), finetuned
         model.directory_, model._own_encoder = None if directory is None else Path(directory), own_encoder
-        model.conditions_, model.validation_rows_, model.validation_ = None, None, None
+        model.conditions_, model.validation_rows_, model.validation_, model.calibration_ = None, None, None, None
         return model
 
 

@@ -130,12 +130,20 @@ def test_bad_input_names_the_file_and_column(files, tiny_bert_dir, tmp_path, cap
     assert not (tmp_path / "m").exists()  # nothing written for a run refused before training
 
 
-def test_frozen_head_still_needs_its_cache(files, tiny_bert, tmp_path, capsys):
+def test_a_frozen_head_without_its_cache_encodes_with_the_encoder_it_records(files, tiny_bert, tmp_path, capsys):
+    from conftest import HashEncoder
+
     cache = EmbeddingCache(tmp_path / "cache", tiny_bert)
     train = pd.read_csv(files / "train.csv")
     HeadModel(head="ridge").fit(cache, train, "score", text_col="s1", pair_col="s2", progress=False).save(tmp_path / "ridge")
-    assert main(["evaluate", "--model", str(tmp_path / "ridge"), "--data", str(files / "dev.csv")]) == 1
-    assert "a frozen head needs the cache of the vectors it was trained on (--cache DIR)" in capsys.readouterr().err
+    with_cache = run(["evaluate", "--model", str(tmp_path / "ridge"), "--cache", str(cache.path), "--data",
+                      str(files / "dev.csv"), "--json"], capsys)
+    without = run(["evaluate", "--model", str(tmp_path / "ridge"), "--data", str(files / "dev.csv"), "--json"], capsys)
+    assert without["rmse"] == pytest.approx(with_cache["rmse"], abs=1e-3)  # the cache keeps float16
+    custom = EmbeddingCache(tmp_path / "custom", HashEncoder(dim=8))  # an encoder no config can reload
+    HeadModel(head="ridge").fit(custom, train, "score", text_col="s1", pair_col="s2", progress=False).save(tmp_path / "hash")
+    assert main(["evaluate", "--model", str(tmp_path / "hash"), "--data", str(files / "dev.csv")]) == 1
+    assert "it cannot load: pass the cache of those vectors (cache=..., --cache DIR)" in capsys.readouterr().err
 
 
 def test_minilm_fine_tunes_on_a_few_hundred_sts_pairs(minilm, tmp_path, capsys):

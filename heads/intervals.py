@@ -1,0 +1,55 @@
+"""Split-conformal prediction intervals from the validation residuals kept at training time.
+
+A model keeps, per label, the quantile function of its absolute validation
+residuals on a grid of ``GRID`` levels (a few kilobytes in ``config.json``,
+whatever the number of validation rows).  An interval at coverage ``c`` is the
+prediction plus or minus the residual at level ``ceil((n + 1) c) / n`` (the
+finite-sample correction of split conformal prediction, n validation rows):
+for rows drawn like the validation rows, at least ``c`` of the intervals hold
+the truth.  The validation rows also chose the early-stopping epoch, which
+makes the residuals very slightly optimistic; the coverage test measures it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from embedcache import ParameterError, check_float
+
+GRID = np.linspace(0, 1, 1001)
+
+
+def residual_quantiles(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
+    """``{"n": [rows per label], "quantiles": [[residual at each GRID level] per label]}``; NaN labels left out."""
+    n, quantiles = [], []
+    for j in range(y_true.shape[1]):
+        keep = ~np.isnan(y_true[:, j])
+        residuals = np.abs(y_true[keep, j] - y_pred[keep, j])
+        n.append(int(keep.sum()))
+        quantiles.append(np.quantile(residuals, GRID, method="inverted_cdf").round(6).tolist() if keep.any() else None)
+    return {"n": n, "quantiles": quantiles}
+
+
+def half_widths(calibration: dict | None, coverage: float) -> np.ndarray:
+    """Per label, the half-width of intervals with at least ``coverage`` of the truth inside."""
+    check_float(coverage, "interval", 0, 1, low_open=True, high_open=True)
+    if not calibration:
+        raise ParameterError("this model kept no validation residuals (it was trained without validation rows or "
+                             "before intervals existed): train it again to get intervals")
+    out = []
+    for n, quantiles in zip(calibration["n"], calibration["quantiles"]):
+        level = math.ceil((n + 1) * coverage) / n if n else math.inf
+        if level > 1:
+            raise ParameterError(f"{n} validation rows cannot give a {coverage:g} interval: it needs at least "
+                                 f"{math.ceil(coverage / (1 - coverage))} rows")
+        out.append(float(np.interp(level, GRID, quantiles)))
+    return np.asarray(out)
+
+
+def interval_report(y_true: np.ndarray, lower: np.ndarray, upper: np.ndarray, coverage: float) -> dict:
+    """Empirical coverage and mean width of intervals over the rows with a label."""
+    keep = ~np.isnan(y_true)
+    inside = (y_true >= lower) & (y_true <= upper)
+    return {"level": coverage, "coverage": float(inside[keep].mean()), "mean_width": float((upper - lower)[keep].mean())}

@@ -1,0 +1,112 @@
+"""Scoring plain Python data in one line, and prediction intervals that hold their coverage."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import HashEncoder
+
+from embedcache import EmbeddingCache, ParameterError
+from heads import HeadModel
+from heads.cli import main
+
+WORDS = ["apple", "river", "stone", "cloud", "music", "paper", "garden", "window", "forest", "engine", "coffee", "bridge"]
+
+
+def pairs(n, seed):
+    rng = np.random.default_rng(seed)
+    a = [" ".join(rng.choice(WORDS, 3)) for _ in range(n)]
+    b = [" ".join(rng.choice(WORDS, 3)) for _ in range(n)]
+    return pd.DataFrame({"a": a, "b": b, "score": [len(set(x.split()) & set(y.split())) for x, y in zip(a, b)]})
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, tiny_bert):
+    """A frozen ridge head on pairs, saved; the cache built with the tiny BERT (its directory is in the config)."""
+    root = tmp_path_factory.mktemp("scoring")
+    cache = EmbeddingCache(root / "cache", tiny_bert)
+    HeadModel(head="ridge").fit(cache, pairs(200, 0), "score", text_col="a", pair_col="b", progress=False).save(root / "m")
+    return root / "m", cache
+
+
+def test_texts_in_scores_out_without_a_cache(saved):
+    directory, cache = saved
+    model = HeadModel.load(directory)
+    dev, before = pairs(12, 1), len(cache)
+    expected = model.predict(dev, cache)
+    plain = model.predict(list(zip(dev.a, dev.b)))  # the recorded encoder is loaded on first use
+    np.testing.assert_allclose(plain, expected, atol=1e-2)  # the cache keeps float16: about 3 significant digits
+    as_dicts = model.predict([{"text": a, "pair": b} for a, b in zip(dev.a, dev.b)])
+    by_column = model.predict([{"a": a, "b": b} for a, b in zip(dev.a, dev.b)])
+    np.testing.assert_array_equal(as_dicts, plain)
+    np.testing.assert_array_equal(by_column, plain)
+    assert model.predict([(dev.a[0], dev.b[0])]).shape == (1, 1)
+    assert len(EmbeddingCache(cache.path)) == before  # texts missing from the cache were encoded, not stored
+
+
+def test_a_single_text_and_conditions(tmp_path, tiny_bert):
+    rng = np.random.default_rng(2)
+    rows = pd.DataFrame({"response": [" ".join(rng.choice(WORDS, 4)) for _ in range(120)],
+                         "metric": rng.choice(["harm", "help"], 120)})
+    rows["score"] = [float(("apple" in r) + 2 * (m == "harm")) for r, m in zip(rows.response, rows.metric)]
+    cache = EmbeddingCache(tmp_path / "c", tiny_bert)
+    model = HeadModel(head="ridge").fit(cache, rows, "score", text_col="response", condition_col="metric", progress=False)
+    one = model.predict("apple river stone cloud", conditions=["harm"])
+    assert one.shape == (1, 1)
+    np.testing.assert_allclose(model.predict(rows.response.tolist()[:10], conditions=rows.metric.tolist()[:10]),
+                               model.predict(rows.head(10), cache), atol=1e-2)  # float16 in the cache
+    with pytest.raises(ParameterError, match="conditions has 2 values for 1 texts"):
+        model.predict("apple", conditions=["harm", "help"])
+    with pytest.raises(ParameterError, match=r"data\[1\]: expected a text, a tuple or a dict, got int"):
+        model.predict(["apple", 3], conditions=["harm", "help"])
+
+
+def linear_rows(n, seed, dim=16):
+    """Texts whose label is a fixed linear function of their hash vector plus Gaussian noise (sd 0.5)."""
+    encoder, rng = HashEncoder(dim=dim), np.random.default_rng(seed)
+    texts = [f"row {seed} {i}" for i in range(n)]
+    w = np.random.default_rng(99).standard_normal(dim)
+    return pd.DataFrame({"text": texts, "y": encoder.encode(texts) @ w + rng.normal(0, 0.5, n)})
+
+
+@pytest.mark.parametrize("coverage", [0.8, 0.9])
+def test_intervals_cover_their_share_of_held_out_rows(tmp_path, coverage):
+    cache = EmbeddingCache(tmp_path / "c", HashEncoder(dim=16))
+    model = HeadModel(head="ridge", val_fraction=0.3).fit(cache, linear_rows(3000, 0), "y", progress=False)
+    test = linear_rows(4000, 1)
+    scores, lower, upper = model.predict(test, cache, interval=coverage)
+    inside = ((test.y.to_numpy() >= lower[:, 0]) & (test.y.to_numpy() <= upper[:, 0])).mean()
+    assert abs(inside - coverage) < 0.03
+    assert np.all(lower <= scores) and np.all(scores <= upper)
+    # the width is that of the noise's central interval: 2 * 1.28 * 0.5 at 0.8, 2 * 1.64 * 0.5 at 0.9
+    assert np.mean(upper - lower) == pytest.approx({0.8: 1.28, 0.9: 1.64}[coverage], rel=0.1)
+
+
+def test_predict_and_evaluate_commands_give_intervals(tmp_path, capsys):
+    cache = EmbeddingCache(tmp_path / "c", HashEncoder(dim=16))
+    for name, rows in (("train", linear_rows(2000, 0)), ("test", linear_rows(2000, 1))):
+        rows.to_csv(tmp_path / f"{name}.csv", index=False)
+        cache.add(rows.text.tolist(), progress=False)  # as embedcache precompute would
+    common = ["--cache", str(cache.path)]
+    assert main(["train", *common, "--data", str(tmp_path / "train.csv"), "--label-col", "y", "--head", "ridge",
+                 "--val-fraction", "0.3", "--out", str(tmp_path / "m"), "--quiet"]) == 0
+    assert main(["predict", *common, "--model", str(tmp_path / "m"), "--data", str(tmp_path / "test.csv"),
+                 "--interval", "0.9", "--out", str(tmp_path / "p.csv")]) == 0
+    out = pd.read_csv(tmp_path / "p.csv")
+    assert list(out.columns) == ["id", "score", "lower", "upper"] and (out.lower <= out.score).all()
+    assert main(["evaluate", *common, "--model", str(tmp_path / "m"), "--data", str(tmp_path / "test.csv"),
+                 "--interval", "0.9", "--json"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    report = json.loads(printed[-1])["interval"]
+    assert abs(report["coverage"] - 0.9) < 0.03 and printed[-2].startswith("0.9 intervals: coverage")
+    assert report["mean_width"] == pytest.approx((out.upper - out.lower).mean())
+
+
+def test_an_interval_needs_validation_residuals(tmp_path):
+    cache = EmbeddingCache(tmp_path / "c", HashEncoder(dim=16))
+    model = HeadModel(head="ridge").fit(cache, linear_rows(100, 0), "y", progress=False)
+    with pytest.raises(ParameterError, match="interval must be a finite number > 0 and < 1"):
+        model.predict(linear_rows(5, 1), cache, interval=1.5)
+    with pytest.raises(ParameterError, match="10 validation rows cannot give a 0.99 interval"):
+        model.predict(linear_rows(5, 1), cache, interval=0.99)
