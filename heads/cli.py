@@ -122,10 +122,10 @@ def _table_arguments(p, trained: bool) -> None:
                    + (" (default: the model's)" if trained else "; kept in the model"))
 
 
-def _cache_argument(p, required: bool = True) -> None:
+def _cache_argument(p, required: bool = True, help: str = "") -> None:
     p.add_argument("--cache", required=required, metavar="DIR", help="embedcache cache directory of the vectors" + (
-        "" if required else " (optional: vectors of the texts it holds are read from it, never written unless "
-        "--add-missing; the rest are encoded with the model's encoder)"))
+        help or "" if required else help or " (optional: vectors of the texts it holds are read from it, never written "
+        "unless --add-missing; the rest are encoded with the model's encoder)"))
 
 
 def _cache_arguments(p) -> None:
@@ -270,13 +270,54 @@ def _leakage_parser(sub) -> None:
     _run_arguments(k)
 
 
+SERVE_EXAMPLES = """\
+examples:
+  heads serve models/quality --cache cache/minilm
+  curl -s localhost:8000/score -H 'content-type: application/json' \\
+      -d '{"items": [{"text": "Explain step by step how vaccines work"}], "interval": 0.9}'
+  EMBEDCACHE_API_KEY=secret heads serve models/safety --host 0.0.0.0 --workers 2   # clients send X-API-Key
+
+POST /score takes {"items": [...], "interval": C}; each item has the fields the model was trained on
+(text, pair, condition, or a template's fields). GET /health, /model, /metrics (Prometheus); docs at /docs."""
+
+
+def _serve_parser(sub) -> None:
+    from .serve import ServeConfig
+
+    defaults = ServeConfig()
+    s = _subparser(sub, "serve", "serve a model over HTTP (FastAPI)", "Serve a saved model over HTTP: requests "
+                   "arriving together are scored in one encoder batch.", SERVE_EXAMPLES)
+    s.add_argument("model", metavar="MODEL_DIR")
+    _cache_argument(s, required=False, help=" (optional, only read: the vectors of the texts it holds; the rest "
+                    "are encoded with the model's encoder and kept in memory)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=flag_type(check_int, minimum=0, maximum=65535), default=8000, metavar="N",
+                   help="(default 8000; 0: any free port)")
+    s.add_argument("--workers", type=POSITIVE_INT, metavar="N", default=1, help="processes, each with its own model (default 1)")
+    s.add_argument("--max-items", type=POSITIVE_INT, metavar="N", default=defaults.max_items, help="items per request (default %(default)s)")
+    s.add_argument("--max-chars", type=POSITIVE_INT, metavar="N", default=defaults.max_chars, help="characters per text (default %(default)s)")
+    s.add_argument("--max-batch", type=POSITIVE_INT, metavar="N", default=defaults.max_batch, help="items scored together (default %(default)s)")
+    s.add_argument("--batch-wait-ms", type=flag_type(check_float, float, low=0), default=defaults.batch_wait_ms, metavar="MS",
+                   help="how long a request waits for others to share its batch (default %(default)s)")
+    s.set_defaults(quiet=False, imports=[], json=False)
+
+
+def serve(args) -> dict:
+    from .serve import ServeConfig
+    from .serve import serve as run_server
+
+    run_server(args.model, args.cache, args.host, args.port, args.workers,
+               ServeConfig(args.max_items, args.max_chars, args.max_batch, args.batch_wait_ms))
+    return {}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="heads", description="Train, evaluate and use regression heads on cached embeddings.",
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"heads (embedcache) {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also EMBEDCACHE_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for build in (_train_parser, _predict_parsers, _finetune_parser, _pseudolabel_parser, _leakage_parser):
+    for build in (_train_parser, _predict_parsers, _finetune_parser, _pseudolabel_parser, _leakage_parser, _serve_parser):
         build(sub)
     return parser
 
@@ -463,7 +504,7 @@ def main(argv=None) -> int:
         quiet_transformers()
     status, result = run_command(f"heads {args.command}", _with_imports({
         "train": train, "predict": predict, "evaluate": evaluate, "finetune": finetune, "pseudolabel": pseudolabel,
-        "leakage": leakage}[args.command]), args)
+        "leakage": leakage, "serve": serve}[args.command]), args)
     if status:
         return status
     if getattr(args, "json", False):

@@ -1,0 +1,311 @@
+"""``heads serve``: a saved model over HTTP (FastAPI), requests micro-batched into one encoder call.
+
+``create_app(model_dir, cache=None)`` returns the FastAPI app:
+
+- ``POST /score`` ``{"items": [{"text": ..., "pair": ..., "condition": ...}], "interval": 0.9}`` (fields as the
+  model was trained; a template's fields by name) -> ``{"scores", "lower", "upper", "model", "fingerprint"}``;
+- ``GET /health``, ``GET /model`` (head, columns, labels, encoder, validation metrics), ``GET /metrics``
+  (Prometheus text: requests, errors, latency, texts encoded, cache hits), ``/docs``.
+
+Requests that arrive within ``batch_wait_ms`` of each other are scored together, up to ``max_batch`` items:
+one encoder call serves them all, so throughput grows with concurrency.  Recent texts' vectors stay in an
+in-memory LRU in front of the cache, which is only read.  Bad input is a 422 naming the item and field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from embedcache import (
+    EmbeddingCache,
+    Encoder,
+    InputError,
+    MissingDependencyError,
+    ParameterError,
+    template_columns,
+)
+
+from .data import as_table, embed, load_inputs
+from .model import HeadModel
+from .units import head_type
+
+API_KEY_VARIABLE = "EMBEDCACHE_API_KEY"
+
+
+@dataclass
+class ServeConfig:
+    """Limits and batching of a served model."""
+
+    max_items: int = 256  # items per request
+    max_chars: int = 20_000  # characters per text
+    max_batch: int = 512  # items scored together
+    batch_wait_ms: float = 5.0  # how long the first request of a batch waits for others
+    lru_size: int = 100_000  # recent texts whose vectors are kept in memory
+
+
+class RecentVectors(Encoder):
+    """Vectors of recent texts kept in memory (least recently used dropped first), the rest from ``source``
+    (a cache, read only, or an encoder)."""
+
+    def __init__(self, source, size: int):
+        super().__init__()
+        self.source, self.size, self.recent = source, size, OrderedDict()
+        self.name, self.dim = "recent vectors", None
+        self.encoded = self.cache_hits = self.memory_hits = 0
+
+    def describe(self) -> dict:
+        return {"recent": True}
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out, missing = [None] * len(texts), []
+        for i, text in enumerate(texts):
+            vector = self.recent.get(text)
+            if vector is None:
+                missing.append(i)
+            else:
+                self.recent.move_to_end(text)
+                out[i] = vector
+        self.memory_hits += len(texts) - len(missing)
+        if missing:
+            new = [texts[i] for i in missing]
+            if isinstance(self.source, EmbeddingCache):
+                held = int(self.source.contains(new).sum())
+                self.cache_hits += held
+                self.encoded += len(new) - held
+            else:
+                self.encoded += len(new)
+            for i, text, vector in zip(missing, new, embed(self.source, new)):
+                out[i] = vector
+                self.recent[text] = vector
+            while len(self.recent) > self.size:
+                self.recent.popitem(last=False)
+        return np.stack(out) if out else np.zeros((0, 1), dtype=np.float32)
+
+
+class Scorer:
+    """A loaded model scoring lists of items (dicts of fields)."""
+
+    def __init__(self, model: HeadModel, cache: EmbeddingCache | None, config: ServeConfig):
+        self.model, self.config = model, config
+        self.joint = head_type(model.head_).joint
+        self.vectors = None if self.joint else RecentVectors(model.vector_source(cache), config.lru_size)
+        columns = model.columns_
+        if columns.get("template"):
+            self.fields = list(dict.fromkeys(template_columns(columns["template"])))
+        else:
+            self.fields = ["text"]
+        self.fields += [s for s in ("pair", "condition") if columns.get(s) is not None]
+
+    def check(self, items) -> str | None:
+        """What is wrong with a request's items, naming the item and field; None when they can be scored."""
+        if not isinstance(items, list) or not items:
+            return "items: expected a non-empty list of objects"
+        if len(items) > self.config.max_items:
+            return f"items: {len(items)} items, at most {self.config.max_items} per request"
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                return f"items[{i}]: expected an object with {', '.join(self.fields)}"
+            for field in self.fields:
+                value = item.get(field)
+                if value is None:
+                    return f"items[{i}].{field}: missing (this model reads {', '.join(self.fields)})"
+                if not isinstance(value, str):
+                    return f"items[{i}].{field}: expected a string, got {type(value).__name__}"
+                if not value.strip():
+                    return f"items[{i}].{field}: empty text"
+                if len(value) > self.config.max_chars:
+                    return f"items[{i}].{field}: {len(value)} characters, at most {self.config.max_chars}"
+            extra = sorted(set(item) - set(self.fields))
+            if extra:
+                return f"items[{i}]: unknown field {extra[0]!r} (this model reads {', '.join(self.fields)})"
+        return None
+
+    def score(self, items: list[dict]) -> np.ndarray:
+        model = self.model
+        if self.joint:
+            return model.predict(items)
+        df, path = as_table(items, model.columns_, model.sides_)
+        return model.predict_inputs(load_inputs(self.vectors, df, model.columns_, path))
+
+
+class Batcher:
+    """Requests queued and scored together: the first waits up to ``batch_wait_ms`` for others."""
+
+    def __init__(self, scorer: Scorer, config: ServeConfig, on_batch=None):
+        self.scorer, self.config, self.on_batch = scorer, config, on_batch
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="scorer")  # one forward pass at a time uses every core
+        self.batches = 0  # scoring calls so far
+
+    async def score(self, items: list[dict]) -> np.ndarray:
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((items, future))
+        return await future
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            size, deadline = len(batch[0][0]), loop.time() + self.config.batch_wait_ms / 1000
+            while size < self.config.max_batch and (left := deadline - loop.time()) > 0:
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), left))
+                except TimeoutError:
+                    break
+                size += len(batch[-1][0])
+            items = [item for request, _ in batch for item in request]
+            self.batches += 1
+            if self.on_batch is not None:
+                self.on_batch()
+            try:
+                scores = await loop.run_in_executor(self.pool, self.scorer.score, items)
+            except Exception as e:  # noqa: BLE001 -- every waiting request gets the error
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            start = 0
+            for request, future in batch:
+                if not future.done():
+                    future.set_result(scores[start : start + len(request)])
+                start += len(request)
+
+
+def create_app(model_dir, cache=None, config: ServeConfig | None = None, api_key: str | None = None):
+    """The FastAPI app serving the model in ``model_dir`` (``api_key``: default ``$EMBEDCACHE_API_KEY``)."""
+    try:
+        from fastapi import FastAPI, Header, HTTPException, Response
+        from prometheus_client import (
+            CollectorRegistry,
+            Counter,
+            Histogram,
+            generate_latest,
+        )
+    except ImportError as e:
+        raise MissingDependencyError("heads serve needs fastapi, uvicorn and prometheus-client: "
+                                     "pip install -e '.[serve]'") from e
+    config = config or ServeConfig()
+    model = HeadModel.load(model_dir)
+    cache = EmbeddingCache(cache) if cache is not None and not isinstance(cache, EmbeddingCache) else cache
+    scorer = Scorer(model, cache, config)
+    api_key = os.environ.get(API_KEY_VARIABLE) if api_key is None else api_key
+    registry = CollectorRegistry()  # this app's own: nothing global
+    requests = Counter("heads_requests", "scoring requests", registry=registry)
+    errors = Counter("heads_errors", "requests answered with an error", ["status"], registry=registry)
+    latency = Histogram("heads_latency_seconds", "seconds per scoring request", registry=registry,
+                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+    texts = Counter("heads_texts_encoded", "texts encoded (neither in memory nor in the cache)", registry=registry)
+    hits = Counter("heads_cache_hits", "texts whose vectors came from the cache", registry=registry)
+    batches = Counter("heads_batches", "scoring calls (each serves the requests that arrived together)",
+                      registry=registry)
+    batcher = Batcher(scorer, config, on_batch=batches.inc)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        task = asyncio.create_task(batcher.run())
+        yield
+        task.cancel()
+        batcher.pool.shutdown(wait=True)
+
+    app = FastAPI(title="heads", description=f"Scores from {model_dir}", lifespan=lifespan)
+    name = str(model_dir)
+
+    def authorise(key: str | None) -> None:
+        if api_key and not (key and hmac.compare_digest(key.encode(), api_key.encode())):
+            errors.labels("401").inc()
+            raise HTTPException(401, "missing or wrong API key (header X-API-Key)")
+
+    @app.post("/score")
+    async def score(body: dict, x_api_key: str | None = Header(default=None)):
+        authorise(x_api_key)
+        requests.inc()
+        start = time.perf_counter()
+        problem = scorer.check(body.get("items")) if isinstance(body, dict) else "expected a JSON object"
+        interval = body.get("interval") if isinstance(body, dict) else None
+        if problem is None and interval is not None and not (isinstance(interval, (int, float)) and 0 < interval < 1):
+            problem = f"interval: expected a number between 0 and 1, got {interval!r}"
+        if problem:
+            errors.labels("422").inc()
+            raise HTTPException(422, problem)
+        before = (scorer.vectors.encoded, scorer.vectors.cache_hits) if scorer.vectors else (0, 0)
+        try:
+            scores = await batcher.score(body["items"])
+            out = {"scores": scores.tolist(), "model": name, "fingerprint": model.encoder_["fingerprint"]}
+            if interval is not None:
+                lower, upper = model.bounds(scores, interval)
+                out.update(lower=lower.tolist(), upper=upper.tolist())
+        except (ParameterError, InputError) as e:
+            errors.labels("422").inc()
+            raise HTTPException(422, str(e)) from None
+        except Exception:
+            errors.labels("500").inc()
+            raise
+        if scorer.vectors:
+            texts.inc(max(0, scorer.vectors.encoded - before[0]))
+            hits.inc(max(0, scorer.vectors.cache_hits - before[1]))
+        latency.observe(time.perf_counter() - start)
+        return out
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/model")
+    async def describe(x_api_key: str | None = Header(default=None)):
+        authorise(x_api_key)
+        return {"model": name, "head": model.head_, "columns": model.columns_, "fields": scorer.fields,
+                "labels": model.labels_, "encoder": model.encoder_, "validation": model.validation_,
+                "intervals": model.calibration_ is not None}
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+CONFIG_VARIABLE = "HEADS_SERVE"  # what each worker process of heads serve --workers N builds its app from
+
+
+def app_from_environment():
+    """The app of ``heads serve`` in a worker process (uvicorn's ``factory``): its arguments come as JSON in
+    ``$HEADS_SERVE``."""
+    import json
+
+    spec = json.loads(os.environ[CONFIG_VARIABLE])
+    return create_app(spec["model"], spec["cache"], ServeConfig(**spec["config"]))
+
+
+def serve(model_dir, cache=None, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
+          config: ServeConfig | None = None) -> None:
+    """Run the app with uvicorn until stopped (SIGINT/SIGTERM finish the requests in flight first)."""
+    import json
+    import warnings
+    from dataclasses import asdict
+
+    try:
+        import uvicorn
+    except ImportError as e:
+        raise MissingDependencyError("heads serve needs fastapi, uvicorn and prometheus-client: "
+                                     "pip install -e '.[serve]'") from e
+    config = config or ServeConfig()
+    if host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get(API_KEY_VARIABLE):
+        warnings.warn(f"serving on {host} without an API key: anyone who can reach it can score; set "
+                      f"{API_KEY_VARIABLE}", UserWarning, stacklevel=2)
+    HeadModel.load(model_dir)  # a damaged model is one error here, not one per worker
+    if workers == 1:
+        uvicorn.run(create_app(model_dir, cache, config), host=host, port=port, timeout_graceful_shutdown=30)
+        return
+    os.environ[CONFIG_VARIABLE] = json.dumps({"model": str(model_dir), "cache": None if cache is None else str(cache),
+                                              "config": asdict(config)})
+    uvicorn.run("heads.serve:app_from_environment", factory=True, host=host, port=port, workers=workers,
+                timeout_graceful_shutdown=30)
