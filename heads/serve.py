@@ -48,7 +48,7 @@ class ServeConfig:
     max_items: int = 256  # items per request
     max_chars: int = 20_000  # characters per text
     max_batch: int = 512  # items scored together
-    batch_wait_ms: float = 5.0  # how long the first request of a batch waits for others
+    batch_wait_ms: float = 2.0  # how long a batch waits for more requests once the queue is empty
     lru_size: int = 100_000  # recent texts whose vectors are kept in memory
 
 
@@ -104,13 +104,21 @@ class Scorer:
         else:
             self.fields = ["text"]
         self.fields += [s for s in ("pair", "condition") if columns.get(s) is not None]
+        # an item may name a side by the column it was trained from ({"prompt": ...} for {"text": ...})
+        self.aliases = {c: s for s, c in columns.items() if s in self.fields and c is not None and c != s}
 
-    def check(self, items) -> str | None:
-        """What is wrong with a request's items, naming the item and field; None when they can be scored."""
+    def check(self, items) -> tuple[str | None, list]:
+        """What is wrong with a request's items, naming the item and field (None when they can be scored),
+        and the items with their fields under the names the model reads."""
         if not isinstance(items, list) or not items:
-            return "items: expected a non-empty list of objects"
+            return "items: expected a non-empty list of objects", []
         if len(items) > self.config.max_items:
-            return f"items: {len(items)} items, at most {self.config.max_items} per request"
+            return f"items: {len(items)} items, at most {self.config.max_items} per request", []
+        items = [{self.aliases.get(k, k): v for k, v in item.items()} if isinstance(item, dict) else item
+                 for item in items]
+        return self._problem(items), items
+
+    def _problem(self, items: list) -> str | None:
         for i, item in enumerate(items):
             if not isinstance(item, dict):
                 return f"items[{i}]: expected an object with {', '.join(self.fields)}"
@@ -128,6 +136,15 @@ class Scorer:
             if extra:
                 return f"items[{i}]: unknown field {extra[0]!r} (this model reads {', '.join(self.fields)})"
         return None
+
+    def warm_up(self) -> None:
+        """Load the encoder now (a cache loads its own on first use)."""
+        source = self.vectors.source if self.vectors else None
+        if isinstance(source, EmbeddingCache):
+            if source.encoder is None and source.encoder_spec is not None:
+                source.load_encoder()
+        else:
+            self.model.own_encoder()
 
     def score(self, items: list[dict]) -> np.ndarray:
         model = self.model
@@ -156,11 +173,17 @@ class Batcher:
         while True:
             batch = [await self.queue.get()]
             size, deadline = len(batch[0][0]), loop.time() + self.config.batch_wait_ms / 1000
-            while size < self.config.max_batch and (left := deadline - loop.time()) > 0:
-                try:
-                    batch.append(await asyncio.wait_for(self.queue.get(), left))
-                except TimeoutError:
-                    break
+            while size < self.config.max_batch:
+                try:  # what queued up while the last batch was scored joins at once
+                    batch.append(self.queue.get_nowait())
+                except asyncio.QueueEmpty:
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        break
+                    try:
+                        batch.append(await asyncio.wait_for(self.queue.get(), left))
+                    except TimeoutError:
+                        break
                 size += len(batch[-1][0])
             items = [item for request, _ in batch for item in request]
             self.batches += 1
@@ -211,6 +234,8 @@ def create_app(model_dir, cache=None, config: ServeConfig | None = None, api_key
 
     @asynccontextmanager
     async def lifespan(app):
+        # the encoder loads before the first request, not during it
+        await asyncio.get_running_loop().run_in_executor(batcher.pool, scorer.warm_up)
         task = asyncio.create_task(batcher.run())
         yield
         task.cancel()
@@ -229,8 +254,8 @@ def create_app(model_dir, cache=None, config: ServeConfig | None = None, api_key
         authorise(x_api_key)
         requests.inc()
         start = time.perf_counter()
-        problem = scorer.check(body.get("items")) if isinstance(body, dict) else "expected a JSON object"
-        interval = body.get("interval") if isinstance(body, dict) else None
+        problem, items = scorer.check(body.get("items"))
+        interval = body.get("interval")
         if problem is None and interval is not None and not (isinstance(interval, (int, float)) and 0 < interval < 1):
             problem = f"interval: expected a number between 0 and 1, got {interval!r}"
         if problem:
@@ -238,7 +263,7 @@ def create_app(model_dir, cache=None, config: ServeConfig | None = None, api_key
             raise HTTPException(422, problem)
         before = (scorer.vectors.encoded, scorer.vectors.cache_hits) if scorer.vectors else (0, 0)
         try:
-            scores = await batcher.score(body["items"])
+            scores = await batcher.score(items)
             out = {"scores": scores.tolist(), "model": name, "fingerprint": model.encoder_["fingerprint"]}
             if interval is not None:
                 lower, upper = model.bounds(scores, interval)
@@ -302,10 +327,13 @@ def serve(model_dir, cache=None, host: str = "127.0.0.1", port: int = 8000, work
         warnings.warn(f"serving on {host} without an API key: anyone who can reach it can score; set "
                       f"{API_KEY_VARIABLE}", UserWarning, stacklevel=2)
     HeadModel.load(model_dir)  # a damaged model is one error here, not one per worker
-    if workers == 1:
-        uvicorn.run(create_app(model_dir, cache, config), host=host, port=port, timeout_graceful_shutdown=30)
-        return
-    os.environ[CONFIG_VARIABLE] = json.dumps({"model": str(model_dir), "cache": None if cache is None else str(cache),
-                                              "config": asdict(config)})
-    uvicorn.run("heads.serve:app_from_environment", factory=True, host=host, port=port, workers=workers,
-                timeout_graceful_shutdown=30)
+    try:
+        if workers == 1:
+            uvicorn.run(create_app(model_dir, cache, config), host=host, port=port, timeout_graceful_shutdown=30)
+            return
+        os.environ[CONFIG_VARIABLE] = json.dumps({"model": str(model_dir), "cache": None if cache is None else
+                                                  str(cache), "config": asdict(config)})
+        uvicorn.run("heads.serve:app_from_environment", factory=True, host=host, port=port, workers=workers,
+                    timeout_graceful_shutdown=30)
+    except KeyboardInterrupt:  # uvicorn finished the requests in flight, then passed Ctrl-C on
+        pass

@@ -74,8 +74,16 @@ heads train --cache "$work/cache" --data "$work/prompts.csv" --text-col prompt -
 # the test prompts are not in the cache: they are encoded in memory and the cache is left as it is
 heads evaluate --model "$work/model" --cache "$work/cache" --data "$work/test.csv" --plots "$work/plots"
 printf 'id,prompt\nnew-1,Please explain photosynthesis step by step.\nnew-2,Please explain photosynthesis quickly.\n' > "$work/new.csv"
-heads predict --model "$work/model" --cache "$work/cache" --data "$work/new.csv" --out "$work/predictions.csv" --round 3
+heads predict --model "$work/model" --cache "$work/cache" --data "$work/new.csv" --out "$work/predictions.csv" --round 3 \
+    --interval 0.9  # lower and upper: 90% of rows like the validation rows fall inside
 cat "$work/predictions.csv"
+# the same from Python, texts in, scores out (the model loads the encoder its config records)
+python - "$work/model" <<'PY'
+import sys
+from heads import HeadModel
+scores, lower, upper = HeadModel.load(sys.argv[1]).predict(["Please explain photosynthesis step by step.", "hi"], interval=0.9)
+print("scores", scores[:, 0].round(3), "lower", lower[:, 0].round(3), "upper", upper[:, 0].round(3))
+PY
 
 echo "== 8. no labels yet: rate 200 prompts with an (offline) annotation function, self-train over the rest, train"
 python "$here/annotate_offline.py" "$work/prompts.csv" --text-col prompt --sample 200 \

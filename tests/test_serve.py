@@ -58,7 +58,10 @@ def test_scores_equal_heads_predict_with_intervals(served, tmp_path, capsys):
         assert client.get("/health").json() == {"status": "ok"}
         described = client.get("/model").json()
         assert described["fields"] == ["text", "condition"] and described["labels"] == ["score"]
-        client.post("/score", json={"items": items[:3]})  # seen before: from memory, not encoded again
+        by_column = client.post("/score", json={"items": [{"response": t, "metric": m}  # the trained column names
+                                                          for t, m in zip(new.response[:3], new.metric[:3])]})
+        np.testing.assert_allclose(by_column.json()["scores"], body["scores"][:3], rtol=1e-12)
+        # those 3 texts were seen before: their vectors came from memory, not encoded again
         metrics = client.get("/metrics").text
         distinct = len(set(new.response)) + len(set(new.metric))  # a condition is a text too
         assert "heads_requests_total 2.0" in metrics and f"heads_texts_encoded_total {distinct:.1f}" in metrics
