@@ -35,7 +35,7 @@ def precompute(inputs, cache, text_cols=(), template: str | None = None, model: 
     start = time.perf_counter()
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     if not text_cols and template is None:
-        raise InputError("give at least one text column (--text-col) or a template (--template)")
+        raise InputError("give at least one text column (text_cols=..., --text-col) or a template (template=..., --template)")
     texts, rows, skipped, tables = [], 0, 0, []
     for path in inputs:  # read and validate everything before the first encoding
         df = read_table(path, fmt=fmt, header=header)
@@ -70,7 +70,7 @@ def _open(cache, texts, model, options: dict, device, batch_size, dtype, shard_s
     asked for is one the cache verified before (then no model is loaded)."""
     cache = Path(cache)
     if cache.exists() and not cache.is_dir():
-        raise CacheError(f"--cache {cache} is a file, not a directory")
+        raise CacheError(f"cache {cache} is a file, not a directory")
     known = (cache / MANIFEST).exists() and EmbeddingCache(cache, dtype=dtype)
     if model is None and known:  # an existing cache: its own encoder, as it records it
         spec = known.encoder_spec

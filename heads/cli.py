@@ -351,7 +351,7 @@ def train(args) -> dict:
     model = HeadModel(from_arguments(TrainConfig, args), device=args.device)
     check_output(args.out, [("--data", args.data), ("--val-data", args.val_data)], args.overwrite, "--out")
     val = _read(args, args.val_data) if args.val_data else None
-    model.fit(_cache(args), _read(args, args.data), args.label_col, text_col=args.text_col, pair_col=args.pair_col,
+    model.fit_table(_cache(args), _read(args, args.data), args.label_col, text_col=args.text_col, pair_col=args.pair_col,
               condition_col=args.condition_col, template=_template(args), val_data=val, weight_col=args.weight_col,
               add_missing=args.add_missing, progress=not args.quiet)
     model.save(args.out, overwrite=args.overwrite)

@@ -212,6 +212,32 @@ def as_table(data, columns: dict, sides, conditions=None) -> tuple[pd.DataFrame,
     return df, table_source(df, "data")
 
 
+def plain_table(data, labels, conditions=None) -> tuple[pd.DataFrame, list[str], dict]:
+    """Texts (a list of texts, ``(text, pair)`` tuples or dicts) and their labels as a table: the table, the
+    label column names (``score``, or ``score_0``... for several) and the text columns."""
+    identity = {s: s for s in SIDES}
+    df = _records(data, identity, ("text", "pair"))
+    if conditions is not None:
+        conditions = list(conditions)
+        if len(conditions) != len(df):
+            raise ParameterError(f"conditions has {len(conditions)} values for {len(df)} texts")
+        df = df.assign(condition=conditions)
+    unknown = sorted(set(df.columns) - set(SIDES))
+    if unknown:
+        raise ParameterError(f"data: unknown field {unknown[0]!r}; items have text, pair and condition")
+    try:
+        y = np.asarray(labels, dtype=float)
+    except (TypeError, ValueError):
+        raise ParameterError(f"labels must be numbers, one per text (or a row per text), got {type(labels).__name__}") from None
+    if y.ndim not in (1, 2) or len(y) != len(df):
+        raise ParameterError(f"labels has shape {y.shape} for {len(df)} texts; expected ({len(df)},) or ({len(df)}, n_labels)")
+    names = ["score"] if y.ndim == 1 else [f"score_{j}" for j in range(y.shape[1])]
+    df = df.assign(**dict(zip(names, y.reshape(len(df), -1).T)))
+    columns = {"text_col": "text", "pair_col": "pair" if "pair" in df.columns else None,
+               "condition_col": "condition" if "condition" in df.columns else None}
+    return df, names, columns
+
+
 def _records(data, columns: dict, sides) -> pd.DataFrame:
     """Rows from a text, a list of texts, of tuples, or of dicts; keyed by the trained column names."""
     names = {s: columns.get(s) for s in SIDES if columns.get(s) is not None}  # side -> trained column

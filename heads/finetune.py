@@ -179,7 +179,7 @@ def _add_lora(backbone: Backbone, r: int) -> None:
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as e:
-        raise MissingDependencyError("--lora needs peft: pip install peft (or pip install -e '.[finetune]')") from e
+        raise MissingDependencyError("lora (--lora) needs peft: pip install peft (or pip install -e '.[finetune]')") from e
     config = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.1, target_modules="all-linear")
     backbone.model = get_peft_model(backbone.model, config)
 
@@ -366,9 +366,9 @@ def _result(backbone, unit, sides, config, encoder, columns, label_cols, mean, s
 
 def _check_warm_start(warm: HeadModel, head: str, sides: tuple, dim: int, labels: list, path) -> None:
     if warm.head_ != head:
-        raise ParameterError(f"--init-head {path} is a {warm.head_!r} head; fine-tuning a {head!r} head needs a {head!r} one")
+        raise ParameterError(f"init_head {path} is a {warm.head_!r} head; fine-tuning a {head!r} head needs a {head!r} one")
     if tuple(warm.sides_) != tuple(sides) or warm.dim_ != dim:
-        raise ParameterError(f"--init-head {path} was trained on {list(warm.sides_)} of {warm.dim_} dims; "
+        raise ParameterError(f"init_head {path} was trained on {list(warm.sides_)} of {warm.dim_} dims; "
                              f"this fine-tuning has {list(sides)} of {dim} dims (another encoder or other columns?)")
     if list(warm.labels_) != list(labels):
-        raise ParameterError(f"--init-head {path} predicts {warm.labels_}; this fine-tuning has labels {labels}")
+        raise ParameterError(f"init_head {path} predicts {warm.labels_}; this fine-tuning has labels {labels}")

@@ -40,6 +40,7 @@ from .data import (
     joint_inputs,
     load_inputs,
     load_labels,
+    plain_table,
     sides_of,
 )
 from .directory import ModelError, check_shapes, read_model, write_model
@@ -106,16 +107,38 @@ class HeadModel:
 
     # -- training -------------------------------------------------------------
 
-    def fit(self, cache: EmbeddingCache, data, label_cols, text_col="text", pair_col=None, condition_col=None,
-            template=None, val_data=None, weight_col=None, sample_weight=None, add_missing=False,
-            progress=True) -> HeadModel:
-        """Train on ``data`` (a DataFrame or a file); validate on ``val_data`` or a grouped split.
+    def fit(self, data, labels, *table_form, cache=None, encoder=None, conditions=None, **options) -> HeadModel:
+        """Train on texts and labels; validate on ``val_data`` or a grouped split of the rows.
+
+        ``data`` is a list of texts, of ``(text, pair)`` tuples or of dicts (``text``, ``pair``,
+        ``condition``) with ``labels`` their numbers (``(n,)`` or ``(n, n_labels)``) and ``conditions`` one
+        condition per text; or a DataFrame or a file with ``labels`` naming the label column(s) and
+        ``text_col``, ``pair_col``, ``condition_col`` or ``template`` the text columns.  The vectors come
+        from ``cache`` (an EmbeddingCache, or a directory that is built and filled), else from ``encoder``
+        (a name or an Encoder; default the embedded all-MiniLM-L6-v2), in memory.  ``fit(cache, table,
+        label_cols, ...)``, the order before, still works.  ``options``: see ``fit_table``.
+        """
+        if isinstance(data, EmbeddingCache):  # the order before: fit(cache, table, label_cols, ...)
+            return self.fit_table(data, labels, *table_form, **options)
+        if table_form:
+            raise ParameterError("give the options of fit by name (text_col=..., val_data=...)")
+        source = _vector_source(cache, encoder)
+        if cache is not None and not isinstance(cache, EmbeddingCache):
+            options.setdefault("add_missing", True)  # a cache directory given to fit is built and filled
+        if not isinstance(data, pd.DataFrame) and not _is_file(data):
+            data, labels, columns = plain_table(data, labels, conditions)
+            options = {**columns, **options}
+        return self.fit_table(source, data, labels, **options)
+
+    def fit_table(self, source, data, label_cols, text_col="text", pair_col=None, condition_col=None, template=None,
+                  val_data=None, weight_col=None, sample_weight=None, add_missing=False, progress=True) -> HeadModel:
+        """Train on ``data`` (a DataFrame or a file) with vectors from ``source`` (a cache or an encoder).
 
         ``template`` composes the text from columns (``'{system}\\n{prompt}'``) instead of
         ``text_col``.  A table written by heads pseudolabel validates on its labelled
         rows only (``validation_rows_`` says so): the teacher's own scores would
         flatter any model.  ``weight_col`` or ``sample_weight`` weights each row's
-        loss.  Texts missing from the cache are encoded in memory (``add_missing``
+        loss.  Texts missing from a cache are encoded in memory (``add_missing``
         stores them).
         """
         self.config.check()
@@ -131,19 +154,19 @@ class HeadModel:
         y = load_labels(df, label_cols, path)  # bad labels stop us before any encoding
         check_label_values(y, self.config.label_range, label_cols, path)
         weights = _sample_weight(df, weight_col, sample_weight, path)
-        inputs = load_inputs(cache, df, self.columns_, path, add_missing)
+        inputs = load_inputs(source, df, self.columns_, path, add_missing)
         if val_data is not None:
             vdf, vpath = _table(val_data, "val_data")
             y_val = load_labels(vdf, label_cols, vpath)
             check_label_values(y_val, self.config.label_range, label_cols, vpath)
-            val, train = load_inputs(cache, vdf, self.columns_, vpath, add_missing), inputs
+            val, train = load_inputs(source, vdf, self.columns_, vpath, add_missing), inputs
             self.validation_rows_ = f"{len(vdf)} rows of {vpath}"
         else:
             train_rows, val_rows, self.validation_rows_ = self._split(df, inputs)
             train, val, y, y_val = inputs.subset(train_rows), inputs.subset(val_rows), y[train_rows], y[val_rows]
             weights = None if weights is None else weights[train_rows]
-        self.encoder_ = {"fingerprint": cache.fingerprint, "name": cache.encoder_name, "load": cache.encoder_spec}
-        _warn_unknown(cache, df, path)
+        self.encoder_ = _encoder_record(source)
+        _warn_unknown(source, df, path)
         return self.fit_inputs(train, y, val, y_val, labels=label_cols, path=path, sample_weight=weights, progress=progress)
 
     def _split(self, df: pd.DataFrame, inputs: Inputs) -> tuple[np.ndarray, np.ndarray, str]:
@@ -392,14 +415,47 @@ def _saved_unit(config: dict, tensors: dict, settings: TrainConfig, directory: P
     return unit.load_state(tensors)
 
 
-def _warn_unknown(cache: EmbeddingCache, df: pd.DataFrame, path) -> None:
-    """Warn once when the cache's encoder met texts that were mostly unknown tokens (a language it does not cover)."""
-    seen = cache.unknown_report()
+def _vector_source(cache, encoder):
+    """A cache (opened, or built with ``encoder`` where the directory is new) or an encoder."""
+    from embedcache import Encoder, load_encoder
+
+    if isinstance(cache, EmbeddingCache):
+        return cache
+    if encoder is not None and not isinstance(encoder, Encoder):
+        encoder = load_encoder(encoder)
+    if cache is None:
+        return encoder if encoder is not None else load_encoder()
+    from embedcache import CacheNotFoundError
+
+    try:
+        return EmbeddingCache(cache, encoder)
+    except CacheNotFoundError:
+        return EmbeddingCache(cache, encoder or load_encoder())
+
+
+def _encoder_record(source) -> dict:
+    """What a model keeps of the encoder of its vectors: fingerprint, name and how to load it again."""
+    if isinstance(source, EmbeddingCache):
+        return {"fingerprint": source.fingerprint, "name": source.encoder_name, "load": source.encoder_spec}
+    return {"fingerprint": source.fingerprint, "name": source.name, "load": source.spec}
+
+
+def _is_file(data) -> bool:
+    from embedcache import FORMATS
+
+    return isinstance(data, Path) or (isinstance(data, str) and Path(data).suffix.lower() in FORMATS
+                                      and Path(data).is_file())
+
+
+def _warn_unknown(source, df: pd.DataFrame, path) -> None:
+    """Warn once when the encoder met texts that were mostly unknown tokens (a language it does not cover)."""
+    seen = source.unknown_report()
     if not seen["mostly_unknown"]:
         return
     where = [w or "another file" for w in first_rows(seen["examples"], [(path, df)])]
-    warnings.warn(unknown_warning(seen["mostly_unknown"], len(cache), cache.encoder_name, seen["examples"],
-                                  seen["languages"], where), UnknownTokensWarning, stacklevel=3)
+    total, name = (len(source), source.encoder_name) if isinstance(source, EmbeddingCache) else (len(df), source.name)
+    warnings.warn(unknown_warning(seen["mostly_unknown"], total, name, seen["examples"], seen["languages"], where),
+                  UnknownTokensWarning, stacklevel=4)
 
 
 def _sample_weight(df: pd.DataFrame, weight_col, sample_weight, path) -> np.ndarray | None:

@@ -100,9 +100,9 @@ def pseudolabel(cache: EmbeddingCache, data: pd.DataFrame, columns: dict, method
     check_float(min_confidence, "min_confidence", 0, 1)
     label_range = check_label_range(label_range)
     if method != "lf" and labeled is None:
-        raise ParameterError(f"method {method!r} needs labelled rows (--labeled FILE --label-col COL)")
+        raise ParameterError(f"method {method!r} needs labelled rows (labeled=..., label_col=...; --labeled FILE --label-col COL)")
     if labeled is not None and label_col is None:
-        raise ParameterError("labelled rows need a label column (--label-col)")
+        raise ParameterError("labelled rows need a label column (label_col=..., --label-col)")
     columns = {s: c for s, c in columns.items() if c is not None}
     text_cols = _check_tables(data, labeled, columns, id_col, paths)
     y = None if labeled is None else load_labels(labeled, [label_col], paths[1])

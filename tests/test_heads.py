@@ -278,7 +278,7 @@ def test_pseudolabel_with_labeling_functions_imported_from_a_file(cache, tmp_pat
     assert out.loc[7, "score"] > out.loc[9, "score"] and out.loc[8, "confidence"] == 1.0 and out.loc[9, "confidence"] == 0.5
     assert main(["pseudolabel", "--cache", str(cache.path), "--data", str(tmp_path / "prompts.csv"), "--method", "knn",
                  "--out", str(tmp_path / "x.csv")]) == 1
-    assert "method 'knn' needs labelled rows (--labeled FILE --label-col COL)" in capsys.readouterr().err
+    assert "method 'knn' needs labelled rows (labeled=..., label_col=...; --labeled FILE --label-col COL)" in capsys.readouterr().err
     assert main(["pseudolabel", "--cache", str(cache.path), "--data", str(tmp_path / "prompts.csv"), "--lf", "nope",
                  "--out", str(tmp_path / "x.csv")]) == 1
     assert "unknown labeling function 'nope'" in capsys.readouterr().err

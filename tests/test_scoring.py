@@ -110,3 +110,21 @@ def test_an_interval_needs_validation_residuals(tmp_path):
         model.predict(linear_rows(5, 1), cache, interval=1.5)
     with pytest.raises(ParameterError, match="10 validation rows cannot give a 0.99 interval"):
         model.predict(linear_rows(5, 1), cache, interval=0.99)
+
+
+def test_fit_on_plain_texts_and_labels_in_memory_or_through_a_new_cache(tmp_path, tiny_bert):
+    data = pairs(150, 3)
+    texts, labels = list(zip(data.a, data.b)), data.score.to_numpy()
+    in_memory = HeadModel(head="ridge").fit(texts, labels, encoder=tiny_bert)
+    assert in_memory.encoder_["fingerprint"] == tiny_bert.fingerprint and in_memory.columns_["pair"] == "pair"
+    through = HeadModel(head="ridge").fit(texts, labels, cache=tmp_path / "new-cache", encoder=tiny_bert)
+    built = EmbeddingCache(tmp_path / "new-cache")  # fit built and filled it
+    assert built.fingerprint == tiny_bert.fingerprint and built.contains(data.a.tolist()).all()
+    dev = pairs(10, 4)
+    np.testing.assert_allclose(through.predict(list(zip(dev.a, dev.b))), in_memory.predict(list(zip(dev.a, dev.b))),
+                               atol=1e-2)  # the cache keeps float16
+    conditioned = HeadModel(head="ridge").fit(data.a.tolist(), np.stack([labels, -labels], axis=1),
+                                              conditions=["harm", "help"] * 75, encoder=tiny_bert)
+    assert conditioned.labels_ == ["score_0", "score_1"] and conditioned.predict("apple", conditions=["harm"]).shape == (1, 2)
+    with pytest.raises(ParameterError, match=r"labels has shape \(3,\) for 150 texts"):
+        HeadModel().fit(texts, [1, 2, 3], encoder=tiny_bert)
