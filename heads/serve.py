@@ -207,6 +207,7 @@ def create_app(model_dir, cache=None, config: ServeConfig | None = None, api_key
     """The FastAPI app serving the model in ``model_dir`` (``api_key``: default ``$EMBEDCACHE_API_KEY``)."""
     try:
         from fastapi import FastAPI, Header, HTTPException, Response
+        from fastapi.responses import JSONResponse
         from prometheus_client import (
             CollectorRegistry,
             Counter,
@@ -243,6 +244,16 @@ def create_app(model_dir, cache=None, config: ServeConfig | None = None, api_key
 
     app = FastAPI(title="heads", description=f"Scores from {model_dir}", lifespan=lifespan)
     name = str(model_dir)
+    # a body larger than the largest valid request is refused before it is read
+    max_bytes = 4 * config.max_items * (config.max_chars + 100) * len(scorer.fields) + 4096
+
+    @app.middleware("http")
+    async def limit_body(request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > max_bytes):
+            errors.labels("413").inc()
+            return JSONResponse({"detail": f"request body of {length} bytes, at most {max_bytes}"}, status_code=413)
+        return await call_next(request)
 
     def authorise(key: str | None) -> None:
         if api_key and not (key and hmac.compare_digest(key.encode(), api_key.encode())):

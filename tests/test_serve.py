@@ -87,6 +87,28 @@ def test_bad_input_is_a_422_naming_item_and_field(served, body, words):
         assert "heads_errors_total{status=\"422\"} 1.0" in client.get("/metrics").text
 
 
+def test_a_body_larger_than_any_valid_request_is_refused_unread(served):
+    with TestClient(create_app(served / "m", config=ServeConfig(max_items=2, max_chars=10))) as client:
+        reply = client.post("/score", content=b"x" * 1_000_000, headers={"content-type": "application/json"})
+        assert reply.status_code == 413 and "at most" in reply.json()["detail"]
+        assert client.post("/score", json={"items": [{"text": "apple", "condition": "harm"}]}).status_code == 200
+
+
+def test_a_template_model_takes_its_fields_by_name(tmp_path, tiny_bert):
+    data = rows(120, 5).rename(columns={"response": "answer"}).assign(question="what do you like?")
+    cache = EmbeddingCache(tmp_path / "c", tiny_bert)
+    HeadModel(head="ridge").fit(data, "score", cache=cache, template="Q: {question}\nA: {answer}",
+                                condition_col="metric").save(tmp_path / "m")
+    with TestClient(create_app(tmp_path / "m")) as client:
+        assert client.get("/model").json()["fields"] == ["question", "answer", "condition"]
+        item = {"question": "what do you like?", "answer": data.answer[0], "condition": data.metric[0]}
+        reply = client.post("/score", json={"items": [item]})
+        expected = HeadModel.load(tmp_path / "m").predict(data.head(1))  # encoded as the server does, not float16
+        np.testing.assert_allclose(reply.json()["scores"], expected, atol=1e-6)
+        missing = client.post("/score", json={"items": [{"answer": "x", "condition": "harm"}]})
+        assert missing.status_code == 422 and "items[0].question: missing" in missing.json()["detail"]
+
+
 def test_an_api_key_is_required_when_set(served):
     with TestClient(create_app(served / "m", api_key="s3cret")) as client:
         item = {"items": [{"text": "apple river", "condition": "harm"}]}
