@@ -203,35 +203,79 @@ class Batcher:
                 start += len(request)
 
 
+class ServeMetrics:
+    """The app's Prometheus counters, in a registry of its own (nothing global)."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("heads_requests", "scoring requests", registry=self.registry)
+        self.errors = Counter("heads_errors", "requests answered with an error", ["status"], registry=self.registry)
+        self.latency = Histogram("heads_latency_seconds", "seconds per scoring request", registry=self.registry,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.texts = Counter("heads_texts_encoded", "texts encoded (neither in memory nor in the cache)",
+                             registry=self.registry)
+        self.hits = Counter("heads_cache_hits", "texts whose vectors came from the cache", registry=self.registry)
+        self.batches = Counter("heads_batches", "scoring calls (each serves the requests that arrived together)",
+                               registry=self.registry)
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+class RequestError(Exception):
+    """A request answered with ``status`` and a message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+async def score_request(body: dict, scorer: Scorer, batcher: Batcher, metrics: ServeMetrics) -> dict:
+    """The reply to ``POST /score``: scores (and bounds) for the request's items, or a RequestError."""
+    metrics.requests.inc()
+    start = time.perf_counter()
+    problem, items = scorer.check(body.get("items"))
+    interval = body.get("interval")
+    if problem is None and interval is not None and not (isinstance(interval, (int, float)) and 0 < interval < 1):
+        problem = f"interval: expected a number between 0 and 1, got {interval!r}"
+    if problem:
+        raise RequestError(422, problem)
+    before = (scorer.vectors.encoded, scorer.vectors.cache_hits) if scorer.vectors else (0, 0)
+    try:
+        scores = await batcher.score(items)
+        out = {"scores": scores.tolist()}
+        if interval is not None:
+            lower, upper = scorer.model.bounds(scores, interval)
+            out.update(lower=lower.tolist(), upper=upper.tolist())
+    except (ParameterError, InputError) as e:
+        raise RequestError(422, str(e)) from None
+    if scorer.vectors:
+        metrics.texts.inc(max(0, scorer.vectors.encoded - before[0]))
+        metrics.hits.inc(max(0, scorer.vectors.cache_hits - before[1]))
+    metrics.latency.observe(time.perf_counter() - start)
+    return out
+
+
 def create_app(model_dir, cache=None, config: ServeConfig | None = None, api_key: str | None = None):
     """The FastAPI app serving the model in ``model_dir`` (``api_key``: default ``$EMBEDCACHE_API_KEY``)."""
     try:
+        import prometheus_client  # noqa: F401 -- ServeMetrics needs it: say so before loading anything
         from fastapi import FastAPI, Header, HTTPException, Response
         from fastapi.responses import JSONResponse
-        from prometheus_client import (
-            CollectorRegistry,
-            Counter,
-            Histogram,
-            generate_latest,
-        )
     except ImportError as e:
         raise MissingDependencyError("heads serve needs fastapi, uvicorn and prometheus-client: "
                                      "pip install -e '.[serve]'") from e
     config = config or ServeConfig()
     model = HeadModel.load(model_dir)
     cache = EmbeddingCache(cache) if cache is not None and not isinstance(cache, EmbeddingCache) else cache
-    scorer = Scorer(model, cache, config)
+    scorer, metrics = Scorer(model, cache, config), ServeMetrics()
+    batcher = Batcher(scorer, config, on_batch=metrics.batches.inc)
     api_key = os.environ.get(API_KEY_VARIABLE) if api_key is None else api_key
-    registry = CollectorRegistry()  # this app's own: nothing global
-    requests = Counter("heads_requests", "scoring requests", registry=registry)
-    errors = Counter("heads_errors", "requests answered with an error", ["status"], registry=registry)
-    latency = Histogram("heads_latency_seconds", "seconds per scoring request", registry=registry,
-                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-    texts = Counter("heads_texts_encoded", "texts encoded (neither in memory nor in the cache)", registry=registry)
-    hits = Counter("heads_cache_hits", "texts whose vectors came from the cache", registry=registry)
-    batches = Counter("heads_batches", "scoring calls (each serves the requests that arrived together)",
-                      registry=registry)
-    batcher = Batcher(scorer, config, on_batch=batches.inc)
+    name = str(model_dir)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -243,7 +287,6 @@ def create_app(model_dir, cache=None, config: ServeConfig | None = None, api_key
         batcher.pool.shutdown(wait=True)
 
     app = FastAPI(title="heads", description=f"Scores from {model_dir}", lifespan=lifespan)
-    name = str(model_dir)
     # a body larger than the largest valid request is refused before it is read
     max_bytes = 4 * config.max_items * (config.max_chars + 100) * len(scorer.fields) + 4096
 
@@ -251,45 +294,27 @@ def create_app(model_dir, cache=None, config: ServeConfig | None = None, api_key
     async def limit_body(request, call_next):
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > max_bytes):
-            errors.labels("413").inc()
+            metrics.errors.labels("413").inc()
             return JSONResponse({"detail": f"request body of {length} bytes, at most {max_bytes}"}, status_code=413)
         return await call_next(request)
 
     def authorise(key: str | None) -> None:
         if api_key and not (key and hmac.compare_digest(key.encode(), api_key.encode())):
-            errors.labels("401").inc()
+            metrics.errors.labels("401").inc()
             raise HTTPException(401, "missing or wrong API key (header X-API-Key)")
 
     @app.post("/score")
     async def score(body: dict, x_api_key: str | None = Header(default=None)):
         authorise(x_api_key)
-        requests.inc()
-        start = time.perf_counter()
-        problem, items = scorer.check(body.get("items"))
-        interval = body.get("interval")
-        if problem is None and interval is not None and not (isinstance(interval, (int, float)) and 0 < interval < 1):
-            problem = f"interval: expected a number between 0 and 1, got {interval!r}"
-        if problem:
-            errors.labels("422").inc()
-            raise HTTPException(422, problem)
-        before = (scorer.vectors.encoded, scorer.vectors.cache_hits) if scorer.vectors else (0, 0)
         try:
-            scores = await batcher.score(items)
-            out = {"scores": scores.tolist(), "model": name, "fingerprint": model.encoder_["fingerprint"]}
-            if interval is not None:
-                lower, upper = model.bounds(scores, interval)
-                out.update(lower=lower.tolist(), upper=upper.tolist())
-        except (ParameterError, InputError) as e:
-            errors.labels("422").inc()
-            raise HTTPException(422, str(e)) from None
+            out = await score_request(body, scorer, batcher, metrics)
+        except RequestError as e:
+            metrics.errors.labels(str(e.status)).inc()
+            raise HTTPException(e.status, str(e)) from None
         except Exception:
-            errors.labels("500").inc()
+            metrics.errors.labels("500").inc()
             raise
-        if scorer.vectors:
-            texts.inc(max(0, scorer.vectors.encoded - before[0]))
-            hits.inc(max(0, scorer.vectors.cache_hits - before[1]))
-        latency.observe(time.perf_counter() - start)
-        return out
+        return {**out, "model": name, "fingerprint": model.encoder_["fingerprint"]}
 
     @app.get("/health")
     async def health():
@@ -303,8 +328,8 @@ def create_app(model_dir, cache=None, config: ServeConfig | None = None, api_key
                 "intervals": model.calibration_ is not None}
 
     @app.get("/metrics")
-    async def metrics():
-        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+    async def prometheus():
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     return app
 
