@@ -205,6 +205,8 @@ def _predict_parsers(sub) -> None:
     _labels_argument(e, required=False, help="label columns (default: the model's)")
     e.add_argument("--plots", metavar="DIR", help="write predicted-vs-true, residual and per-condition PNGs here")
     _option(e, "--interval", help="report the empirical coverage and mean width of the model's intervals at level C")
+    e.add_argument("--group-col", metavar="COL", help="also report the metrics per value of this column (a language, "
+                   "a source), in the printout, the JSON and a plot")
     _run_arguments(e, "print the metrics as JSON on the last line")
 
 
@@ -375,12 +377,14 @@ def predict(args) -> dict:
 def evaluate(args) -> dict:
     model = HeadModel.load(args.model)
     metrics, y, pred, _ = model.evaluate(_cache(args), _read(args, args.data), args.label_col, _columns(args),
-                                         add_missing=args.add_missing, interval=args.interval)
+                                         add_missing=args.add_missing, interval=args.interval, group_col=args.group_col)
     labels = list(args.label_col or model.labels_)
     _print_metrics(f"{args.model} on {args.data}", metrics)
-    for cond, per in metrics.get("per_condition", {}).items():
-        for label, m in per.items():
-            _print_metrics(f"  {cond}" + (f" / {label}" if len(labels) > 1 else ""), m)
+    for key in ("per_condition", "per_group"):
+        for value, per in metrics.get(key, {}).items():
+            for label, m in per.items():
+                _print_metrics(f"  {args.group_col + '=' if key == 'per_group' else ''}{value}"
+                               + (f" / {label}" if len(labels) > 1 else ""), m)
     if "interval" in metrics:
         i = metrics["interval"]
         print(f"{i['level']:g} intervals: coverage {i['coverage']:.3f}, mean width {i['mean_width']:.4f}")

@@ -36,10 +36,11 @@ def regression_metrics(y_true, y_pred) -> dict:
     return out
 
 
-def report(y_true, y_pred, labels, conditions=None) -> dict:
-    """Metrics over all labels (the mean of the per-label values, ``n`` summed), per label, per condition.
+def report(y_true, y_pred, labels, conditions=None, groups=None) -> dict:
+    """Metrics over all labels (the mean of the per-label values, ``n`` summed), per label, per condition
+    and per group (a language, a source: any column's values).
 
-    ``y_true`` and ``y_pred`` are ``(n, n_labels)``; ``conditions`` is one value per row or None.
+    ``y_true`` and ``y_pred`` are ``(n, n_labels)``; ``conditions`` and ``groups`` are one value per row or None.
     """
     y_true, y_pred = np.asarray(y_true, dtype=float), np.asarray(y_pred, dtype=float)
     per_label = {name: regression_metrics(y_true[:, j], y_pred[:, j]) for j, name in enumerate(labels)}
@@ -49,11 +50,15 @@ def report(y_true, y_pred, labels, conditions=None) -> dict:
         overall = {k: float(np.nanmean([m[k] for m in per_label.values()])) for k in NAMES[1:]}
         overall["n"] = int(sum(m["n"] for m in per_label.values()))
     out = {**overall, "per_label": per_label}
-    if conditions is not None:
-        conditions = np.asarray(conditions, dtype=object)
-        out["per_condition"] = {
-            str(c): {name: regression_metrics(y_true[conditions == c, j], y_pred[conditions == c, j])
-                     for j, name in enumerate(labels)}
-            for c in dict.fromkeys(conditions.tolist())
-        }
+    for key, values in (("per_condition", conditions), ("per_group", groups)):
+        if values is not None:
+            out[key] = _per_value(y_true, y_pred, labels, values)
     return out
+
+
+def _per_value(y_true, y_pred, labels, values) -> dict:
+    """Value -> label -> metrics of the rows with that value, in order of first appearance."""
+    values = np.asarray(values, dtype=object)
+    return {str(v): {name: regression_metrics(y_true[values == v, j], y_pred[values == v, j])
+                     for j, name in enumerate(labels)}
+            for v in dict.fromkeys(values.tolist())}

@@ -326,16 +326,20 @@ class HeadModel:
         return pd.DataFrame({"id": ids, **out})
 
     def evaluate(self, cache: EmbeddingCache | None, data, label_cols=None, columns=None, add_missing=False,
-                 interval: float | None = None) -> tuple[dict, np.ndarray, np.ndarray, Inputs]:
+                 interval: float | None = None, group_col=None) -> tuple[dict, np.ndarray, np.ndarray, Inputs]:
         """Metrics (overall, per label, per condition), the labels, the predictions and the inputs.
 
-        With ``interval``, ``metrics["interval"]`` holds the empirical coverage and mean width of the
-        model's intervals at that level."""
+        With ``group_col``, ``metrics["per_group"]`` holds the metrics per value of that column (a
+        language, a source).  With ``interval``, ``metrics["interval"]`` holds the empirical coverage and
+        mean width of the model's intervals at that level."""
         df, path = _table(data)
         y = load_labels(df, list(label_cols or self.labels_), path)
+        if group_col is not None:
+            check_columns(df, [group_col], path)
         inputs, _, _ = self._inputs(cache, df, columns, add_missing)
         pred = self.predict_inputs(inputs)
-        metrics = report(y, pred, list(label_cols or self.labels_), inputs.condition_values)
+        groups = None if group_col is None else df[group_col].astype(str).tolist()
+        metrics = report(y, pred, list(label_cols or self.labels_), inputs.condition_values, groups)
         if interval is not None:
             metrics["interval"] = interval_report(y, *self.bounds(pred, interval), interval)
         return metrics, y, pred, inputs

@@ -36,13 +36,14 @@ def write_plots(directory, y_true: np.ndarray, y_pred: np.ndarray, labels: list[
         ax.set(xlabel="predicted - true", ylabel="rows", title=f"{label}: residuals (MAE {m['mae']:.3f})")
         written.append(_save(fig, directory / f"residuals{suffix}.png"))
 
-        if "per_condition" in metrics:
-            names = list(metrics["per_condition"])
-            values = [metrics["per_condition"][c][label]["rmse"] for c in names]
-            fig, ax = _figure(6, 0.4 * len(names) + 1.5)
-            ax.barh(names, values)
-            ax.set(xlabel="RMSE", title=f"{label}: RMSE per condition")
-            written.append(_save(fig, directory / f"per_condition{suffix}.png"))
+        for key, what in (("per_condition", "condition"), ("per_group", "group")):
+            if key in metrics:
+                names = list(metrics[key])
+                values = [metrics[key][c][label]["rmse"] for c in names]
+                fig, ax = _figure(6, 0.4 * len(names) + 1.5)
+                ax.barh(names, values)
+                ax.set(xlabel="RMSE", title=f"{label}: RMSE per {what}")
+                written.append(_save(fig, directory / f"{key}{suffix}.png"))
     return written
 
 

@@ -128,3 +128,25 @@ def test_fit_on_plain_texts_and_labels_in_memory_or_through_a_new_cache(tmp_path
     assert conditioned.labels_ == ["score_0", "score_1"] and conditioned.predict("apple", conditions=["harm"]).shape == (1, 2)
     with pytest.raises(ParameterError, match=r"labels has shape \(3,\) for 150 texts"):
         HeadModel().fit(texts, [1, 2, 3], encoder=tiny_bert)
+
+
+def test_evaluate_reports_metrics_per_group(tmp_path, capsys):
+    cache = EmbeddingCache(tmp_path / "c", HashEncoder(dim=16))
+    train, test = linear_rows(600, 0), linear_rows(300, 1)
+    test = test.assign(lang=["hi", "bn", "en"] * 100, y=test.y + np.tile([0.0, 3.0, 0.0], 100))  # bn rows are off
+    for name, rows in (("train", train), ("test", test)):
+        rows.to_csv(tmp_path / f"{name}.csv", index=False)
+        cache.add(rows.text.tolist(), progress=False)
+    assert main(["train", "--cache", str(cache.path), "--data", str(tmp_path / "train.csv"), "--label-col", "y",
+                 "--head", "ridge", "--out", str(tmp_path / "m"), "--quiet"]) == 0
+    assert main(["evaluate", "--model", str(tmp_path / "m"), "--cache", str(cache.path), "--data",
+                 str(tmp_path / "test.csv"), "--group-col", "lang", "--plots", str(tmp_path / "plots"), "--json"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    groups = json.loads(printed[-1])["per_group"]
+    assert list(groups) == ["hi", "bn", "en"] and all(groups[g]["y"]["n"] == 100 for g in groups)
+    assert groups["bn"]["y"]["rmse"] > 2.5 > 1 > groups["hi"]["y"]["rmse"]  # the shifted group stands out
+    assert any(line.startswith("  lang=bn: n=100") for line in printed)
+    assert (tmp_path / "plots" / "per_group.png").read_bytes().startswith(b"\x89PNG")
+    assert main(["evaluate", "--model", str(tmp_path / "m"), "--cache", str(cache.path), "--data",
+                 str(tmp_path / "test.csv"), "--group-col", "language"]) == 1
+    assert "no column 'language'" in capsys.readouterr().err
