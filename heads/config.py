@@ -28,6 +28,24 @@ def setting(default, help: str, check=None, convert=int, **bounds):
     return field(default=default, metadata={"help": help, "check": check, "convert": convert, "bounds": bounds})
 
 
+def bounds(f, zero_lr: bool = False) -> dict:
+    """The bounds a field's check takes; ``zero_lr`` lets lr be 0 (fine-tuning may freeze the head and train
+    the encoder only)."""
+    out = dict(f.metadata["bounds"])
+    if f.name == "lr" and zero_lr:
+        out["low_open"] = False
+    return out
+
+
+def check_fields(config, zero_lr: bool = False):
+    """Each field of ``config`` through its own check (ParameterError naming the field); returns ``config``."""
+    for f in fields(config):
+        check, value = f.metadata["check"], getattr(config, f.name)
+        if check is not None and value is not None:
+            check(value, f.name, **bounds(f, zero_lr))
+    return config
+
+
 def _check_bool(value, name: str) -> bool:
     if not isinstance(value, bool):
         raise ParameterError(f"{name} must be True or False, got {value!r}")
@@ -56,18 +74,11 @@ class TrainConfig:
     seed: int = setting(0, "random seed: the same seed gives the same model (default %(default)s)", check_int, minimum=0)
 
     def check(self, zero_lr: bool = False) -> TrainConfig:
-        """Every field within its allowed values (ParameterError naming it); ``zero_lr`` allows lr = 0
-        (fine-tuning may freeze the head and train the encoder only)."""
+        """Every field within its allowed values (ParameterError naming it); ``zero_lr`` allows lr = 0."""
         from .units import check_head_name
 
         check_head_name(self.head, allow_auto=True)
-        for f in fields(self):
-            check, value, bounds = f.metadata["check"], getattr(self, f.name), dict(f.metadata["bounds"])
-            if f.name == "lr" and zero_lr:
-                bounds["low_open"] = False
-            if check is not None and value is not None:
-                check(value, f.name, **bounds)
-        return self
+        return check_fields(self, zero_lr)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -103,11 +114,7 @@ class FinetuneConfig:
                                     "(linear probing, then fine-tuning)")
 
     def check(self) -> FinetuneConfig:
-        for f in fields(self):
-            check, value = f.metadata["check"], getattr(self, f.name)
-            if check is not None and value is not None:
-                check(value, f.name, **f.metadata["bounds"])
-        return self
+        return check_fields(self)
 
     def to_dict(self) -> dict:
         return {k: (None if v is None else str(v) if k == "init_head" else v) for k, v in asdict(self).items()}
@@ -125,8 +132,6 @@ def add_arguments(parser, config, title: str, zero_lr: bool = False) -> None:
     group = parser.add_argument_group(title)
     for f in fields(config):
         meta, default, flag = f.metadata, getattr(config, f.name), "--" + f.name.replace("_", "-")
-        if f.name == "lr" and zero_lr:
-            meta = {**meta, "bounds": {**meta["bounds"], "low_open": False}}
         if f.name == "shared":
             group.add_argument("--no-shared", dest="shared", action="store_false", default=default, help=meta["help"])
         elif isinstance(default, bool):
@@ -138,7 +143,7 @@ def add_arguments(parser, config, title: str, zero_lr: bool = False) -> None:
         elif meta["check"] is None:
             group.add_argument(flag, default=default, metavar=METAVARS.get(f.name), help=meta["help"])
         else:
-            group.add_argument(flag, type=flag_type(meta["check"], meta["convert"], **meta["bounds"]), default=default,
+            group.add_argument(flag, type=flag_type(meta["check"], meta["convert"], **bounds(f, zero_lr)), default=default,
                                metavar=METAVARS.get(f.name), help=meta["help"])
 
 

@@ -192,24 +192,36 @@ def as_table(data, columns: dict, sides, conditions=None) -> tuple[pd.DataFrame,
     dicts keyed by ``text``/``pair``/``condition`` or by the trained column (template field) names.
     ``conditions``: one condition per row, for a list of texts.
     """
-    from pathlib import Path
-
-    from embedcache import FORMATS, read_table, table_source
+    from embedcache import read_table, table_source
 
     if isinstance(data, pd.DataFrame):
         df = data
-    elif isinstance(data, Path) or (isinstance(data, str) and Path(data).suffix.lower() in FORMATS and Path(data).is_file()):
+    elif is_data_file(data):
         return read_table(data), str(data)
     else:
         df = _records(data, columns, sides)
     if conditions is not None:
         if columns.get("condition") is None:
             raise ParameterError("conditions: this model was trained without a condition")
-        conditions = list(conditions)
-        if len(conditions) != len(df):
-            raise ParameterError(f"conditions has {len(conditions)} values for {len(df)} texts")
-        df = df.assign(**{columns["condition"]: conditions})
+        df = _with_conditions(df, columns["condition"], conditions)
     return df, table_source(df, "data")
+
+
+def is_data_file(data) -> bool:
+    """A ``pathlib.Path``, or a string naming an existing data file (any other string is a text)."""
+    from pathlib import Path
+
+    from embedcache import FORMATS
+
+    return isinstance(data, Path) or (isinstance(data, str) and Path(data).suffix.lower() in FORMATS
+                                      and Path(data).is_file())
+
+
+def _with_conditions(df: pd.DataFrame, column: str, conditions) -> pd.DataFrame:
+    conditions = list(conditions)
+    if len(conditions) != len(df):
+        raise ParameterError(f"conditions has {len(conditions)} values for {len(df)} texts")
+    return df.assign(**{column: conditions})
 
 
 def plain_table(data, labels, conditions=None) -> tuple[pd.DataFrame, list[str], dict]:
@@ -218,10 +230,7 @@ def plain_table(data, labels, conditions=None) -> tuple[pd.DataFrame, list[str],
     identity = {s: s for s in SIDES}
     df = _records(data, identity, ("text", "pair"))
     if conditions is not None:
-        conditions = list(conditions)
-        if len(conditions) != len(df):
-            raise ParameterError(f"conditions has {len(conditions)} values for {len(df)} texts")
-        df = df.assign(condition=conditions)
+        df = _with_conditions(df, "condition", conditions)
     unknown = sorted(set(df.columns) - set(SIDES))
     if unknown:
         raise ParameterError(f"data: unknown field {unknown[0]!r}; items have text, pair and condition")

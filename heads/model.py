@@ -37,6 +37,7 @@ from .data import (
     Inputs,
     as_table,
     grouped_split,
+    is_data_file,
     joint_inputs,
     load_inputs,
     load_labels,
@@ -97,7 +98,8 @@ class HeadModel:
     """
 
     def __init__(self, config: TrainConfig | None = None, device=None, **settings):
-        self.config = (config or TrainConfig()).replace(**settings) if settings else (config or TrainConfig())
+        config = config or TrainConfig()
+        self.config = config.replace(**settings) if settings else config
         self.device = device
         check_head_name(self.config.head, allow_auto=True)
 
@@ -125,7 +127,7 @@ class HeadModel:
         source = _vector_source(cache, encoder)
         if cache is not None and not isinstance(cache, EmbeddingCache):
             options.setdefault("add_missing", True)  # a cache directory given to fit is built and filled
-        if not isinstance(data, pd.DataFrame) and not _is_file(data):
+        if not isinstance(data, pd.DataFrame) and not is_data_file(data):
             data, labels, columns = plain_table(data, labels, conditions)
             options = {**columns, **options}
         return self.fit_table(source, data, labels, **options)
@@ -244,10 +246,8 @@ class HeadModel:
                                  "it cannot load: pass the cache of those vectors (cache=..., --cache DIR)")
         encoder = load_encoder(device=self.device, **spec)
         if encoder.fingerprint != self.encoder_["fingerprint"]:
-            raise FingerprintMismatchError(
-                f"the model was trained on vectors of encoder {self.encoder_['name']!r} (fingerprint "
-                f"{self.encoder_['fingerprint']}), but loading it now gives fingerprint {encoder.fingerprint} (other "
-                "weights or library versions); pass the cache of the training vectors (cache=..., --cache DIR)")
+            raise self._mismatch(f"loading it now gives fingerprint {encoder.fingerprint} (other weights or library "
+                                 "versions); pass the cache of the training vectors (cache=..., --cache DIR)")
         self._own_encoder = encoder
         return encoder
 
@@ -256,13 +256,15 @@ class HeadModel:
         frozen head's cache must), else the model's own encoder (``own_encoder``)."""
         if cache is not None and getattr(self, "finetuned_", None) is None and \
                 cache.fingerprint != self.encoder_["fingerprint"]:
-            raise FingerprintMismatchError(
-                f"the model was trained on vectors of encoder {self.encoder_['name']!r} (fingerprint "
-                f"{self.encoder_['fingerprint']}), but cache {cache.path} holds encoder {cache.encoder_name!r} "
-                f"(fingerprint {cache.fingerprint}); use a cache built with the model's encoder")
+            raise self._mismatch(f"cache {cache.path} holds encoder {cache.encoder_name!r} (fingerprint "
+                                 f"{cache.fingerprint}); use a cache built with the model's encoder")
         if cache is not None and cache.fingerprint == self.encoder_["fingerprint"] and not head_type(self.head_).joint:
             return cache
         return self.own_encoder()
+
+    def _mismatch(self, found: str) -> FingerprintMismatchError:
+        return FingerprintMismatchError(f"the model was trained on vectors of encoder {self.encoder_['name']!r} "
+                                        f"(fingerprint {self.encoder_['fingerprint']}), but {found}")
 
     def _inputs(self, cache, data, columns=None, add_missing=False, conditions=None) -> tuple[Inputs, pd.DataFrame, str]:
         columns = {**self.columns_, **{k: v for k, v in (columns or {}).items() if v is not None}}
@@ -442,13 +444,6 @@ def _encoder_record(source) -> dict:
     if isinstance(source, EmbeddingCache):
         return {"fingerprint": source.fingerprint, "name": source.encoder_name, "load": source.encoder_spec}
     return {"fingerprint": source.fingerprint, "name": source.name, "load": source.spec}
-
-
-def _is_file(data) -> bool:
-    from embedcache import FORMATS
-
-    return isinstance(data, Path) or (isinstance(data, str) and Path(data).suffix.lower() in FORMATS
-                                      and Path(data).is_file())
 
 
 def _warn_unknown(source, df: pd.DataFrame, path) -> None:

@@ -161,7 +161,6 @@ class Batcher:
         self.scorer, self.config, self.on_batch = scorer, config, on_batch
         self.queue: asyncio.Queue = asyncio.Queue()
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="scorer")  # one forward pass at a time uses every core
-        self.batches = 0  # scoring calls so far
 
     async def score(self, items: list[dict]) -> np.ndarray:
         future = asyncio.get_running_loop().create_future()
@@ -186,7 +185,6 @@ class Batcher:
                         break
                 size += len(batch[-1][0])
             items = [item for request, _ in batch for item in request]
-            self.batches += 1
             if self.on_batch is not None:
                 self.on_batch()
             try:

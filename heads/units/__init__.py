@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from embedcache import ParameterError
 
-from .base import TorchHead
+from .base import Head, TorchHead
 from .concat import ConcatHead
 from .cross import CrossHead
 from .ridge import RidgeHead
@@ -22,8 +22,19 @@ HEAD_TYPES: dict[str, type] = {
     "cross": CrossHead,
 }
 
-__all__ = ["HEAD_TYPES", "ConcatHead", "CrossHead", "RidgeHead", "TorchHead", "TwoTowerHead", "check_head_name",
-           "head_type", "register_head", "resolve_head"]
+__all__ = [
+    "HEAD_TYPES",
+    "ConcatHead",
+    "CrossHead",
+    "Head",
+    "RidgeHead",
+    "TorchHead",
+    "TwoTowerHead",
+    "check_head_name",
+    "head_type",
+    "register_head",
+    "resolve_head",
+]
 
 
 def register_head(name: str, cls: type) -> type:

@@ -12,6 +12,8 @@ A head type is a class with:
 - ``check_sides(sides)``: refuse inputs it cannot read, before anything is encoded;
 - ``joint``: True when the head reads both texts in one sequence through the encoder (only fine-tuning trains it).
 
+``Head`` gives the defaults of the last two; ``TorchHead`` everything else for a torch module.
+
 Registering the class under a name (``heads.units.register_head``) is all it takes for
 ``HeadModel``, ``heads train``, ``heads predict`` and saving and loading to use it.
 """
@@ -30,25 +32,29 @@ from ..train import fit as fit_module
 from ..train import predict_scaled, seeded, to_device
 
 
-class TorchHead(nn.Module):
+class Head:
+    """What head types share by default: they read no joint sequence and need a text side first."""
+
+    joint = False
+
+    @classmethod
+    def check_sides(cls, sides) -> None:
+        if not sides or sides[0] != "text":
+            raise ParameterError(f"a head needs a text input, got {list(sides)}")
+
+
+class TorchHead(Head, nn.Module):
     """A neural head: ``forward(tables, index) -> (batch, n_outputs)``, where ``tables[side]`` holds the
     distinct vectors of an input side and ``index[side]`` the rows of the batch into it.
 
     Subclasses take ``(dim, sides, width, dropout, n_outputs, shared)``; the rest comes from here.
     """
 
-    joint = False
-
     def __init__(self, dim: int, sides=("text",), width: int = 256, dropout: float = 0.1, n_outputs: int = 1,
                  shared: bool = True):
         super().__init__()
         self._config = {"dim": dim, "sides": list(sides), "width": width, "dropout": dropout, "n_outputs": n_outputs,
                         "shared": shared}
-
-    @classmethod
-    def check_sides(cls, sides) -> None:
-        if not sides or sides[0] != "text":
-            raise ParameterError(f"a head needs a text input, got {list(sides)}")
 
     @classmethod
     def build(cls, dim: int, sides, n_outputs: int, settings) -> TorchHead:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from embedcache import ParameterError
+from .base import Head
 
 # Alphas relative to the mean diagonal of X'X, so the grid fits any number of rows
 # and any vector scale; the smallest keeps the Cholesky solve stable in float32.
@@ -75,19 +75,12 @@ def fit_ridge(X, y, X_val=None, y_val=None, alphas=RIDGE_ALPHAS, sample_weight=N
     return np.asarray(coef, dtype=np.float32), np.asarray(intercept, dtype=np.float32), chosen
 
 
-class RidgeHead:
+class RidgeHead(Head):
     """Ridge regression on the joined sides (see ``ridge_features``), alpha per label chosen on the validation rows."""
-
-    joint = False
 
     def __init__(self, dim: int, sides=("text",), n_outputs: int = 1, alphas=None):
         self.dim, self.sides, self.n_outputs, self.alphas = dim, tuple(sides), n_outputs, alphas
         self.coef, self.intercept = None, None
-
-    @classmethod
-    def check_sides(cls, sides) -> None:
-        if not sides or sides[0] != "text":
-            raise ParameterError(f"a head needs a text input, got {list(sides)}")
 
     @classmethod
     def build(cls, dim: int, sides, n_outputs: int, settings) -> RidgeHead:
