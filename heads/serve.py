@@ -258,12 +258,34 @@ async def score_request(body: dict, scorer: Scorer, batcher: Batcher, metrics: S
     return out
 
 
+class BodyLimit:
+    """ASGI middleware: a request whose Content-Length exceeds ``max_bytes`` gets a 413 before its body is read.
+
+    Plain ASGI rather than ``@app.middleware("http")`` (Starlette's BaseHTTPMiddleware, which wraps every
+    request in extra tasks): with that, the serve benchmark measured 2.55x the baseline at 32 clients against
+    3.2-3.5x with this (single runs on a noisy 2-core machine)."""
+
+    def __init__(self, app, max_bytes: int, refused):
+        self.app, self.max_bytes, self.refused = app, max_bytes, refused
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length")
+            if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+                from fastapi.responses import JSONResponse
+
+                self.refused()
+                detail = f"request body of {length.decode(errors='replace')} bytes, at most {self.max_bytes}"
+                await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(model_dir, cache=None, config: ServeConfig | None = None, api_key: str | None = None):
     """The FastAPI app serving the model in ``model_dir`` (``api_key``: default ``$EMBEDCACHE_API_KEY``)."""
     try:
         import prometheus_client  # noqa: F401 -- ServeMetrics needs it: say so before loading anything
         from fastapi import FastAPI, Header, HTTPException, Response
-        from fastapi.responses import JSONResponse
     except ImportError as e:
         raise MissingDependencyError("heads serve needs fastapi, uvicorn and prometheus-client: "
                                      "pip install -e '.[serve]'") from e
@@ -288,13 +310,7 @@ def create_app(model_dir, cache=None, config: ServeConfig | None = None, api_key
     # a body larger than the largest valid request is refused before it is read
     max_bytes = 4 * config.max_items * (config.max_chars + 100) * len(scorer.fields) + 4096
 
-    @app.middleware("http")
-    async def limit_body(request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_bytes):
-            metrics.errors.labels("413").inc()
-            return JSONResponse({"detail": f"request body of {length} bytes, at most {max_bytes}"}, status_code=413)
-        return await call_next(request)
+    app.add_middleware(BodyLimit, max_bytes=max_bytes, refused=metrics.errors.labels("413").inc)
 
     def authorise(key: str | None) -> None:
         if api_key and not (key and hmac.compare_digest(key.encode(), api_key.encode())):
