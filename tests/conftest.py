@@ -60,6 +60,15 @@ def one_line_error(code, err, *words):
         assert word in err, err
 
 
+@pytest.fixture(scope="session", autouse=True)
+def export_home(tmp_path_factory):
+    """Exports and auto choices go to a directory of this session, not the user's cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        home = tmp_path_factory.mktemp("embedcache-home")
+        mp.setenv("EMBEDCACHE_HOME", str(home))
+        yield home / "exports"
+
+
 @pytest.fixture
 def hash_encoder():
     return HashEncoder()

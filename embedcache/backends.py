@@ -1,0 +1,341 @@
+"""Where a sentence-transformers model runs: torch, or an export to ONNX Runtime or OpenVINO (fp32 or int8).
+
+A runtime takes one batch of tokenizer output (NumPy arrays, padded to the
+batch's longest text) and returns its sentence embeddings.  The exports are made
+once from the torch model, offline, with what installs beside our stack
+(``torch.onnx.export``, ``onnxruntime.quantization``, ``openvino.convert_model``
+and NNCF: optimum pins older transformers), into the per-user directory
+``export_home()``, keyed by the source model's weights and the export settings;
+a second load reuses them.  Static int8 (OpenVINO) is calibrated on texts the
+caller gives, never on a downloaded dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .errors import EncoderError, MissingDependencyError, ParameterError
+
+BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
+EXPORT_FORMAT = 1  # bump when the export procedure changes what it writes
+CALIBRATION_TEXTS = 300  # texts NNCF collects activation ranges on (its default subset size)
+
+
+def dist_version(dist: str) -> str:
+    from importlib import metadata
+
+    try:
+        return ".".join(metadata.version(dist).split(".")[:2])
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def export_home() -> Path:
+    """The per-user directory of exported models: ``$EMBEDCACHE_HOME/exports``, else under ``$XDG_CACHE_HOME`` or ``~/.cache``."""
+    home = os.environ.get("EMBEDCACHE_HOME")
+    if not home:
+        home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "embedcache"
+    return Path(home) / "exports"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux), empty where unknown."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def int8_kernel(flags: set[str] | None = None, machine: str | None = None) -> str:
+    """The int8 kernel family this CPU runs best, as sentence-transformers names its quantization configs."""
+    flags = cpu_flags() if flags is None else flags
+    if (machine or platform.machine()).lower() in ("arm64", "aarch64"):
+        return "arm64"
+    if "avx512_vnni" in flags or "amx_int8" in flags:
+        return "avx512_vnni"
+    if "avx512f" in flags:
+        return "avx512"
+    return "avx2"
+
+
+def cpu_has_bf16(flags: set[str] | None = None) -> bool:
+    """Whether bf16 matrix products run natively here (avx512_bf16 or AMX), i.e. faster than fp32."""
+    flags = cpu_flags() if flags is None else flags
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class TorchRuntime:
+    """The sentence-transformers model itself, on its device; batches are pinned and copied without blocking on a GPU."""
+
+    name = "torch"
+
+    def __init__(self, model, device: str) -> None:
+        self.model = model
+        self.device = device
+        self.gpu = str(device).startswith("cuda")
+
+    def host(self, batch: dict) -> dict:
+        """Tensors ready to copy: pinned on a GPU machine (this runs in the producer thread)."""
+        import torch
+
+        tensors = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
+        if self.gpu:
+            tensors = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in tensors.items()}
+        return tensors
+
+    def __call__(self, batch: dict) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            features = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                        for k, v in batch.items()}
+            out = self.model(features)["sentence_embedding"]
+            # Half-precision vectors come back as they are (half the bytes over the bus), widened here.
+            return out.to("cpu").float().numpy()
+
+    def describe(self) -> dict | None:
+        return None  # the model's own description says it all
+
+
+class OnnxRuntime:
+    """An ONNX export run by ONNX Runtime on the CPU, with every core."""
+
+    def __init__(self, directory: Path, name: str) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = _cores()
+        self.name = name
+        self.export = read_export(directory)
+        self.session = ort.InferenceSession(str(directory / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def host(self, batch: dict) -> dict:
+        return {k: batch[k] for k in self.inputs}
+
+    def __call__(self, batch: dict) -> np.ndarray:
+        return self.session.run(None, batch)[0]
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "export_sha256": self.export["sha256"], "int8": self.export.get("int8"),
+                "versions": {"onnxruntime": dist_version("onnxruntime")}}
+
+
+class OpenVinoRuntime:
+    """An OpenVINO export compiled for the CPU; ``precision`` is the inference precision of its float operations."""
+
+    def __init__(self, directory: Path, name: str, precision: str) -> None:
+        import openvino as ov
+
+        self.name = name
+        self.precision = precision
+        self.export = read_export(directory)
+        core = ov.Core()
+        model = core.read_model(str(directory / "model.xml"))
+        self.compiled = core.compile_model(model, "CPU", {
+            "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": _cores(),
+            "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}[precision]})
+        self.inputs = [i.get_any_name() for i in self.compiled.inputs]
+
+    def host(self, batch: dict) -> dict:
+        return {k: batch[k] for k in self.inputs}
+
+    def __call__(self, batch: dict) -> np.ndarray:
+        return self.compiled(batch)[0]
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "export_sha256": self.export["sha256"], "int8": self.export.get("int8"),
+                "inference_precision": self.precision, "versions": {"openvino": dist_version("openvino"),
+                                                                    "nncf": dist_version("nncf")}}
+
+
+# -- exports ---------------------------------------------------------------------------------------
+
+
+def read_export(directory: Path) -> dict:
+    return json.loads((directory / "export.json").read_text())
+
+
+def _hash_directory(directory: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(directory.iterdir()):
+        if p.name != "export.json":
+            h.update(p.name.encode())
+            h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _graph(model, input_names: list[str]):
+    """The whole sentence-transformers pipeline (transformer, pooling, dense, normalize) as one module of tensors."""
+    import torch
+
+    class SentenceGraph(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *tensors):
+            return self.model(dict(zip(input_names, tensors)))["sentence_embedding"]
+
+    return SentenceGraph().eval()
+
+
+def _export_onnx(model, sample: dict, path: Path) -> None:
+    import torch
+
+    names = [k for k, v in sample.items() if isinstance(v, torch.Tensor)]
+    axes = {k: {0: "batch", 1: "tokens"} for k in names} | {"sentence_embedding": {0: "batch"}}
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        # The tracer warns that shape checks in transformers' masks become constants; the graph is
+        # checked against torch on texts of many lengths by the tests.
+        warnings.simplefilter("ignore")
+        # The TorchScript exporter: the dynamo one needs onnxscript and fails on some attention masks.
+        torch.onnx.export(_graph(model, names), tuple(sample[k] for k in names), str(path), input_names=names,
+                          output_names=["sentence_embedding"], dynamic_axes=axes, opset_version=17, dynamo=False)
+
+
+def _onnx_int8(source: Path, target: Path, kernel: str) -> dict:
+    """Dynamic int8 (weights int8 per channel, activations quantized per batch), as optimum's config for ``kernel``.
+
+    The activation scales come from each batch, so a text's vector moves a little (cosine about
+    0.99) with the texts batched beside it; static int8 (``openvino-int8``) does not.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # Without VNNI, u8 x s8 products can saturate the 16-bit intermediate: 7-bit weights avoid it.
+    reduce_range = kernel in ("avx2", "avx512")
+    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range)
+    return {"kernel": kernel, "scheme": "dynamic", "weights": "int8 per channel", "reduce_range": reduce_range}
+
+
+def _openvino_int8(model, calibration: list[dict], target: Path) -> dict:
+    import nncf
+    import openvino as ov
+
+    dataset = nncf.Dataset(calibration)
+    quantized = nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration))
+    ov.save_model(quantized, str(target), compress_to_fp16=False)
+    return {"kernel": "openvino", "scheme": "static", "preset": "performance, transformer", "calibration_texts": len(calibration)}
+
+
+def _require(module: str, extra: str, backend: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise MissingDependencyError(f"backend {backend!r} needs {module}: pip install 'embedcache[{extra}]'")
+
+
+def export_key(source: dict, backend: str, kernel: str | None) -> str:
+    """The directory name of an export: the source model's weights and modules, the backend and the tools' versions."""
+    tools = {"onnx": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino", "nncf")}[backend.split("-")[0]]
+    blob = {"source": {k: source[k] for k in ("weights_sha256", "modules", "dim")}, "backend": backend,
+            "kernel": kernel, "format": EXPORT_FORMAT, "versions": {d: dist_version(d) for d in ("torch", *tools)}}
+    return f"{backend}-{hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:20]}"
+
+
+def exported(model, source: dict, backend: str, features, calibration: list[str] | None) -> Path:
+    """The directory of ``model``'s export for ``backend``, made now if absent (atomically: a crash or a
+    second process exporting at the same time leaves either nothing or a whole export).
+
+    ``features(texts)`` tokenizes texts as the encoder does; ``calibration`` is needed only to
+    make an ``openvino-int8`` export.
+    """
+    _require("onnxruntime" if backend.startswith("onnx") else "openvino", backend.split("-")[0], backend)
+    kernel = int8_kernel() if backend == "onnx-int8" else None
+    target = export_home() / export_key(source, backend, kernel)
+    if (target / "export.json").exists():
+        return target
+    if backend == "openvino-int8":
+        _require("nncf", "openvino", backend)
+        if not calibration:
+            raise ParameterError(
+                "backend 'openvino-int8' is calibrated on your own texts when it is first exported: pass "
+                "calibration=[a few hundred of your texts] to load_encoder (embedcache precompute uses the corpus)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        onnx_path = tmp / "model.onnx"
+        _export_onnx(model, features(["An example sentence to trace the graph.", "Another one."]), onnx_path)
+        settings = {}
+        if backend == "onnx-int8":
+            settings = _onnx_int8(onnx_path, tmp / "model.int8.onnx", kernel)
+            (tmp / "model.int8.onnx").replace(onnx_path)
+        elif backend.startswith("openvino"):
+            import openvino as ov
+
+            graph = ov.convert_model(str(onnx_path))
+            onnx_path.unlink()
+            if backend == "openvino-int8":
+                sample = calibration_sample(calibration)
+                settings = _openvino_int8(graph, [_one(features([t])) for t in sample], tmp / "model.xml")
+                settings["calibration_sha256"] = hashlib.sha256("\n".join(sample).encode()).hexdigest()
+            else:
+                ov.save_model(graph, str(tmp / "model.xml"), compress_to_fp16=False)
+        record = {"backend": backend, "int8": settings or None, "source": source["weights_sha256"],
+                  "sha256": _hash_directory(tmp), "export_seconds": round(time.perf_counter() - began, 1),
+                  "format": EXPORT_FORMAT}
+        (tmp / "export.json").write_text(json.dumps(record, indent=2))
+        try:
+            tmp.rename(target)  # export.json last, the rename whole: a reader sees all of it or nothing
+        except OSError:
+            if not (target / "export.json").exists():  # not another process's finished export: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; what a failure left otherwise
+    return target
+
+
+def calibration_sample(texts: list[str]) -> list[str]:
+    """Up to CALIBRATION_TEXTS distinct non-empty texts, spread evenly over ``texts`` (deterministic)."""
+    distinct = list(dict.fromkeys(t for t in texts if t and t.strip()))
+    if len(distinct) <= CALIBRATION_TEXTS:
+        return distinct
+    picks = np.linspace(0, len(distinct) - 1, CALIBRATION_TEXTS).round().astype(int)
+    return [distinct[i] for i in picks]
+
+
+def _one(features: dict) -> dict:
+    return {k: v.numpy() for k, v in features.items() if hasattr(v, "numpy")}
+
+
+def load_runtime(model, source: dict, backend: str, device: str, precision: str, features,
+                 calibration: list[str] | None):
+    """The runtime for ``backend``; exports run on the CPU only."""
+    if backend not in BACKENDS:
+        raise ParameterError(f"backend must be one of {', '.join(BACKENDS)} or 'auto', got {backend!r}")
+    if backend == "torch":
+        return TorchRuntime(model, device)
+    if device != "cpu":
+        raise ParameterError(f"backend {backend!r} runs on the CPU; on device {device!r} use backend 'torch' "
+                             "(bf16 or fp16 by default on a GPU)")
+    if precision == "fp16" or (precision == "bf16" and not backend.startswith("openvino")):
+        raise ParameterError(f"backend {backend!r} runs in fp32{' or bf16' if backend.startswith('openvino') else ''}, "
+                             f"got precision {precision!r}")
+    if "prompt_length" in features(["x"]):
+        raise EncoderError("this model leaves the prompt out of its pooling, which the exported backends do not "
+                           "reproduce; use backend 'torch'")
+    directory = exported(model, source, backend, features, calibration)
+    if backend.startswith("onnx"):
+        return OnnxRuntime(directory, backend)
+    return OpenVinoRuntime(directory, backend, precision)
