@@ -91,6 +91,7 @@ def limit_dtype(backend: str, precision: str) -> str:
 
 
 def spearman(vectors: dict, dev) -> float:
+    dev = dev[dev.s1.isin(vectors.keys()) & dev.s2.isin(vectors.keys())]  # all of it unless --texts is small
     a = np.stack([vectors[t] for t in dev.s1])
     b = np.stack([vectors[t] for t in dev.s2])
     cos = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
@@ -121,8 +122,11 @@ def command_overhead(backend: str, precision: str | None, texts: list[str], root
 
 
 def export_seconds(root: Path, backend: str) -> str:
-    found = list((root / "home" / "exports").glob(f"{backend}-*/export.json"))
-    return str(json.loads(found[0].read_text())["export_seconds"]) if found else "-"
+    for path in (root / "home" / "exports").glob("*/export.json"):
+        record = json.loads(path.read_text())
+        if record["backend"] == backend:
+            return str(record["export_seconds"])
+    return "-"
 
 
 def main() -> None:
