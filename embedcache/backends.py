@@ -332,7 +332,7 @@ def load_runtime(model, source: dict, backend: str, device: str, precision: str,
     if precision == "fp16" or (precision == "bf16" and not backend.startswith("openvino")):
         raise ParameterError(f"backend {backend!r} runs in fp32{' or bf16' if backend.startswith('openvino') else ''}, "
                              f"got precision {precision!r}")
-    if "prompt_length" in features(["x"]):
+    if any(getattr(module, "include_prompt", True) is False for module in model):
         raise EncoderError("this model leaves the prompt out of its pooling, which the exported backends do not "
                            "reproduce; use backend 'torch'")
     directory = exported(model, source, backend, features, calibration)

