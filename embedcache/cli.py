@@ -25,7 +25,7 @@ examples:
   embedcache precompute train.jsonl test.jsonl --cache cache/minilm --text-col premise --text-col hypothesis
 
   # compose columns into one text, as for per-metric safety scoring
-  embedcache precompute chats.parquet --cache cache/use --model use-multilingual \\
+  embedcache precompute chats.parquet --cache cache/e5 --model multilingual-e5-small \\
       --template '[SYSTEM] {system}\\n[USER] {prompt}\\n[RESPONSE] {response}'
 
   # a large corpus on the CPU: int8 through OpenVINO (pip install 'embedcache[openvino]'), about 4x
