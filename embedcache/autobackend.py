@@ -35,6 +35,7 @@ from .backends import (
     load_runtime,
 )
 from .errors import ParameterError
+from .files import atomic_write_json
 
 MIN_COSINE = 0.99
 TIMED_TEXTS = 300
@@ -125,9 +126,7 @@ def choose_backend(encoder, calibration: list[str] | None) -> dict:
               "rule": f"fastest with mean cosine >= {MIN_COSINE} to torch fp32 on {len(texts)} of your texts",
               "machine": machine, "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(path)
+    atomic_write_json(path, record)
     return record
 
 

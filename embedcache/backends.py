@@ -16,8 +16,6 @@ import hashlib
 import json
 import os
 import platform
-import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -25,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import EncoderError, MissingDependencyError, ParameterError
+from .files import atomic_directory
 
 BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
 EXPORT_FORMAT = 1  # bump when the export procedure changes what it writes
@@ -254,8 +253,7 @@ def export_key(source: dict, backend: str, kernel: str | None) -> str:
 
 
 def exported(model, source: dict, backend: str, features, calibration: list[str] | None) -> Path:
-    """The directory of ``model``'s export for ``backend``, made now if absent (atomically: a crash or a
-    second process exporting at the same time leaves either nothing or a whole export).
+    """The directory of ``model``'s export for ``backend``, made now if absent.
 
     ``features(texts)`` tokenizes texts as the encoder does; ``calibration`` is needed only to
     make an ``openvino-int8`` export.
@@ -273,8 +271,9 @@ def exported(model, source: dict, backend: str, features, calibration: list[str]
                 "calibration=[a few hundred of your texts] to load_encoder (embedcache precompute uses the corpus)")
     target.parent.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
+    # Materialised atomically (fsynced, then renamed): a crash leaves no half export. Two processes exporting
+    # at once both finish; the later rename wins, and each runtime describes the export it then reads.
+    with atomic_directory(target) as tmp:
         onnx_path = tmp / "model.onnx"
         _export_onnx(model, features(["An example sentence to trace the graph.", "Another one."]), onnx_path)
         settings = {}
@@ -296,13 +295,6 @@ def exported(model, source: dict, backend: str, features, calibration: list[str]
                   "sha256": _hash_directory(tmp), "export_seconds": round(time.perf_counter() - began, 1),
                   "format": EXPORT_FORMAT}
         (tmp / "export.json").write_text(json.dumps(record, indent=2))
-        try:
-            tmp.rename(target)  # export.json last, the rename whole: a reader sees all of it or nothing
-        except OSError:
-            if not (target / "export.json").exists():  # not another process's finished export: a real failure
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; what a failure left otherwise
     return target
 
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 import hashlib
 import shutil
 import struct
-import tempfile
 import unicodedata
 from pathlib import Path
 
 import numpy as np
 
 from .errors import EncoderError, MissingDependencyError
+from .files import atomic_directory
 
 E5_NAME = "multilingual-e5-small"
 QUERY_PROMPT = "query: "  # e5's prefix for symmetric tasks (similarity, regression); "passage: " for documents
@@ -210,17 +210,8 @@ def converted_directory() -> Path:
     target = export_home().parent / "models" / f"{E5_NAME}-{_bundle_id(source)}"
     if (target / "modules.json").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
+    with atomic_directory(target) as tmp:  # a crash leaves no half-converted model
         _convert(source, tmp)
-        try:
-            tmp.rename(target)  # modules.json is inside: a reader sees the whole directory or none
-        except OSError:
-            if not (target / "modules.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
