@@ -31,6 +31,7 @@ _CODES = ("af am ar as az be bg bn br bs ca cs cy da de el en eo es et eu fa fi 
           "sl so sq sr su sv sw ta te th tl tr ug uk ur uz vi xh yi zh")
 E5_LANGUAGES = tuple(_CODES.split())
 QK = 32  # weights per 4-bit block
+CONVERSION = 1  # bump when the conversion writes something else: the directory name changes with it
 
 
 def bundled_weights() -> Path:
@@ -207,7 +208,7 @@ def converted_directory() -> Path:
     from .backends import export_home
 
     source = bundled_weights()
-    target = export_home().parent / "models" / f"{E5_NAME}-{_bundle_id(source)}"
+    target = export_home().parent / "models" / f"{E5_NAME}-{_bundle_id(source)}-v{CONVERSION}"
     if (target / "modules.json").exists():
         return target
     with atomic_directory(target) as tmp:  # a crash leaves no half-converted model
@@ -248,6 +249,6 @@ def _convert(source: Path, out: Path) -> None:
     tokenizer(bundle).save_pretrained(hf)
     transformer = Transformer(str(hf), max_seq_length=c["positions"])
     st = SentenceTransformer(modules=[transformer, Pooling(c["hidden"], "mean"), Normalize()],
-                             prompts={"query": QUERY_PROMPT, "passage": "passage: "})
+                             prompts={"query": QUERY_PROMPT, "passage": "passage: "}, default_prompt_name="query")
     st.save(str(out))
     shutil.rmtree(hf)

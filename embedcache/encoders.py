@@ -244,6 +244,9 @@ class SentenceTransformerEncoder(Encoder):
         self.model.eval()
         self.model.requires_grad_(False)
         self.max_length = self.model.max_seq_length
+        # As sentence-transformers' encode does: without a prompt, the model's default prompt (if it names one).
+        default = getattr(self.model, "default_prompt_name", None)
+        self._prompt = prompt if prompt is not None else (self.model.prompts.get(default) if default else None)
         self.dim = self.model.get_embedding_dimension()
         # Hashed once, like the weights: serialising the tokenizer costs tens of milliseconds.
         self._weights = _hash_state_dict(self.model)
@@ -287,14 +290,14 @@ class SentenceTransformerEncoder(Encoder):
 
     def features(self, texts: list[str]) -> dict:
         """Tokenizer output for ``texts`` (prompt included), padded to the longest, as torch tensors."""
-        return self.model.preprocess(texts, prompt=self.prompt)
+        return self.model.preprocess(texts, prompt=self._prompt)
 
     def count_truncated(self, texts: list[str]) -> int:
         # A token covers at least one byte of input, so a text whose UTF-8 length
         # fits in the budget cannot overflow; only the rest pays for a second
         # tokenisation.  The slack of 4 covers special and prefix tokens.
         budget = self.max_length - 4
-        prompt = self.prompt or ""
+        prompt = self._prompt or ""
         long = [prompt + t for t in texts if len(t.encode("utf-8")) > budget]
         if not long:
             return 0

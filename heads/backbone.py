@@ -22,6 +22,15 @@ from embedcache import InputError, ParameterError, model_directory
 POOLING = ("mean", "cls", "max")
 
 
+def _default_prompt(path: Path) -> str | None:
+    """The prompt sentence-transformers prepends by default (e5's "query: "), from the directory's config."""
+    config = path / "config_sentence_transformers.json"
+    if not config.exists():
+        return None
+    config = json.loads(config.read_text())
+    return (config.get("prompts") or {}).get(config.get("default_prompt_name") or "")
+
+
 def _read_pooling(path: Path) -> tuple[str, bool, int | None]:
     """(pooling mode, normalise, max sequence length) from a sentence-transformers directory."""
     modules = path / "modules.json"
@@ -32,8 +41,11 @@ def _read_pooling(path: Path) -> tuple[str, bool, int | None]:
         kind = module["type"].rsplit(".", 1)[-1]
         if kind == "Pooling":
             config = json.loads((path / module["path"] / "config.json").read_text())
-            modes = [m for m in POOLING if config.get(f"pooling_mode_{m}_token" if m == "cls" else f"pooling_mode_{m}_tokens")]
-            if len(modes) != 1 or config.get("pooling_mode_mean_sqrt_len_tokens"):
+            if "pooling_mode" in config:  # written by sentence-transformers 6: {"pooling_mode": "mean", ...}
+                modes = [config["pooling_mode"]] if config["pooling_mode"] in POOLING else []
+            else:
+                modes = [m for m in POOLING if config.get(f"pooling_mode_{m}_token" if m == "cls" else f"pooling_mode_{m}_tokens")]
+            if len(modes) != 1 or config.get("pooling_mode_mean_sqrt_len_tokens") or config.get("include_prompt") is False:
                 raise InputError(f"{path}: pooling {config} is not supported for fine-tuning; supported: one of {POOLING}")
             pooling = modes[0]
         elif kind == "Normalize":
@@ -46,12 +58,12 @@ def _read_pooling(path: Path) -> tuple[str, bool, int | None]:
 class Backbone(nn.Module):
     """transformers model + pooling (+ L2 normalisation): ``forward(features) -> (n, dim)``."""
 
-    def __init__(self, model, tokenizer, pooling="mean", normalize=False, max_length=None):
+    def __init__(self, model, tokenizer, pooling="mean", normalize=False, max_length=None, prompt=None):
         super().__init__()
         if pooling not in POOLING:
             raise ParameterError(f"unknown pooling {pooling!r}; choose one of {POOLING}")
         self.model, self.tokenizer = model, tokenizer
-        self.pooling, self.normalize = pooling, normalize
+        self.pooling, self.normalize, self.prompt = pooling, normalize, prompt
         self.max_length = max_length or min(tokenizer.model_max_length, 512)
         self.dim = model.config.hidden_size
 
@@ -62,10 +74,14 @@ class Backbone(nn.Module):
         path = model_directory(name_or_path)
         pooling, normalize, st_max = _read_pooling(Path(path)) if Path(path).is_dir() else ("mean", False, None)
         model = AutoModel.from_pretrained(path)
-        return cls(model, AutoTokenizer.from_pretrained(path), pooling, normalize, max_length or st_max)
+        prompt = _default_prompt(Path(path)) if Path(path).is_dir() else None
+        return cls(model, AutoTokenizer.from_pretrained(path), pooling, normalize, max_length or st_max, prompt)
 
     def tokenize(self, texts: list[str], pairs: list[str] | None = None) -> dict:
-        """Padded to the longest text of the call (dynamic padding), truncated at ``max_length``."""
+        """Padded to the longest text of the call (dynamic padding), truncated at ``max_length``; the first
+        text of each sequence carries the model's default prompt, as sentence-transformers encodes it."""
+        if self.prompt:
+            texts = [self.prompt + t for t in texts]
         return dict(self.tokenizer(texts, pairs, padding=True, truncation=True, max_length=self.max_length,
                                    return_tensors="pt"))
 
@@ -114,4 +130,7 @@ class Backbone(nn.Module):
         (directory / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2) + "\n")
         (directory / "sentence_bert_config.json").write_text(
             json.dumps({"max_seq_length": self.max_length, "do_lower_case": False}, indent=2) + "\n")
+        if self.prompt:
+            (directory / "config_sentence_transformers.json").write_text(
+                json.dumps({"prompts": {"default": self.prompt}, "default_prompt_name": "default"}, indent=2) + "\n")
         return directory
