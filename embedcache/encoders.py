@@ -233,7 +233,15 @@ class SentenceTransformerEncoder(Encoder):
         self.name = name or str(name_or_path)
         # On a GPU, batches are tokenized and pinned in a thread while the previous one computes.
         self.overlap = self.device.startswith("cuda")
-        self.model = SentenceTransformer(str(name_or_path), device=self.device)
+        # Quiet while loading: sentence-transformers warns on every load of a model that names a default
+        # prompt (e5's "query: "), which is how such a model is meant to be used.
+        st_log = logging.getLogger("sentence_transformers")
+        level = st_log.level
+        st_log.setLevel(max(level, logging.ERROR))
+        try:
+            self.model = SentenceTransformer(str(name_or_path), device=self.device)
+        finally:
+            st_log.setLevel(level)
         if max_length is not None:
             limit = getattr(getattr(self.model[0], "auto_model", None), "config", None)
             limit = getattr(limit, "max_position_embeddings", None)

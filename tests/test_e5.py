@@ -71,3 +71,18 @@ def test_e5_fine_tunes_and_its_export_encodes_as_it_trained(e5, tmp_path):
     assert exported._prompt == "query: "  # read back from the export's sentence-transformers config
     scores = model.predict(data[["s1", "s2"]])
     assert np.corrcoef(scores.ravel(), data.score)[0, 1] > 0.5  # translations above mismatches (0.98 when written)
+
+
+def test_the_multilingual_example_scores_bengali_it_never_trained_on(tmp_path):
+    import re
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "multilingual.sh"
+    run = subprocess.run(["bash", str(script), "out"], check=False, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    bengali = re.search(r"language=bn: n=80 rmse=([\d.]+)", run.stdout)
+    assert bengali and float(bengali.group(1)) < 2.0  # 1.07 when written; one constant per metric: 2.6
+    scores = dict(re.findall(r"'(talks about [^']+)': ([\d.]+)", run.stdout))
+    assert float(scores["talks about health or medicine"]) > float(scores["talks about the weather"]) + 2
+    assert (tmp_path / "out" / "plots" / "per_group.png").exists()
