@@ -95,14 +95,28 @@ __all__ = [
     "model_directory",
     "precompute",
     "quiet_transformers",
+    "read_soft_prompt",
     "read_table",
     "register_encoder",
     "resolve_device",
     "resolve_precision",
     "run_command",
+    "save_soft_prompt",
     "table_source",
     "template_columns",
     "text_keys",
     "unknown_warning",
+    "with_soft_prompt",
     "writing",
 ]
+
+# Imported on first use: they import sentence-transformers, which takes seconds.
+_LAZY = {name: "softprompt" for name in ("SoftPromptTransformer", "read_soft_prompt", "save_soft_prompt", "with_soft_prompt")}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -239,7 +239,8 @@ class SentenceTransformerEncoder(Encoder):
         level = st_log.level
         st_log.setLevel(max(level, logging.ERROR))
         try:
-            self.model = SentenceTransformer(str(name_or_path), device=self.device)
+            self.model = SentenceTransformer(str(name_or_path), device=self.device,
+                                             trust_remote_code=_our_modules_only(name_or_path))
         finally:
             st_log.setLevel(level)
         if max_length is not None:
@@ -344,6 +345,20 @@ class SentenceTransformerEncoder(Encoder):
         if self.normalize:
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
+
+
+def _our_modules_only(path) -> bool:
+    """Whether a model directory names, besides sentence-transformers' own modules, only embedcache's
+    (a soft prompt) and no code of its own: then loading it runs no code from the directory, and
+    sentence-transformers' ``trust_remote_code`` gate (it guards every class outside its package) may open."""
+    modules, config = Path(path) / "modules.json", Path(path) / "config.json"
+    if not modules.exists():
+        return False
+    types = {m.get("type", "") for m in json.loads(modules.read_text())}
+    ours = {t for t in types if t.startswith("embedcache.")}
+    auto_map = config.exists() and "auto_map" in json.loads(config.read_text())
+    return bool(ours) and ours <= {"embedcache.softprompt.SoftPromptTransformer"} and not auto_map and all(
+        t.startswith(("sentence_transformers.", "embedcache.")) for t in types)
 
 
 USE_LANGUAGES = ("ar", "de", "en", "es", "fr", "it", "ja", "ko", "nl", "pl", "pt", "ru", "th", "tr", "zh-cn", "zh-tw")

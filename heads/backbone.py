@@ -17,7 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embedcache import InputError, ParameterError, model_directory
+from embedcache import (
+    InputError,
+    ParameterError,
+    model_directory,
+    read_soft_prompt,
+    save_soft_prompt,
+    with_soft_prompt,
+)
 
 POOLING = ("mean", "cls", "max")
 
@@ -64,8 +71,17 @@ class Backbone(nn.Module):
             raise ParameterError(f"unknown pooling {pooling!r}; choose one of {POOLING}")
         self.model, self.tokenizer = model, tokenizer
         self.pooling, self.normalize, self.prompt = pooling, normalize, prompt
+        self.soft_prompt: nn.Parameter | None = None  # prompt tuning: vectors read before every text
         self.max_length = max_length or min(tokenizer.model_max_length, 512)
         self.dim = model.config.hidden_size
+
+    def add_soft_prompt(self, tokens: int, seed: int = 0) -> None:
+        """Prompt tuning: ``tokens`` trainable vectors read before every text (initialised, as peft does by
+        default, from the embeddings of random vocabulary entries); the transformer is frozen."""
+        self.model.requires_grad_(False)
+        table = self.model.get_input_embeddings().weight
+        rows = torch.randint(0, table.shape[0], (tokens,), generator=torch.Generator().manual_seed(seed))
+        self.soft_prompt = nn.Parameter(table[rows].detach().clone())
 
     @classmethod
     def from_directory(cls, name_or_path: str | None = None, max_length=None) -> Backbone:
@@ -74,8 +90,13 @@ class Backbone(nn.Module):
         path = model_directory(name_or_path)
         pooling, normalize, st_max = _read_pooling(Path(path)) if Path(path).is_dir() else ("mean", False, None)
         model = AutoModel.from_pretrained(path)
-        prompt = _default_prompt(Path(path)) if Path(path).is_dir() else None
-        return cls(model, AutoTokenizer.from_pretrained(path), pooling, normalize, max_length or st_max, prompt)
+        local = Path(path).is_dir()
+        backbone = cls(model, AutoTokenizer.from_pretrained(path), pooling, normalize, max_length or st_max,
+                       _default_prompt(Path(path)) if local else None)
+        soft = read_soft_prompt(path) if local else None
+        if soft is not None:  # an encoder trained by prompt tuning
+            backbone.soft_prompt = nn.Parameter(soft)
+        return backbone
 
     def tokenize(self, texts: list[str], pairs: list[str] | None = None) -> dict:
         """Padded to the longest text of the call (dynamic padding), truncated at ``max_length``; the first
@@ -86,7 +107,10 @@ class Backbone(nn.Module):
                                    return_tensors="pt"))
 
     def forward(self, features: dict) -> torch.Tensor:
-        tokens = self.model(**features).last_hidden_state
+        if self.soft_prompt is not None:
+            tokens = with_soft_prompt(self.model, self.soft_prompt, features)
+        else:
+            tokens = self.model(**features).last_hidden_state
         mask = features["attention_mask"].unsqueeze(-1).to(tokens.dtype)
         if self.pooling == "cls":
             out = tokens[:, 0]
@@ -117,7 +141,13 @@ class Backbone(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
-        modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        first = "sentence_transformers.models.Transformer"
+        if self.soft_prompt is not None:
+            from embedcache import SoftPromptTransformer
+
+            first = f"{SoftPromptTransformer.__module__}.{SoftPromptTransformer.__name__}"
+            save_soft_prompt(self.soft_prompt, directory)
+        modules = [{"idx": 0, "name": "0", "path": "", "type": first},
                    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
         if self.normalize:
             modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})

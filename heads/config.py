@@ -105,6 +105,8 @@ class FinetuneConfig:
     encoder_lr: float = setting(2e-5, "the encoder's learning rate; 0 freezes it (default %(default)s)", check_float,
                                 float, low=0)
     lora: int | None = setting(None, "train rank-R LoRA adapters (peft) instead of every encoder weight", check_int)
+    prompt_tuning: int | None = setting(None, "prompt tuning: train N vectors read before every text (at --lr), the "
+                                        "encoder frozen; saved as a small soft_prompt.safetensors beside it", check_int)
     grad_accum: int = setting(1, "gradient accumulation steps (default %(default)s)", check_int)
     gradient_checkpointing: bool = setting(False, "recompute activations: less memory, slower", _check_bool)
     max_length: int | None = setting(None, "tokens per text (default: the encoder's)", check_int)
@@ -114,6 +116,9 @@ class FinetuneConfig:
                                     "(linear probing, then fine-tuning)")
 
     def check(self) -> FinetuneConfig:
+        if self.lora and self.prompt_tuning:
+            raise ParameterError(f"choose LoRA (lora={self.lora}, --lora) or prompt tuning (prompt_tuning="
+                                 f"{self.prompt_tuning}, --prompt-tuning), not both")
         return check_fields(self)
 
     def to_dict(self) -> dict:
@@ -122,7 +127,7 @@ class FinetuneConfig:
 
 # -- flags ------------------------------------------------------------------------
 
-METAVARS = {"dropout": "P", "lr": "LR", "encoder_lr": "LR", "weight_decay": "W", "val_fraction": "F", "batch_size": "N", "epochs": "N", "width": "N", "patience": "N", "seed": "N", "lora": "R",
+METAVARS = {"dropout": "P", "lr": "LR", "encoder_lr": "LR", "weight_decay": "W", "val_fraction": "F", "batch_size": "N", "epochs": "N", "width": "N", "patience": "N", "seed": "N", "lora": "R", "prompt_tuning": "N",
             "max_length": "N", "grad_accum": "N", "model": "NAME_OR_PATH", "init_head": "MODEL_DIR", "head": "HEAD"}
 
 

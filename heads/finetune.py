@@ -122,8 +122,11 @@ def _trainer_class():
         def create_optimizer(self, model=None):
             if self.optimizer is None:
                 net = self.model
-                groups = [{"params": [p for p in net.backbone.parameters() if p.requires_grad], "lr": self.encoder_lr},
-                          {"params": [p for p in net.head.parameters() if p.requires_grad], "lr": self.args.learning_rate}]
+                # A soft prompt learns at the head's rate: a few vectors need far larger steps than weights.
+                soft = [net.backbone.soft_prompt] if net.backbone.soft_prompt is not None else []
+                groups = [{"params": [p for p in net.backbone.model.parameters() if p.requires_grad], "lr": self.encoder_lr},
+                          {"params": [p for p in net.head.parameters() if p.requires_grad] + soft,
+                           "lr": self.args.learning_rate}]
                 self.optimizer = torch.optim.AdamW(groups, weight_decay=self.args.weight_decay)
             return self.optimizer
 
@@ -324,6 +327,8 @@ def finetune(data: pd.DataFrame, label_cols, columns: dict, out, config: TrainCo
         unit, mean, std = _head(backbone, config, sides, texts, y, label_cols, encoder.init_head, paths[0])
         if encoder.lora:
             _add_lora(backbone, encoder.lora)
+        if encoder.prompt_tuning:
+            backbone.add_soft_prompt(encoder.prompt_tuning, config.seed)
         network = FineTuneNetwork(backbone, unit, sides, joint, config.loss)
         splits = {"train": (texts, (y - mean) / std), "val": (val_texts, (y_val - mean) / std)}
         trainer = _train(network, backbone, config, encoder, splits, label_cols, mean, std, out, device, resume, progress)
@@ -349,7 +354,8 @@ def _result(backbone, unit, sides, config, encoder, columns, label_cols, mean, s
     history = [{k: v for k, v in e.items() if k in ("epoch", "loss", "eval_loss", "eval_rmse", "eval_spearman")}
                for e in trainer.state.log_history if "loss" in e or "eval_rmse" in e]
     base = encoder.model or "all-MiniLM-L6-v2 (embedded)"
-    finetuned = {"encoder": "encoder", "base": base, "lora": encoder.lora, "init_head": encoder.to_dict()["init_head"],
+    finetuned = {"encoder": "encoder", "base": base, "lora": encoder.lora, "prompt_tuning": encoder.prompt_tuning,
+                 "init_head": encoder.to_dict()["init_head"],
                  "encoder_lr": encoder.encoder_lr, "grad_accum": encoder.grad_accum, "max_length": backbone.max_length,
                  "best_checkpoint_rmse": trainer.state.best_metric, "seconds": round(time.perf_counter() - start, 2)}
     staged = out / ".encoder-new"  # moved into the new model directory when it replaces the old one

@@ -164,3 +164,30 @@ def test_minilm_fine_tunes_on_a_few_hundred_sts_pairs(minilm, tmp_path, capsys):
     assert summary["spearman"] > 0.5  # MiniLM's vectors already carry the similarity
     metrics = run(["evaluate", "--model", str(out), "--data", str(tmp_path / "sts.csv"), "--json"], capsys)
     assert metrics["n"] == 300 and metrics["spearman"] > 0.6
+
+
+def test_prompt_tuning_trains_only_a_soft_prompt_that_the_exported_encoder_reads(files, tiny_bert_dir, tmp_path, capsys):
+    out, exported = tmp_path / "model", tmp_path / "exported"
+    summary = run(["finetune", "--data", str(files / "train.csv"), "--text-col", "s1", "--pair-col", "s2",
+                   "--label-col", "score", "--model", str(tiny_bert_dir), "--out", str(out), "--epochs", "2",
+                   "--prompt-tuning", "4", "--lr", "0.01", "--export-encoder", str(exported), "--quiet", "--json"], capsys)
+    assert summary["rmse"] > 0
+    from safetensors.torch import load_file
+
+    base, tuned = load_file(str(tiny_bert_dir / "model.safetensors")), load_file(str(exported / "model.safetensors"))
+    assert all(np.array_equal(base[k].numpy(), tuned[k].numpy()) for k in base)  # the encoder is frozen
+    prompt = load_file(str(exported / "soft_prompt.safetensors"))["soft_prompt"]
+    assert prompt.shape == (4, 32)
+    texts = ["the apple is here", "a dog was there", "blue"]
+    encoder = load_encoder(str(exported))  # sentence-transformers loads the soft prompt module by itself
+    assert "SoftPromptTransformer" in repr(encoder.model)
+    np.testing.assert_allclose(encoder.encode(texts), Backbone.from_directory(str(exported)).encode(texts), atol=1e-5)
+    assert not np.allclose(encoder.encode(texts), load_encoder(str(tiny_bert_dir)).encode(texts), atol=1e-3)
+    # the ONNX export traces the soft prompt too
+    np.testing.assert_allclose(load_encoder(str(exported), backend="onnx").encode(texts), encoder.encode(texts), atol=1e-4)
+    model = HeadModel.load(out)
+    assert model.encoder_["fingerprint"] == encoder.fingerprint
+    assert model.finetuned_["prompt_tuning"] == 4
+    assert main(["finetune", "--data", str(files / "train.csv"), "--text-col", "s1", "--label-col", "score",
+                 "--out", str(tmp_path / "x"), "--lora", "2", "--prompt-tuning", "2"]) != 0
+    assert "not both" in capsys.readouterr().err
