@@ -7,7 +7,8 @@
 STS-B English train -> dev (1,500 pairs) from ../shared/data/stsb-multi-mt, the
 embedded all-MiniLM-L6-v2.  Rows: the frozen concat and two-tower heads (heads
 train on the cache), the encoder fine-tuned with a two-tower head, with a cross
-head, and with a two-tower head warm-started from the frozen one.  Goal: the
+head, and with a two-tower head warm-started from the frozen one; on request
+LoRA (rank 8) and prompt tuning (20 vectors, the encoder frozen).  Goal: the
 best fine-tuned variant beats the best frozen head by >= 2 Spearman points on
 the full dev split.
 """
@@ -41,7 +42,9 @@ def main() -> None:
     ap.add_argument("--train-rows", type=int, help="use the first N training pairs (default: all 5,749)")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--variants", nargs="+", default=["two-tower", "cross", "warm two-tower"])
+    ap.add_argument("--variants", nargs="+", default=["two-tower", "cross", "warm two-tower"],
+                    help="fine-tuned rows: HEAD, or 'warm HEAD' (from the frozen head), 'lora HEAD' (rank 8), "
+                         "'prompt HEAD' (prompt tuning, 20 vectors)")
     ap.add_argument("--work", default="/tmp/embedcache-bench", help="where the STS cache lives between runs")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -63,9 +66,12 @@ def main() -> None:
     for variant in args.variants:
         head = variant.split()[-1]
         start = time.perf_counter()
+        how = variant.split()[0]
         model = finetune(train, "score", COLUMNS, work / variant.replace(" ", "-"), head=head, epochs=args.epochs,
                          batch_size=args.batch_size, label_range=(0, 5), patience=args.epochs,
-                         init_head=work / f"frozen-{head}" if variant.startswith("warm") else None, progress=False)
+                         init_head=work / f"frozen-{head}" if how == "warm" else None,
+                         lora=8 if how == "lora" else None, prompt_tuning=20 if how == "prompt" else None,
+                         progress=False)
         seconds = time.perf_counter() - start
         rows.append((f"fine-tuned {variant}", 100 * spearmanr(model.predict(None, dev)[:, 0], dev.score)[0], seconds))
         print(rows[-1], flush=True)
