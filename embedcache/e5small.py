@@ -218,6 +218,8 @@ def converted_directory() -> Path:
 
 def _convert(source: Path, out: Path) -> None:
     import torch
+
+    from .encoders import quiet_sentence_transformers
     from sentence_transformers import SentenceTransformer
     try:
         from sentence_transformers.sentence_transformer.modules import (
@@ -248,7 +250,8 @@ def _convert(source: Path, out: Path) -> None:
     model.save_pretrained(hf, safe_serialization=True)
     tokenizer(bundle).save_pretrained(hf)
     transformer = Transformer(str(hf), max_seq_length=c["positions"])
-    st = SentenceTransformer(modules=[transformer, Pooling(c["hidden"], "mean"), Normalize()],
-                             prompts={"query": QUERY_PROMPT, "passage": "passage: "}, default_prompt_name="query")
+    with quiet_sentence_transformers():
+        st = SentenceTransformer(modules=[transformer, Pooling(c["hidden"], "mean"), Normalize()],
+                                 prompts={"query": QUERY_PROMPT, "passage": "passage: "}, default_prompt_name="query")
     st.save(str(out))
     shutil.rmtree(hf)

@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -233,16 +234,9 @@ class SentenceTransformerEncoder(Encoder):
         self.name = name or str(name_or_path)
         # On a GPU, batches are tokenized and pinned in a thread while the previous one computes.
         self.overlap = self.device.startswith("cuda")
-        # Quiet while loading: sentence-transformers warns on every load of a model that names a default
-        # prompt (e5's "query: "), which is how such a model is meant to be used.
-        st_log = logging.getLogger("sentence_transformers")
-        level = st_log.level
-        st_log.setLevel(max(level, logging.ERROR))
-        try:
+        with quiet_sentence_transformers():
             self.model = SentenceTransformer(str(name_or_path), device=self.device,
                                              trust_remote_code=_our_modules_only(name_or_path))
-        finally:
-            st_log.setLevel(level)
         if max_length is not None:
             limit = getattr(getattr(self.model[0], "auto_model", None), "config", None)
             limit = getattr(limit, "max_position_embeddings", None)
@@ -345,6 +339,19 @@ class SentenceTransformerEncoder(Encoder):
         if self.normalize:
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
+
+
+@contextmanager
+def quiet_sentence_transformers():
+    """Only errors from sentence-transformers' logger within the block: it warns on every load of a model that
+    names a default prompt (e5's "query: "), which is how such a model is meant to be used."""
+    log = logging.getLogger("sentence_transformers")
+    level = log.level
+    log.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _our_modules_only(path) -> bool:
