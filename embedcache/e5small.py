@@ -218,9 +218,9 @@ def converted_directory() -> Path:
 
 def _convert(source: Path, out: Path) -> None:
     import torch
+    from sentence_transformers import SentenceTransformer
 
     from .encoders import quiet_sentence_transformers
-    from sentence_transformers import SentenceTransformer
     try:
         from sentence_transformers.sentence_transformer.modules import (
             Normalize,
