@@ -74,6 +74,7 @@ __all__ = [
     "MissingDependencyError",
     "NotCachedError",
     "ParameterError",
+    "SoftPromptTransformer",
     "TruncatedTextsWarning",
     "UnknownTokensWarning",
     "WriteError",
