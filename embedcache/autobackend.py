@@ -18,7 +18,6 @@ import copy
 import hashlib
 import importlib.util
 import json
-import os
 import platform
 import time
 from pathlib import Path
@@ -28,8 +27,10 @@ import numpy as np
 from .backends import (
     TorchRuntime,
     calibration_sample,
+    cpu_cores,
     cpu_flags,
     cpu_has_bf16,
+    cpu_info,
     dist_version,
     export_home,
     load_runtime,
@@ -42,18 +43,9 @@ TIMED_TEXTS = 300
 
 
 def _machine() -> dict:
-    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), None)
     flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")) or f in ("asimd", "sve"))
-    return {"cpu": model or platform.processor(), "machine": platform.machine(), "cores": len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity") else os.cpu_count(), "flags": flags,
-            "versions": {d: dist_version(d) for d in ("torch", "onnxruntime", "openvino", "nncf")}}
-
-
-def _cpuinfo() -> list[str]:
-    try:
-        return Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return []
+    return {"cpu": cpu_info("model name") or platform.processor(), "machine": platform.machine(), "cores": cpu_cores(),
+            "flags": flags, "versions": {d: dist_version(d) for d in ("torch", "onnxruntime", "openvino", "nncf")}}
 
 
 def record_path(source: dict, machine: dict) -> Path:

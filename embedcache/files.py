@@ -9,6 +9,7 @@ asked, and never replaces an input.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
 import shutil
@@ -168,3 +169,14 @@ def _alive(pid: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def hash_files(paths: list[Path]) -> str:
+    """sha256 over the names and contents of ``paths`` (in name order), read in 4 MB blocks."""
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()
