@@ -80,6 +80,38 @@ def atomic_write_json(path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
 
+def create_json_once(path, obj) -> bool:
+    """Write ``obj`` as JSON to ``path`` unless a file is there already; True when this call created it.
+
+    The file is written whole and fsynced under a temporary name, then linked into
+    place: ``link`` never replaces and is atomic on local and network file systems
+    alike, so of several processes creating the same file at once exactly one
+    succeeds and none sees half of it.
+    """
+    path = Path(path)
+    data = (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode("utf-8")
+    with writing(path):
+        if not path.parent.is_dir():
+            raise FileNotFoundError(2, "No such directory", str(path.parent))
+        for _ in range(3):  # a writer tidying the directory may remove our staged file: stage it again
+            staged = path.with_name(f".tmp-{path.name}-{os.getpid()}-{os.urandom(4).hex()}")
+            try:
+                with open(staged, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.link(staged, path)
+            except FileExistsError:
+                return False
+            except FileNotFoundError:
+                continue
+            finally:
+                staged.unlink(missing_ok=True)
+            fsync_dir(path.parent)
+            return True
+        raise OSError(f"could not create {path}: its temporary file kept disappearing")
+
+
 def check_output(path, inputs=(), overwrite: bool = False, flag: str = "out") -> Path:
     """Refuse an output that is one of ``inputs`` (always) or that exists (unless ``overwrite``).
 

@@ -41,21 +41,34 @@ class KeyIndex:
     def nbytes(self) -> int:
         return self.hi.nbytes + self.lo.nbytes + self.row.nbytes
 
-    def add(self, keys: np.ndarray, first_row: int) -> None:
-        """Add ``keys`` stored at rows ``first_row, first_row + 1, ...``."""
+    def add(self, keys: np.ndarray, first_row: int) -> int:
+        """Add ``keys`` stored at rows ``first_row, first_row + 1, ...``; return how many were new.
+
+        A key the index holds already keeps its row, and of a key repeated in ``keys``
+        the first keeps it: the first copy wins, so readers that add shards in the same
+        order agree on every row.
+        """
         hi, lo = _halves(keys)
         rows = np.arange(first_row, first_row + len(hi), dtype=np.uint32)
-        order = np.argsort(hi, kind="stable")
+        order = np.lexsort((lo, hi))  # stable: of equal keys the first comes first
         hi, lo, rows = hi[order], lo[order], rows[order]
+        fresh = np.ones(len(hi), dtype=bool)
+        fresh[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
+        if len(self.hi):
+            fresh &= self._find(hi, lo) < 0
+        hi, lo, rows = hi[fresh], lo[fresh], rows[fresh]
         # Merging a sorted batch costs one pass over the index, not a re-sort.
         at = np.searchsorted(self.hi, hi)
         self.hi = np.insert(self.hi, at, hi)
         self.lo = np.insert(self.lo, at, lo)
         self.row = np.insert(self.row, at, rows)
+        return len(hi)
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """Global row of each key, or -1 where it is absent."""
-        hi, lo = _halves(keys)
+        return self._find(*_halves(keys))
+
+    def _find(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
         out = np.full(len(hi), -1, dtype=np.int64)
         if not len(self.hi):
             return out
