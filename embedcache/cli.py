@@ -1,4 +1,4 @@
-"""The ``embedcache`` command: precompute, verify, info."""
+"""The ``embedcache`` command: precompute, verify, compact, info."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from . import __version__
 from .backends import BACKENDS
 from .cache import MANIFEST, EmbeddingCache
 from .checks import check_int, flag_type
+from .compaction import COMPACT_SHARD_SIZE
+from .compaction import compact as run_compact
 from .corpus import precompute as run_precompute
 from .encoders import DEFAULT_ENCODER, encoder_aliases, quiet_transformers
 from .errors import run_command
@@ -32,13 +34,19 @@ examples:
   # faster; --backend auto measures every installed backend on the corpus and keeps the fastest
   embedcache precompute prompts.parquet --cache cache/minilm-int8 --text-col prompt --backend openvino-int8
 
+  # many processes into one cache, each its slice of the texts into its own part:
+  # torchrun (RANK/WORLD_SIZE), srun or a Slurm array are read from the environment
+  torchrun --nproc-per-node 8 -m embedcache.cli precompute corpus/*.parquet --cache cache/e5 --text-col text
+  embedcache precompute corpus/*.parquet --cache cache/e5 --text-col text --rank 3 --world-size 8
+  embedcache compact cache/e5    # afterwards: merge the parts into large shards
+
   # a CSV without a header row: columns are named 0, 1, 2, ...
   embedcache precompute stsb-en-train.csv --no-header --cache cache/minilm --text-col 0 --text-col 1
 
 The cache directory belongs to the encoder that created it: a different model,
 max length, precision, backend or normalisation is refused, so use one directory per
 encoder.  A run that is killed keeps every finished shard; run the same command
-again to resume.
+again to resume (a rank: the same command with the same rank and world size).
 
 With --json the last line of stdout is one JSON object: rows (data rows read),
 texts (texts to cache, rows x columns), unique, cached (present before this
@@ -90,8 +98,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=sorted(set(FORMATS.values())), help="input format (default: from the extension)")
     p.add_argument("--no-header", action="store_true", help="CSV/TSV files have no header row; columns are named 0, 1, ...")
     p.add_argument("--skip-empty", action="store_true", help="skip rows with empty or missing texts instead of failing")
+    p.add_argument("--rank", type=flag_type(check_int, minimum=0), metavar="R",
+                   help="encode only slice R of the distinct texts, into part rank-R-of-W of the cache (default: from "
+                        "torchrun's RANK, srun's SLURM_PROCID or a Slurm array's SLURM_ARRAY_TASK_ID, else everything)")
+    p.add_argument("--world-size", type=flag_type(check_int), metavar="W",
+                   help="how many ranks share the corpus (default: WORLD_SIZE, SLURM_STEP_NUM_TASKS, "
+                        "SLURM_ARRAY_TASK_COUNT, else 1)")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    c = sub.add_parser("compact", help="merge a cache's parts and small shards into large shards",
+                       description="Merge the parts many writers left (ranks, Ray actors) and the small shards of a "
+                                   "cache into large shards, so readers open few files. One atomic commit: a crash "
+                                   "leaves the old cache or the new one, never half; parts a writer holds now are left "
+                                   "for a later run.")
+    c.add_argument("cache", metavar="DIR")
+    c.add_argument("--shard-size", type=flag_type(check_int), default=COMPACT_SHARD_SIZE,
+                   help=f"rows per merged shard; smaller top-level shards are merged too (default {COMPACT_SHARD_SIZE})")
+    c.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
 
     v = sub.add_parser("verify", help="check every shard against its checksum and the manifest",
                        description="Check every shard of a cache against its checksum and the manifest. "
@@ -119,8 +144,11 @@ def precompute(args) -> dict:
         args.inputs, args.cache, args.text_col, template, args.model, device=args.device, batch_size=args.batch_size,
         max_length=args.max_length, precision=args.precision, normalize=args.normalize, dtype=args.dtype, backend=args.backend,
         shard_size=args.shard_size, fmt=args.format, header=not args.no_header, skip_empty=args.skip_empty,
-        progress=not args.quiet)
+        progress=not args.quiet, rank=args.rank, world_size=args.world_size)
     speed = f", {stats['texts_per_s']} texts/s encoding" if stats["encoded"] else ""
+    if "part" in stats:
+        print(f"rank {stats['rank']} of {stats['world_size']} (from {stats['rank_from']}): {stats['slice']} of the "
+              f"{stats['unique']} distinct texts are this rank's; it writes {Path(stats['cache']) / 'parts' / stats['part']}")
     print(f"{stats['rows']} rows, {stats['texts']} texts, {stats['unique']} unique: {stats['cached']} already cached, "
           f"{stats['encoded']} encoded, {stats['skipped']} rows skipped, in {stats['seconds']:.1f} s{speed}; "
           f"{stats['cache']} holds {stats['cache_rows']} vectors")
@@ -152,6 +180,15 @@ def verify(args) -> dict:
             "shards": info["shards"], "rows": info["rows"]}
 
 
+def compact(args) -> dict:
+    summary = run_compact(args.cache, shard_size=args.shard_size, progress=not args.quiet)
+    busy = f"; left {len(summary['parts_busy'])} parts a writer holds: {', '.join(summary['parts_busy'])}" if summary["parts_busy"] else ""
+    print(f"merged {summary['parts_merged']} parts: {summary['shards_before']} shards, {summary['rows_before']} vectors -> "
+          f"{summary['shards_after']} shards, {summary['rows_after']} vectors ({summary['duplicates_dropped']} duplicate "
+          f"copies dropped) in {summary['seconds']:.1f} s{busy}")
+    return summary
+
+
 def info(args) -> dict:
     info = EmbeddingCache(args.cache).info()
     if not args.json:
@@ -165,7 +202,7 @@ def main(argv=None) -> int:
     if getattr(args, "quiet", False):  # quiet means quiet: no "Loading weights" bar from transformers either
         quiet_transformers()
     status, result = run_command(f"embedcache {args.command}", {"precompute": precompute, "verify": verify,
-                                                                "info": info}[args.command], args)
+                                                                "compact": compact, "info": info}[args.command], args)
     if status:
         return status
     if args.json:

@@ -15,14 +15,16 @@ from pathlib import Path
 from .cache import MANIFEST, EmbeddingCache
 from .encoders import load_encoder, quick_key, unknown_warning
 from .errors import CacheError, InputError, TruncatedTextsWarning, UnknownTokensWarning
+from .index import text_keys
 from .inputs import first_rows, read_table, texts_from_table
+from .ranks import launcher_rank
 
 
 def precompute(inputs, cache, text_cols=(), template: str | None = None, model: str | None = None, *,
                device: str | None = None, batch_size: int = 64, max_length: int | None = None,
                precision: str | None = None, normalize: bool = False, dtype: str | None = None,
                backend: str | None = None, shard_size: int = 20_000, fmt: str | None = None, header: bool = True, skip_empty: bool = False,
-               progress: bool = True) -> dict:
+               progress: bool = True, rank: int | None = None, world_size: int | None = None) -> dict:
     """Encode the texts of ``inputs`` (data files) into the cache directory ``cache``; return a summary.
 
     ``text_cols`` are columns whose texts are cached, ``template`` composes one text per row
@@ -32,6 +34,12 @@ def precompute(inputs, cache, text_cols=(), template: str | None = None, model: 
     mostly_unknown, seconds, encode_seconds, texts_per_s, rows_per_s, cache and cache_rows.
     Truncated texts and texts the encoder mostly does not know are reported as warnings
     (``TruncatedTextsWarning``, ``UnknownTokensWarning``) naming where they are.
+
+    ``rank``/``world_size`` (default: from the launcher's environment, see
+    ``embedcache.ranks.launcher_rank``) make this process encode only its slice of the
+    distinct texts into its own part of the cache, on GPU ``local_rank % device_count``
+    when there are GPUs; the summary then also holds rank, world_size, part and
+    slice (distinct texts of this rank).
     """
     start = time.perf_counter()
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
@@ -49,8 +57,17 @@ def precompute(inputs, cache, text_cols=(), template: str | None = None, model: 
                **({"precision": precision} if precision not in (None, "auto") else {}),
                **({"normalize": True} if normalize else {}),
                **({"backend": backend} if backend else {})}
-    store = _open(cache, texts, model, options, device, batch_size, dtype, shard_size)
+    me = launcher_rank(rank, world_size)
+    unique = len(set(texts))
+    if me.part is not None:
+        distinct = list(dict.fromkeys(texts))
+        texts = [t for t, mine in zip(distinct, me.owns(text_keys(distinct))) if mine]
+        device = device or _device_of(me.local_rank)
+    store = _open(cache, texts, model, options, device, batch_size, dtype, shard_size, me.part)
     stats = store.add(texts, progress=progress)
+    if me.part is not None:
+        stats.update(rank=me.rank, world_size=me.world_size, part=me.part, rank_from=me.source,
+                     slice=stats["unique"], unique=unique)
     seconds = time.perf_counter() - start
     examples = stats.pop("unknown_examples")
     stats.update(rows=rows, texts=len(texts), skipped=skipped, seconds=round(seconds, 3),
@@ -67,7 +84,14 @@ def precompute(inputs, cache, text_cols=(), template: str | None = None, model: 
     return stats
 
 
-def _open(cache, texts, model, options: dict, device, batch_size, dtype, shard_size) -> EmbeddingCache:
+def _device_of(local_rank: int) -> str | None:
+    """GPU ``local_rank % device_count`` when there are GPUs, else None (the encoder's default)."""
+    import torch
+
+    return f"cuda:{local_rank % torch.cuda.device_count()}" if torch.cuda.is_available() else None
+
+
+def _open(cache, texts, model, options: dict, device, batch_size, dtype, shard_size, part=None) -> EmbeddingCache:
     """The cache to add ``texts`` to: with its encoder loaded, unless every text is cached and the encoder
     asked for is one the cache verified before (then no model is loaded)."""
     cache = Path(cache)
@@ -85,6 +109,6 @@ def _open(cache, texts, model, options: dict, device, batch_size, dtype, shard_s
         return known  # everything is cached: no need to load the model
     calibration = {"calibration": texts} if options.get("backend") in ("auto", "openvino-int8") else {}
     encoder = load_encoder(model, device=device, batch_size=batch_size, **options, **calibration)
-    store = EmbeddingCache(cache, encoder, dtype=dtype, shard_size=shard_size)
+    store = EmbeddingCache(cache, encoder, dtype=dtype, shard_size=shard_size, part=part)
     store.remember(key)
     return store

@@ -41,8 +41,8 @@ class KeyIndex:
     def nbytes(self) -> int:
         return self.hi.nbytes + self.lo.nbytes + self.row.nbytes
 
-    def add(self, keys: np.ndarray, first_row: int) -> int:
-        """Add ``keys`` stored at rows ``first_row, first_row + 1, ...``; return how many were new.
+    def add(self, keys: np.ndarray, first_row: int) -> np.ndarray:
+        """Add ``keys`` stored at rows ``first_row, first_row + 1, ...``; return which of them were new.
 
         A key the index holds already keeps its row, and of a key repeated in ``keys``
         the first keeps it: the first copy wins, so readers that add shards in the same
@@ -56,13 +56,15 @@ class KeyIndex:
         fresh[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
         if len(self.hi):
             fresh &= self._find(hi, lo) < 0
+        new = np.zeros(len(keys), dtype=bool)
+        new[order[fresh]] = True
         hi, lo, rows = hi[fresh], lo[fresh], rows[fresh]
         # Merging a sorted batch costs one pass over the index, not a re-sort.
         at = np.searchsorted(self.hi, hi)
         self.hi = np.insert(self.hi, at, hi)
         self.lo = np.insert(self.lo, at, lo)
         self.row = np.insert(self.row, at, rows)
-        return len(hi)
+        return new
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """Global row of each key, or -1 where it is absent."""
