@@ -260,17 +260,20 @@ class EmbeddingCache:
     def _sync_index(self) -> None:
         """Bring the key index up to date with the manifests, reading keys of new shards only (hold ``_mutex``).
 
-        Shards are indexed in reading order, and a key indexed already keeps its row: when a
-        shard appears before one indexed already (a part that sorts earlier grew) or one
-        went away (a repair or a compaction), the index is rebuilt, so the first copy of a
-        text always wins.
+        Of two copies of a text the one earlier in reading order wins, whichever shard
+        was indexed first, so every reader agrees.  When an indexed shard went away (a
+        repair or a compaction) the index is rebuilt.
         """
         self._refresh()
         listed = self._listed()
-        if [rel for rel, _ in listed[: len(self._files)]] != self._files:
+        names = {rel for rel, _ in listed}
+        if not names.issuperset(self._files):
             self._index, self._starts, self._files, self._next_row = KeyIndex(), [], [], 0
+        indexed = set(self._files)
         expected = {"fingerprint": self.fingerprint, "dim": self.dim, "dtype": self.dtype}
-        for rel, shard in listed[len(self._files) :]:
+        for rel, shard in listed:
+            if rel in indexed:
+                continue
             # Its header is read once, with its keys: a wrong size, dim or fingerprint is caught here,
             # the checksum of every vector only by verify.
             path = self._shard_path(rel)
@@ -284,8 +287,16 @@ class EmbeddingCache:
             self._append(rel, keys)
 
     def _append(self, rel: str, keys: np.ndarray) -> None:
-        self._index.add(keys, first_row=self._next_row)
-        self._starts.append(self._next_row)
+        first = self._next_row
+        new = self._index.add(keys, first_row=first)
+        if not new.all():  # copies of texts indexed already: the earlier in reading order wins
+            copies = np.flatnonzero(~new)
+            rows = self._index.lookup(keys[copies])
+            holders = np.searchsorted(self._starts, rows, side="right") - 1
+            later = np.array([_reading_order(self._files[h]) > _reading_order(rel) for h in holders], dtype=bool)
+            if later.any():
+                self._index.move(keys[copies[later]], first + copies[later])
+        self._starts.append(first)
         self._files.append(rel)
         self._next_row += len(keys)
 
@@ -916,6 +927,12 @@ def _part_names(path: Path) -> list[str]:
     except FileNotFoundError:
         return []
     return sorted(e.name for e in entries if _PART_NAME.match(e.name) and e.is_dir(follow_symlinks=False))
+
+
+def _reading_order(rel: str) -> tuple:
+    """Where a shard comes in reading order: the top level first, then parts by name; by number within each."""
+    *part, name = rel.split("/")  # "shard-000001.h5" or "parts/<name>/shard-000001.h5"
+    return (1, part[1]) if part else (0, ""), int(_SHARD_NAME.match(name).group(1))
 
 
 def _relative(part: str | None, name: str) -> str:

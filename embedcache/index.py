@@ -66,6 +66,16 @@ class KeyIndex:
         self.row = np.insert(self.row, at, rows)
         return new
 
+    def move(self, keys: np.ndarray, rows: np.ndarray) -> None:
+        """Point ``keys`` (all present) at other ``rows``: another copy of the same texts."""
+        hi, lo = _halves(keys)
+        pos = np.searchsorted(self.hi, hi)
+        for i in range(len(hi)):  # a run of equal high halves is almost always one long
+            j = pos[i]
+            while self.lo[j] != lo[i]:
+                j += 1
+            self.row[j] = rows[i]
+
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """Global row of each key, or -1 where it is absent."""
         return self._find(*_halves(keys))

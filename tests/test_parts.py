@@ -47,6 +47,8 @@ def test_readers_see_the_union_of_parts_and_the_first_copy_of_a_text_wins(tmp_pa
     d, enc = tmp_path / "c", HashEncoder()
     EmbeddingCache(d, enc, shard_size=2).add(["top 1", "top 2", "top 3"])
     planted_part(d, tmp_path, "b", ["both", "b only", "top 1"], enc)
+    early = EmbeddingCache(d)
+    np.testing.assert_array_equal(early.get(["both"]), stored([enc.vector("both")]))  # indexed from part b
     planted_part(d, tmp_path, "a", ["both", "a only"], ShiftedEncoder())
     cache = EmbeddingCache(d)
     texts = ["top 1", "top 2", "top 3", "both", "a only", "b only"]
@@ -56,6 +58,7 @@ def test_readers_see_the_union_of_parts_and_the_first_copy_of_a_text_wins(tmp_pa
     expected = [enc.vector(t) for t in texts[:4]] + [ShiftedEncoder().vector("a only"), enc.vector("b only")]
     expected[3] = ShiftedEncoder().vector("both")
     np.testing.assert_array_equal(cache.get(texts), stored(expected))
+    np.testing.assert_array_equal(early.get(texts), stored(expected))  # a handle that indexed b first agrees
     keys = np.concatenate([k for k, _ in cache.iter_shards()])
     assert len(keys) == 6 and len(np.unique(keys, axis=0)) == 6  # each text once
     assert cache.verify() == []
