@@ -156,8 +156,6 @@ class EmbeddingCache:
             raise ParameterError(f"cache {self.path} stores {self.dtype}, but dtype={dtype!r} was asked for")
         if encoder is not None:
             self._check_encoder(encoder)
-        if part is not None:
-            self._open_part(encoder)
 
     # -- manifests ------------------------------------------------------------
 
@@ -178,13 +176,14 @@ class EmbeddingCache:
         """The directory of the top level (None) or of a part."""
         return self.path if part is None else self.path / PARTS / part
 
-    def _open_part(self, encoder: Encoder) -> None:
-        """Create this handle's part if it does not exist yet (a rerun resumes it)."""
+    def _open_part(self) -> None:
+        """Create this handle's part when it first writes, unless it exists (a rerun resumes it)."""
         home = self._dir(self.part)
+        if self.part is None or (home / MANIFEST).exists():
+            return
         with writing(home, "creating the part"):
             home.mkdir(parents=True, exist_ok=True)
-        if not (home / MANIFEST).exists():
-            create_json_once(home / MANIFEST, self._new_part_manifest(encoder))
+        create_json_once(home / MANIFEST, self._new_part_manifest(self.encoder))
         self._refresh()
 
     def _new_part_manifest(self, encoder: Encoder) -> dict:
@@ -345,6 +344,7 @@ class EmbeddingCache:
         """Record that this cache's own encoder (checked by fingerprint) has ``quick_key``."""
         if quick_key is None or self.knows(quick_key) or self.encoder is None or not self.writable():
             return  # a shortcut for the next run only: a read-only cache does without
+        self._open_part()
         with self._write_lock(self.part):
             manifest = self._read_manifest(self.part)
             keys = manifest["encoder"].get("quick_keys", [])
@@ -617,6 +617,7 @@ class EmbeddingCache:
             return counts([])
         if self.encoder is None:
             raise NotCachedError(f"{absent} texts are not in cache {self.path}, and it was opened without an encoder")
+        self._open_part()
         with self._write_lock(self.part):
             missing = np.flatnonzero(self._lookup_keys(keys) < 0)  # again: another writer may have added some
             stats = counts(missing)

@@ -17,6 +17,7 @@ from .corpus import precompute as run_precompute
 from .encoders import DEFAULT_ENCODER, encoder_aliases, quiet_transformers
 from .errors import run_command
 from .inputs import FORMATS
+from .ray import ray_arguments
 
 PRECOMPUTE_EXAMPLES = """\
 examples:
@@ -39,6 +40,10 @@ examples:
   torchrun --nproc-per-node 8 -m embedcache.cli precompute corpus/*.parquet --cache cache/e5 --text-col text
   embedcache precompute corpus/*.parquet --cache cache/e5 --text-col text --rank 3 --world-size 8
   embedcache compact cache/e5    # afterwards: merge the parts into large shards
+
+  # on a Ray cluster (pip install 'embedcache[ray]'): 16 actors with a GPU each
+  embedcache precompute '/shared/corpus/*.parquet' --cache /shared/cache/e5 --model multilingual-e5-small \
+      --text-col text --ray auto --workers 16 --gpus-per-worker 1
 
   # a CSV without a header row: columns are named 0, 1, 2, ...
   embedcache precompute stsb-en-train.csv --no-header --cache cache/minilm --text-col 0 --text-col 1
@@ -104,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--world-size", type=flag_type(check_int), metavar="W",
                    help="how many ranks share the corpus (default: WORLD_SIZE, SLURM_STEP_NUM_TASKS, "
                         "SLURM_ARRAY_TASK_COUNT, else 1)")
+    ray_arguments(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -140,6 +146,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def precompute(args) -> dict:
     template = args.template.replace("\\n", "\n").replace("\\t", "\t") if args.template else None
+    if args.ray is not None:
+        return ray_precompute(args, template)
     stats = run_precompute(
         args.inputs, args.cache, args.text_col, template, args.model, device=args.device, batch_size=args.batch_size,
         max_length=args.max_length, precision=args.precision, normalize=args.normalize, dtype=args.dtype, backend=args.backend,
@@ -152,6 +160,22 @@ def precompute(args) -> dict:
     print(f"{stats['rows']} rows, {stats['texts']} texts, {stats['unique']} unique: {stats['cached']} already cached, "
           f"{stats['encoded']} encoded, {stats['skipped']} rows skipped, in {stats['seconds']:.1f} s{speed}; "
           f"{stats['cache']} holds {stats['cache_rows']} vectors")
+    return stats
+
+
+def ray_precompute(args, template) -> dict:
+    from .ray import precompute as on_ray
+
+    options = {**({"max_length": args.max_length} if args.max_length else {}),
+               **({"precision": args.precision} if args.precision != "auto" else {}),
+               **({"normalize": True} if args.normalize else {}), **({"backend": args.backend} if args.backend else {})}
+    stats = on_ray(args.inputs, args.cache, args.text_col, template, args.model, address=args.ray or None,
+                   workers=args.workers, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
+                   batch_size=args.batch_size, shard_size=args.shard_size, dtype=args.dtype, skip_empty=args.skip_empty,
+                   progress=not args.quiet, **options)
+    print(f"{stats['texts']} texts on Ray ({stats['workers']} actors, {len(stats['parts'])} parts): {stats['cached']} "
+          f"already cached, {stats['encoded']} encoded in {stats['seconds']:.1f} s; {stats['cache']} holds "
+          f"{stats['cache_rows']} vectors (embedcache compact merges the parts)")
     return stats
 
 

@@ -84,6 +84,18 @@ def precompute(inputs, cache, text_cols=(), template: str | None = None, model: 
     return stats
 
 
+def recorded_encoder(cache: EmbeddingCache | None, model: str | None, options: dict) -> tuple[str | None, dict]:
+    """The model and ``load_encoder`` options to fill ``cache`` with: an existing cache's own encoder, as it
+    records it, unless ``model`` is given (None: the default encoder)."""
+    if model is not None or cache is None:
+        return model, options
+    spec = cache.encoder_spec
+    if spec is None:
+        raise CacheError(f"cache {cache.path} was built by a custom encoder ({cache.encoder_name!r}) it cannot "
+                         "reload; pass --model")
+    return spec["name_or_path"], {**{k: v for k, v in spec.items() if k != "name_or_path"}, **options}
+
+
 def _device_of(local_rank: int) -> str | None:
     """GPU ``local_rank % device_count`` when there are GPUs, else None (the encoder's default)."""
     import torch
@@ -98,12 +110,7 @@ def _open(cache, texts, model, options: dict, device, batch_size, dtype, shard_s
     if cache.exists() and not cache.is_dir():
         raise CacheError(f"cache {cache} is a file, not a directory")
     known = (cache / MANIFEST).exists() and EmbeddingCache(cache, dtype=dtype)
-    if model is None and known:  # an existing cache: its own encoder, as it records it
-        spec = known.encoder_spec
-        if spec is None:
-            raise CacheError(f"cache {known.path} was built by a custom encoder ({known.encoder_name!r}) it cannot "
-                             "reload; pass --model")
-        model, options = spec["name_or_path"], {**{k: v for k, v in spec.items() if k != "name_or_path"}, **options}
+    model, options = recorded_encoder(known or None, model, options)
     key = quick_key(model, device=device, **options)
     if known and known.knows(key) and known.contains(texts).all():
         return known  # everything is cached: no need to load the model

@@ -22,7 +22,9 @@ from embedcache import (
     read_table,
     run_command,
 )
+from embedcache.ray import ray_arguments
 
+from .batch_scoring import score_files
 from .config import FinetuneConfig, TrainConfig, add_arguments, from_arguments
 from .finetune import FINETUNE_DEFAULTS
 from .model import HeadModel
@@ -42,6 +44,8 @@ examples:
       --label-col 2 --head two-tower --out models/sts
   heads evaluate --model models/sts --cache cache/minilm --data stsb-en-dev.csv --no-header --plots plots/
   heads predict --model models/sts --cache cache/minilm --data new.csv --no-header --out preds.csv
+  # a corpus of many files on a Ray cluster: one Parquet file of scores per input, resumable
+  heads predict --model models/quality --data 'corpus/*.parquet' --ray auto --workers 8 --gpus-per-worker 1 --out scores/
   # no labels yet: score 450k prompts from a few hundred labelled ones, then train on the result
   heads pseudolabel --cache cache/minilm --data prompts.csv --text-col prompt --labeled rated.csv \
       --label-col score --method self-train --out pseudo.csv
@@ -189,13 +193,17 @@ def _train_parser(sub) -> None:
 
 
 def _predict_parsers(sub) -> None:
-    p = _subparser(sub, "predict", "write predictions for a file", "Write id,score per row (a column per label).")
+    p = _subparser(sub, "predict", "write predictions for a file", "Write id,score per row (a column per label). "
+                   "With --ray, --data may be a glob pattern ('corpus/*.parquet') and --out a directory: each input "
+                   "file is scored by a pool of Ray actors into OUT/<its name>.parquet, and a rerun scores only the "
+                   "files without an output.")
     _option(p, "--model")
     _data_arguments(p, cache="optional", trained=True)
     _out_arguments(p, "CSV", "predictions file")
     _option(p, "--id-col")
     p.add_argument("--round", type=NON_NEGATIVE_INT, metavar="N", help="round predictions to N decimals")
     _option(p, "--interval", help=OPTIONS["--interval"]["help"] + ": columns lower and upper")
+    ray_arguments(p)
     _run_arguments(p)
 
     e = _subparser(sub, "evaluate", "metrics (and plots) of a model on a labelled file",
@@ -364,6 +372,14 @@ def train(args) -> dict:
 
 
 def predict(args) -> dict:
+    if args.ray is not None:
+        summary = score_files(args.model, [args.data], args.out, args.cache, _columns(args), id_col=args.id_col,
+                              interval=args.interval, decimals=args.round, header=not args.no_header,
+                              address=args.ray or None, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                              cpus_per_worker=args.cpus_per_worker, progress=not args.quiet)
+        print(f"scored {summary['files'] - summary['skipped']} files ({summary['rows']} rows) into {args.out} on Ray; "
+              f"{summary['skipped']} had their output already")
+        return summary
     check_output(args.out, [("--data", args.data), ("--model", args.model)], args.overwrite, "--out")
     model = HeadModel.load(args.model)
     df = _read(args, args.data)

@@ -1,0 +1,175 @@
+"""Precompute on a Ray cluster with Ray Data (extra ``ray``): ``embedcache.ray.precompute``, ``--ray``.
+
+Ray Data reads the inputs (Parquet, CSV, TSV, JSON Lines) in parallel blocks,
+composes each row's texts, and streams them through a pool of encoder actors
+(``concurrency=workers``, ``num_gpus=gpus_per_worker``).  Each actor writes its
+own part of the cache (``parts/ray-<id>``), skipping texts any part holds
+already, so no actor waits for another.  Ray restarts an actor that dies and
+retries its batch; what it committed before dying stays, and a job rerun after
+a crash encodes only what is missing.  Two actors may encode the same text at
+once (a text repeated in two blocks): both copies are kept, readers read the
+first, and ``embedcache compact`` drops the other.
+"""
+
+from __future__ import annotations
+
+import glob
+import time
+import uuid
+from pathlib import Path
+
+import pandas as pd
+
+from .cache import MANIFEST, EmbeddingCache
+from .checks import check_float, check_int, flag_type
+from .corpus import recorded_encoder
+from .encoders import load_encoder
+from .errors import EmbedcacheError, InputError, MissingDependencyError
+from .inputs import FORMATS, texts_from_table
+
+
+def ray_arguments(p) -> None:
+    """The flags of a command that can run on a Ray cluster (``embedcache precompute``, ``heads predict``)."""
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="run on a Ray cluster with Ray Data (pip install 'embedcache[ray]'): the cluster at ADDRESS "
+                        "(auto, ray://head:10001), else RAY_ADDRESS's, else a new one on this machine")
+    p.add_argument("--workers", type=flag_type(check_int), default=2, metavar="N", help="with --ray: actors (default 2)")
+    p.add_argument("--gpus-per-worker", type=flag_type(check_float, float, low=0), default=0, metavar="G",
+                   help="with --ray: GPUs each actor holds (default 0: the CPU)")
+    p.add_argument("--cpus-per-worker", type=flag_type(check_float, float, low=0, low_open=True), default=1, metavar="C",
+                   help="with --ray: CPUs each actor holds (default 1); leave some for reading the inputs")
+
+
+
+RAY_READERS = ("parquet", "csv", "tsv", "jsonl")  # what Ray Data reads in parallel blocks
+
+
+def connect(address: str | None = None, num_cpus: int | None = None):
+    """The ``ray`` module, connected: to ``address`` (``auto``, ``ray://host:10001``), else to the cluster
+    ``RAY_ADDRESS`` names or a new local one.  An existing connection is kept."""
+    try:
+        import ray
+        import ray.data  # the extra installs both
+    except ImportError:
+        raise MissingDependencyError("running on Ray needs Ray Data: pip install 'embedcache[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=address or None, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    return ray
+
+
+def expand(inputs) -> list[Path]:
+    """Input paths with glob patterns (``'corpus/*.parquet'``) expanded, in order; a pattern that matches
+    nothing or a missing file is an InputError naming it."""
+    paths = []
+    for item in [inputs] if isinstance(inputs, (str, Path)) else inputs:
+        item = str(item)
+        if glob.has_magic(item):
+            found = sorted(glob.glob(item))
+            if not found:
+                raise InputError(f"{item}: no file matches this pattern")
+            paths += [Path(p) for p in found]
+        elif not Path(item).exists():
+            raise InputError(f"{item}: no such file")
+        else:
+            paths.append(Path(item))
+    return paths
+
+
+def read_dataset(inputs, fmt: str | None = None):
+    """A Ray Dataset of the rows of ``inputs`` with a ``path`` column naming each row's file."""
+    ray = connect()
+    paths = expand(inputs)
+    by_format: dict[str, list[str]] = {}
+    for path in paths:
+        kind = fmt or FORMATS.get(path.suffix.lower())
+        if kind not in RAY_READERS:
+            raise InputError(f"{path}: Ray reads {', '.join(RAY_READERS)} files; convert it or drop --ray")
+        by_format.setdefault(kind, []).append(str(path))
+    parts = []
+    for kind, files in by_format.items():
+        common = {"include_paths": True}
+        if kind == "parquet":
+            parts.append(ray.data.read_parquet(files, **common))
+        elif kind in ("csv", "tsv"):
+            from pyarrow import csv
+
+            options = {"parse_options": csv.ParseOptions(delimiter="\t")} if kind == "tsv" else {}
+            parts.append(ray.data.read_csv(files, **options, **common))
+        else:
+            parts.append(ray.data.read_json(files, lines=True, **common))
+    return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+
+
+def _texts(batch: pd.DataFrame, text_cols, template, skip_empty) -> pd.DataFrame:
+    """The texts to cache from one block of rows, checked as ``precompute`` checks a file."""
+    where = f"{batch['path'].iloc[0]} (a block of its rows)" if "path" in batch and len(batch) else "a block of rows"
+    texts, _ = texts_from_table(batch.drop(columns=["path"], errors="ignore"), where, text_cols, template, skip_empty)
+    return pd.DataFrame({"text": texts})
+
+
+class _EncodingActor:
+    """One encoder on one device, writing its own part of the cache."""
+
+    def __init__(self, cache, model, options, batch_size, shard_size, dtype):
+        encoder = load_encoder(model, batch_size=batch_size, **options)
+        self.cache = EmbeddingCache(cache, encoder, dtype=dtype, shard_size=shard_size,
+                                    part=f"ray-{uuid.uuid4().hex[:12]}")
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        stats = self.cache.add(batch["text"].tolist())
+        return pd.DataFrame([{"texts": stats["rows"], "cached": stats["cached"], "encoded": stats["encoded"],
+                              "truncated": stats["truncated"], "encode_seconds": stats["encode_seconds"],
+                              "part": self.cache.part}])
+
+
+def unwrap(error: BaseException) -> BaseException:
+    """The EmbedcacheError a Ray task raised, out of Ray's wrappers; else ``error`` itself."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, EmbedcacheError):
+            return seen
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    return error
+
+
+def precompute(data, cache, text_cols=(), template: str | None = None, model: str | None = None, *,
+               address: str | None = None, workers: int = 2, gpus_per_worker: float = 0, cpus_per_worker: float = 1,
+               batch_size: int = 64, rows_per_batch: int = 2048, shard_size: int = 20_000, dtype: str | None = None,
+               skip_empty: bool = False, progress: bool = True, **options) -> dict:
+    """Encode the texts of ``data`` (paths, glob patterns or a Ray Dataset) into ``cache`` on a Ray cluster.
+
+    ``workers`` encoder actors each hold ``gpus_per_worker`` GPUs (0: the CPU) and
+    ``cpus_per_worker`` CPUs; leave some CPUs for reading (with 2 CPUs, 2 actors of
+    0.5 each).  Each batch of ``rows_per_batch`` rows becomes at most one shard per
+    actor.  ``options`` are ``load_encoder`` options (``max_length``, ``precision``,
+    ``normalize``, ``backend``).  Returns texts, cached, encoded, truncated, parts,
+    workers, seconds, encode_seconds and texts_per_s.
+    """
+    began = time.perf_counter()
+    ray = connect(address)
+    ray.data.DataContext.get_current().enable_progress_bars = progress
+    known = EmbeddingCache(cache) if (Path(cache) / MANIFEST).exists() else None
+    model, options = recorded_encoder(known, model, options)
+    ds = data if isinstance(data, ray.data.Dataset) else read_dataset(data)
+    ds = ds.map_batches(_texts, fn_kwargs={"text_cols": list(text_cols), "template": template, "skip_empty": skip_empty},
+                        batch_format="pandas")
+    # Blocks of one batch each, streamed: a few large files still spread over every actor.
+    ds = ds.repartition(target_num_rows_per_block=rows_per_batch)
+    # Ray Data restarts a dead actor and retries its batch (max_restarts=-1 by default for actor pools).
+    ds = ds.map_batches(_EncodingActor, fn_constructor_kwargs={
+        "cache": str(cache), "model": model, "options": options, "batch_size": batch_size, "shard_size": shard_size,
+        "dtype": dtype}, compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpus_per_worker,
+        num_cpus=cpus_per_worker, batch_size=rows_per_batch, batch_format="pandas")
+    try:
+        done = ds.to_pandas()
+    except Exception as e:  # noqa: BLE001 -- Ray wraps what a task raised: give the user our own error
+        raise unwrap(e) from None
+    seconds = time.perf_counter() - began
+    encode_seconds = float(done["encode_seconds"].sum()) if len(done) else 0.0
+    encoded = int(done["encoded"].sum()) if len(done) else 0
+    return {"texts": int(done["texts"].sum()) if len(done) else 0, "cached": int(done["cached"].sum()) if len(done) else 0,
+            "encoded": encoded, "truncated": int(done["truncated"].sum()) if len(done) else 0,
+            "parts": sorted(set(done["part"])) if len(done) else [], "workers": workers, "seconds": round(seconds, 3),
+            "encode_seconds": round(encode_seconds, 3),
+            "texts_per_s": round(encoded / seconds, 1) if encoded else None, "cache": str(cache),
+            "cache_rows": len(EmbeddingCache(cache)) if (Path(cache) / MANIFEST).exists() else 0}

@@ -1,0 +1,83 @@
+"""Batch scoring on a Ray cluster: every input file scored by a pool of actors into its own Parquet file.
+
+What users at scale do with a trained head: score a corpus of many files.  Ray
+Data hands each input file to one of ``workers`` actors (each loads the model
+once, with its encoder, on ``gpus_per_worker`` GPUs), which reads it, scores it
+with ``HeadModel.predict_table`` (vectors from the cache where it holds them)
+and writes ``OUT/<file stem>.parquet`` (``id, score[, lower, upper]``) whole,
+through a temporary file and a rename.  A file whose output exists is skipped,
+so a job killed at any point and rerun scores only what is missing; Ray restarts
+an actor that dies and gives its file to it again.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from embedcache import EmbeddingCache, InputError, atomic_file, read_table, writing
+from embedcache.ray import connect, expand, unwrap
+
+from .model import HeadModel
+
+
+class _ScoringActor:
+    def __init__(self, model, cache, out, columns, id_col, interval, decimals, header):
+        self.model = HeadModel.load(model)
+        self.cache = EmbeddingCache(cache) if cache else None
+        self.out, self.columns, self.id_col = Path(out), columns, id_col
+        self.interval, self.decimals, self.header = interval, decimals, header
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        done = []
+        for path in batch["path"]:
+            began = time.perf_counter()
+            table = self.model.predict_table(self.cache, read_table(path, header=self.header), self.columns,
+                                             id_col=self.id_col, decimals=self.decimals, interval=self.interval)
+            with atomic_file(output_of(self.out, Path(path))) as tmp:
+                table.to_parquet(tmp, index=False)
+            done.append({"path": path, "rows": len(table), "seconds": time.perf_counter() - began})
+        return pd.DataFrame(done)
+
+
+def output_of(out: Path, path: Path) -> Path:
+    return out / f"{path.stem}.parquet"
+
+
+def score_files(model, data, out, cache=None, columns=None, *, id_col=None, interval=None, decimals=None,
+                header: bool = True, address: str | None = None, workers: int = 2, gpus_per_worker: float = 0,
+                cpus_per_worker: float = 1, progress: bool = True) -> dict:
+    """Score every file of ``data`` (paths or glob patterns) with the model directory ``model`` into the
+    directory ``out``, one Parquet file per input; return files, skipped (outputs there already), rows, seconds."""
+    began = time.perf_counter()
+    files = expand(data)
+    out = Path(out)
+    seen = {}
+    for path in files:
+        other = seen.setdefault(output_of(out, path).name, path)
+        if other != path:
+            raise InputError(f"{other} and {path} would both be scored into {output_of(out, path)}: give files "
+                             "with different names, or score them into different --out directories")
+    HeadModel.load(model)  # a wrong directory fails here, in one line, before any actor starts
+    with writing(out, "creating"):
+        out.mkdir(parents=True, exist_ok=True)
+    todo = [p for p in files if not output_of(out, p).exists()]
+    summary = {"files": len(files), "skipped": len(files) - len(todo), "rows": 0, "out": str(out)}
+    if todo:
+        ray = connect(address)
+        ray.data.DataContext.get_current().enable_progress_bars = progress
+        ds = ray.data.from_items([{"path": str(p)} for p in todo], override_num_blocks=len(todo))
+        ds = ds.map_batches(_ScoringActor, fn_constructor_kwargs={
+            "model": str(model), "cache": str(cache) if cache else None, "out": str(out), "columns": columns,
+            "id_col": id_col, "interval": interval, "decimals": decimals, "header": header},
+            compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpus_per_worker, num_cpus=cpus_per_worker,
+            batch_size=1, batch_format="pandas")
+        try:
+            done = ds.to_pandas()
+        except Exception as e:  # noqa: BLE001 -- Ray wraps what a task raised: give the user our own error
+            raise unwrap(e) from None
+        summary["rows"] = int(done["rows"].sum())
+    summary["seconds"] = round(time.perf_counter() - began, 3)
+    return summary
