@@ -58,6 +58,7 @@ from .inputs import (
     table_source,
     template_columns,
 )
+from .ray import connect_ray, expand_inputs, ray_arguments, unwrap_ray_error
 
 __all__ = [
     "FORMATS",
@@ -90,12 +91,15 @@ __all__ = [
     "check_label_range",
     "check_output",
     "compose",
+    "connect_ray",
+    "expand_inputs",
     "first_rows",
     "flag_type",
     "load_encoder",
     "model_directory",
     "precompute",
     "quiet_transformers",
+    "ray_arguments",
     "read_soft_prompt",
     "read_table",
     "register_encoder",
@@ -107,6 +111,7 @@ __all__ = [
     "template_columns",
     "text_keys",
     "unknown_warning",
+    "unwrap_ray_error",
     "with_soft_prompt",
     "writing",
 ]

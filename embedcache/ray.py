@@ -44,7 +44,7 @@ def ray_arguments(p) -> None:
 RAY_READERS = ("parquet", "csv", "tsv", "jsonl")  # what Ray Data reads in parallel blocks
 
 
-def connect(address: str | None = None, num_cpus: int | None = None):
+def connect_ray(address: str | None = None, num_cpus: int | None = None):
     """The ``ray`` module, connected: to ``address`` (``auto``, ``ray://host:10001``), else to the cluster
     ``RAY_ADDRESS`` names or a new local one.  An existing connection is kept."""
     try:
@@ -57,7 +57,7 @@ def connect(address: str | None = None, num_cpus: int | None = None):
     return ray
 
 
-def expand(inputs) -> list[Path]:
+def expand_inputs(inputs) -> list[Path]:
     """Input paths with glob patterns (``'corpus/*.parquet'``) expanded, in order; a pattern that matches
     nothing or a missing file is an InputError naming it."""
     paths = []
@@ -77,8 +77,8 @@ def expand(inputs) -> list[Path]:
 
 def read_dataset(inputs, fmt: str | None = None):
     """A Ray Dataset of the rows of ``inputs`` with a ``path`` column naming each row's file."""
-    ray = connect()
-    paths = expand(inputs)
+    ray = connect_ray()
+    paths = expand_inputs(inputs)
     by_format: dict[str, list[str]] = {}
     for path in paths:
         kind = fmt or FORMATS.get(path.suffix.lower())
@@ -122,7 +122,7 @@ class _EncodingActor:
                               "part": self.cache.part}])
 
 
-def unwrap(error: BaseException) -> BaseException:
+def unwrap_ray_error(error: BaseException) -> BaseException:
     """The EmbedcacheError a Ray task raised, out of Ray's wrappers; else ``error`` itself."""
     seen = error
     while seen is not None:
@@ -146,7 +146,7 @@ def precompute(data, cache, text_cols=(), template: str | None = None, model: st
     workers, seconds, encode_seconds and texts_per_s.
     """
     began = time.perf_counter()
-    ray = connect(address)
+    ray = connect_ray(address)
     ray.data.DataContext.get_current().enable_progress_bars = progress
     known = EmbeddingCache(cache) if (Path(cache) / MANIFEST).exists() else None
     model, options = recorded_encoder(known, model, options)
@@ -163,7 +163,7 @@ def precompute(data, cache, text_cols=(), template: str | None = None, model: st
     try:
         done = ds.to_pandas()
     except Exception as e:  # noqa: BLE001 -- Ray wraps what a task raised: give the user our own error
-        raise unwrap(e) from None
+        raise unwrap_ray_error(e) from None
     seconds = time.perf_counter() - began
     encode_seconds = float(done["encode_seconds"].sum()) if len(done) else 0.0
     encoded = int(done["encoded"].sum()) if len(done) else 0

@@ -17,8 +17,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from embedcache import EmbeddingCache, InputError, atomic_file, read_table, writing
-from embedcache.ray import connect, expand, unwrap
+from embedcache import (
+    EmbeddingCache,
+    InputError,
+    atomic_file,
+    connect_ray,
+    expand_inputs,
+    read_table,
+    unwrap_ray_error,
+    writing,
+)
 
 from .model import HeadModel
 
@@ -52,7 +60,7 @@ def score_files(model, data, out, cache=None, columns=None, *, id_col=None, inte
     """Score every file of ``data`` (paths or glob patterns) with the model directory ``model`` into the
     directory ``out``, one Parquet file per input; return files, skipped (outputs there already), rows, seconds."""
     began = time.perf_counter()
-    files = expand(data)
+    files = expand_inputs(data)
     out = Path(out)
     seen = {}
     for path in files:
@@ -66,7 +74,7 @@ def score_files(model, data, out, cache=None, columns=None, *, id_col=None, inte
     todo = [p for p in files if not output_of(out, p).exists()]
     summary = {"files": len(files), "skipped": len(files) - len(todo), "rows": 0, "out": str(out)}
     if todo:
-        ray = connect(address)
+        ray = connect_ray(address)
         ray.data.DataContext.get_current().enable_progress_bars = progress
         ds = ray.data.from_items([{"path": str(p)} for p in todo], override_num_blocks=len(todo))
         ds = ds.map_batches(_ScoringActor, fn_constructor_kwargs={
@@ -77,7 +85,7 @@ def score_files(model, data, out, cache=None, columns=None, *, id_col=None, inte
         try:
             done = ds.to_pandas()
         except Exception as e:  # noqa: BLE001 -- Ray wraps what a task raised: give the user our own error
-            raise unwrap(e) from None
+            raise unwrap_ray_error(e) from None
         summary["rows"] = int(done["rows"].sum())
     summary["seconds"] = round(time.perf_counter() - began, 3)
     return summary

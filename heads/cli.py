@@ -19,10 +19,10 @@ from embedcache import (
     check_output,
     flag_type,
     quiet_transformers,
+    ray_arguments,
     read_table,
     run_command,
 )
-from embedcache.ray import ray_arguments
 
 from .batch_scoring import score_files
 from .config import FinetuneConfig, TrainConfig, add_arguments, from_arguments

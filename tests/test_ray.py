@@ -95,7 +95,8 @@ def test_ray_precompute_with_an_actor_killed_mid_run_then_batch_scoring(local_ra
     assert "error" not in result, result.get("error")
     assert killed, "the job ended before an actor could be killed"
     summary = result["value"]
-    assert summary["texts"] >= len(texts) and len(summary["parts"]) >= 2  # both actors wrote
+    # a killed actor's batch is counted again when Ray retries it; what it committed before stays
+    assert summary["texts"] >= len(texts) and summary["encoded"] >= len(texts) - summary["cached"]
 
     whole = EmbeddingCache(cache)
     assert len(whole) == len(texts) and whole.verify() == []  # every text, whatever the kill cost
