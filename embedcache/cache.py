@@ -241,7 +241,8 @@ class EmbeddingCache:
 
     def _listed(self) -> list[tuple[str, dict]]:
         """Every listed shard as ``(path relative to the cache, its record)``, in reading order."""
-        return [(_relative(part, s["file"]), s) for part, m in self._manifests() for s in m["shards"]]
+        listed = [(_relative(part, s["file"]), s) for part, m in self._manifests() for s in m["shards"]]
+        return sorted(listed, key=lambda item: _reading_order(item[0]))
 
     def _shard_path(self, rel: str) -> Path:
         """The path of a listed shard: a plain file in its directory, never a link out of it."""
@@ -270,6 +271,7 @@ class EmbeddingCache:
             self._index, self._starts, self._files, self._next_row = KeyIndex(), [], [], 0
         indexed = set(self._files)
         expected = {"fingerprint": self.fingerprint, "dim": self.dim, "dtype": self.dtype}
+        new = []
         for rel, shard in listed:
             if rel in indexed:
                 continue
@@ -277,27 +279,34 @@ class EmbeddingCache:
             # the checksum of every vector only by verify.
             path = self._shard_path(rel)
             try:
-                keys = read_checked(path, {**expected, "rows": shard["rows"]})
+                new.append((rel, read_checked(path, {**expected, "rows": shard["rows"]})))
             except Exception as e:  # noqa: BLE001 -- a missing or damaged file: h5py raises OSError, KeyError, ...
                 raise CacheDamagedError(
                     f"cache {self.path}: shard {rel} cannot be used ({e}); "
                     f"run 'embedcache verify {self.path} --repair', then precompute again"
                 ) from None
-            self._append(rel, keys)
+        if new:
+            self._append(new)
 
-    def _append(self, rel: str, keys: np.ndarray) -> None:
+    def _append(self, shards: list[tuple[str, np.ndarray]]) -> None:
+        """Index the keys of ``shards`` (relative path, keys), given in reading order, in one merge: opening
+        a cache of many shards costs one sort, not one pass over the index per shard."""
         first = self._next_row
-        new = self._index.add(keys, first_row=first)
-        if not new.all():  # copies of texts indexed already: the earlier in reading order wins
+        starts = first + np.cumsum([0] + [len(k) for _, k in shards[:-1]])
+        keys = np.concatenate([k for _, k in shards])
+        new = self._index.add(keys, first_row=first)  # of copies among these, the first in reading order wins
+        self._starts += starts.tolist()
+        self._files += [rel for rel, _ in shards]
+        self._next_row += len(keys)
+        if not new.all():  # copies of texts indexed before: the earlier in reading order wins
             copies = np.flatnonzero(~new)
             rows = self._index.lookup(keys[copies])
             holders = np.searchsorted(self._starts, rows, side="right") - 1
-            later = np.array([_reading_order(self._files[h]) > _reading_order(rel) for h in holders], dtype=bool)
+            mine = np.searchsorted(self._starts, first + copies, side="right") - 1
+            later = np.array([_reading_order(self._files[h]) > _reading_order(self._files[m])
+                              for h, m in zip(holders, mine)], dtype=bool)
             if later.any():
                 self._index.move(keys[copies[later]], first + copies[later])
-        self._starts.append(first)
-        self._files.append(rel)
-        self._next_row += len(keys)
 
     def _check_encoder(self, encoder: Encoder) -> None:
         if encoder.fingerprint != self.fingerprint:
@@ -593,7 +602,7 @@ class EmbeddingCache:
         # The index was synced under the lock we hold: extend it with the keys in
         # memory instead of reading the new shard back.
         with self._mutex:
-            self._append(_relative(self.part, name), keys)
+            self._append([(_relative(self.part, name), keys)])
             self._refresh()
 
     def add(self, texts, progress: bool = False) -> dict:
