@@ -141,7 +141,7 @@ def main() -> None:
         subprocess.run(["ray", "stop", "--force"], check=False, capture_output=True)
     base = len(texts) / best["1 process"]
     print(f"\n{len(texts)} distinct STS-B sentences (en, de, es, fr), all-MiniLM-L6-v2 torch fp32, best of {args.repeats}; "
-          f"{cpu_info()['model']}, {os.cpu_count()} cores, Python {platform.python_version()}\n")
+          f"{cpu_info('model name')}, {os.cpu_count()} cores, Python {platform.python_version()}\n")
     print("| run | seconds (whole command) | texts/s | vs 1 process |")
     print("|---|---:|---:|---:|")
     for name, seconds in best.items():

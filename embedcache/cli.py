@@ -60,7 +60,9 @@ run), encoded (new this run), skipped (rows skipped by --skip-empty), truncated
 which at least a quarter of the tokens are unknown to the encoder: a language it
 does not cover), seconds (wall time of the whole command), encode_seconds (time
 spent encoding), texts_per_s (encoded texts per second of encoding), rows_per_s
-(rows per second of the whole command)."""
+(rows per second of the whole command); for a rank also rank, world_size, part,
+rank_from (where the rank came from) and slice (this rank's distinct texts; the
+counts above other than unique are of the slice)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -110,6 +112,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="how many ranks share the corpus (default: WORLD_SIZE, SLURM_STEP_NUM_TASKS, "
                         "SLURM_ARRAY_TASK_COUNT, else 1)")
     ray_arguments(p)
+    p.add_argument("--rows-per-batch", type=flag_type(check_int), default=1024, metavar="N",
+                   help="with --ray: texts per actor call, at most one shard each (default 1024): small batches even "
+                        "out when the actors finish, large ones leave fewer shards; run embedcache compact afterwards")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -171,7 +176,7 @@ def ray_precompute(args, template) -> dict:
                **({"normalize": True} if args.normalize else {}), **({"backend": args.backend} if args.backend else {})}
     stats = on_ray(args.inputs, args.cache, args.text_col, template, args.model, address=args.ray or None,
                    workers=args.workers, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
-                   batch_size=args.batch_size, shard_size=args.shard_size, dtype=args.dtype, skip_empty=args.skip_empty,
+                   batch_size=args.batch_size, rows_per_batch=args.rows_per_batch, shard_size=args.shard_size, dtype=args.dtype, skip_empty=args.skip_empty,
                    progress=not args.quiet, **options)
     print(f"{stats['texts']} texts on Ray ({stats['workers']} actors, {len(stats['parts'])} parts): {stats['cached']} "
           f"already cached, {stats['encoded']} encoded in {stats['seconds']:.1f} s; {stats['cache']} holds "

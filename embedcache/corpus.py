@@ -58,16 +58,16 @@ def precompute(inputs, cache, text_cols=(), template: str | None = None, model: 
                **({"normalize": True} if normalize else {}),
                **({"backend": backend} if backend else {})}
     me = launcher_rank(rank, world_size)
-    unique = len(set(texts))
-    if me.part is not None:
+    mine = texts
+    if me.part is not None:  # this rank's slice of the distinct texts
         distinct = list(dict.fromkeys(texts))
-        texts = [t for t, mine in zip(distinct, me.owns(text_keys(distinct))) if mine]
+        mine = [t for t, owned in zip(distinct, me.owns(text_keys(distinct))) if owned]
         device = device or _device_of(me.local_rank)
-    store = _open(cache, texts, model, options, device, batch_size, dtype, shard_size, me.part)
-    stats = store.add(texts, progress=progress)
+    store = _open(cache, mine, model, options, device, batch_size, dtype, shard_size, me.part)
+    stats = store.add(mine, progress=progress)
     if me.part is not None:
         stats.update(rank=me.rank, world_size=me.world_size, part=me.part, rank_from=me.source,
-                     slice=stats["unique"], unique=unique)
+                     slice=stats["unique"], unique=len(distinct))
     seconds = time.perf_counter() - start
     examples = stats.pop("unknown_examples")
     stats.update(rows=rows, texts=len(texts), skipped=skipped, seconds=round(seconds, 3),

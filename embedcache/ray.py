@@ -84,7 +84,7 @@ def read_dataset(inputs, fmt: str | None = None):
         kind = fmt or FORMATS.get(path.suffix.lower())
         if kind not in RAY_READERS:
             raise InputError(f"{path}: Ray reads {', '.join(RAY_READERS)} files; convert it or drop --ray")
-        by_format.setdefault(kind, []).append(str(path))
+        by_format.setdefault(kind, []).append(str(path.resolve()))  # workers run in other directories
     parts = []
     for kind, files in by_format.items():
         common = {"include_paths": True}
@@ -134,18 +134,20 @@ def unwrap_ray_error(error: BaseException) -> BaseException:
 
 def precompute(data, cache, text_cols=(), template: str | None = None, model: str | None = None, *,
                address: str | None = None, workers: int = 2, gpus_per_worker: float = 0, cpus_per_worker: float = 1,
-               batch_size: int = 64, rows_per_batch: int = 2048, shard_size: int = 20_000, dtype: str | None = None,
+               batch_size: int = 64, rows_per_batch: int = 1024, shard_size: int = 20_000, dtype: str | None = None,
                skip_empty: bool = False, progress: bool = True, **options) -> dict:
     """Encode the texts of ``data`` (paths, glob patterns or a Ray Dataset) into ``cache`` on a Ray cluster.
 
     ``workers`` encoder actors each hold ``gpus_per_worker`` GPUs (0: the CPU) and
     ``cpus_per_worker`` CPUs; leave some CPUs for reading (with 2 CPUs, 2 actors of
-    0.5 each).  Each batch of ``rows_per_batch`` rows becomes at most one shard per
-    actor.  ``options`` are ``load_encoder`` options (``max_length``, ``precision``,
+    0.5 each).  Each batch of ``rows_per_batch`` rows becomes at most one shard:
+    small batches even out when the actors finish, large ones leave fewer shards
+    (``embedcache compact`` merges them either way).  ``options`` are ``load_encoder`` options (``max_length``, ``precision``,
     ``normalize``, ``backend``).  Returns texts, cached, encoded, truncated, parts,
     workers, seconds, encode_seconds and texts_per_s.
     """
     began = time.perf_counter()
+    cache = Path(cache).resolve()  # actors run in other directories, on other machines
     ray = connect_ray(address)
     ray.data.DataContext.get_current().enable_progress_bars = progress
     known = EmbeddingCache(cache) if (Path(cache) / MANIFEST).exists() else None

@@ -60,8 +60,9 @@ def score_files(model, data, out, cache=None, columns=None, *, id_col=None, inte
     """Score every file of ``data`` (paths or glob patterns) with the model directory ``model`` into the
     directory ``out``, one Parquet file per input; return files, skipped (outputs there already), rows, seconds."""
     began = time.perf_counter()
-    files = expand_inputs(data)
-    out = Path(out)
+    # Actors run in other directories, on other machines: every path they get is absolute.
+    files = [p.resolve() for p in expand_inputs(data)]
+    out, model, cache = Path(out).resolve(), Path(model).resolve(), Path(cache).resolve() if cache else None
     seen = {}
     for path in files:
         other = seen.setdefault(output_of(out, path).name, path)

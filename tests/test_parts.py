@@ -16,7 +16,13 @@ import pandas as pd
 import pytest
 from conftest import HashEncoder
 
-from embedcache import CacheDamagedError, EmbeddingCache, FingerprintMismatchError, ParameterError, load_encoder
+from embedcache import (
+    CacheDamagedError,
+    EmbeddingCache,
+    FingerprintMismatchError,
+    ParameterError,
+    load_encoder,
+)
 from embedcache.compaction import compact
 from embedcache.index import text_keys
 from embedcache.ranks import launcher_rank
@@ -163,7 +169,7 @@ def test_ranks_at_once_and_a_killed_rank_rerun_give_every_text_once_with_single_
         assert proc.returncode == 0, err
         summaries.append(json.loads(out.strip().splitlines()[-1]))
     assert [s["part"] for s in summaries] == ["rank-00000-of-00003", "rank-00001-of-00003"]
-    assert all(s["unique"] == n and s["encoded"] == s["slice"] for s in summaries)
+    assert all(s["unique"] == n and s["texts"] == n + 50 and s["encoded"] == s["slice"] for s in summaries)
     partial = EmbeddingCache(cache)
     assert partial.verify() == [] and 1000 <= len(partial) - sum(s["slice"] for s in summaries) < n // 3 + 1000
 
