@@ -516,7 +516,8 @@ class EmbeddingCache:
             if manifest["part"]["id"] in retired:  # a compaction copied this part and was killed before deleting it
                 shutil.rmtree(home)
                 home.mkdir()
-                manifest = {**manifest, "shards": [], "part": {"name": part, "id": uuid.uuid4().hex}}
+                kept = {k: v for k, v in manifest.items() if k != "unknown"}  # counted in the top level now
+                manifest = {**kept, "shards": [], "part": {"name": part, "id": uuid.uuid4().hex}}
                 atomic_write_json(home / MANIFEST, manifest)
         listed = {s["file"] for s in manifest["shards"]}
         adopted = []

@@ -62,6 +62,7 @@ def compact(path, shard_size: int = COMPACT_SHARD_SIZE, progress: bool = False) 
             if parts or len(small) > 1:
                 written, dropped = _copy(cache, keep, sources, shard_size, progress)
                 top["shards"] = keep + written
+                _carry_records(top, parts.values())
                 top["retired"] = {"shards": [s["file"] for s in small],
                                   "parts": [{"name": name, "id": m["part"]["id"]} for name, m in parts.items()]}
                 atomic_write_json(cache.path / MANIFEST, top)  # the commit
@@ -109,3 +110,16 @@ def _copy(cache: EmbeddingCache, keep: list[dict], sources: list, shard_size: in
     if pending:
         flush(pending)
     return written, dropped
+
+
+def _carry_records(top: dict, parts) -> None:
+    """Keep what the merged parts' manifests recorded besides shards: texts mostly of unknown tokens, and
+    the quick keys of encoders verified to match."""
+    seen = [top.get("unknown") or {"mostly_unknown": 0, "examples": []}]
+    seen += [m["unknown"] for m in parts if m.get("unknown")]
+    if any(s["mostly_unknown"] for s in seen):
+        top["unknown"] = {"mostly_unknown": sum(s["mostly_unknown"] for s in seen),
+                          "examples": [e for s in seen for e in s["examples"]][:5]}
+    keys = top["encoder"].get("quick_keys", []) + [k for m in parts for k in m["encoder"].get("quick_keys", [])]
+    if keys:
+        top["encoder"]["quick_keys"] = list(dict.fromkeys(keys))[-16:]

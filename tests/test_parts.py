@@ -249,10 +249,17 @@ def test_compact_command_leaves_a_part_a_writer_holds_for_later(tmp_path, capsys
     d, enc = tmp_path / "c", HashEncoder()
     EmbeddingCache(d, enc, part="busy").add(["b1", "b2"])
     EmbeddingCache(d, enc, part="done").add(["d1"])
+    done = d / "parts" / "done" / "manifest.json"
+    record = json.loads(done.read_text())
+    record["unknown"] = {"mostly_unknown": 1, "examples": ["d1"]}  # as its writer would have recorded it
+    done.write_text(json.dumps(record))
+    EmbeddingCache(d, enc, part="done").remember("quick-key-of-done")
     with FileLock(d / "parts" / ".busy.lock"):  # its writer is still writing
         assert main(["compact", str(d), "--json", "--quiet"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (summary["parts_merged"], summary["parts_busy"]) == (1, ["busy"])
     assert EmbeddingCache(d).parts == ["busy"] and len(EmbeddingCache(d)) == 3
+    merged = EmbeddingCache(d)  # what the merged part recorded is kept in the top level
+    assert merged.unknown_report()["mostly_unknown"] == 1 and merged.knows("quick-key-of-done")
     assert main(["compact", str(d), "--quiet"]) == 0
     assert "merged 1 parts" in capsys.readouterr().out and EmbeddingCache(d).parts == []
