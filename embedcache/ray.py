@@ -31,8 +31,9 @@ from .inputs import FORMATS, texts_from_table
 def ray_arguments(p) -> None:
     """The flags of a command that can run on a Ray cluster (``embedcache precompute``, ``heads predict``)."""
     p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
-                   help="run on a Ray cluster with Ray Data (pip install 'embedcache[ray]'): the cluster at ADDRESS "
-                        "(auto, ray://head:10001), else RAY_ADDRESS's, else a new one on this machine")
+                   help="run on a Ray cluster with Ray Data (pip install 'embedcache[ray]'): at ADDRESS (auto: the "
+                        "running one, local: a new one on this machine, ray://head:10001); without ADDRESS, RAY_ADDRESS's "
+                        "or one running on this machine, else a new one")
     p.add_argument("--workers", type=flag_type(check_int), default=2, metavar="N", help="with --ray: actors (default 2)")
     p.add_argument("--gpus-per-worker", type=flag_type(check_float, float, low=0), default=0, metavar="G",
                    help="with --ray: GPUs each actor holds (default 0: the CPU)")
@@ -45,8 +46,9 @@ RAY_READERS = ("parquet", "csv", "tsv", "jsonl")  # what Ray Data reads in paral
 
 
 def connect_ray(address: str | None = None, num_cpus: int | None = None):
-    """The ``ray`` module, connected: to ``address`` (``auto``, ``ray://host:10001``), else to the cluster
-    ``RAY_ADDRESS`` names or a new local one.  An existing connection is kept."""
+    """The ``ray`` module, connected: to ``address`` (``auto``, ``local`` for a new cluster on this machine,
+    ``ray://host:10001``), else as ``ray.init()`` does (``RAY_ADDRESS``, a cluster running on this machine,
+    else a new one).  An existing connection is kept."""
     try:
         import ray
         import ray.data  # the extra installs both
