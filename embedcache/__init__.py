@@ -58,7 +58,7 @@ from .inputs import (
     table_source,
     template_columns,
 )
-from .ray import connect_ray, expand_inputs, ray_arguments, unwrap_ray_error
+from .ray import connect_ray, expand_inputs, map_with_actors, ray_arguments
 
 __all__ = [
     "FORMATS",
@@ -96,6 +96,7 @@ __all__ = [
     "first_rows",
     "flag_type",
     "load_encoder",
+    "map_with_actors",
     "model_directory",
     "precompute",
     "quiet_transformers",
@@ -111,7 +112,6 @@ __all__ = [
     "template_columns",
     "text_keys",
     "unknown_warning",
-    "unwrap_ray_error",
     "with_soft_prompt",
     "writing",
 ]

@@ -507,11 +507,10 @@ class EmbeddingCache:
         left alone, with a warning.
         """
         home = self._dir(part)
-        manifest = self._read_manifest(part)
         if part is None:
             self._retire()
-            manifest = self._read_manifest()
-        else:
+        manifest = self._read_manifest(part)
+        if part is not None:
             retired = {r["id"] for r in (self._read_manifest().get("retired") or {}).get("parts", [])}
             if manifest["part"]["id"] in retired:  # a compaction copied this part and was killed before deleting it
                 shutil.rmtree(home)
@@ -721,7 +720,7 @@ class EmbeddingCache:
         rows = self._lookup_keys(keys)
         missing = np.flatnonzero(rows < 0)
         if not len(missing):
-            return self._vectors(keys)[inverse]
+            return self._vectors(keys, rows)[inverse]
         if not encode_missing:
             raise NotCachedError(
                 f"{len(missing)} of {len(unique)} distinct texts are not in cache {self.path} "
@@ -730,7 +729,7 @@ class EmbeddingCache:
         out = np.empty((len(unique), self.dim), dtype=np.float32)
         present = np.flatnonzero(rows >= 0)
         if len(present):
-            out[present] = self._vectors(keys[present])
+            out[present] = self._vectors(keys[present], rows[present])
         encoder = self.encoder or self.load_encoder()
         batches = range(0, len(missing), encoder.batch_size * 8)
         for start in tqdm(batches, disable=not progress, unit="batch", desc=f"encoding texts not in {self.path.name}"):
@@ -739,12 +738,13 @@ class EmbeddingCache:
             out[chunk] = encoder.encode([unique[i] for i in chunk]).astype(self.dtype)
         return out[inverse]
 
-    def _vectors(self, keys: np.ndarray) -> np.ndarray:
-        """Vectors of ``keys`` (all cached).  A compaction may delete a shard between the lookup and the
-        read: then the index is rebuilt from the new manifests and the read done once more."""
+    def _vectors(self, keys: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Vectors of ``keys`` (all cached), at ``rows`` when the caller looked them up already.  A
+        compaction may delete a shard between the lookup and the read: then the index is rebuilt from the
+        new manifests and the keys looked up and read once more."""
         for attempt in (0, 1):
             with self._mutex:
-                rows = self._lookup_keys(keys)
+                rows = self._lookup_keys(keys) if rows is None else rows
                 starts, files = np.asarray(self._starts), list(self._files)
             try:
                 return self._read(rows, starts, files)
@@ -752,7 +752,7 @@ class EmbeddingCache:
                 if attempt:
                     raise
                 with self._mutex:
-                    self._stamp, self._files = None, []  # re-read every manifest and every shard's keys
+                    self._stamp, self._files, rows = None, [], None  # re-read every manifest and shard's keys
 
     def _read(self, rows: np.ndarray, starts: np.ndarray, files: list[str]) -> np.ndarray:
         """Vectors at global ``rows`` (all present), filled in place shard by shard in row order."""

@@ -171,13 +171,11 @@ def precompute(args) -> dict:
 def ray_precompute(args, template) -> dict:
     from .ray import precompute as on_ray
 
-    options = {**({"max_length": args.max_length} if args.max_length else {}),
-               **({"precision": args.precision} if args.precision != "auto" else {}),
-               **({"normalize": True} if args.normalize else {}), **({"backend": args.backend} if args.backend else {})}
     stats = on_ray(args.inputs, args.cache, args.text_col, template, args.model, address=args.ray or None,
                    workers=args.workers, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
-                   batch_size=args.batch_size, rows_per_batch=args.rows_per_batch, shard_size=args.shard_size, dtype=args.dtype, skip_empty=args.skip_empty,
-                   progress=not args.quiet, **options)
+                   batch_size=args.batch_size, rows_per_batch=args.rows_per_batch, shard_size=args.shard_size,
+                   dtype=args.dtype, skip_empty=args.skip_empty, progress=not args.quiet, max_length=args.max_length,
+                   precision=args.precision, normalize=args.normalize, backend=args.backend)
     print(f"{stats['texts']} texts on Ray ({stats['workers']} actors, {len(stats['parts'])} parts): {stats['cached']} "
           f"already cached, {stats['encoded']} encoded in {stats['seconds']:.1f} s; {stats['cache']} holds "
           f"{stats['cache_rows']} vectors (embedcache compact merges the parts)")

@@ -53,10 +53,7 @@ def precompute(inputs, cache, text_cols=(), template: str | None = None, model: 
         texts += t
         rows += len(df)
         skipped += s
-    options = {**({"max_length": max_length} if max_length else {}),
-               **({"precision": precision} if precision not in (None, "auto") else {}),
-               **({"normalize": True} if normalize else {}),
-               **({"backend": backend} if backend else {})}
+    options = encoder_options(max_length, precision, normalize, backend)
     me = launcher_rank(rank, world_size)
     mine = texts
     if me.part is not None:  # this rank's slice of the distinct texts
@@ -82,6 +79,15 @@ def precompute(inputs, cache, text_cols=(), template: str | None = None, model: 
         warnings.warn(unknown_warning(stats["mostly_unknown"], stats["encoded"], store.encoder_name, examples,
                                       store.unknown_report()["languages"], where), UnknownTokensWarning, stacklevel=2)
     return stats
+
+
+def encoder_options(max_length=None, precision=None, normalize=False, backend=None) -> dict:
+    """``load_encoder`` options from precompute's arguments, leaving out the defaults (so a cache's recorded
+    encoder fills in what was not asked for)."""
+    return {**({"max_length": max_length} if max_length else {}),
+            **({"precision": precision} if precision not in (None, "auto") else {}),
+            **({"normalize": True} if normalize else {}),
+            **({"backend": backend} if backend else {})}
 
 
 def recorded_encoder(cache: EmbeddingCache | None, model: str | None, options: dict) -> tuple[str | None, dict]:

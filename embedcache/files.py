@@ -75,9 +75,13 @@ def atomic_write_bytes(path, data: bytes) -> None:
         f.write(data)
 
 
+def _json_bytes(obj) -> bytes:
+    return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode("utf-8")
+
+
 def atomic_write_json(path, obj) -> None:
     """Write ``obj`` as JSON to ``path`` atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+    atomic_write_bytes(path, _json_bytes(obj))
 
 
 def create_json_once(path, obj) -> bool:
@@ -89,7 +93,7 @@ def create_json_once(path, obj) -> bool:
     succeeds and none sees half of it.
     """
     path = Path(path)
-    data = (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode("utf-8")
+    data = _json_bytes(obj)
     with writing(path):
         if not path.parent.is_dir():
             raise FileNotFoundError(2, "No such directory", str(path.parent))

@@ -51,7 +51,8 @@ class KeyIndex:
         hi, lo = _halves(keys)
         rows = np.arange(first_row, first_row + len(hi), dtype=np.uint32)
         order = np.argsort(hi, kind="stable")
-        if (hi[order][1:] == hi[order][:-1]).any():  # copies (or shared high halves): sort by the low half too
+        sorted_hi = hi[order]
+        if (sorted_hi[1:] == sorted_hi[:-1]).any():  # copies (or shared high halves): sort by the low half too
             order = np.lexsort((lo, hi))  # stable: of equal keys the first comes first
         hi, lo, rows = hi[order], lo[order], rows[order]
         fresh = np.ones(len(hi), dtype=bool)

@@ -22,7 +22,7 @@ import pandas as pd
 
 from .cache import MANIFEST, EmbeddingCache
 from .checks import check_float, check_int, flag_type
-from .corpus import recorded_encoder
+from .corpus import encoder_options, recorded_encoder
 from .encoders import load_encoder
 from .errors import EmbedcacheError, InputError, MissingDependencyError
 from .inputs import FORMATS, texts_from_table
@@ -124,7 +124,7 @@ class _EncodingActor:
                               "part": self.cache.part}])
 
 
-def unwrap_ray_error(error: BaseException) -> BaseException:
+def _unwrap(error: BaseException) -> BaseException:
     """The EmbedcacheError a Ray task raised, out of Ray's wrappers; else ``error`` itself."""
     seen = error
     while seen is not None:
@@ -134,46 +134,56 @@ def unwrap_ray_error(error: BaseException) -> BaseException:
     return error
 
 
+def map_with_actors(ds, actor, constructor_kwargs: dict, *, workers: int, gpus_per_worker: float,
+                    cpus_per_worker: float, batch_size: int, progress: bool) -> pd.DataFrame:
+    """Run ``ds`` through a pool of ``workers`` actors of class ``actor`` and return what they returned, as
+    one table.  Ray Data restarts an actor that dies and retries its batch (``max_restarts=-1`` by default
+    for actor pools).  An EmbedcacheError an actor raised comes out as itself, not in Ray's wrappers."""
+    import ray
+
+    ray.data.DataContext.get_current().enable_progress_bars = progress
+    ds = ds.map_batches(actor, fn_constructor_kwargs=constructor_kwargs, compute=ray.data.ActorPoolStrategy(size=workers),
+                        num_gpus=gpus_per_worker, num_cpus=cpus_per_worker, batch_size=batch_size,
+                        batch_format="pandas")
+    try:
+        return ds.to_pandas()
+    except Exception as e:  # noqa: BLE001 -- Ray wraps what a task raised: give the user our own error
+        raise _unwrap(e) from None
+
+
 def precompute(data, cache, text_cols=(), template: str | None = None, model: str | None = None, *,
                address: str | None = None, workers: int = 2, gpus_per_worker: float = 0, cpus_per_worker: float = 1,
                batch_size: int = 64, rows_per_batch: int = 1024, shard_size: int = 20_000, dtype: str | None = None,
-               skip_empty: bool = False, progress: bool = True, **options) -> dict:
+               skip_empty: bool = False, progress: bool = True, max_length: int | None = None,
+               precision: str | None = None, normalize: bool = False, backend: str | None = None) -> dict:
     """Encode the texts of ``data`` (paths, glob patterns or a Ray Dataset) into ``cache`` on a Ray cluster.
 
     ``workers`` encoder actors each hold ``gpus_per_worker`` GPUs (0: the CPU) and
     ``cpus_per_worker`` CPUs; leave some CPUs for reading (with 2 CPUs, 2 actors of
     0.5 each).  Each batch of ``rows_per_batch`` rows becomes at most one shard:
     small batches even out when the actors finish, large ones leave fewer shards
-    (``embedcache compact`` merges them either way).  ``options`` are ``load_encoder`` options (``max_length``, ``precision``,
-    ``normalize``, ``backend``).  Returns texts, cached, encoded, truncated, parts,
+    (``embedcache compact`` merges them either way).  The encoder arguments are those of
+    ``embedcache.precompute``.  Returns texts, cached, encoded, truncated, parts,
     workers, seconds, encode_seconds and texts_per_s.
     """
     began = time.perf_counter()
     cache = Path(cache).resolve()  # actors run in other directories, on other machines
     ray = connect_ray(address)
-    ray.data.DataContext.get_current().enable_progress_bars = progress
-    known = EmbeddingCache(cache) if (Path(cache) / MANIFEST).exists() else None
-    model, options = recorded_encoder(known, model, options)
+    known = EmbeddingCache(cache) if (cache / MANIFEST).exists() else None
+    model, options = recorded_encoder(known, model, encoder_options(max_length, precision, normalize, backend))
     ds = data if isinstance(data, ray.data.Dataset) else read_dataset(data)
     ds = ds.map_batches(_texts, fn_kwargs={"text_cols": list(text_cols), "template": template, "skip_empty": skip_empty},
                         batch_format="pandas")
     # Blocks of one batch each, streamed: a few large files still spread over every actor.
     ds = ds.repartition(target_num_rows_per_block=rows_per_batch)
-    # Ray Data restarts a dead actor and retries its batch (max_restarts=-1 by default for actor pools).
-    ds = ds.map_batches(_EncodingActor, fn_constructor_kwargs={
+    done = map_with_actors(ds, _EncodingActor, {
         "cache": str(cache), "model": model, "options": options, "batch_size": batch_size, "shard_size": shard_size,
-        "dtype": dtype}, compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpus_per_worker,
-        num_cpus=cpus_per_worker, batch_size=rows_per_batch, batch_format="pandas")
-    try:
-        done = ds.to_pandas()
-    except Exception as e:  # noqa: BLE001 -- Ray wraps what a task raised: give the user our own error
-        raise unwrap_ray_error(e) from None
+        "dtype": dtype}, workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
+        batch_size=rows_per_batch, progress=progress)
     seconds = time.perf_counter() - began
-    encode_seconds = float(done["encode_seconds"].sum()) if len(done) else 0.0
-    encoded = int(done["encoded"].sum()) if len(done) else 0
-    return {"texts": int(done["texts"].sum()) if len(done) else 0, "cached": int(done["cached"].sum()) if len(done) else 0,
-            "encoded": encoded, "truncated": int(done["truncated"].sum()) if len(done) else 0,
+    totals = {c: done[c].sum() if len(done) else 0 for c in ("texts", "cached", "encoded", "truncated", "encode_seconds")}
+    return {**{c: int(totals[c]) for c in ("texts", "cached", "encoded", "truncated")},
             "parts": sorted(set(done["part"])) if len(done) else [], "workers": workers, "seconds": round(seconds, 3),
-            "encode_seconds": round(encode_seconds, 3),
-            "texts_per_s": round(encoded / seconds, 1) if encoded else None, "cache": str(cache),
-            "cache_rows": len(EmbeddingCache(cache)) if (Path(cache) / MANIFEST).exists() else 0}
+            "encode_seconds": round(float(totals["encode_seconds"]), 3),
+            "texts_per_s": round(totals["encoded"] / seconds, 1) if totals["encoded"] else None, "cache": str(cache),
+            "cache_rows": len(EmbeddingCache(cache)) if (cache / MANIFEST).exists() else 0}

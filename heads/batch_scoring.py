@@ -23,8 +23,8 @@ from embedcache import (
     atomic_file,
     connect_ray,
     expand_inputs,
+    map_with_actors,
     read_table,
-    unwrap_ray_error,
     writing,
 )
 
@@ -76,17 +76,12 @@ def score_files(model, data, out, cache=None, columns=None, *, id_col=None, inte
     summary = {"files": len(files), "skipped": len(files) - len(todo), "rows": 0, "out": str(out)}
     if todo:
         ray = connect_ray(address)
-        ray.data.DataContext.get_current().enable_progress_bars = progress
-        ds = ray.data.from_items([{"path": str(p)} for p in todo], override_num_blocks=len(todo))
-        ds = ds.map_batches(_ScoringActor, fn_constructor_kwargs={
+        files_ds = ray.data.from_items([{"path": str(p)} for p in todo], override_num_blocks=len(todo))
+        done = map_with_actors(files_ds, _ScoringActor, {
             "model": str(model), "cache": str(cache) if cache else None, "out": str(out), "columns": columns,
             "id_col": id_col, "interval": interval, "decimals": decimals, "header": header},
-            compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpus_per_worker, num_cpus=cpus_per_worker,
-            batch_size=1, batch_format="pandas")
-        try:
-            done = ds.to_pandas()
-        except Exception as e:  # noqa: BLE001 -- Ray wraps what a task raised: give the user our own error
-            raise unwrap_ray_error(e) from None
+            workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, batch_size=1,
+            progress=progress)
         summary["rows"] = int(done["rows"].sum())
     summary["seconds"] = round(time.perf_counter() - began, 3)
     return summary
