@@ -689,7 +689,7 @@ class EmbeddingCache:
         texts = list(texts)
         unique, inverse, keys = _distinct(texts)
         self._add(unique, keys, len(texts), progress)
-        return self._vectors(keys)[inverse]
+        return self._vectors(keys[inverse])
 
     # -- reading --------------------------------------------------------------
 
@@ -720,7 +720,7 @@ class EmbeddingCache:
         rows = self._lookup_keys(keys)
         missing = np.flatnonzero(rows < 0)
         if not len(missing):
-            return self._vectors(keys, rows)[inverse]
+            return self._vectors(keys[inverse], rows[inverse])  # in input order: one copy of the vectors, not two
         if not encode_missing:
             raise NotCachedError(
                 f"{len(missing)} of {len(unique)} distinct texts are not in cache {self.path} "
@@ -771,12 +771,17 @@ class EmbeddingCache:
         not use (every copy but the first) are left out.
         """
         with self._mutex:
-            self._sync_index()
-            starts, files = list(self._starts), list(self._files)
-        for start, rel in zip(starts, files):
+            self._refresh()
+            copies = bool(self._parts)  # only writers of many parts store a text twice
+            if copies:
+                self._sync_index()
+                shards = list(zip(self._starts, self._files))
+            else:  # nothing to leave out: no index needed
+                shards = [(None, rel) for rel, _ in self._listed()]
+        for start, rel in shards:
             path = self._shard_path(rel)
             keys, vectors = read_keys(path), read_vectors(path)
-            if self._parts:
+            if copies:
                 with self._mutex:
                     own = self._index.lookup(keys) == start + np.arange(len(keys))
                 keys, vectors = keys[own], vectors[own]
