@@ -55,15 +55,15 @@ class KeyIndex:
         if (sorted_hi[1:] == sorted_hi[:-1]).any():  # copies (or shared high halves): sort by the low half too
             order = np.lexsort((lo, hi))  # stable: of equal keys the first comes first
         hi, lo, rows = hi[order], lo[order], rows[order]
+        at = np.searchsorted(self.hi, hi)  # where each goes, and where a copy held already would be
         fresh = np.ones(len(hi), dtype=bool)
         fresh[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
         if len(self.hi):
-            fresh &= self._find(hi, lo) < 0
+            fresh &= self._find(hi, lo, at) < 0
         new = np.zeros(len(keys), dtype=bool)
         new[order[fresh]] = True
-        hi, lo, rows = hi[fresh], lo[fresh], rows[fresh]
+        hi, lo, rows, at = hi[fresh], lo[fresh], rows[fresh], at[fresh]
         # Merging a sorted batch costs one pass over the index, not a re-sort.
-        at = np.searchsorted(self.hi, hi)
         self.hi = np.insert(self.hi, at, hi)
         self.lo = np.insert(self.lo, at, lo)
         self.row = np.insert(self.row, at, rows)
@@ -83,11 +83,12 @@ class KeyIndex:
         """Global row of each key, or -1 where it is absent."""
         return self._find(*_halves(keys))
 
-    def _find(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    def _find(self, hi: np.ndarray, lo: np.ndarray, at: np.ndarray | None = None) -> np.ndarray:
+        """Row of each key given as halves, or -1; ``at``: ``searchsorted(self.hi, hi)`` when known."""
         out = np.full(len(hi), -1, dtype=np.int64)
         if not len(self.hi):
             return out
-        pos = np.minimum(np.searchsorted(self.hi, hi), len(self.hi) - 1)
+        pos = np.minimum(np.searchsorted(self.hi, hi) if at is None else at, len(self.hi) - 1)
         same_hi = self.hi[pos] == hi
         hit = same_hi & (self.lo[pos] == lo)
         out[hit] = self.row[pos[hit]]
