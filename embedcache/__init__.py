@@ -58,6 +58,7 @@ from .inputs import (
     table_source,
     template_columns,
 )
+from .trust import UnsafeModelError, check_model_directory, inside
 from .ray import connect_ray, expand_inputs, map_with_actors, ray_arguments
 
 __all__ = [
@@ -78,6 +79,7 @@ __all__ = [
     "SoftPromptTransformer",
     "TruncatedTextsWarning",
     "UnknownTokensWarning",
+    "UnsafeModelError",
     "WriteError",
     "atomic_directory",
     "atomic_file",
@@ -89,11 +91,13 @@ __all__ = [
     "check_float",
     "check_int",
     "check_label_range",
+    "check_model_directory",
     "check_output",
     "compose",
     "connect_ray",
     "expand_inputs",
     "first_rows",
+    "inside",
     "flag_type",
     "load_encoder",
     "map_with_actors",

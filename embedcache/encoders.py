@@ -29,6 +29,7 @@ from .batching import prefetch, token_batches
 from .checks import check_choice, check_int
 from .errors import EncoderError, MissingDependencyError, ParameterError
 from .files import hash_files
+from .trust import SOFT_PROMPT_TYPE, check_model_directory
 
 DEFAULT_ENCODER = "minilm"
 
@@ -81,6 +82,11 @@ class Encoder:
     def fingerprint(self) -> str:
         blob = json.dumps(self.describe(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:32]
+
+    def fingerprints(self) -> set[str]:
+        """Fingerprints this encoder's vectors may have been recorded under (its own; a model also at the
+        other compute precisions, which change the vectors by rounding only)."""
+        return {self.fingerprint}
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Encode ``texts`` into an ``(n, dim)`` float32 array, in order."""
@@ -209,8 +215,6 @@ class SentenceTransformerEncoder(Encoder):
         if max_length is not None:
             check_int(max_length, "max_length")
         check_choice(backend, "backend", (*BACKENDS, "auto"))
-        from sentence_transformers import SentenceTransformer
-
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.batch_size = batch_size
@@ -221,9 +225,7 @@ class SentenceTransformerEncoder(Encoder):
         self.name = name or str(name_or_path)
         # On a GPU, batches are tokenized and pinned in a thread while the previous one computes.
         self.overlap = self.device.startswith("cuda")
-        with quiet_sentence_transformers():
-            self.model = SentenceTransformer(str(name_or_path), device=self.device,
-                                             trust_remote_code=_our_modules_only(name_or_path))
+        self.model = open_sentence_transformer(name_or_path, self.device)
         if max_length is not None:
             limit = getattr(getattr(self.model[0], "auto_model", None), "config", None)
             limit = getattr(limit, "max_position_embeddings", None)
@@ -272,6 +274,12 @@ class SentenceTransformerEncoder(Encoder):
             "dim": self.dim,
             "versions": {d: dist_version(d) for d in ("sentence-transformers", "transformers", "torch")},
         }
+
+    def fingerprints(self) -> set[str]:
+        if self.runtime.describe() is not None:
+            return {self.fingerprint}
+        return {hashlib.sha256(json.dumps({**self._source(), "precision": p}, sort_keys=True).encode()).hexdigest()[:32]
+                for p in ("fp32", "fp16", "bf16")} | {self.fingerprint}
 
     def describe(self) -> dict:
         runtime = self.runtime.describe()
@@ -341,18 +349,21 @@ def quiet_sentence_transformers():
         log.setLevel(level)
 
 
-def _our_modules_only(path) -> bool:
-    """Whether a model directory names, besides sentence-transformers' own modules, only embedcache's
-    (a soft prompt) and no code of its own: then loading it runs no code from the directory, and
-    sentence-transformers' ``trust_remote_code`` gate (it guards every class outside its package) may open."""
-    modules, config = Path(path) / "modules.json", Path(path) / "config.json"
-    if not modules.exists():
-        return False
-    types = {m.get("type", "") for m in json.loads(modules.read_text())}
-    ours = {t for t in types if t.startswith("embedcache.")}
-    auto_map = config.exists() and "auto_map" in json.loads(config.read_text())
-    return bool(ours) and ours <= {"embedcache.softprompt.SoftPromptTransformer"} and not auto_map and all(
-        t.startswith(("sentence_transformers.", "embedcache.")) for t in types)
+def open_sentence_transformer(name_or_path, device: str):
+    """A sentence-transformers model loaded with remote code off, after :func:`check_model_directory` found
+    that the directory names no code (our soft-prompt module is resolved to the class we import ourselves)."""
+    from sentence_transformers import SentenceTransformer
+
+    from .softprompt import SoftPromptTransformer
+
+    check_model_directory(name_or_path)
+
+    class _Ours(SentenceTransformer):
+        # sentence-transformers 6 resolves these modules.json types to the classes given, remote code off
+        _module_classes = {SOFT_PROMPT_TYPE: SoftPromptTransformer}
+
+    with quiet_sentence_transformers():
+        return _Ours(str(name_or_path), device=device, trust_remote_code=False)
 
 
 USE_LANGUAGES = ("ar", "de", "en", "es", "fr", "it", "ja", "ko", "nl", "pl", "pt", "ru", "th", "tr", "zh-cn", "zh-tw")

@@ -20,6 +20,7 @@ from torch import nn
 from embedcache import (
     InputError,
     ParameterError,
+    check_model_directory,
     model_directory,
     read_soft_prompt,
     save_soft_prompt,
@@ -88,10 +89,11 @@ class Backbone(nn.Module):
         from transformers import AutoModel, AutoTokenizer
 
         path = model_directory(name_or_path)
+        check_model_directory(path)  # before transformers reads a file of it: it may name code to import
         pooling, normalize, st_max = _read_pooling(Path(path)) if Path(path).is_dir() else ("mean", False, None)
-        model = AutoModel.from_pretrained(path)
+        model = AutoModel.from_pretrained(path, trust_remote_code=False)
         local = Path(path).is_dir()
-        backbone = cls(model, AutoTokenizer.from_pretrained(path), pooling, normalize, max_length or st_max,
+        backbone = cls(model, AutoTokenizer.from_pretrained(path, trust_remote_code=False), pooling, normalize, max_length or st_max,
                        _default_prompt(Path(path)) if local else None)
         soft = read_soft_prompt(path) if local else None
         if soft is not None:  # an encoder trained by prompt tuning

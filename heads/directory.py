@@ -128,6 +128,9 @@ def check_config(config, where) -> None:
             _bad(where, field, f"{len(labels)} finite number(s){' > 0' if positive else ''}", values)
     if not isinstance(config["encoder"], dict) or not isinstance(config["encoder"].get("fingerprint"), str):
         _bad(where, "encoder", "an object with a string 'fingerprint'", config["encoder"])
+    finetuned = config.get("finetuned")
+    if finetuned is not None and not (isinstance(finetuned, dict) and isinstance(finetuned.get("encoder"), str)):
+        _bad(where, "finetuned", "null or an object with a string 'encoder' (a folder inside the model)", finetuned)
     if not isinstance(config["columns"], dict):
         _bad(where, "columns", "an object", config["columns"])
     _check_head_config(config, where)

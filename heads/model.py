@@ -10,6 +10,7 @@ fingerprint, validation metrics, library versions) and ``model.safetensors``.
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from embedcache import (
     check_columns,
     check_label_range,
     first_rows,
+    inside,
     read_table,
     resolve_device,
     table_source,
@@ -232,13 +234,17 @@ class HeadModel:
         from embedcache import load_encoder
 
         if getattr(self, "finetuned_", None) is not None:
-            path = str(self.directory_ / self.finetuned_["encoder"])
+            path = self._finetuned_encoder_path()
+            encoder = load_encoder(path)  # its fingerprint is checked before a vector of it is used
+            if self.encoder_["fingerprint"] not in encoder.fingerprints():
+                raise self._mismatch(f"its encoder {path} now has fingerprint {encoder.fingerprint} (other weights "
+                                     "or library versions): the directory was altered; fine-tune again")
             if head_type(self.head_).joint:
                 from .backbone import Backbone
 
                 self._own_encoder = Backbone.from_directory(path).to(resolve_device(self.device))
             else:
-                self._own_encoder = load_encoder(path)
+                self._own_encoder = encoder
             return self._own_encoder
         spec = self.encoder_.get("load")
         if spec is None:
@@ -250,6 +256,19 @@ class HeadModel:
                                  "versions); pass the cache of the training vectors (cache=..., --cache DIR)")
         self._own_encoder = encoder
         return encoder
+
+    def _finetuned_encoder_path(self) -> str:
+        """The fine-tuned encoder's directory: a plain folder inside the model directory, nothing else."""
+        where = self.directory_ / "config.json"
+        name = self.finetuned_.get("encoder") if isinstance(self.finetuned_, dict) else None
+        if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ModelError(f"{where}: field 'finetuned.encoder' must name a folder inside the model directory, "
+                             f"found {json.dumps(name)[:60]}; fine-tune again")
+        path = self.directory_ / name
+        if path.is_symlink() or not path.is_dir() or not inside(path, self.directory_):
+            raise ModelError(f"{where}: field 'finetuned.encoder' names {path}, which is not a folder inside the "
+                             "model directory; fine-tune again")
+        return str(path)
 
     def vector_source(self, cache: EmbeddingCache | None):
         """Where this model's vectors come from: ``cache`` when it holds the model's encoder's vectors (a
