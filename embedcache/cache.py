@@ -66,7 +66,7 @@ from .errors import (
     NotCachedError,
     ParameterError,
 )
-from .files import atomic_write_json, create_json_once, writing
+from .files import atomic_write_json, check_not_input, create_json_once, writing
 from .index import KeyIndex, text_keys
 from .shards import (
     DTYPES,
@@ -140,6 +140,11 @@ class EmbeddingCache:
             if encoder is None:
                 raise CacheNotFoundError(f"no embedding cache at {self.path} ({MANIFEST} not found); pass an encoder "
                                          "to create one")
+            check_not_input(self.path, (), "cache")  # never /, /etc, the home directory...
+            others = _other_files(self.path)
+            if others:
+                raise CacheError(f"{self.path} holds other files ({', '.join(others[:3])}) and no {MANIFEST}: it is "
+                                 "not an embedcache cache, and a cache is only created in a new or empty directory")
             with writing(self.path, "creating the cache"):
                 self.path.mkdir(parents=True, exist_ok=True)
             # Many ranks may start at once: exactly one creates it, with no lock to share.
@@ -934,6 +939,14 @@ def _shard_files(home: Path) -> list[str]:
     if not home.is_dir():
         return []
     return sorted(p.name for p in home.iterdir() if _SHARD_NAME.match(p.name))
+
+
+def _other_files(path: Path) -> list[str]:
+    """Names in a directory that no cache being created would hold (writers' temporary and lock files aside)."""
+    if not path.is_dir():
+        return []
+    ours = (".tmp-", LOCK, WRITER, MANIFEST, PARTS)  # MANIFEST, PARTS: another writer created the cache meanwhile
+    return sorted(e.name for e in os.scandir(path) if not e.name.startswith(ours))
 
 
 def _part_names(path: Path) -> list[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .cache import MANIFEST, EmbeddingCache
 from .encoders import load_encoder, quick_key, unknown_warning
+from .files import check_not_input
 from .errors import CacheError, InputError, TruncatedTextsWarning, UnknownTokensWarning
 from .index import text_keys
 from .inputs import first_rows, read_table, texts_from_table
@@ -45,6 +46,7 @@ def precompute(inputs, cache, text_cols=(), template: str | None = None, model: 
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     if not text_cols and template is None:
         raise InputError("give at least one text column (text_cols=..., --text-col) or a template (template=..., --template)")
+    check_not_input(cache, [("input", p) for p in inputs], "cache")
     texts, rows, skipped, tables = [], 0, 0, []
     for path in inputs:  # read and validate everything before the first encoding
         df = read_table(path, fmt=fmt, header=header)

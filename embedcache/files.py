@@ -116,21 +116,32 @@ def create_json_once(path, obj) -> bool:
         raise OSError(f"could not create {path}: its temporary file kept disappearing")
 
 
-def check_output(path, inputs=(), overwrite: bool = False, flag: str = "out") -> Path:
-    """Refuse an output that is one of ``inputs`` (always) or that exists (unless ``overwrite``).
+def check_output(path, inputs=(), overwrite: bool = False, flag: str = "out", kind: str = "file") -> Path:
+    """Refuse an output that would destroy an input (always) or that exists (unless ``overwrite``).
 
-    ``inputs`` holds ``(flag, path)`` pairs, so the message can say which input it is.
-    Creates the output's parent directory.  Returns the output as a Path.
+    ``inputs`` holds ``(flag, path)`` pairs (files or directories: data, caches, models),
+    so the message can say which input it is.  Paths are compared with links resolved:
+    an output that is an input, contains one or lies inside one is refused, with or
+    without ``overwrite``, and so is a system directory (``/``, ``/etc``, the home
+    directory...).  ``kind`` says what the output is: ``file`` (an existing directory
+    is never replaced), ``model`` (an existing directory must be a saved model) or
+    ``encoder`` (a sentence-transformers directory).  Creates the output's parent directory.  Returns the output as a Path.
     """
     path = Path(path)
-    for name, source in inputs:
-        if source is not None and _same(path, Path(source)):
-            raise WriteError(f"{flag} {path} is the input {name} {source}: writing it would destroy the input; "
-                             "write to another path")
+    check_not_input(path, inputs, flag)
     if path.exists() and not overwrite:
-        kind = "directory" if path.is_dir() else "file"
+        what = "directory" if path.is_dir() else "file"
         how = "--overwrite" if flag.startswith("--") else "overwrite=True"
-        raise WriteError(f"{flag} {path}: a {kind} of that name exists; pass {how} to replace it")
+        raise WriteError(f"{flag} {path}: a {what} of that name exists; pass {how} to replace it")
+    if path.exists():
+        if kind == "file" and path.is_dir():
+            raise WriteError(f"{flag} {path} is a directory; give a file name")
+        if kind == "model" and not (path.is_dir() and is_model_directory(path)):
+            raise WriteError(f"{flag} {path} exists and is not a model directory (config.json and model.safetensors); "
+                             "it is never replaced: write to another path")
+        if kind == "encoder" and not (path / "modules.json").is_file():
+            raise WriteError(f"{flag} {path} exists and is not an encoder directory (modules.json); it is never "
+                             "replaced: write to another path")
     with writing(path.parent, "creating"):
         path.parent.mkdir(parents=True, exist_ok=True)
     if not path.parent.is_dir():
@@ -138,11 +149,50 @@ def check_output(path, inputs=(), overwrite: bool = False, flag: str = "out") ->
     return path
 
 
+def is_model_directory(path) -> bool:
+    """Whether ``path`` holds a saved head model, or only what a fine-tuning run stages in the directory it
+    will save to (what a model output may replace)."""
+    path = Path(path)
+    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        return True
+    return path.is_dir() and all(p.name in ("checkpoints", ".encoder-new") for p in path.iterdir())
+
+
+def check_not_input(path, inputs=(), flag: str = "out") -> None:
+    """Refuse an output ``path`` that is, contains or lies inside one of ``inputs`` (``(flag, path)`` pairs),
+    links resolved, or that is a system directory; a WriteError naming both."""
+    path = Path(path)
+    real = Path(os.path.realpath(path))
+    if real in system_directories():
+        raise WriteError(f"{flag} {path} is the system directory {real}: give a directory of its own")
+    for name, source in inputs:
+        if source is None:
+            continue
+        other = Path(os.path.realpath(source))
+        if real == other or _same(path, Path(source)):
+            how = "is"
+        elif other in real.parents:
+            how = "lies inside"
+        elif real in other.parents:
+            how = "contains"
+        else:
+            continue
+        raise WriteError(f"{flag} {path} {how} the input {name} {source}: writing it would destroy the input; "
+                         "write to another path")
+
+
 def _same(a: Path, b: Path) -> bool:
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)
     except OSError:
         return a.resolve() == b.resolve()
+
+
+def system_directories() -> set[Path]:
+    """Directories no output or cache may be: the root, the system's top-level folders, the home directory."""
+    names = ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt", "/proc", "/root", "/run",
+             "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/mnt", "/media")
+    return {Path(os.path.realpath(n)) for n in names} | {Path(os.path.realpath(Path.home()))}
 
 
 _RENAME_EXCHANGE = 2  # renameat2 flag: swap two paths in one atomic step (Linux >= 3.15)

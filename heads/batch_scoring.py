@@ -21,6 +21,7 @@ from embedcache import (
     EmbeddingCache,
     InputError,
     atomic_file,
+    check_not_input,
     connect_ray,
     expand_inputs,
     map_with_actors,
@@ -63,6 +64,7 @@ def score_files(model, data, out, cache=None, columns=None, *, id_col=None, inte
     # Actors run in other directories, on other machines: every path they get is absolute.
     files = [p.resolve() for p in expand_inputs(data)]
     out, model, cache = Path(out).resolve(), Path(model).resolve(), Path(cache).resolve() if cache else None
+    check_not_input(out, [("--data", p) for p in files] + [("--model", model), ("--cache", cache)], "--out")
     seen = {}
     for path in files:
         other = seen.setdefault(output_of(out, path).name, path)

@@ -16,6 +16,7 @@ from embedcache import (
     atomic_file,
     check_float,
     check_int,
+    check_not_input,
     check_output,
     flag_type,
     quiet_transformers,
@@ -212,6 +213,7 @@ def _predict_parsers(sub) -> None:
     _data_arguments(e, cache="optional", trained=True)
     _labels_argument(e, required=False, help="label columns (default: the model's)")
     e.add_argument("--plots", metavar="DIR", help="write predicted-vs-true, residual and per-condition PNGs here")
+    e.add_argument("--overwrite", action="store_true", help="replace PNGs of the same names in --plots")
     _option(e, "--interval", help="report the empirical coverage and mean width of the model's intervals at level C")
     e.add_argument("--group-col", metavar="COL", help="also report the metrics per value of this column (a language, "
                    "a source), in the printout, the JSON and a plot")
@@ -332,6 +334,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _inputs(args) -> list[tuple[str, str]]:
+    """Every input a command reads (data files, caches, models): an output may be none of them, nor contain
+    one, nor lie inside one."""
+    flags = ("data", "val_data", "labeled", "train", "test", "cache", "model", "init_head")
+    return [(f"--{f.replace('_', '-')}", getattr(args, f)) for f in flags if getattr(args, f, None) is not None]
+
+
 def _read(args, path):
     return read_table(path, header=not args.no_header)
 
@@ -359,7 +368,7 @@ def _print_metrics(prefix: str, m: dict) -> None:
 def train(args) -> dict:
     start = time.perf_counter()
     model = HeadModel(from_arguments(TrainConfig, args), device=args.device)
-    check_output(args.out, [("--data", args.data), ("--val-data", args.val_data)], args.overwrite, "--out")
+    check_output(args.out, _inputs(args), args.overwrite, "--out", kind="model")
     val = _read(args, args.val_data) if args.val_data else None
     model.fit_table(_cache(args), _read(args, args.data), args.label_col, text_col=args.text_col, pair_col=args.pair_col,
               condition_col=args.condition_col, template=_template(args), val_data=val, weight_col=args.weight_col,
@@ -380,7 +389,7 @@ def predict(args) -> dict:
         print(f"scored {summary['files'] - summary['skipped']} files ({summary['rows']} rows) into {args.out} on Ray; "
               f"{summary['skipped']} had their output already")
         return summary
-    check_output(args.out, [("--data", args.data), ("--model", args.model)], args.overwrite, "--out")
+    check_output(args.out, _inputs(args), args.overwrite, "--out")
     model = HeadModel.load(args.model)
     df = _read(args, args.data)
     out = model.predict_table(_cache(args), df, _columns(args), id_col=args.id_col, decimals=args.round,
@@ -407,7 +416,8 @@ def evaluate(args) -> dict:
     if args.plots:
         from .plots import write_plots
 
-        for path in write_plots(args.plots, y, pred, labels, metrics):
+        check_not_input(args.plots, _inputs(args), "--plots")
+        for path in write_plots(args.plots, y, pred, labels, metrics, overwrite=args.overwrite):
             print(f"wrote {path}")
     return _flat(metrics)
 
@@ -420,7 +430,7 @@ def finetune(args) -> dict:
         _read(args, args.data), args.label_col, _columns(args), args.out, from_arguments(TrainConfig, args),
         from_arguments(FinetuneConfig, args), val_data=_read(args, args.val_data) if args.val_data else None,
         export_encoder=args.export_encoder, keep_checkpoints=args.keep_checkpoints, resume=args.resume,
-        overwrite=args.overwrite, device=args.device, paths=(args.data, args.val_data), progress=not args.quiet)
+        overwrite=args.overwrite, device=args.device, paths=(args.data, args.val_data), inputs=_inputs(args), progress=not args.quiet)
     if model is None:  # a non-zero rank of a multi-GPU run: rank 0 saves and reports
         return {}
     _print_metrics(f"fine-tuned {model.head_} saved to {args.out}; validation", model.validation_)
@@ -432,8 +442,7 @@ def finetune(args) -> dict:
 def pseudolabel(args) -> dict:
     from .pseudolabel import pseudolabel as score_rows
 
-    check_output(args.out, [("--data", args.data), ("--labeled", args.labeled), ("--val-data", args.val_data)],
-                 args.overwrite, "--out")
+    check_output(args.out, _inputs(args), args.overwrite, "--out")
     method = args.method or ("self-train" if args.labeled else "lf")
     config = from_arguments(TrainConfig, args)
     out, summary = score_rows(
@@ -464,7 +473,7 @@ def leakage(args) -> dict:
     from .neighbours import leakage_report
 
     if args.out:
-        check_output(args.out, [("--train", args.train), ("--test", args.test)], args.overwrite, "--out")
+        check_output(args.out, _inputs(args), args.overwrite, "--out")
     pairs = leakage_report(_cache(args), _read(args, args.train), _read(args, args.test),
                            {"text": args.text_col, "template": _template(args)}, args.threshold, args.add_missing,
                            paths=(args.train, args.test))

@@ -44,7 +44,7 @@ def write_model(directory, config: dict, tensors: dict, overwrite: bool = False,
 
     ``move`` maps names inside the new directory to paths moved there (a fine-tuned model's ``encoder/``).
     """
-    directory = check_output(directory, overwrite=overwrite, flag="model directory")
+    directory = check_output(directory, overwrite=overwrite, flag="model directory", kind="model")
     weights = save_tensors(tensors)
     config = {**config, "weights_sha256": hashlib.sha256(weights).hexdigest(), "versions": versions()}
     with atomic_directory(directory) as tmp:

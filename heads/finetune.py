@@ -26,8 +26,11 @@ from torch import nn
 from embedcache import (
     MissingDependencyError,
     ParameterError,
+    WriteError,
     atomic_directory,
+    check_not_input,
     check_output,
+    is_model_directory,
 )
 
 from .backbone import Backbone
@@ -294,7 +297,7 @@ def _train(network, backbone, config, encoder, splits: dict, label_cols, mean, s
 def finetune(data: pd.DataFrame, label_cols, columns: dict, out, config: TrainConfig | None = None,
              encoder: FinetuneConfig | None = None, *, val_data: pd.DataFrame | None = None, export_encoder=None,
              keep_checkpoints: bool = False, resume: bool = False, overwrite: bool = False, device: str | None = None,
-             paths=("data", "val data"), progress: bool = True, **settings) -> HeadModel | None:
+             paths=("data", "val data"), inputs=(), progress: bool = True, **settings) -> HeadModel | None:
     """Fine-tune an encoder (default: the embedded one) with a head; save to ``out``; return the saved model.
 
     ``columns`` maps side (text, pair, condition, template) -> column.  ``config``: how the head is
@@ -302,7 +305,8 @@ def finetune(data: pd.DataFrame, label_cols, columns: dict, out, config: TrainCo
     rate, LoRA, ``init_head``...); ``settings`` overrides fields of either by name
     (``finetune(df, "score", {"text": "s"}, "out", head="cross", epochs=2, encoder_lr=1e-5)``).
     An existing ``out`` (or ``export_encoder``) is refused unless ``overwrite`` (or ``resume``, which
-    continues in ``out``); the old model stays whole until the new one replaces it.  A non-zero rank of a
+    continues in ``out``); the old model stays whole until the new one replaces it.  ``inputs``: ``(flag, path)``
+    pairs of files the caller read, which no output may be, contain or lie inside.  A non-zero rank of a
     multi-GPU run returns None: rank 0 saves.
     """
     try:
@@ -314,9 +318,17 @@ def finetune(data: pd.DataFrame, label_cols, columns: dict, out, config: TrainCo
     columns = {s: c for s, c in columns.items() if c is not None}
     config, encoder = _configs(config, encoder, settings, sides_of(columns))
     label_cols = [label_cols] if isinstance(label_cols, str) else list(label_cols)
-    out = Path(out) if resume else check_output(out, overwrite=overwrite, flag="--out")
+    inputs = [*inputs, ("--model", encoder.model), ("--init-head", encoder.init_head)]
+    if resume:
+        out = Path(out)
+        check_not_input(out, inputs, "--out")
+        if out.exists() and not (is_model_directory(out) or (out / "checkpoints").is_dir()):
+            raise WriteError(f"--out {out} exists and holds neither a model nor checkpoints to resume from; it is "
+                             "never replaced: give the model directory of the run to resume")
+    else:
+        out = check_output(out, inputs, overwrite, "--out", kind="model")
     if export_encoder is not None:
-        check_output(export_encoder, overwrite=overwrite, flag="--export-encoder")
+        check_output(export_encoder, [*inputs, ("--out", out)], overwrite, "--export-encoder", kind="encoder")
     start = time.perf_counter()
     texts, y, val_texts, y_val, val_table = _split(data, val_data, label_cols, columns, config, paths)
     device = resolve_device(device)

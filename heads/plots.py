@@ -10,10 +10,31 @@ from pathlib import Path
 
 import numpy as np
 
+from embedcache import WriteError, atomic_file, writing
 
-def write_plots(directory, y_true: np.ndarray, y_pred: np.ndarray, labels: list[str], metrics: dict) -> list[Path]:
+
+def plot_names(labels: list[str], metrics: dict) -> list[str]:
+    """The files ``write_plots`` writes for these labels and metrics."""
+    names = []
+    for label in labels:
+        suffix = "" if len(labels) == 1 else f"-{label}"
+        names += [f"pred_vs_true{suffix}.png", f"residuals{suffix}.png"]
+        names += [f"{key}{suffix}.png" for key in ("per_condition", "per_group") if key in metrics]
+    return names
+
+
+def write_plots(directory, y_true: np.ndarray, y_pred: np.ndarray, labels: list[str], metrics: dict,
+                overwrite: bool = False) -> list[Path]:
+    """PNGs of predictions against the truth into ``directory``; existing plots of the same names are
+    refused unless ``overwrite`` (before anything is drawn), and each file is written whole or not at all."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    if directory.exists() and not directory.is_dir():
+        raise WriteError(f"--plots {directory} is a file; give a directory for the plots")
+    existing = [n for n in plot_names(labels, metrics) if (directory / n).exists()]
+    if existing and not overwrite:
+        raise WriteError(f"--plots {directory}: {', '.join(existing)} exist; pass --overwrite to replace them")
+    with writing(directory, "creating"):
+        directory.mkdir(parents=True, exist_ok=True)
     written = []
     for j, label in enumerate(labels):
         keep = ~np.isnan(y_true[:, j])
@@ -56,5 +77,6 @@ def _figure(width: float, height: float):
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=100)  # a Figure made this way draws with Agg by itself
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")  # a Figure made this way draws with Agg by itself
     return path
