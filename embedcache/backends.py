@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import EncoderError, MissingDependencyError, ParameterError
-from .files import atomic_directory, hash_files
+from .files import atomic_directory, hash_files, writing
 
 BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
 EXPORT_FORMAT = 1  # bump when the export procedure changes what it writes
@@ -124,13 +124,13 @@ class TorchRuntime:
 class OnnxRuntime:
     """An ONNX export run by ONNX Runtime on the CPU, with every core."""
 
-    def __init__(self, directory: Path, name: str) -> None:
+    def __init__(self, directory: Path, name: str, source: str | None = None) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = cpu_cores()
         self.name = name
-        self.export = read_export(directory)
+        self.export = read_export(directory, name, source)
         self.session = ort.InferenceSession(str(directory / "model.onnx"), options, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
 
@@ -148,12 +148,12 @@ class OnnxRuntime:
 class OpenVinoRuntime:
     """An OpenVINO export compiled for the CPU; ``precision`` is the inference precision of its float operations."""
 
-    def __init__(self, directory: Path, name: str, precision: str) -> None:
+    def __init__(self, directory: Path, name: str, precision: str, source: str | None = None) -> None:
         import openvino as ov
 
         self.name = name
         self.precision = precision
-        self.export = read_export(directory)
+        self.export = read_export(directory, name, source)
         core = ov.Core()
         model = core.read_model(str(directory / "model.xml"))
         self.compiled = core.compile_model(model, "CPU", {
@@ -176,8 +176,40 @@ class OpenVinoRuntime:
 # -- exports ---------------------------------------------------------------------------------------
 
 
-def read_export(directory: Path) -> dict:
-    return json.loads((directory / "export.json").read_text())
+_VERIFIED: dict[str, tuple] = {}  # export directory -> stamp of its files when their hash last matched (this process)
+
+
+def _files_stamp(files: list[Path]) -> tuple:
+    return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+
+
+def read_export(directory: Path, backend: str | None = None, source: str | None = None) -> dict:
+    """An export's record, after checking that its files are the ones it recorded (sha256; rehashed only when
+    a file's size or time changed since this process last checked) and that it was made from ``source``
+    weights for ``backend``: a damaged, altered or foreign export is refused with one line."""
+    def refuse(why: str):
+        raise EncoderError(f"export {directory} {why}: it is not the export it says it is, so it was not used; "
+                           "delete that directory and run again to export anew")
+
+    try:
+        record = json.loads((directory / "export.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        refuse(f"has no readable export.json ({e})")
+    if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
+        refuse("has an export.json without its 'sha256'")
+    if backend is not None and record.get("backend") != backend:
+        refuse(f"was made for backend {record.get('backend')!r}, not {backend!r}")
+    if source is not None and record.get("source") != source:
+        refuse("was made from other weights than this model's")
+    files = sorted(p for p in directory.iterdir() if p.name != "export.json")
+    if any(p.is_symlink() or not p.is_file() for p in files):
+        refuse("holds a link or a folder")
+    stamp = _files_stamp(files)
+    if _VERIFIED.get(str(directory)) != stamp:
+        if hash_files(files) != record["sha256"]:
+            refuse("does not match the checksum in its export.json (a file was replaced, cut short or added)")
+        _VERIFIED[str(directory)] = stamp
+    return record
 
 
 def _graph(model, input_names: list[str]):
@@ -265,7 +297,10 @@ def exported(model, source: dict, backend: str, features, calibration: list[str]
             raise ParameterError(
                 "backend 'openvino-int8' is calibrated on your own texts when it is first exported: pass "
                 "calibration=[a few hundred of your texts] to load_encoder (embedcache precompute uses the corpus)")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    with writing(target.parent, "creating the export directory"):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(target.parent, os.W_OK):
+            raise PermissionError(13, "Permission denied", str(target.parent))
     began = time.perf_counter()
     # Materialised atomically (fsynced, then renamed): a crash leaves no half export. Two processes exporting
     # at once both finish; the later rename wins, and each runtime describes the export it then reads.
@@ -325,5 +360,5 @@ def load_runtime(model, source: dict, backend: str, device: str, precision: str,
                            "reproduce; use backend 'torch'")
     directory = exported(model, source, backend, features, calibration)
     if backend.startswith("onnx"):
-        return OnnxRuntime(directory, backend)
-    return OpenVinoRuntime(directory, backend, precision)
+        return OnnxRuntime(directory, backend, source["weights_sha256"])
+    return OpenVinoRuntime(directory, backend, precision, source["weights_sha256"])

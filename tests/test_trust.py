@@ -3,11 +3,12 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from embedcache import EmbeddingCache, UnsafeModelError, load_encoder
+from embedcache import EmbeddingCache, EncoderError, UnsafeModelError, load_encoder
 from embedcache.cli import main as embedcache_main
 from tests.conftest import one_line_error, run
 
@@ -200,3 +201,71 @@ def test_a_fine_tuned_encoder_with_other_weights_is_refused(finetuned, tmp_path,
     code, _, err = run(heads_main, capsys, "predict", "--model", finetuned / "model", "--data",
                        finetuned / "data.csv", "--out", tmp_path / "p.csv", "--quiet")
     assert code == 0, err
+
+
+# -- exports are verified on load (item 3) ------------------------------------------------------
+
+
+@pytest.fixture
+def own_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBEDCACHE_HOME", str(tmp_path / "home"))
+    return tmp_path / "home" / "exports"
+
+
+def _only_export(home):
+    (directory,) = [p for p in home.iterdir() if not p.name.startswith(".")]
+    return directory
+
+
+@pytest.mark.parametrize("damage", ["foreign", "truncated", "garbage-record", "added-file"])
+def test_a_poisoned_or_damaged_export_is_refused_in_one_line(tiny_bert_dir, tmp_path, own_home, capsys, damage):
+    from tests.conftest import make_tiny_bert
+
+    honest = load_encoder(str(tiny_bert_dir), backend="onnx").encode(["the same text"])
+    export = _only_export(own_home)
+    if damage == "foreign":
+        other = make_tiny_bert(tmp_path / "other", seed=1)
+        load_encoder(str(other), backend="onnx")
+        foreign = next(p for p in own_home.iterdir() if p != export)
+        shutil.copy(foreign / "model.onnx", export / "model.onnx")
+    elif damage == "truncated":
+        data = (export / "model.onnx").read_bytes()
+        (export / "model.onnx").write_bytes(data[: len(data) // 2])
+    elif damage == "garbage-record":
+        (export / "export.json").write_text("{garbage")
+    else:
+        (export / "extra.bin").write_bytes(b"x")
+    with pytest.raises(EncoderError, match="delete that directory"):
+        load_encoder(str(tiny_bert_dir), backend="onnx")
+    (tmp_path / "in.csv").write_text("text\nthe same text\n")
+    capsys.readouterr()
+    code, _, err = run(embedcache_main, capsys, "precompute", tmp_path / "in.csv", "--cache", tmp_path / "c",
+                       "--model", tiny_bert_dir, "--backend", "onnx", "--text-col", "text", "--quiet")
+    one_line_error(code, err, str(export))
+    assert not (tmp_path / "c" / "manifest.json").exists() or not EmbeddingCache(tmp_path / "c").contains(["the same text"]).any()
+    shutil.rmtree(export)  # as the message says: exported anew, and the vectors are the honest ones again
+    np.testing.assert_allclose(load_encoder(str(tiny_bert_dir), backend="onnx").encode(["the same text"]), honest,
+                               atol=1e-5)
+
+
+def test_a_read_only_export_home_is_one_line(tiny_bert_dir, tmp_path, own_home, capsys):
+    import os
+
+    if os.geteuid() == 0:
+        from tests.conftest import mount_tmpfs
+
+        own_home.parent.mkdir(parents=True)
+        mount_tmpfs(own_home.parent, "size=1m,ro")
+    else:
+        own_home.parent.mkdir(parents=True)
+        own_home.parent.chmod(0o500)
+    (tmp_path / "in.csv").write_text("text\nhello\n")
+    try:
+        code, _, err = run(embedcache_main, capsys, "precompute", tmp_path / "in.csv", "--cache", tmp_path / "c",
+                           "--model", tiny_bert_dir, "--backend", "onnx", "--text-col", "text", "--quiet")
+        one_line_error(code, err, str(own_home))
+    finally:
+        if os.geteuid() == 0:
+            import subprocess
+
+            subprocess.run(["umount", str(own_home.parent)], check=False)
