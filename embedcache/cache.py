@@ -93,6 +93,10 @@ COMPACTION_ATTR = "compaction"  # on shards a compaction wrote: unlisted, they a
 ENCODER_ATTR = "encoder_info"  # each shard keeps the manifest's encoder record, so a lost manifest can be rebuilt
 
 
+class _Vanished(Exception):
+    """A listed shard was deleted while it was being indexed (a compaction committed meanwhile)."""
+
+
 class EmbeddingCache:
     """Vectors of texts, computed once by a frozen encoder and kept on disk.
 
@@ -191,6 +195,14 @@ class EmbeddingCache:
         create_json_once(home / MANIFEST, self._new_part_manifest(self.encoder))
         self._refresh()
 
+    def _recreate_part(self, part: str) -> None:
+        """Begin ``part`` afresh (we hold its lock): a compaction merged it into the top level and deleted it."""
+        home = self._dir(part)
+        with writing(home, "creating the part"):
+            home.mkdir(parents=True, exist_ok=True)
+        create_json_once(home / MANIFEST, self._new_part_manifest(self.encoder))
+        self._refresh()
+
     def _new_part_manifest(self, encoder: Encoder) -> dict:
         # A fresh id each time: a compaction retires a part by id, so a part of the same
         # name begun after it is never mistaken for the one it copied.
@@ -235,7 +247,12 @@ class EmbeddingCache:
                     continue
                 seen = self._part_manifests.get(name)
                 if seen is None or seen[0] != stamp:
-                    seen = self._part_manifests[name] = (stamp, self._read_manifest(name))
+                    try:
+                        seen = self._part_manifests[name] = (stamp, self._read_manifest(name))
+                    except CacheDamagedError:
+                        if (self._dir(name) / MANIFEST).exists():
+                            raise
+                        continue  # deleted since its stamp was taken: a compaction merged it
                 if seen[1]["part"]["id"] not in retired_ids:
                     parts[name] = seen[1]
             self._parts = parts
@@ -267,8 +284,19 @@ class EmbeddingCache:
 
         Of two copies of a text the one earlier in reading order wins, whichever shard
         was indexed first, so every reader agrees.  When an indexed shard went away (a
-        repair or a compaction) the index is rebuilt.
+        repair or a compaction) the index is rebuilt.  A shard deleted between reading
+        the manifest and its keys (a compaction committed meanwhile) sends it back to
+        the manifests, which no longer list it.
         """
+        for attempt in range(5):
+            try:
+                return self._sync_index_once()
+            except _Vanished:
+                self._stamp, self._part_manifests = None, {}  # read every manifest again
+                time.sleep(0.01 * attempt)
+        self._sync_index_once(last=True)
+
+    def _sync_index_once(self, last: bool = False) -> None:
         self._refresh()
         listed = self._listed()
         names = {rel for rel, _ in listed}
@@ -286,6 +314,8 @@ class EmbeddingCache:
             try:
                 new.append((rel, read_checked(path, {**expected, "rows": shard["rows"]})))
             except Exception as e:  # noqa: BLE001 -- a missing or damaged file: h5py raises OSError, KeyError, ...
+                if not last and not os.path.lexists(path):
+                    raise _Vanished(rel) from None
                 raise CacheDamagedError(
                     f"cache {self.path}: shard {rel} cannot be used ({e}); "
                     f"run 'embedcache verify {self.path} --repair', then precompute again"
@@ -470,6 +500,9 @@ class EmbeddingCache:
                 raise CacheError(f"cache {self.path}: cannot take the write lock {lock_path} ({e.strerror or e}); "
                                  "it must be a plain file the cache can create: remove whatever is there") from None
         try:
+            if part is not None and part == self.part and self.encoder is not None and \
+                    not (self._dir(part) / MANIFEST).exists():
+                self._recreate_part(part)  # a compaction merged and deleted it since this handle opened it
             with writing(writer_path):
                 atomic_write_json(writer_path, {"pid": os.getpid(), "host": socket.gethostname(),
                                                 "thread": threading.get_ident(), "since": time.time()})
@@ -557,9 +590,11 @@ class EmbeddingCache:
         retired = manifest.get("retired")
         if not retired:
             return
+        held_by_top = _HeldBy(self.path, manifest["shards"])
         for name in retired["shards"]:
             path = self.path / name
             if _is_plain(path):
+                held_by_top.check([path], f"shard {name}")
                 path.unlink()
         left = []
         for record in retired["parts"]:
@@ -570,6 +605,14 @@ class EmbeddingCache:
                 current = record["id"]  # no manifest (deleted first by an earlier try): the directory is still ours
             if current != record["id"] or not home.exists():
                 continue  # gone, or begun afresh under the same name since
+            if home.is_symlink() or not home.is_dir():
+                raise CacheDamagedError(f"cache {self.path}: retired part {record['name']} is not a plain directory; "
+                                        "nothing was deleted: move it away")
+            listed = _read_json(home / MANIFEST).get("shards")  # what the compaction copied (none: deleted already)
+            if isinstance(listed, list):
+                held_by_top.check([home / s["file"] for s in listed if isinstance(s, dict)
+                                   and isinstance(s.get("file"), str) and _SHARD_NAME.match(s["file"])
+                                   and _is_plain(home / s["file"])], f"part {record['name']}")
             lock = (held or {}).get(record["name"]) or self._try_lock(record["name"])
             if lock is None:
                 left.append(record)
@@ -919,6 +962,26 @@ def _rebuild_directory(home: Path, old: dict, group: tuple | None, part: str | N
     return [n for n, _ in listed], left_out, group
 
 
+class _HeldBy:
+    """Whether the texts of shard files are all held by the listed top-level ``shards`` (their keys are read
+    once, on first need): what a compaction retires must be, or deleting it would lose texts."""
+
+    def __init__(self, path: Path, shards: list[dict]):
+        self.path, self.shards, self.index = path, shards, None
+
+    def check(self, files: list[Path], what: str) -> None:
+        if self.index is None:
+            self.index = KeyIndex()
+            for shard in self.shards:
+                self.index.add(read_keys(self.path / shard["file"]), first_row=0)
+        for file in files:
+            if (self.index.lookup(read_keys(file)) < 0).any():
+                raise CacheDamagedError(
+                    f"cache {self.path}: {MANIFEST} field 'retired' names {what}, but {file.relative_to(self.path)} "
+                    "holds texts no live top-level shard holds: retiring it would lose them, so nothing more was "
+                    f"deleted; run 'embedcache verify {self.path} --rebuild' if the manifest is damaged")
+
+
 def _read_json(path: Path) -> dict:
     """A JSON object from ``path``, or {} where it is missing or not one."""
     try:
@@ -951,10 +1014,16 @@ def _other_files(path: Path) -> list[str]:
 
 def _part_names(path: Path) -> list[str]:
     """Names of the part directories of a cache, sorted; a link is never followed out of the cache."""
+    where = path / PARTS
     try:
-        entries = list(os.scandir(path / PARTS))
+        mode = os.lstat(where).st_mode
     except FileNotFoundError:
         return []
+    if not stat.S_ISDIR(mode):
+        what = "a link" if stat.S_ISLNK(mode) else "not a directory"
+        raise CacheDamagedError(f"cache {path}: {where} is {what}; the parts of a cache are plain directories inside "
+                                "it and a link is never followed out: move it away")
+    entries = list(os.scandir(where))
     return sorted(e.name for e in entries if _PART_NAME.match(e.name) and e.is_dir(follow_symlinks=False))
 
 
@@ -1054,10 +1123,10 @@ def manifest_problem(m) -> str | None:
             return f"{where}.rows must be a whole number >= 1, found {json.dumps(shard['rows'])}"
         if not isinstance(shard["sha256"], str) or not _HEX.match(shard["sha256"]):
             return f"{where}.sha256 must be 64 hex digits, found {json.dumps(shard['sha256'])[:70]}"
-    return _retired_problem(m.get("retired"))
+    return _retired_problem(m.get("retired"), seen)
 
 
-def _retired_problem(retired) -> str | None:
+def _retired_problem(retired, live=frozenset()) -> str | None:
     """What is wrong with the record of what a compaction replaced (it names files the next writer deletes)."""
     if retired is None:
         return None
@@ -1068,6 +1137,8 @@ def _retired_problem(retired) -> str | None:
     for name in retired["shards"]:
         if not (isinstance(name, str) and _SHARD_NAME.match(name)):
             return f"{expected}, found shard {json.dumps(name)[:60]}"
+        if name in live:
+            return f"field 'retired' names shard {name!r}, which field 'shards' lists live: retiring it would delete live data"
     for record in retired["parts"]:
         if not (isinstance(record, dict) and isinstance(record.get("name"), str) and _PART_NAME.match(record["name"])
                 and isinstance(record.get("id"), str)):
