@@ -307,8 +307,13 @@ def _serve_parser(sub) -> None:
                    help="(default 8000; 0: any free port)")
     s.add_argument("--workers", type=POSITIVE_INT, metavar="N", default=1, help="processes, each with its own model (default 1)")
     s.add_argument("--max-items", type=POSITIVE_INT, metavar="N", default=defaults.max_items, help="items per request (default %(default)s)")
-    s.add_argument("--max-chars", type=POSITIVE_INT, metavar="N", default=defaults.max_chars, help="characters per text (default %(default)s)")
+    s.add_argument("--max-chars", type=POSITIVE_INT, metavar="N", default=defaults.max_chars,
+                   help="characters per text (default: 4x the tokens the encoder reads; longer texts are refused)")
+    s.add_argument("--max-request-chars", type=POSITIVE_INT, metavar="N", default=defaults.max_request_chars,
+                   help="characters of all the texts of one request (default %(default)s)")
     s.add_argument("--max-batch", type=POSITIVE_INT, metavar="N", default=defaults.max_batch, help="items scored together (default %(default)s)")
+    _option(s, "--interval", help=OPTIONS["--interval"]["help"] + ": lower and upper in every reply unless a request "
+            "names its own interval")
     s.add_argument("--batch-wait-ms", type=flag_type(check_float, float, low=0), default=defaults.batch_wait_ms, metavar="MS",
                    help="how long a request waits for others to share its batch (default %(default)s)")
     s.set_defaults(quiet=False, imports=[], json=False)
@@ -319,7 +324,9 @@ def serve(args) -> dict:
     from .serve import serve as run_server
 
     run_server(args.model, args.cache, args.host, args.port, args.workers,
-               ServeConfig(args.max_items, args.max_chars, args.max_batch, args.batch_wait_ms))
+               ServeConfig(max_items=args.max_items, max_chars=args.max_chars, max_batch=args.max_batch,
+                           batch_wait_ms=args.batch_wait_ms, max_request_chars=args.max_request_chars,
+                           interval=args.interval))
     return {}
 
 

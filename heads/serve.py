@@ -22,6 +22,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -46,10 +47,17 @@ class ServeConfig:
     """Limits and batching of a served model."""
 
     max_items: int = 256  # items per request
-    max_chars: int = 20_000  # characters per text
+    max_chars: int | None = None  # characters per text; None: 4x what the encoder reads (its max tokens)
     max_batch: int = 512  # items scored together
     batch_wait_ms: float = 2.0  # how long a batch waits for more requests once the queue is empty
     lru_size: int = 100_000  # recent texts whose vectors are kept in memory
+    max_request_chars: int = 262_144  # characters of all texts of one request together: the work one client asks
+    body_timeout_s: float = 10.0  # a request body must arrive within this many seconds (slow clients hold a slot)
+    interval: float | None = None  # the bounds' level when a request names none (None: no bounds unless asked)
+
+
+CHARS_PER_TOKEN = 4  # a token covers about 4 characters of English (fewer elsewhere): max_chars' default
+FALLBACK_MAX_CHARS = 20_000  # where the encoder's maximum length is not known
 
 
 class RecentVectors(Encoder):
@@ -106,6 +114,8 @@ class Scorer:
         self.fields += [s for s in ("pair", "condition") if columns.get(s) is not None]
         # an item may name a side by the column it was trained from ({"prompt": ...} for {"text": ...})
         self.aliases = {c: s for s, c in columns.items() if s in self.fields and c is not None and c != s}
+        self.max_chars = config.max_chars or FALLBACK_MAX_CHARS  # until the encoder is loaded (warm_up)
+        self.metrics = None  # a ServeMetrics to count encoded texts and cache hits in
 
     def check(self, items) -> tuple[str | None, list]:
         """What is wrong with a request's items, naming the item and field (None when they can be scored),
@@ -119,6 +129,7 @@ class Scorer:
         return self._problem(items), items
 
     def _problem(self, items: list) -> str | None:
+        total = 0
         for i, item in enumerate(items):
             if not isinstance(item, dict):
                 return f"items[{i}]: expected an object with {', '.join(self.fields)}"
@@ -130,8 +141,16 @@ class Scorer:
                     return f"items[{i}].{field}: expected a string, got {type(value).__name__}"
                 if not value.strip():
                     return f"items[{i}].{field}: empty text"
-                if len(value) > self.config.max_chars:
-                    return f"items[{i}].{field}: {len(value)} characters, at most {self.config.max_chars}"
+                if len(value) > self.max_chars:
+                    return f"items[{i}].{field}: {len(value)} characters, at most {self.max_chars}"
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError as e:
+                    return f"items[{i}].{field}: not valid Unicode text (a lone surrogate at character {e.start})"
+                total += len(value)
+                if total > self.config.max_request_chars:
+                    return (f"items: more than {self.config.max_request_chars} characters in all; split the request "
+                            "into smaller ones")
             extra = sorted(set(item) - set(self.fields))
             if extra:
                 return f"items[{i}]: unknown field {extra[0]!r} (this model reads {', '.join(self.fields)})"
@@ -140,18 +159,31 @@ class Scorer:
     def warm_up(self) -> None:
         """Load the encoder now (a cache loads its own on first use)."""
         source = self.vectors.source if self.vectors else None
+        encoder = None
         if isinstance(source, EmbeddingCache):
             if source.encoder is None and source.encoder_spec is not None:
                 source.load_encoder()
+            encoder = source.encoder
         else:
-            self.model.own_encoder()
+            encoder = self.model.own_encoder()
+        reads = getattr(encoder, "max_length", None)
+        if self.config.max_chars is None and isinstance(reads, int):
+            self.max_chars = CHARS_PER_TOKEN * reads  # beyond it the encoder reads nothing more of a text
 
     def score(self, items: list[dict]) -> np.ndarray:
+        """Scores of ``items`` (one call at a time: the batcher's one thread); the texts it encoded and read
+        from the cache are added to ``self.metrics`` once, by the call that did the work."""
         model = self.model
         if self.joint:
             return model.predict(items)
-        df, path = as_table(items, model.columns_, model.sides_)
-        return model.predict_inputs(load_inputs(self.vectors, df, model.columns_, path))
+        before = (self.vectors.encoded, self.vectors.cache_hits)
+        try:
+            df, path = as_table(items, model.columns_, model.sides_)
+            return model.predict_inputs(load_inputs(self.vectors, df, model.columns_, path))
+        finally:
+            if self.metrics is not None:
+                self.metrics.texts.inc(self.vectors.encoded - before[0])
+                self.metrics.hits.inc(self.vectors.cache_hits - before[1])
 
 
 class Batcher:
@@ -189,10 +221,20 @@ class Batcher:
                 self.on_batch()
             try:
                 scores = await loop.run_in_executor(self.pool, self.scorer.score, items)
-            except Exception as e:  # noqa: BLE001 -- every waiting request gets the error
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(e)
+            except Exception as e:  # noqa: BLE001 -- scored again request by request: an error is its own
+                if len(batch) == 1:
+                    if not batch[0][1].done():
+                        batch[0][1].set_exception(e)
+                    continue
+                for request, future in batch:
+                    try:
+                        result = await loop.run_in_executor(self.pool, self.scorer.score, request)
+                    except Exception as own:  # noqa: BLE001 -- this request's own failure
+                        if not future.done():
+                            future.set_exception(own)
+                    else:
+                        if not future.done():
+                            future.set_result(result)
                 continue
             start = 0
             for request, future in batch:
@@ -237,12 +279,11 @@ async def score_request(body: dict, scorer: Scorer, batcher: Batcher, metrics: S
     metrics.requests.inc()
     start = time.perf_counter()
     problem, items = scorer.check(body.get("items"))
-    interval = body.get("interval")
+    interval = body.get("interval", scorer.config.interval)
     if problem is None and interval is not None and not (isinstance(interval, (int, float)) and 0 < interval < 1):
         problem = f"interval: expected a number between 0 and 1, got {interval!r}"
     if problem:
         raise RequestError(422, problem)
-    before = (scorer.vectors.encoded, scorer.vectors.cache_hits) if scorer.vectors else (0, 0)
     try:
         scores = await batcher.score(items)
         out = {"scores": scores.tolist()}
@@ -251,34 +292,66 @@ async def score_request(body: dict, scorer: Scorer, batcher: Batcher, metrics: S
             out.update(lower=lower.tolist(), upper=upper.tolist())
     except (ParameterError, InputError) as e:
         raise RequestError(422, str(e)) from None
-    if scorer.vectors:
-        metrics.texts.inc(max(0, scorer.vectors.encoded - before[0]))
-        metrics.hits.inc(max(0, scorer.vectors.cache_hits - before[1]))
     metrics.latency.observe(time.perf_counter() - start)
     return out
 
 
 class BodyLimit:
-    """ASGI middleware: a request whose Content-Length exceeds ``max_bytes`` gets a 413 before its body is read.
+    """ASGI middleware: a request body is read here as it arrives, counted in bytes (chunked ones too): past
+    ``max_bytes`` it gets a 413, and a body that does not arrive within ``timeout`` seconds a 408, before the
+    app sees it.  The app then reads the body from memory.
 
     Plain ASGI rather than ``@app.middleware("http")`` (Starlette's BaseHTTPMiddleware, which wraps every
     request in extra tasks): with that, the serve benchmark measured 2.55x the baseline at 32 clients against
     3.2-3.5x with this (single runs on a noisy 2-core machine)."""
 
-    def __init__(self, app, max_bytes: int, refused):
-        self.app, self.max_bytes, self.refused = app, max_bytes, refused
+    def __init__(self, app, max_bytes: int, refused, timeout: float = 10.0):
+        self.app, self.max_bytes, self.refused, self.timeout = app, max_bytes, refused, timeout
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-                from fastapi.responses import JSONResponse
-
-                self.refused()
-                detail = f"request body of {length.decode(errors='replace')} bytes, at most {self.max_bytes}"
-                await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await self._refuse(scope, receive, send, 413, f"request body of {length.decode(errors='replace')} bytes, "
+                               f"at most {self.max_bytes}")
+            return
+        chunks, size, deadline = [], 0, asyncio.get_running_loop().time() + self.timeout
+        while True:
+            left = deadline - asyncio.get_running_loop().time()
+            try:
+                message = await asyncio.wait_for(receive(), max(left, 0.001))
+            except TimeoutError:
+                await self._refuse(scope, receive, send, 408, f"the request body did not arrive within {self.timeout:g} s")
                 return
-        await self.app(scope, receive, send)
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send, 413, f"request body of more than {self.max_bytes} bytes, "
+                                   f"at most {self.max_bytes}")
+                return
+            if not message.get("more_body", False):
+                break
+        body, sent = b"".join(chunks), False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope, receive, send, status: int, detail: str) -> None:
+        from fastapi.responses import JSONResponse
+
+        self.refused(status)
+        response = JSONResponse({"detail": detail}, status_code=status, headers={"connection": "close"})
+        await response(scope, receive, send)
 
 
 def create_app(model_dir, cache=None, config: ServeConfig | None = None, api_key: str | None = None):
@@ -292,10 +365,13 @@ def create_app(model_dir, cache=None, config: ServeConfig | None = None, api_key
     config = config or ServeConfig()
     model = HeadModel.load(model_dir)
     cache = EmbeddingCache(cache) if cache is not None and not isinstance(cache, EmbeddingCache) else cache
+    if config.interval is not None:  # a default the model cannot give is one error now, not one per request
+        model.bounds(np.zeros((1, len(model.labels_))), config.interval)
     scorer, metrics = Scorer(model, cache, config), ServeMetrics()
+    scorer.metrics = metrics
     batcher = Batcher(scorer, config, on_batch=metrics.batches.inc)
     api_key = os.environ.get(API_KEY_VARIABLE) if api_key is None else api_key
-    name = str(model_dir)
+    name = Path(model_dir).name  # what clients see: the model's name, not where it lies on this machine
 
     @asynccontextmanager
     async def lifespan(app):
@@ -306,11 +382,15 @@ def create_app(model_dir, cache=None, config: ServeConfig | None = None, api_key
         task.cancel()
         batcher.pool.shutdown(wait=True)
 
-    app = FastAPI(title="heads", description=f"Scores from {model_dir}", lifespan=lifespan)
-    # a body larger than the largest valid request is refused before it is read
-    max_bytes = 4 * config.max_items * (config.max_chars + 100) * len(scorer.fields) + 4096
+    # nothing about where the model lies on this machine; with an API key, no unauthenticated schema or docs
+    hidden = {"openapi_url": None, "docs_url": None, "redoc_url": None} if api_key else {}
+    app = FastAPI(title="heads", description="Scores from a saved heads model", lifespan=lifespan, **hidden)
+    # a body larger than the largest valid request is refused as soon as that many bytes arrived
+    max_chars = min(config.max_request_chars, config.max_items * (config.max_chars or FALLBACK_MAX_CHARS))
+    max_bytes = 6 * max_chars + 200 * config.max_items * len(scorer.fields) + 4096  # \uXXXX escapes, field names
 
-    app.add_middleware(BodyLimit, max_bytes=max_bytes, refused=metrics.errors.labels("413").inc)
+    app.add_middleware(BodyLimit, max_bytes=max_bytes, timeout=config.body_timeout_s,
+                       refused=lambda status: metrics.errors.labels(str(status)).inc())
 
     def authorise(key: str | None) -> None:
         if api_key and not (key and hmac.compare_digest(key.encode(), api_key.encode())):
