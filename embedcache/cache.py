@@ -904,7 +904,7 @@ class EmbeddingCache:
         if not path.is_dir():
             raise CacheNotFoundError(f"no cache directory at {path}")
         cache = cls.__new__(cls)  # no manifest to read: just what the lock needs
-        cache.path, cache.lock_timeout = path, LOCK_TIMEOUT
+        cache.path, cache.lock_timeout, cache.part, cache.encoder = path, LOCK_TIMEOUT, None, None
         with cache._write_lock(tidy=False):
             old = _read_json(path / MANIFEST)
             listed, left_out, group = _rebuild_directory(path, old, None)
@@ -919,7 +919,8 @@ class EmbeddingCache:
                 listed += [_relative(name, n) for n in part_listed]
                 left_out += [(_relative(name, n), why) for n, why in part_left]
                 parts.append(name)
-        rows = sum(s["rows"] for s in _read_json(path / MANIFEST)["shards"])
+        rows = sum(s["rows"] for home in [path, *(path / PARTS / n for n in parts)]
+                   for s in _read_json(home / MANIFEST)["shards"])  # of the manifests rebuilt: what "listed" holds
         return {"listed": listed, "left_out": left_out, "fingerprint": group[0], "rows": rows, "parts": parts}
 
 
@@ -941,8 +942,17 @@ def _rebuild_directory(home: Path, old: dict, group: tuple | None, part: str | N
         for _, h in found:
             rows_by[_group(h)] = rows_by.get(_group(h), 0) + h["rows"]
         group = next((g for g in rows_by if g[0] == old.get("fingerprint")), None) or max(rows_by, key=rows_by.get)
-    listed = [(n, h) for n, h in found if _group(h) == group]
-    names = {n for n, _ in listed}
+    listed, copies, seen = [], [], {}
+    for n, h in found:
+        if _group(h) != group:
+            continue
+        if h["sha256"] in seen:  # the same keys and vectors under another name: listed once
+            copies.append((n, f"a copy of {seen[h['sha256']]} (the same vectors); listed once"))
+            continue
+        seen[h["sha256"]] = n
+        listed.append((n, h))
+    left_out += copies
+    names = {n for n, _ in listed} | {n for n, _ in copies}
     left_out += [(n, (f"whole, but of fingerprint {h.get('fingerprint')!r}, dim {h['shape'][1]}, {h['dtype']}; "
                       f"the cache keeps {group[0]!r}")) for n, h in found if n not in names]
     encoder = old.get("encoder") if old.get("fingerprint") == group[0] else None

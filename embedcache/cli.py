@@ -9,8 +9,8 @@ from pathlib import Path
 
 from . import __version__
 from .backends import BACKENDS
-from .cache import MANIFEST, EmbeddingCache
-from .checks import check_int, flag_type
+from .cache import LOCK_TIMEOUT, MANIFEST, EmbeddingCache
+from .checks import check_float, check_int, flag_type
 from .compaction import COMPACT_SHARD_SIZE
 from .compaction import compact as run_compact
 from .corpus import precompute as run_precompute
@@ -115,6 +115,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rows-per-batch", type=flag_type(check_int), default=1024, metavar="N",
                    help="with --ray: texts per actor call, at most one shard each (default 1024): small batches even "
                         "out when the actors finish, large ones leave fewer shards; run embedcache compact afterwards")
+    p.add_argument("--lock-timeout", type=flag_type(check_float, float, low=0), default=LOCK_TIMEOUT, metavar="S",
+                   help=f"seconds to wait while another process writes the cache (default {LOCK_TIMEOUT:g})")
+    p.add_argument("--no-wait", dest="lock_timeout", action="store_const", const=0,
+                   help="fail at once if the cache is being written")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -157,7 +161,7 @@ def precompute(args) -> dict:
         args.inputs, args.cache, args.text_col, template, args.model, device=args.device, batch_size=args.batch_size,
         max_length=args.max_length, precision=args.precision, normalize=args.normalize, dtype=args.dtype, backend=args.backend,
         shard_size=args.shard_size, fmt=args.format, header=not args.no_header, skip_empty=args.skip_empty,
-        progress=not args.quiet, rank=args.rank, world_size=args.world_size)
+        progress=not args.quiet, rank=args.rank, world_size=args.world_size, lock_timeout=args.lock_timeout)
     speed = f", {stats['texts_per_s']} texts/s encoding" if stats["encoded"] else ""
     if "part" in stats:
         print(f"rank {stats['rank']} of {stats['world_size']} (from {stats['rank_from']}): {stats['slice']} of the "
@@ -187,7 +191,8 @@ def verify(args) -> dict:
         report = EmbeddingCache.rebuild(args.cache)
         for name, reason in report["left_out"]:
             print(f"left out {Path(args.cache) / name}: {reason} (file kept)")
-        print(f"rebuilt {Path(args.cache) / MANIFEST}: {len(report['listed'])} shards, {report['rows']} vectors, "
+        parts = f" and the manifests of parts {', '.join(report['parts'])}" if report["parts"] else ""
+        print(f"rebuilt {Path(args.cache) / MANIFEST}{parts}: {len(report['listed'])} shards, {report['rows']} vectors, "
               f"fingerprint {report['fingerprint']}; nothing was deleted")
         return {"ok": True, "rebuilt": True, "shards": len(report["listed"]), "rows": report["rows"],
                 "left_out": [{"file": n, "reason": r} for n, r in report["left_out"]]}

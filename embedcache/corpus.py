@@ -12,7 +12,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .cache import MANIFEST, EmbeddingCache
+from .cache import LOCK_TIMEOUT, MANIFEST, EmbeddingCache
 from .encoders import load_encoder, quick_key, unknown_warning
 from .files import check_not_input
 from .errors import CacheError, InputError, TruncatedTextsWarning, UnknownTokensWarning
@@ -25,7 +25,8 @@ def precompute(inputs, cache, text_cols=(), template: str | None = None, model: 
                device: str | None = None, batch_size: int = 64, max_length: int | None = None,
                precision: str | None = None, normalize: bool = False, dtype: str | None = None,
                backend: str | None = None, shard_size: int = 20_000, fmt: str | None = None, header: bool = True, skip_empty: bool = False,
-               progress: bool = True, rank: int | None = None, world_size: int | None = None) -> dict:
+               progress: bool = True, rank: int | None = None, world_size: int | None = None,
+               lock_timeout: float = LOCK_TIMEOUT) -> dict:
     """Encode the texts of ``inputs`` (data files) into the cache directory ``cache``; return a summary.
 
     ``text_cols`` are columns whose texts are cached, ``template`` composes one text per row
@@ -40,7 +41,8 @@ def precompute(inputs, cache, text_cols=(), template: str | None = None, model: 
     ``embedcache.ranks.launcher_rank``) make this process encode only its slice of the
     distinct texts into its own part of the cache, on GPU ``local_rank % device_count``
     when there are GPUs; the summary then also holds rank, world_size, part and
-    slice (distinct texts of this rank).
+    slice (distinct texts of this rank).  ``lock_timeout``: seconds to wait while another process writes
+    the cache (0: fail at once).
     """
     start = time.perf_counter()
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
@@ -62,7 +64,7 @@ def precompute(inputs, cache, text_cols=(), template: str | None = None, model: 
         distinct = list(dict.fromkeys(texts))
         mine = [t for t, owned in zip(distinct, me.owns(text_keys(distinct))) if owned]
         device = device or _device_of(me.local_rank)
-    store = _open(cache, mine, model, options, device, batch_size, dtype, shard_size, me.part)
+    store = _open(cache, mine, model, options, device, batch_size, dtype, shard_size, me.part, lock_timeout)
     stats = store.add(mine, progress=progress)
     if me.part is not None:
         stats.update(rank=me.rank, world_size=me.world_size, part=me.part, rank_from=me.source,
@@ -111,19 +113,20 @@ def _device_of(local_rank: int) -> str | None:
     return f"cuda:{local_rank % torch.cuda.device_count()}" if torch.cuda.is_available() else None
 
 
-def _open(cache, texts, model, options: dict, device, batch_size, dtype, shard_size, part=None) -> EmbeddingCache:
+def _open(cache, texts, model, options: dict, device, batch_size, dtype, shard_size, part=None,
+          lock_timeout: float = LOCK_TIMEOUT) -> EmbeddingCache:
     """The cache to add ``texts`` to: with its encoder loaded, unless every text is cached and the encoder
     asked for is one the cache verified before (then no model is loaded)."""
     cache = Path(cache)
     if cache.exists() and not cache.is_dir():
         raise CacheError(f"cache {cache} is a file, not a directory")
-    known = (cache / MANIFEST).exists() and EmbeddingCache(cache, dtype=dtype)
+    known = (cache / MANIFEST).exists() and EmbeddingCache(cache, dtype=dtype, lock_timeout=lock_timeout)
     model, options = recorded_encoder(known or None, model, options)
     key = quick_key(model, device=device, **options)
     if known and known.knows(key) and known.contains(texts).all():
         return known  # everything is cached: no need to load the model
     calibration = {"calibration": texts} if options.get("backend") in ("auto", "openvino-int8") else {}
     encoder = load_encoder(model, device=device, batch_size=batch_size, **options, **calibration)
-    store = EmbeddingCache(cache, encoder, dtype=dtype, shard_size=shard_size, part=part)
+    store = EmbeddingCache(cache, encoder, dtype=dtype, shard_size=shard_size, part=part, lock_timeout=lock_timeout)
     store.remember(key)
     return store

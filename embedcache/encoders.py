@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -41,6 +42,9 @@ def _version(dist: str) -> str:
         return "absent"
 
 
+# A run of this many characters without a space is one unknown token to WordPiece (its max_input_chars_per_word
+# is 100), even in ASCII: such texts are counted like texts outside ASCII.
+_LONG_WORD = re.compile(r"\S{101,}")
 UNKNOWN_SHARE = 0.25  # a text with at least this share of unknown tokens is mostly lost on its encoder
 
 
@@ -66,8 +70,8 @@ class Encoder:
 
     def __init__(self) -> None:
         self.truncated = 0  # texts truncated so far, over the life of this encoder
-        # Unknown tokens, over the life of this encoder: only texts outside ASCII are
-        # tokenized for this (every printable ASCII character is in these vocabularies).
+        # Unknown tokens, over the life of this encoder: only texts outside ASCII, or with a word too long for
+        # WordPiece, are tokenized for this (every printable ASCII character is in these vocabularies).
         self.unknown_tokens = self.checked_tokens = self.mostly_unknown = 0
         self.unknown_examples: list[str] = []  # the first few texts that were mostly unknown tokens
         # One call at a time: a fast tokenizer used from two threads at once fails ("Already borrowed"),
@@ -95,7 +99,7 @@ class Encoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         with self._calls:
             self.truncated += self.count_truncated(texts)
-            self._count_unknown([t for t in texts if not t.isascii()])
+            self._count_unknown([t for t in texts if not t.isascii() or _LONG_WORD.search(t)])
             vectors = np.asarray(self._encode(texts), dtype=np.float32)
         if vectors.shape != (len(texts), self.dim):
             raise RuntimeError(

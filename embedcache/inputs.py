@@ -33,6 +33,19 @@ def _decode(path: Path) -> str:
         ) from None
 
 
+def _extra_fields(path: Path, text: str, fmt: str) -> str:
+    """The message for a CSV/TSV row with more fields than its header, naming the first such line."""
+    import csv
+
+    reader = csv.reader(io.StringIO(text), delimiter="," if fmt == "csv" else "\t")
+    width = len(next(reader, []))
+    for row in reader:
+        if len(row) > width:
+            return (f"{path}: line {reader.line_num} has {len(row)} fields, but the header names {width} columns; "
+                    "quote fields that contain the separator")
+    return f"{path}: a row has more fields than the header names columns; quote fields that contain the separator"
+
+
 def read_table(path, fmt: str | None = None, header: bool = True) -> pd.DataFrame:
     """Read a table; the format comes from the extension unless ``fmt`` is given.
 
@@ -57,12 +70,19 @@ def read_table(path, fmt: str | None = None, header: bool = True) -> pd.DataFram
             raise InputError(f"{path}: not a readable Parquet file ({e})") from None
     elif fmt in ("csv", "tsv"):
         text = _decode(path)
+        import warnings
+
         try:
-            df = pd.read_csv(io.StringIO(text), sep="," if fmt == "csv" else "\t", dtype=str,
-                             keep_default_na=False, skip_blank_lines=False,
-                             header=0 if header else None)
+            with warnings.catch_warnings():
+                # index_col=False: a row with more fields than the header is an error, never an index
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                df = pd.read_csv(io.StringIO(text), sep="," if fmt == "csv" else "\t", dtype=str,
+                                 keep_default_na=False, skip_blank_lines=False, index_col=False,
+                                 header=0 if header else None)
+        except pd.errors.ParserWarning:
+            raise InputError(_extra_fields(path, text, fmt)) from None
         except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-            raise InputError(f"{path}: not a readable {fmt.upper()} file ({e})") from None
+            raise InputError(f"{path}: not a readable {fmt.upper()} file ({' '.join(str(e).split())})") from None
         if header:  # pandas renames a repeated name to 'name.1': a column would be read silently from the other
             import csv
 

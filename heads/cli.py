@@ -516,7 +516,13 @@ def import_modules(names) -> None:
                 raise InputError(f"--import {name}: no such file")
             spec.loader.exec_module(importlib.util.module_from_spec(spec))
         else:
-            importlib.import_module(name)
+            try:
+                importlib.import_module(name)
+            except ModuleNotFoundError as e:
+                if e.name is None or not name.startswith(e.name):
+                    raise  # the module exists, and itself imports what is missing: its own traceback says where
+                raise InputError(f"--import {name}: no module of that name (give a module on the Python path, "
+                                 "or a .py file)") from None
 
 
 def _write_csv(df, path) -> None:

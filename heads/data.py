@@ -147,6 +147,11 @@ def load_labels(df: pd.DataFrame, label_cols: list[str], path) -> np.ndarray:
     out = np.empty((len(df), len(label_cols)))
     for j, col in enumerate(label_cols):
         raw = df[col]
+        booleans = np.flatnonzero(raw.map(lambda v: isinstance(v, (bool, np.bool_))).to_numpy(dtype=bool))
+        if len(booleans):  # JSON true/false: a yes/no, not a score on a scale
+            i = booleans[0]
+            raise InputError(f"{path}: row {i + 1}, column {col!r}: expected a number, found {raw.iloc[i]!r} (a "
+                             f"boolean; {len(booleans)} such rows): write 1 and 0 if that is the score you mean")
         values = pd.to_numeric(raw.replace("", np.nan), errors="coerce").to_numpy(dtype=float)
         not_numbers = np.flatnonzero(np.isnan(values) & raw.notna().to_numpy() & (raw.astype(str).str.strip() != "").to_numpy()
                                      & (raw.astype(str).str.lower() != "nan").to_numpy())

@@ -73,7 +73,13 @@ def check_label_values(y: np.ndarray, label_range, labels, path) -> None:
 
 def label_scaling(y: np.ndarray, labels, path) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation per label: heads learn standardised labels.  A constant label is an error."""
-    mean, std = np.nanmean(y, axis=0), np.nanstd(y, axis=0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = np.nanmean(y, axis=0), np.nanstd(y, axis=0)
+    huge = [name for name, m, s in zip(labels, mean, std) if not (np.isfinite(m) and np.isfinite(s))]
+    if huge:
+        j = labels.index(huge[0])
+        raise InputError(f"{path}: label {huge[0]!r} has values too large to average (up to {np.nanmax(np.abs(y[:, j])):g}); "
+                         "rescale them to a range such as 0-1 or 0-10")
     constant = [name for name, s in zip(labels, std) if not s > 0]
     if constant:
         raise InputError(f"{path}: label {', '.join(map(repr, constant))} is constant in the training rows; nothing to learn")
@@ -286,6 +292,11 @@ class HeadModel:
                                         f"(fingerprint {self.encoder_['fingerprint']}), but {found}")
 
     def _inputs(self, cache, data, columns=None, add_missing=False, conditions=None) -> tuple[Inputs, pd.DataFrame, str]:
+        for side in ("pair", "condition"):
+            given = (columns or {}).get(side)
+            if given is not None and side not in self.sides_:
+                raise ParameterError(f"the model reads {', '.join(self.sides_)} only, not a {side}: leave out the "
+                                     f"{side} column ({given!r}, --{side}-col) or train a model that reads one")
         columns = {**self.columns_, **{k: v for k, v in (columns or {}).items() if v is not None}}
         df, path = as_table(data, columns, self.sides_, conditions)
         source = self.vector_source(cache)
