@@ -42,7 +42,7 @@ examples:
   embedcache compact cache/e5    # afterwards: merge the parts into large shards
 
   # on a Ray cluster (pip install 'embedcache[ray]'): 16 actors with a GPU each
-  embedcache precompute '/shared/corpus/*.parquet' --cache /shared/cache/e5 --model multilingual-e5-small \
+  embedcache precompute '/shared/corpus/*.parquet' --cache /shared/cache/e5 --model multilingual-e5-small \\
       --text-col text --ray auto --workers 16 --gpus-per-worker 1
 
   # a CSV without a header row: columns are named 0, 1, 2, ...

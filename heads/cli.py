@@ -48,7 +48,7 @@ examples:
   # a corpus of many files on a Ray cluster: one Parquet file of scores per input, resumable
   heads predict --model models/quality --data 'corpus/*.parquet' --ray auto --workers 8 --gpus-per-worker 1 --out scores/
   # no labels yet: score 450k prompts from a few hundred labelled ones, then train on the result
-  heads pseudolabel --cache cache/minilm --data prompts.csv --text-col prompt --labeled rated.csv \
+  heads pseudolabel --cache cache/minilm --data prompts.csv --text-col prompt --labeled rated.csv \\
       --label-col score --method self-train --out pseudo.csv
   heads train --cache cache/minilm --data pseudo.csv --text-col prompt --label-col score --out models/quality
 
@@ -229,7 +229,9 @@ def _finetune_parser(sub) -> None:
     _option(f, "--val-data")
     _out_arguments(f, "MODEL_DIR", "where to save the model (with encoder/ inside)")
     add_arguments(f, FINETUNE_DEFAULTS, "head training (concat, two-tower as heads train; cross: both texts in one "
-                  "sequence)", zero_lr=True)
+                  "sequence)", zero_lr=True, helps={"head": "head type: concat (the default), two-tower, cross (both "
+                                                  "texts in one sequence), auto (two-tower for a pair of texts, concat "
+                                                  "otherwise) or a registered type"})
     add_arguments(f, FinetuneConfig(), "encoder training")
     f.add_argument("--export-encoder", metavar="DIR", help="also write the fine-tuned encoder here (a sentence-transformers "
                    "directory: embedcache precompute --model DIR caches its vectors)")

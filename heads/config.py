@@ -131,12 +131,15 @@ METAVARS = {"dropout": "P", "lr": "LR", "encoder_lr": "LR", "weight_decay": "W",
             "max_length": "N", "grad_accum": "N", "model": "NAME_OR_PATH", "init_head": "MODEL_DIR", "head": "HEAD"}
 
 
-def add_arguments(parser, config, title: str, zero_lr: bool = False) -> None:
+def add_arguments(parser, config, title: str, zero_lr: bool = False, helps: dict | None = None) -> None:
     """One flag per field of ``config`` (an instance: its values are the defaults), in an argument group;
-    ``zero_lr`` lets ``--lr`` be 0, as ``TrainConfig.check(zero_lr=True)`` does."""
+    ``zero_lr`` lets ``--lr`` be 0, as ``TrainConfig.check(zero_lr=True)`` does; ``helps`` replaces the help of
+    fields by name (where a command's default tells another story than the field's)."""
     group = parser.add_argument_group(title)
     for f in fields(config):
         meta, default, flag = f.metadata, getattr(config, f.name), "--" + f.name.replace("_", "-")
+        if helps and f.name in helps:
+            meta = {**meta, "help": helps[f.name]}
         if f.name == "shared":
             group.add_argument("--no-shared", dest="shared", action="store_false", default=default, help=meta["help"])
         elif isinstance(default, bool):
