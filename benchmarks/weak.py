@@ -13,6 +13,16 @@ Rows, by Spearman x 100 on the 1,500 dev pairs (mean over --draws random 5%):
   100%         the head trained on every training label
 "recovered" is (row - 5%) / (100% - 5%).  Goal: knn or self-training recovers
 at least half of the gap.  Vectors are cached under --work.
+
+    python benchmarks/weak.py --lf                 # labeling functions only: seconds, no encoder
+
+--lf: labeling functions on EmoBank valence (../shared/data/emobank, train ->
+dev), five functions of the documented kind (``return 4.0 if ... else None``:
+a few cue words each), combined from 300 labelled training sentences by the
+learned weighted mean (mapped onto the labels' scale) and by a ridge on the
+functions' votes and outputs: Pearson and Spearman with the dev labels on the
+dev rows some function voted on, and how the pseudo-labels' mean and spread
+compare with the labels'.  The better combination is heads pseudolabel's default.
 """
 
 from __future__ import annotations
@@ -103,6 +113,64 @@ def run(alias: str, args) -> None:
           f"{len(round_s) / args.draws:.1f} rounds per run including round 0", flush=True)
 
 
+POSITIVE = ("love", "happy", "great", "wonderful", "best", "enjoy", "beautiful", "thank", "glad", "excellent",
+            "good", "fun", "hope", "win", "success", "proud", "amazing", "nice", "friend", "celebrat", "smile",
+            "excit", "fantastic", "perfect", "delight", "pleas", "joy", "congratulat", "award", "laugh")
+NEGATIVE = ("hate", "sad", "terrible", "worst", "kill", "death", "died", "war", "pain", "angry", "fear", "bad",
+            "attack", "crime", "poor", "problem", "fail", "lost", "wrong", "hurt", "victim", "murder", "sick",
+            "crisis", "disaster", "afraid", "violen", "prison", "dead", "cancer")
+
+
+def _cue(words, value):
+    def fn(text):
+        t = " " + text.lower()
+        return value if any(f" {w}" in t for w in words) else None
+    return fn
+
+
+def lf_functions(word_count: bool = False):
+    """Five functions of the documented kind (a constant when a cue is present, else no opinion); with
+    ``word_count`` a sixth that votes everywhere with a value that says little (the number of words)."""
+    cues = [_cue(POSITIVE[:15], 4.0), _cue(POSITIVE[15:], 3.8), _cue(NEGATIVE[:15], 2.0), _cue(NEGATIVE[15:], 2.2),
+            lambda t: 3.5 if "!" in t else None]
+    return cues + ([lambda t: min(len(t.split()), 40) / 10] if word_count else [])
+
+
+def lf_table(args) -> None:
+    from scipy.stats import pearsonr
+
+    from heads.pseudolabel import label_with_functions
+
+    data = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "emobank"
+    train, dev = (pd.read_csv(data / f"{split}.csv", keep_default_na=False).query("text != ''") for split in ("train", "dev"))
+    print(f"\n### labeling functions: EmoBank valence, {args.lf_labels} labelled train sentences, {args.draws} draws\n")
+    print("| functions | combination | dev Pearson x 100 | dev Spearman x 100 | dev rows scored | pseudo mean / labels' "
+          "mean | pseudo std / labels' std |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    wins = {"weighted": 0, "ridge": 0}
+    for word_count in (False, True):
+        results = {}
+        for how in ("weighted", "ridge", "plain mean (no labels)"):
+            rows = []
+            for draw in range(args.draws):
+                labeled = train.sample(args.lf_labels, random_state=draw)
+                if how.startswith("plain"):
+                    scores, _, _ = label_with_functions(dev.text.tolist(), lf_functions(word_count))
+                else:
+                    scores, _, _ = label_with_functions(dev.text.tolist(), lf_functions(word_count),
+                                                        labeled.text.tolist(), labeled.V.to_numpy(float), how)
+                ok = ~np.isnan(scores)
+                truth = dev.V.to_numpy(float)[ok]
+                rows.append((100 * pearsonr(scores[ok], truth)[0], 100 * spearmanr(scores[ok], truth)[0], ok.sum(),
+                             scores[ok].mean() / truth.mean(), scores[ok].std() / truth.std()))
+            m = np.mean(rows, axis=0)
+            results[how] = m[0]
+            which = "5 cue-word functions" + (" + word count" if word_count else "")
+            print(f"| {which} | {how} | {m[0]:.1f} | {m[1]:.1f} | {m[2]:.0f} of {len(dev)} | {m[3]:.3f} | {m[4]:.3f} |")
+        wins[max(("weighted", "ridge"), key=results.get)] += 1
+    print(f"\nbetter with labels (sets won): {wins}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--encoders", nargs="+", default=["minilm", "use-multilingual"])
@@ -114,7 +182,12 @@ def main() -> None:
     ap.add_argument("--committee", type=int, default=3)
     ap.add_argument("--select", default="spearman", help="validation metric judging a round (default spearman, the measure here)")
     ap.add_argument("--work", default="/tmp/embedcache-bench", help="where the STS caches live between runs")
+    ap.add_argument("--lf", action="store_true", help="the labeling-function table only (EmoBank, no encoder)")
+    ap.add_argument("--lf-labels", type=int, default=300, help="labelled sentences for --lf (default 300)")
     args = ap.parse_args()
+    if args.lf:
+        lf_table(args)
+        return
     torch.set_num_threads(os.cpu_count())
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{'cuda' if torch.cuda.is_available() else 'cpu'}")

@@ -20,6 +20,7 @@ from .encoders import (
     register_encoder,
     resolve_device,
     resolve_precision,
+    spec_difference,
     unknown_warning,
 )
 from .errors import (
@@ -116,6 +117,7 @@ __all__ = [
     "resolve_precision",
     "run_command",
     "save_soft_prompt",
+    "spec_difference",
     "table_source",
     "template_columns",
     "text_keys",

@@ -55,7 +55,7 @@ from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from . import __version__
-from .encoders import Encoder, load_encoder
+from .encoders import Encoder, load_encoder, spec_difference
 from .errors import (
     CacheDamagedError,
     CacheError,
@@ -348,7 +348,9 @@ class EmbeddingCache:
             raise FingerprintMismatchError(
                 f"cache {self.path} was built by encoder {self._manifest['encoder']['name']!r} "
                 f"(fingerprint {self.fingerprint}), but the given encoder is {encoder.name!r} "
-                f"(fingerprint {encoder.fingerprint}); use another cache directory for it"
+                f"(fingerprint {encoder.fingerprint}); they differ in: "
+                f"{spec_difference(self.encoder_spec, encoder.spec, ('the cache', 'the encoder'))}; "
+                "use another cache directory for it"
             )
 
     # -- properties -----------------------------------------------------------

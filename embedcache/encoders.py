@@ -526,6 +526,20 @@ def quiet_transformers() -> None:
         hf_logging.disable_progress_bar()
 
 
+def spec_difference(a: dict | None, b: dict | None, what=("the model", "the cache")) -> str:
+    """What differs between two ``load_encoder`` records, in words ("backend 'openvino-int8' in the model, the
+    default (torch) in the cache"), or what is left when they agree (the weights or the library versions)."""
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return "one of them was built by a custom encoder"
+    defaults = {"backend": "torch", "precision": "auto", "normalize": False, "max_length": None, "prompt": None}
+    out = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key, defaults.get(key)), b.get(key, defaults.get(key))
+        if x != y:
+            out.append(f"{key} {x!r} in {what[0]}, {y!r} in {what[1]}")
+    return "; ".join(out) if out else "the same model and options, so the weights or the library versions"
+
+
 def _declared(factory: Callable, kwargs: dict) -> dict:
     """The arguments ``factory`` declares (all of them if it takes ``**kwargs``); the others must be unset."""
     import inspect

@@ -254,6 +254,10 @@ def _pseudolabel_parser(sub) -> None:
                    "nearest labelled rows; self-train: heads trained on the labels, then on their surest "
                    "predictions (default: self-train with --labeled, else lf)")
     w.add_argument("--lf", action="append", metavar="NAME", help="labeling function to use; repeat (default: all registered)")
+    w.add_argument("--combine", default="ridge", choices=["ridge", "weighted"],
+                   help="with --labeled, how lf combines the functions: ridge (default: a ridge regression from each "
+                        "function's vote and output to the labels) or weighted (a learned weighted mean, mapped onto "
+                        "the labels' scale)")
     w.add_argument("--k", type=POSITIVE_INT, default=10, help="neighbours per row for knn (default 10)")
     w.add_argument("--rounds", type=POSITIVE_INT, default=3, help="self-training rounds after the labelled-only one (default 3)")
     w.add_argument("--committee", type=flag_type(check_int, minimum=2), default=3,
@@ -459,13 +463,15 @@ def pseudolabel(args) -> dict:
         args.label_col, args.lf, k=args.k, model=HeadModel(config), rounds=args.rounds, committee=args.committee,
         select=args.select, label_range=config.label_range, val_data=_read(args, args.val_data) if args.val_data else None,
         id_col=args.id_col, paths=(args.data, args.labeled), add_missing=args.add_missing,
-        min_confidence=args.min_confidence, progress=not args.quiet)
+        min_confidence=args.min_confidence, progress=not args.quiet, combine_with=args.combine)
     summary.pop("models", None)  # the committee; the table is what this command gives
     _write_csv(out, args.out)
     for name, entry in summary.get("functions", {}).items():
-        corr = entry.get("correlation")
+        corr, voted, other = entry.get("correlation"), entry.get("mean_label_voted"), entry.get("mean_label_abstained")
         print(f"  {name}: coverage {entry['coverage']:.1%}, weight {entry['weight']:.3g}"
-              + (f", correlation with labels {corr:.3f}" if corr is not None else ""))
+              + (f", correlation with labels where it votes {corr:.3f}" if corr is not None else "")
+              + (f", labels average {voted:.3g} where it votes, {other:.3g} elsewhere"
+                 if voted is not None and other is not None else ""))
     for r in summary.get("rounds", []):
         print(f"  round {r['round']}: {r['n_pseudo']} pseudo-labelled + labelled = {r['n_train']} rows, "
               f"val rmse {r['rmse']:.4f} spearman {r['spearman']:.4f} ({r['seconds']:.1f} s)")

@@ -229,16 +229,19 @@ def _with_conditions(df: pd.DataFrame, column: str, conditions) -> pd.DataFrame:
     return df.assign(**{column: conditions})
 
 
-def plain_table(data, labels, conditions=None) -> tuple[pd.DataFrame, list[str], dict]:
+def plain_table(data, labels, conditions=None, template=None) -> tuple[pd.DataFrame, list[str], dict]:
     """Texts (a list of texts, ``(text, pair)`` tuples or dicts) and their labels as a table: the table, the
-    label column names (``score``, or ``score_0``... for several) and the text columns."""
+    label column names (``score``, or ``score_0``... for several) and the text columns.  With a ``template``,
+    dicts may carry its fields (what predict and serve accept)."""
     identity = {s: s for s in SIDES}
     df = _records(data, identity, ("text", "pair"))
     if conditions is not None:
         df = _with_conditions(df, "condition", conditions)
-    unknown = sorted(set(df.columns) - set(SIDES))
+    fields = list(template_columns(template)) if template else []
+    unknown = sorted(set(df.columns) - set(SIDES) - set(fields))
     if unknown:
-        raise ParameterError(f"data: unknown field {unknown[0]!r}; items have text, pair and condition")
+        known = ", ".join(dict.fromkeys([*fields, "text", "pair", "condition"]))
+        raise ParameterError(f"data: unknown field {unknown[0]!r}; items have {known}")
     try:
         y = np.asarray(labels, dtype=float)
     except (TypeError, ValueError):

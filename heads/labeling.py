@@ -6,7 +6,9 @@ registered with the ``labeling_function`` decorator (a convenience for
 ``heads pseudolabel --import my_lfs.py``).  The built-in ones score prompt
 quality on 0-1 and are examples to copy more than a finished judge.
 ``combine`` takes a weighted mean of the functions that do not abstain;
-``learn_weights`` fits the weights against a labelled subset.
+``learn_weights`` fits the weights against a labelled subset and ``affine_map``
+puts the result on the labels' scale; ``learn_ridge`` fits a ridge regression
+from the outputs (and whether each function voted) to the labels instead.
 
     from heads.labeling import labeling_function
 
@@ -92,7 +94,10 @@ def resolve(functions=None) -> dict[str, Callable]:
     out = {}
     for item in LABELING_FUNCTIONS if functions is None else functions:
         if callable(item):
-            out[getattr(item, "labeling_name", item.__name__)] = item
+            name = getattr(item, "labeling_name", getattr(item, "__name__", type(item).__name__))
+            if name in out and out[name] is not item:  # two lambdas, or two closures of one factory: both count
+                name = next(f"{name}_{i}" for i in range(2, len(out) + 3) if f"{name}_{i}" not in out)
+            out[name] = item
         elif item in LABELING_FUNCTIONS:
             out[item] = LABELING_FUNCTIONS[item]
         else:
@@ -176,16 +181,76 @@ def learn_weights(outputs: np.ndarray, y: np.ndarray) -> np.ndarray:
     return w / w.sum() if w.sum() > 0 else np.full(k, 1 / k)
 
 
+def affine_map(scores: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """``(intercept, slope)`` of the least-squares line from ``scores`` to the labels ``y`` (rows where both are
+    known): what puts a weighted mean of function outputs on the labels' scale.  Slope 0 where the scores do
+    not vary (the labels' mean everywhere)."""
+    both = ~np.isnan(scores) & ~np.isnan(y)
+    if both.sum() < 2:
+        return 0.0, 1.0
+    s, t = scores[both], y[both]
+    var = ((s - s.mean()) ** 2).sum()
+    slope = float(((s - s.mean()) * (t - t.mean())).sum() / var) if var > 0 else 0.0
+    return float(t.mean() - slope * s.mean()), slope
+
+
+def _features(outputs: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Per function: whether it voted, and its centred output where it voted (0 where it abstained)."""
+    voted = ~np.isnan(outputs)
+    return np.hstack([voted.astype(float), np.where(voted, outputs - centres, 0.0)])
+
+
+def learn_ridge(outputs: np.ndarray, y: np.ndarray) -> dict:
+    """A ridge regression from the functions' outputs to the labels, on the labelled rows where any voted.
+
+    Each function gives two features: whether it voted and its (centred) output where it did, so a function
+    of the documented kind (``0.9 if ... else None``) says what it says by voting.  The regularisation is
+    chosen by leave-one-out (scikit-learn's RidgeCV).  Scores come out on the labels' scale.
+    """
+    from sklearn.linear_model import RidgeCV
+
+    y = np.asarray(y, dtype=float)
+    centres = np.array([np.nanmean(c) if (~np.isnan(c)).any() else 0.0 for c in outputs.T])
+    rows = (~np.isnan(outputs)).any(axis=1) & ~np.isnan(y)
+    if rows.sum() < 3:
+        raise ParameterError(f"the labeling functions voted on {int(rows.sum())} labelled rows; at least 3 are needed "
+                             "to learn how to combine them")
+    fit = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(_features(outputs[rows], centres), y[rows])
+    return {"coef": fit.coef_, "intercept": float(fit.intercept_), "centres": centres, "alpha": float(fit.alpha_)}
+
+
+def ridge_combine(outputs: np.ndarray, fitted: dict) -> np.ndarray:
+    """Scores of ``learn_ridge``'s fit; NaN where every function abstains."""
+    out = _features(outputs, fitted["centres"]) @ fitted["coef"] + fitted["intercept"]
+    return np.where((~np.isnan(outputs)).any(axis=1), out, np.nan)
+
+
+def ridge_weights(outputs: np.ndarray, fitted: dict) -> np.ndarray:
+    """Each function's share of the fit's effect: the spread its two features add to the scores (sums to 1)."""
+    features = _features(outputs, fitted["centres"])
+    k = outputs.shape[1]
+    spread = np.array([np.std(features[:, [j, j + k]] @ fitted["coef"][[j, j + k]]) for j in range(k)])
+    return spread / spread.sum() if spread.sum() > 0 else np.full(k, 1 / k)
+
+
 def coverage_report(outputs: np.ndarray, names: list[str], y=None) -> dict:
-    """Per function: coverage (share of texts it scores) and, with labels, Pearson r on the rows it scores."""
+    """Per function: coverage (share of texts it scores) and, with labels, on the labelled rows: Pearson r of
+    its output with the labels where it votes (None where it votes one value), the labels' mean where it
+    votes and elsewhere, and the correlation of voting itself with the labels (what a constant vote says)."""
     report = {}
     for j, name in enumerate(names):
         voted = ~np.isnan(outputs[:, j])
         entry = {"coverage": float(voted.mean())}
         if y is not None:
-            both = voted & ~np.isnan(y)
+            known = ~np.isnan(y)
+            both = voted & known
             values = outputs[both, j]
             defined = both.sum() > 2 and values.std() > 0 and y[both].std() > 0
             entry["correlation"] = float(np.corrcoef(values, y[both])[0, 1]) if defined else None
+            entry["mean_label_voted"] = float(y[both].mean()) if both.any() else None
+            entry["mean_label_abstained"] = float(y[~voted & known].mean()) if (~voted & known).any() else None
+            flag = voted[known].astype(float)
+            entry["vote_correlation"] = float(np.corrcoef(flag, y[known])[0, 1]) \
+                if 0 < flag.sum() < len(flag) and y[known].std() > 0 else None
         report[name] = entry
     return report

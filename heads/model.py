@@ -30,6 +30,7 @@ from embedcache import (
     inside,
     read_table,
     resolve_device,
+    spec_difference,
     table_source,
     unknown_warning,
 )
@@ -86,6 +87,15 @@ def label_scaling(y: np.ndarray, labels, path) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
+class PseudoLabelValidationWarning(UserWarning):
+    """Validation rows carry pseudo-labels only: the metrics measure agreement with the labeler."""
+
+
+def _only_pseudo_labels(df: pd.DataFrame) -> bool:
+    return "source" in df.columns and "confidence" in df.columns and \
+        set(df["source"].astype(str)) == {"data"}
+
+
 def pseudolabel_rows(df: pd.DataFrame) -> np.ndarray | None:
     """Positions of the labelled rows when ``df`` is a table written by heads pseudolabel, else None."""
     if "source" not in df.columns or "confidence" not in df.columns:
@@ -136,7 +146,7 @@ class HeadModel:
         if cache is not None and not isinstance(cache, EmbeddingCache):
             options.setdefault("add_missing", True)  # a cache directory given to fit is built and filled
         if not isinstance(data, pd.DataFrame) and not is_data_file(data):
-            data, labels, columns = plain_table(data, labels, conditions)
+            data, labels, columns = plain_table(data, labels, conditions, options.get("template"))
             options = {**columns, **options}
         return self.fit_table(source, data, labels, **options)
 
@@ -184,12 +194,19 @@ class HeadModel:
 
         A pseudolabel table validates on its labelled rows only."""
         labeled = pseudolabel_rows(df)
+        if labeled is None and _only_pseudo_labels(df):
+            warnings.warn("the data is a heads pseudolabel table with no labelled rows: validation on it measures "
+                          "agreement with the labeler, not accuracy; give --val-data (val_data=) with true labels",
+                          PseudoLabelValidationWarning, stacklevel=4)
+            what_extra = " (pseudo-labels: agreement with the labeler, not accuracy)"
+        else:
+            what_extra = ""
         candidates = np.arange(len(df)) if labeled is None else labeled
         _, val_rows = grouped_split(inputs.index["text"][candidates], self.config.val_fraction, self.config.seed)
         val_rows = candidates[val_rows]
         # every row sharing a text with a validation row stays out of training too
         in_val = np.isin(inputs.index["text"], inputs.index["text"][val_rows])
-        what = (f"{len(val_rows)} held-out rows" if labeled is None else
+        what = (f"{len(val_rows)} held-out rows{what_extra}" if labeled is None else
                 f"{len(val_rows)} held-out labelled rows (source == 'labeled') of a pseudolabel "
                 f"table; its {len(df) - len(labeled)} pseudo-labelled rows only train")
         return np.flatnonzero(~in_val), val_rows, what
@@ -281,8 +298,10 @@ class HeadModel:
         frozen head's cache must), else the model's own encoder (``own_encoder``)."""
         if cache is not None and getattr(self, "finetuned_", None) is None and \
                 cache.fingerprint != self.encoder_["fingerprint"]:
+            differ = spec_difference(self.encoder_.get("load"), cache.encoder_spec)
             raise self._mismatch(f"cache {cache.path} holds encoder {cache.encoder_name!r} (fingerprint "
-                                 f"{cache.fingerprint}); use a cache built with the model's encoder")
+                                 f"{cache.fingerprint}); they differ in: {differ}; use a cache built with the "
+                                 "model's encoder")
         if cache is not None and cache.fingerprint == self.encoder_["fingerprint"] and not head_type(self.head_).joint:
             return cache
         return self.own_encoder()

@@ -33,7 +33,17 @@ from .data import (
     load_labels,
     template_texts,
 )
-from .labeling import apply, combine, coverage_report, learn_weights, resolve
+from .labeling import (
+    affine_map,
+    apply,
+    combine,
+    coverage_report,
+    learn_ridge,
+    learn_weights,
+    resolve,
+    ridge_combine,
+    ridge_weights,
+)
 from .model import HeadModel, check_label_values
 from .neighbours import propagate
 from .selftrain import self_train
@@ -57,25 +67,42 @@ def row_vectors(inputs: Inputs) -> np.ndarray:
     return np.hstack(parts).astype(np.float32)
 
 
-def label_with_functions(texts: list[str], functions=None, labeled_texts=None, y=None) -> tuple[np.ndarray, np.ndarray, dict]:
+COMBINE = ("ridge", "weighted")  # how labelled rows turn function outputs into scores (see label_with_functions)
+
+
+def label_with_functions(texts: list[str], functions=None, labeled_texts=None, y=None,
+                         combine_with: str = "ridge") -> tuple[np.ndarray, np.ndarray, dict]:
     """Scores (NaN where every function abstains), a confidence, and a report of the functions.
 
-    With labelled texts the weights are learned against them; the confidence
-    is the share of the total weight whose function voted on the row.
+    Without labels: the plain mean of the functions that voted.  With labelled texts, ``combine_with``
+    ``ridge`` (the default, the better on benchmarks/weak.py's lexicon task) fits a ridge regression
+    from each function's vote and output to the labels; ``weighted`` learns the weights of the weighted
+    mean (``learn_weights``).  Either way the scores land on the labels' scale (the weighted mean through
+    its fitted ``affine_map``).  The confidence is the share of the total weight whose function voted on
+    the row.
     """
+    check_choice(combine_with, "combine_with", COMBINE)
     functions = resolve(functions)
     outputs, names = apply(texts, functions)
     weights = np.ones(len(names)) / len(names)
     result = {"functions": coverage_report(outputs, names)}
+    scores = None
     if labeled_texts is not None:
         labeled_outputs, _ = apply(labeled_texts, functions)
-        weights = learn_weights(labeled_outputs, y)
+        if combine_with == "ridge":
+            fitted = learn_ridge(labeled_outputs, y)
+            weights, scores = ridge_weights(labeled_outputs, fitted), ridge_combine(outputs, fitted)
+        else:
+            weights = learn_weights(labeled_outputs, y)
+            intercept, slope = affine_map(combine(labeled_outputs, weights), y)
+            scores = intercept + slope * combine(outputs, weights)
+        result["combine"] = combine_with
         for name, entry in coverage_report(labeled_outputs, names, y).items():
-            result["functions"][name]["correlation"] = entry["correlation"]
+            result["functions"][name].update({k: v for k, v in entry.items() if k != "coverage"})
     for name, w in zip(names, weights):
         result["functions"][name]["weight"] = float(w)
     confidence = (~np.isnan(outputs) * weights).sum(1) / weights.sum()
-    return combine(outputs, weights), confidence, result
+    return combine(outputs, weights) if scores is None else scores, confidence, result
 
 
 def _ids(df: pd.DataFrame, id_col) -> list:
@@ -87,12 +114,14 @@ def _ids(df: pd.DataFrame, id_col) -> list:
 def pseudolabel(cache: EmbeddingCache, data: pd.DataFrame, columns: dict, method: str, labeled: pd.DataFrame | None = None,
                 label_col: str | None = None, lfs=None, k: int = 10, model: HeadModel | None = None, rounds: int = 3,
                 committee: int = 3, select: str = "rmse", label_range=None, val_data: pd.DataFrame | None = None, id_col=None, paths=("data", "labeled"),
-                add_missing: bool = False, min_confidence: float = 0.0, progress: bool = True) -> tuple[pd.DataFrame, dict]:
+                add_missing: bool = False, min_confidence: float = 0.0, progress: bool = True,
+                combine_with: str = "ridge") -> tuple[pd.DataFrame, dict]:
     """Score the rows of ``data``; returns the output table and a summary.
 
     Scored rows below ``min_confidence`` are left out of the table (``n_below_min_confidence`` counts
     them).  ``lfs`` is a list of labeling functions, or of names registered with ``labeling_function``
-    (default: the built-in ones).  The summary holds the method and counts, and per function (``lf``)
+    (default: the built-in ones); with labelled rows they are combined by ``combine_with`` (``ridge`` or
+    ``weighted``: see ``label_with_functions``).  The summary holds the method and counts, and per function (``lf``)
     or per round (``self-train``, with ``models``: the kept round's committee) details.
     """
     check_choice(method, "method", METHODS)
@@ -121,7 +150,7 @@ def pseudolabel(cache: EmbeddingCache, data: pd.DataFrame, columns: dict, method
         texts = [template_texts(df, template, p) if template else df[columns["text"]].tolist()
                  for df, p in ((rest, paths[0]), (labeled, paths[1])) if df is not None]
         scores, confidence, details = label_with_functions(texts[0], lfs, texts[1] if len(texts) > 1 else None,
-                                                           None if y is None else y[:, 0])
+                                                           None if y is None else y[:, 0], combine_with)
         summary.update(details, labeling_functions=list(details["functions"]))
         scores = scores[:, None]
     else:
