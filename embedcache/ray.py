@@ -24,7 +24,7 @@ from .cache import MANIFEST, EmbeddingCache
 from .checks import check_float, check_int, flag_type
 from .corpus import encoder_options, recorded_encoder
 from .encoders import load_encoder
-from .errors import EmbedcacheError, InputError, MissingDependencyError
+from .errors import EmbedcacheError, InputError, MissingDependencyError, ParameterError
 from .inputs import FORMATS, texts_from_table
 
 
@@ -37,8 +37,9 @@ def ray_arguments(p) -> None:
     p.add_argument("--workers", type=flag_type(check_int), default=2, metavar="N", help="with --ray: actors (default 2)")
     p.add_argument("--gpus-per-worker", type=flag_type(check_float, float, low=0), default=0, metavar="G",
                    help="with --ray: GPUs each actor holds (default 0: the CPU)")
-    p.add_argument("--cpus-per-worker", type=flag_type(check_float, float, low=0, low_open=True), default=1, metavar="C",
-                   help="with --ray: CPUs each actor holds (default 1); leave some for reading the inputs")
+    p.add_argument("--cpus-per-worker", type=flag_type(check_float, float, low=0, low_open=True), default=None,
+                   metavar="C", help="with --ray: CPUs each actor holds (default: 1, or less so that the actors leave "
+                                     "one of the cluster's CPUs for reading the inputs)")
 
 
 
@@ -134,13 +135,31 @@ def _unwrap(error: BaseException) -> BaseException:
     return error
 
 
+def actor_cpus(total: float, workers: int, cpus_per_worker: float | None, gpus_per_worker: float = 0) -> float:
+    """CPUs each actor holds: ``cpus_per_worker``, or (None) a share of the cluster's ``total`` CPUs that leaves
+    one for the tasks that read the inputs (at most 1 each).  Actors that would hold every CPU are refused: Ray
+    would never schedule a read task, and the pipeline would wait forever."""
+    spare = 1.0 if total >= 2 else total / 2
+    if cpus_per_worker is None:
+        cpus_per_worker = min(1.0, (total - spare) / workers) if total else 1.0
+        cpus_per_worker = max(round(cpus_per_worker, 2), 0.01)
+    if total and workers * cpus_per_worker > total - min(spare, 0.5):
+        fit = max(round((total - spare) / workers, 2), 0.01)
+        raise ParameterError(
+            f"{workers} actors of {cpus_per_worker:g} CPU hold {workers * cpus_per_worker:g} of the cluster's {total:g} "
+            f"CPUs and leave none to read the inputs: Ray would wait forever; give --cpus-per-worker {fit:g} (or leave "
+            "it out: actors then leave a CPU free), or fewer --workers")
+    return cpus_per_worker
+
+
 def map_with_actors(ds, actor, constructor_kwargs: dict, *, workers: int, gpus_per_worker: float,
-                    cpus_per_worker: float, batch_size: int, progress: bool) -> pd.DataFrame:
+                    cpus_per_worker: float | None, batch_size: int, progress: bool) -> pd.DataFrame:
     """Run ``ds`` through a pool of ``workers`` actors of class ``actor`` and return what they returned, as
     one table.  Ray Data restarts an actor that dies and retries its batch (``max_restarts=-1`` by default
     for actor pools).  An EmbedcacheError an actor raised comes out as itself, not in Ray's wrappers."""
     import ray
 
+    cpus_per_worker = actor_cpus(ray.cluster_resources().get("CPU", 0), workers, cpus_per_worker, gpus_per_worker)
     ray.data.DataContext.get_current().enable_progress_bars = progress
     ds = ds.map_batches(actor, fn_constructor_kwargs=constructor_kwargs, compute=ray.data.ActorPoolStrategy(size=workers),
                         num_gpus=gpus_per_worker, num_cpus=cpus_per_worker, batch_size=batch_size,
@@ -152,15 +171,16 @@ def map_with_actors(ds, actor, constructor_kwargs: dict, *, workers: int, gpus_p
 
 
 def precompute(data, cache, text_cols=(), template: str | None = None, model: str | None = None, *,
-               address: str | None = None, workers: int = 2, gpus_per_worker: float = 0, cpus_per_worker: float = 1,
+               address: str | None = None, workers: int = 2, gpus_per_worker: float = 0,
+               cpus_per_worker: float | None = None,
                batch_size: int = 64, rows_per_batch: int = 1024, shard_size: int = 20_000, dtype: str | None = None,
                skip_empty: bool = False, progress: bool = True, max_length: int | None = None,
                precision: str | None = None, normalize: bool = False, backend: str | None = None) -> dict:
     """Encode the texts of ``data`` (paths, glob patterns or a Ray Dataset) into ``cache`` on a Ray cluster.
 
     ``workers`` encoder actors each hold ``gpus_per_worker`` GPUs (0: the CPU) and
-    ``cpus_per_worker`` CPUs; leave some CPUs for reading (with 2 CPUs, 2 actors of
-    0.5 each).  Each batch of ``rows_per_batch`` rows becomes at most one shard:
+    ``cpus_per_worker`` CPUs (default: sized so that one of the cluster's CPUs stays free
+    for reading; with 2 CPUs, 2 actors of 0.5 each).  Each batch of ``rows_per_batch`` rows becomes at most one shard:
     small batches even out when the actors finish, large ones leave fewer shards
     (``embedcache compact`` merges them either way).  The encoder arguments are those of
     ``embedcache.precompute``.  Returns texts, cached, encoded, truncated, parts,

@@ -57,7 +57,7 @@ def output_of(out: Path, path: Path) -> Path:
 
 def score_files(model, data, out, cache=None, columns=None, *, id_col=None, interval=None, decimals=None,
                 header: bool = True, address: str | None = None, workers: int = 2, gpus_per_worker: float = 0,
-                cpus_per_worker: float = 1, progress: bool = True) -> dict:
+                cpus_per_worker: float | None = None, progress: bool = True) -> dict:
     """Score every file of ``data`` (paths or glob patterns) with the model directory ``model`` into the
     directory ``out``, one Parquet file per input; return files, skipped (outputs there already), rows, seconds."""
     began = time.perf_counter()

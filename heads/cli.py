@@ -406,7 +406,7 @@ def predict(args) -> dict:
     model = HeadModel.load(args.model)
     df = _read(args, args.data)
     out = model.predict_table(_cache(args), df, _columns(args), id_col=args.id_col, decimals=args.round,
-                              add_missing=args.add_missing, interval=args.interval)
+                              add_missing=args.add_missing, interval=args.interval, progress=not args.quiet)
     _write_csv(out, args.out)
     print(f"wrote {len(out)} predictions to {args.out}")
     return {"n": len(out), "out": args.out}
@@ -415,7 +415,8 @@ def predict(args) -> dict:
 def evaluate(args) -> dict:
     model = HeadModel.load(args.model)
     metrics, y, pred, _ = model.evaluate(_cache(args), _read(args, args.data), args.label_col, _columns(args),
-                                         add_missing=args.add_missing, interval=args.interval, group_col=args.group_col)
+                                         add_missing=args.add_missing, interval=args.interval, group_col=args.group_col,
+                                         progress=not args.quiet)
     labels = list(args.label_col or model.labels_)
     _print_metrics(f"{args.model} on {args.data}", metrics)
     for key in ("per_condition", "per_group"):

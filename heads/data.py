@@ -26,7 +26,7 @@ from embedcache import (
 SIDES = ("text", "pair", "condition")
 
 
-def embed(cache: EmbeddingCache | Encoder, texts: list[str], add_missing: bool = False) -> np.ndarray:
+def embed(cache: EmbeddingCache | Encoder, texts: list[str], add_missing: bool = False, progress: bool = True) -> np.ndarray:
     """Vectors of ``texts`` from the cache, or from an encoder.
 
     Texts missing from the cache are encoded in memory by the cache's encoder and
@@ -37,8 +37,8 @@ def embed(cache: EmbeddingCache | Encoder, texts: list[str], add_missing: bool =
     if add_missing:
         if cache.encoder is None and not cache.contains(texts).all():
             cache.load_encoder()
-        return cache.encode(texts, progress=True)
-    return cache.get(texts, encode_missing=True, progress=True)
+        return cache.encode(texts, progress=progress)
+    return cache.get(texts, encode_missing=True, progress=progress)
 
 
 @dataclass
@@ -118,15 +118,16 @@ def sides_of(columns: dict) -> tuple:
     return tuple(s for s in SIDES if columns.get(s) is not None or (s == "text" and columns.get("template")))
 
 
-def joint_inputs(encoder, df: pd.DataFrame, columns: dict, path) -> Inputs:
+def joint_inputs(encoder, df: pd.DataFrame, columns: dict, path, progress: bool = True) -> Inputs:
     """One vector per row from an encoder that reads the text and its pair (or condition) as one sequence."""
     texts = side_texts(df, columns, path)
     second = texts.get("pair", texts.get("condition"))
-    joint = encoder.encode(texts["text"], second, progress=True)
+    joint = encoder.encode(texts["text"], second, progress=progress)
     return Inputs({"text": joint}, {"text": np.arange(len(df))}, texts.get("condition"))
 
 
-def load_inputs(cache: EmbeddingCache, df: pd.DataFrame, columns: dict, path, add_missing: bool = False) -> Inputs:
+def load_inputs(cache: EmbeddingCache, df: pd.DataFrame, columns: dict, path, add_missing: bool = False,
+                progress: bool = True) -> Inputs:
     """``columns`` maps side -> column name (``text`` required, ``pair`` and ``condition`` optional;
     ``template`` composes the text side from columns instead).
 
@@ -137,7 +138,7 @@ def load_inputs(cache: EmbeddingCache, df: pd.DataFrame, columns: dict, path, ad
     for side, values in texts.items():
         position: dict[str, int] = {}
         index[side] = np.fromiter((position.setdefault(v, len(position)) for v in values), dtype=np.int64, count=len(values))
-        tables[side] = embed(cache, list(position), add_missing)
+        tables[side] = embed(cache, list(position), add_missing, progress)
     return Inputs(tables, index, texts.get("condition"))
 
 

@@ -174,12 +174,12 @@ class HeadModel:
         y = load_labels(df, label_cols, path)  # bad labels stop us before any encoding
         check_label_values(y, self.config.label_range, label_cols, path)
         weights = _sample_weight(df, weight_col, sample_weight, path)
-        inputs = load_inputs(source, df, self.columns_, path, add_missing)
+        inputs = load_inputs(source, df, self.columns_, path, add_missing, progress)
         if val_data is not None:
             vdf, vpath = _table(val_data, "val_data")
             y_val = load_labels(vdf, label_cols, vpath)
             check_label_values(y_val, self.config.label_range, label_cols, vpath)
-            val, train = load_inputs(source, vdf, self.columns_, vpath, add_missing), inputs
+            val, train = load_inputs(source, vdf, self.columns_, vpath, add_missing, progress), inputs
             self.validation_rows_ = f"{len(vdf)} rows of {vpath}"
         else:
             train_rows, val_rows, self.validation_rows_ = self._split(df, inputs)
@@ -310,7 +310,8 @@ class HeadModel:
         return FingerprintMismatchError(f"the model was trained on vectors of encoder {self.encoder_['name']!r} "
                                         f"(fingerprint {self.encoder_['fingerprint']}), but {found}")
 
-    def _inputs(self, cache, data, columns=None, add_missing=False, conditions=None) -> tuple[Inputs, pd.DataFrame, str]:
+    def _inputs(self, cache, data, columns=None, add_missing=False, conditions=None,
+                progress: bool = True) -> tuple[Inputs, pd.DataFrame, str]:
         for side in ("pair", "condition"):
             given = (columns or {}).get(side)
             if given is not None and side not in self.sides_:
@@ -320,13 +321,13 @@ class HeadModel:
         df, path = as_table(data, columns, self.sides_, conditions)
         source = self.vector_source(cache)
         if head_type(self.head_).joint:  # both texts in one sequence: nothing to cache per text
-            return joint_inputs(source, df, columns, path), df, path
-        inputs = load_inputs(source, df, columns, path, add_missing)
+            return joint_inputs(source, df, columns, path, progress), df, path
+        inputs = load_inputs(source, df, columns, path, add_missing, progress)
         warn_unseen_conditions(getattr(self, "conditions_", None), source, inputs)
         return inputs, df, path
 
     def predict(self, data, cache: EmbeddingCache | None = None, *, columns=None, conditions=None,
-                interval: float | None = None, add_missing=False):
+                interval: float | None = None, add_missing=False, progress: bool = True):
         """Scores for ``data``: ``(n, n_labels)``; with ``interval=0.9``, ``(scores, lower, upper)`` bounds that
         hold the truth for at least 90% of rows like the validation rows (split conformal).
 
@@ -335,11 +336,11 @@ class HeadModel:
         ``conditions`` gives a list of texts their conditions.  The vectors come from ``cache`` for the texts
         it holds (it is never written unless ``add_missing``), the rest from the model's encoder, loaded on
         first use.  ``columns`` overrides the trained column names.  ``predict(cache, data)``, the order of
-        embedcache 0.1, still works.
+        embedcache 0.1, still works.  ``progress``: bars while texts are encoded.
         """
         if data is None or isinstance(data, EmbeddingCache):  # the 0.1 order: predict(cache or None, data)
             data, cache = cache, data
-        inputs, _, _ = self._inputs(cache, data, columns, add_missing, conditions)
+        inputs, _, _ = self._inputs(cache, data, columns, add_missing, conditions, progress)
         scores = self.predict_inputs(inputs)
         if interval is None:
             return scores
@@ -354,14 +355,14 @@ class HeadModel:
         return lower, upper
 
     def predict_table(self, cache: EmbeddingCache | None, data, columns=None, id_col=None, decimals=None,
-                      add_missing=False, interval: float | None = None) -> pd.DataFrame:
+                      add_missing=False, interval: float | None = None, progress: bool = True) -> pd.DataFrame:
         """Predictions as a table: ``id`` (from ``id_col``, else an ``id`` column, else the row number) and
         ``score`` (a column per label when there are several), with ``lower`` and ``upper`` for an
         ``interval``, rounded to ``decimals`` when given."""
         df, path = _table(data)
         if id_col is not None and id_col not in df.columns:
             raise InputError(f"{path}: no column {id_col!r}; available columns: {', '.join(map(str, df.columns))}")
-        pred = self.predict(df, cache, columns=columns, add_missing=add_missing)
+        pred = self.predict(df, cache, columns=columns, add_missing=add_missing, progress=progress)
         names = ["score"] if len(self.labels_) == 1 else self.labels_
         out = {n: pred[:, j] for j, n in enumerate(names)}
         if interval is not None:
@@ -377,7 +378,8 @@ class HeadModel:
         return pd.DataFrame({"id": ids, **out})
 
     def evaluate(self, cache: EmbeddingCache | None, data, label_cols=None, columns=None, add_missing=False,
-                 interval: float | None = None, group_col=None) -> tuple[dict, np.ndarray, np.ndarray, Inputs]:
+                 interval: float | None = None, group_col=None,
+                 progress: bool = True) -> tuple[dict, np.ndarray, np.ndarray, Inputs]:
         """Metrics (overall, per label, per condition), the labels, the predictions and the inputs.
 
         With ``group_col``, ``metrics["per_group"]`` holds the metrics per value of that column (a
@@ -387,7 +389,7 @@ class HeadModel:
         y = load_labels(df, list(label_cols or self.labels_), path)
         if group_col is not None:
             check_columns(df, [group_col], path)
-        inputs, _, _ = self._inputs(cache, df, columns, add_missing)
+        inputs, _, _ = self._inputs(cache, df, columns, add_missing, progress=progress)
         pred = self.predict_inputs(inputs)
         groups = None if group_col is None else df[group_col].astype(str).tolist()
         metrics = report(y, pred, list(label_cols or self.labels_), inputs.condition_values, groups)

@@ -428,6 +428,7 @@ def create_app(model_dir, cache=None, config: ServeConfig | None = None, api_key
     return app
 
 
+WORKER_HEALTHCHECK_S = 60  # seconds a worker of --workers N may take to answer while it loads
 CONFIG_VARIABLE = "HEADS_SERVE"  # what each worker process of heads serve --workers N builds its app from
 
 
@@ -463,7 +464,10 @@ def serve(model_dir, cache=None, host: str = "127.0.0.1", port: int = 8000, work
             return
         os.environ[CONFIG_VARIABLE] = json.dumps({"model": str(model_dir), "cache": None if cache is None else
                                                   str(cache), "config": asdict(config)})
+        # A worker answers the parent's health check from a thread while it loads the model; loading (torch, the
+        # encoder) can starve that thread for many seconds, and uvicorn's 5 s default then kills and restarts
+        # workers that are merely slow to start, over and over.
         uvicorn.run("heads.serve:app_from_environment", factory=True, host=host, port=port, workers=workers,
-                    timeout_graceful_shutdown=30)
+                    timeout_graceful_shutdown=30, timeout_worker_healthcheck=WORKER_HEALTHCHECK_S)
     except KeyboardInterrupt:  # uvicorn finished the requests in flight, then passed Ctrl-C on
         pass

@@ -110,3 +110,16 @@ def test_heads_pseudolabel_prints_what_a_constant_vote_says(tmp_path, capsys):
     assert "mentions_clear" in out and "where it votes" in out
     table = pd.read_csv(tmp_path / "p.csv")
     assert abs(table.score.mean() - y[:40].mean()) < 0.2
+
+
+def test_quiet_means_no_bars_anywhere(tmp_path, capsys, tiny_bert):
+    texts, y = prompts(40, 4)
+    cache = EmbeddingCache(tmp_path / "c", tiny_bert)
+    HeadModel(head="ridge").fit(texts, y, cache=cache, progress=False).save(tmp_path / "m")
+    new, _ = prompts(30, 5)
+    pd.DataFrame({"text": [t + " new" for t in new], "score": y[:30]}).to_csv(tmp_path / "new.csv", index=False)
+    capsys.readouterr()
+    for command in ("predict", "evaluate"):
+        args = ["--model", tmp_path / "m", "--cache", tmp_path / "c", "--data", tmp_path / "new.csv", "--quiet"]
+        code, _, err = run_command(main, capsys, command, *args, *(["--out", tmp_path / "p.csv"] if command == "predict" else []))
+        assert code == 0 and err == "", err

@@ -147,3 +147,18 @@ def test_batch_scoring_refuses_two_inputs_that_would_share_an_output(tmp_path):
                     tmp_path / "out")
     with pytest.raises(InputError, match="no file matches"):
         score_files(tmp_path / "m", [str(tmp_path / "none-*.parquet")], tmp_path / "out")
+
+
+def test_default_actor_cpus_leave_one_for_reading_and_a_deadlock_is_refused(local_ray, corpus, tmp_path, tiny_bert_dir):
+    """2 actors on this 2-CPU cluster with no CPU flag: they hold 0.5 each and the job finishes (it used to hang
+    with 1 CPU each); asking for 1 CPU each is one line that names the flag."""
+    from embedcache import ParameterError
+    from embedcache.ray import precompute
+
+    root, texts = corpus
+    done = precompute(str(root / "part-0.parquet"), tmp_path / "c", ["prompt"], model=str(tiny_bert_dir), workers=2,
+                      progress=False)
+    assert done["encoded"] == ROWS
+    with pytest.raises(ParameterError, match="--cpus-per-worker 0.5"):
+        precompute(str(root / "part-1.parquet"), tmp_path / "c", ["prompt"], workers=2, cpus_per_worker=1,
+                   progress=False)

@@ -168,3 +168,36 @@ def test_a_server_default_interval(model_dir):
         body = client.post("/score", json={"items": [{"text": "apple"}]}).json()
         assert body["lower"][0][0] < body["scores"][0][0] < body["upper"][0][0]
         assert "lower" not in client.post("/score", json={"items": [{"text": "apple"}], "interval": None}).json()
+
+
+def test_two_workers_start_serve_and_stop_on_sigterm(model_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    log = open(tmp_path / "serve.log", "wb")
+    server = subprocess.Popen([sys.executable, "-m", "heads.cli", "serve", str(model_dir), "--workers", "2", "--port",
+                               str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline, answered = time.monotonic() + 120, set()
+        while time.monotonic() < deadline and len(answered) < 1:
+            try:
+                reply = httpx.post(f"http://127.0.0.1:{port}/score", json={"items": [{"text": "apple river"}]}, timeout=10)
+                if reply.status_code == 200:
+                    answered.add(reply.status_code)
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        assert answered == {200}, (tmp_path / "serve.log").read_text()[-2000:]
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)  # the parent and its workers stop
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    text = (tmp_path / "serve.log").read_text()
+    assert "died" not in text, text[-2000:]
