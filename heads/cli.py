@@ -215,8 +215,9 @@ def _predict_parsers(sub) -> None:
     e.add_argument("--plots", metavar="DIR", help="write predicted-vs-true, residual and per-condition PNGs here")
     e.add_argument("--overwrite", action="store_true", help="replace PNGs of the same names in --plots")
     _option(e, "--interval", help="report the empirical coverage and mean width of the model's intervals at level C")
-    e.add_argument("--group-col", metavar="COL", help="also report the metrics per value of this column (a language, "
-                   "a source), in the printout, the JSON and a plot")
+    e.add_argument("--group-col", metavar="COL", action="append", help="also report the metrics per value of this "
+                   "column (a language, a source), in the printout, the JSON and a plot; repeat for every combination "
+                   "of several (--group-col language --group-col metric)")
     _run_arguments(e, "print the metrics as JSON on the last line")
 
 
@@ -422,7 +423,7 @@ def evaluate(args) -> dict:
     for key in ("per_condition", "per_group"):
         for value, per in metrics.get(key, {}).items():
             for label, m in per.items():
-                _print_metrics(f"  {args.group_col + '=' if key == 'per_group' else ''}{value}"
+                _print_metrics(f"  {' / '.join(args.group_col) + '=' if key == 'per_group' else ''}{value}"
                                + (f" / {label}" if len(labels) > 1 else ""), m)
     if "interval" in metrics:
         i = metrics["interval"]
@@ -431,7 +432,8 @@ def evaluate(args) -> dict:
         from .plots import write_plots
 
         check_not_input(args.plots, _inputs(args), "--plots")
-        for path in write_plots(args.plots, y, pred, labels, metrics, overwrite=args.overwrite):
+        for path in write_plots(args.plots, y, pred, labels, metrics, overwrite=args.overwrite,
+                                trained=getattr(model, "conditions_", None)):
             print(f"wrote {path}")
     return _flat(metrics)
 

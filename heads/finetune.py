@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import shutil
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -181,13 +183,24 @@ def _texts(df: pd.DataFrame, columns: dict, path) -> dict[str, np.ndarray]:
 
 
 
+@contextmanager
+def _third_party_deprecations_off():
+    """No deprecation notices from peft and transformers within the block: they speak to those libraries'
+    callers (us), and a user of heads finetune can do nothing about them."""
+    with warnings.catch_warnings():
+        for category in (DeprecationWarning, FutureWarning):
+            warnings.filterwarnings("ignore", category=category, module=r"(peft|transformers)(\.|$)")
+        yield
+
+
 def _add_lora(backbone: Backbone, r: int) -> None:
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as e:
         raise MissingDependencyError("lora (--lora) needs peft: pip install peft (or pip install -e '.[finetune]')") from e
     config = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.1, target_modules="all-linear")
-    backbone.model = get_peft_model(backbone.model, config)
+    with _third_party_deprecations_off():
+        backbone.model = get_peft_model(backbone.model, config)
 
 
 def _configs(config: TrainConfig | None, encoder: FinetuneConfig | None, settings: dict,
@@ -285,13 +298,49 @@ def _train(network, backbone, config, encoder, splits: dict, label_cols, mean, s
         data_collator=Collator(backbone, splits, network.sides, network.cross), compute_metrics=metrics,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=config.patience)],
         encoder_lr=encoder.encoder_lr, lengths=lengths)
-    if not progress:  # without progress bars the Trainer prints every log line instead
-        from transformers.trainer_callback import PrinterCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    if not progress:  # without progress bars the Trainer prints every log line instead
         trainer.remove_callback(PrinterCallback)
+    else:  # its log lines as plain numbers, not a dict of quoted strings
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(_plain_progress())
     checkpoints = sorted((out / "checkpoints").glob("checkpoint-*")) if resume else []
     trainer.train(resume_from_checkpoint=bool(checkpoints) or None)
     return trainer
+
+
+class BelowFrozenBaselineWarning(UserWarning):
+    """A fine-tuned pair model validates below what the frozen encoder's cosine gives with no training."""
+
+
+def _frozen_cosine(backbone: Backbone, val_texts: dict, y_val: np.ndarray) -> float | None:
+    """Spearman of the untrained encoder's cosine with the validation labels, for a pair task of one label
+    (None otherwise): what fine-tuning must beat to be worth its time."""
+    from scipy.stats import spearmanr
+
+    if "pair" not in val_texts or y_val.shape[1] != 1 or len(y_val) < 3:
+        return None
+    a, b = backbone.encode(list(val_texts["text"])), backbone.encode(list(val_texts["pair"]))
+    cosine = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    value = spearmanr(cosine, y_val[:, 0])[0]
+    return None if np.isnan(value) else float(value)
+
+
+def _plain_progress():
+    """transformers' progress bar, whose log lines read ``epoch 1: loss 0.2959, eval_rmse 0.4123`` instead of a
+    dict of quoted strings."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class PlainProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and self.training_bar is not None and logs:
+                shown = {k: v for k, v in logs.items() if k != "total_flos" and isinstance(v, (int, float))}
+                epoch = shown.pop("epoch", None)
+                text = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
+                self.training_bar.write((f"epoch {epoch:.2f}: " if epoch is not None else "") + text)
+
+    return PlainProgress()
 
 
 def finetune(data: pd.DataFrame, label_cols, columns: dict, out, config: TrainConfig | None = None,
@@ -334,6 +383,7 @@ def finetune(data: pd.DataFrame, label_cols, columns: dict, out, config: TrainCo
     device = resolve_device(device)
     with seeded(config.seed, device):
         backbone = Backbone.from_directory(encoder.model, encoder.max_length)
+        frozen = _frozen_cosine(backbone, val_texts, y_val)  # the bar a fine-tuned pair head should clear
         joint = head_type(config.head).joint
         sides = ("text",) if joint else tuple(texts)
         unit, mean, std = _head(backbone, config, sides, texts, y, label_cols, encoder.init_head, paths[0])
@@ -347,10 +397,17 @@ def finetune(data: pd.DataFrame, label_cols, columns: dict, out, config: TrainCo
     if not trainer.is_world_process_zero():
         return None
     if encoder.lora:
-        backbone.model = backbone.model.merge_and_unload()  # plain weights: any sentence-transformers user can load them
+        with _third_party_deprecations_off():  # plain weights: any sentence-transformers user can load them
+            backbone.model = backbone.model.merge_and_unload()
     network.to("cpu").eval()
     result = _result(backbone, unit, sides, config, encoder, columns, label_cols, mean, std, trainer, out, start)
     result.validate(y_val, result.predict(val_table))  # the way predict will
+    reached = result.validation_.get("spearman")
+    if frozen is not None and reached is not None and reached < frozen:
+        warnings.warn(f"validation Spearman {reached:.3f} after fine-tuning is below the {frozen:.3f} the frozen "
+                      f"encoder's cosine gives on the same pairs: the {config.head} head did not learn in "
+                      f"{config.epochs} epoch(s) on {len(y)} rows; train longer (--epochs), raise --lr, or use the "
+                      "two-tower head (it starts from that cosine)", BelowFrozenBaselineWarning, stacklevel=2)
     result.save(out, overwrite=True, move={"encoder": out / ".encoder-new",
                                            **({"checkpoints": out / "checkpoints"} if keep_checkpoints else {})})
     if export_encoder is not None:

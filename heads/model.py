@@ -382,16 +382,17 @@ class HeadModel:
                  progress: bool = True) -> tuple[dict, np.ndarray, np.ndarray, Inputs]:
         """Metrics (overall, per label, per condition), the labels, the predictions and the inputs.
 
-        With ``group_col``, ``metrics["per_group"]`` holds the metrics per value of that column (a
-        language, a source).  With ``interval``, ``metrics["interval"]`` holds the empirical coverage and
+        With ``group_col`` (a column or a list of them), ``metrics["per_group"]`` holds the metrics per value of
+        that column (a language, a source), or per combination of values (``"hi / harm"``) of several.  With ``interval``, ``metrics["interval"]`` holds the empirical coverage and
         mean width of the model's intervals at that level."""
         df, path = _table(data)
         y = load_labels(df, list(label_cols or self.labels_), path)
-        if group_col is not None:
-            check_columns(df, [group_col], path)
+        group_cols = [group_col] if isinstance(group_col, str) else list(group_col or [])
+        if group_cols:
+            check_columns(df, group_cols, path)
         inputs, _, _ = self._inputs(cache, df, columns, add_missing, progress=progress)
         pred = self.predict_inputs(inputs)
-        groups = None if group_col is None else df[group_col].astype(str).tolist()
+        groups = df[group_cols].astype(str).agg(" / ".join, axis=1).tolist() if group_cols else None
         metrics = report(y, pred, list(label_cols or self.labels_), inputs.condition_values, groups)
         if interval is not None:
             metrics["interval"] = interval_report(y, *self.bounds(pred, interval), interval)

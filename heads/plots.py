@@ -24,9 +24,11 @@ def plot_names(labels: list[str], metrics: dict) -> list[str]:
 
 
 def write_plots(directory, y_true: np.ndarray, y_pred: np.ndarray, labels: list[str], metrics: dict,
-                overwrite: bool = False) -> list[Path]:
+                overwrite: bool = False, trained=None) -> list[Path]:
     """PNGs of predictions against the truth into ``directory``; existing plots of the same names are
-    refused unless ``overwrite`` (before anything is drawn), and each file is written whole or not at all."""
+    refused unless ``overwrite`` (before anything is drawn), and each file is written whole or not at all.
+    Per condition and per group the bars are sorted by RMSE and name their rows; conditions not among
+    ``trained`` (the model's training conditions) are marked as never seen."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise WriteError(f"--plots {directory} is a file; give a directory for the plots")
@@ -59,11 +61,15 @@ def write_plots(directory, y_true: np.ndarray, y_pred: np.ndarray, labels: list[
 
         for key, what in (("per_condition", "condition"), ("per_group", "group")):
             if key in metrics:
-                names = list(metrics[key])
+                names = sorted(metrics[key], key=lambda c: metrics[key][c][label]["rmse"])  # best at the top
                 values = [metrics[key][c][label]["rmse"] for c in names]
+                new = [key == "per_condition" and trained is not None and c not in trained for c in names]
+                ticks = [f"{c} (n={metrics[key][c][label]['n']})" + (" unseen" if u else "") for c, u in zip(names, new)]
                 fig, ax = _figure(6, 0.4 * len(names) + 1.5)
-                ax.barh(names, values)
-                ax.set(xlabel="RMSE", title=f"{label}: RMSE per {what}")
+                ax.barh(ticks, values, color=["tab:orange" if u else "tab:blue" for u in new])
+                ax.invert_yaxis()
+                title = f"{label}: RMSE per {what}" + (" (orange: never seen in training)" if any(new) else "")
+                ax.set(xlabel="RMSE", title=title)
                 written.append(_save(fig, directory / f"{key}{suffix}.png"))
     return written
 

@@ -116,6 +116,7 @@ class Scorer:
         self.aliases = {c: s for s, c in columns.items() if s in self.fields and c is not None and c != s}
         self.max_chars = config.max_chars or FALLBACK_MAX_CHARS  # until the encoder is loaded (warm_up)
         self.metrics = None  # a ServeMetrics to count encoded texts and cache hits in
+        self._trained = None  # vectors of the trained conditions, for naming the nearest to an unseen one
 
     def check(self, items) -> tuple[str | None, list]:
         """What is wrong with a request's items, naming the item and field (None when they can be scored),
@@ -169,6 +170,21 @@ class Scorer:
         reads = getattr(encoder, "max_length", None)
         if self.config.max_chars is None and isinstance(reads, int):
             self.max_chars = CHARS_PER_TOKEN * reads  # beyond it the encoder reads nothing more of a text
+
+    def unseen(self, items: list[dict]) -> list[dict]:
+        """The conditions of ``items`` the model never saw in training, each with its nearest trained condition
+        and their cosine (runs on the scoring thread: it may encode)."""
+        trained = getattr(self.model, "conditions_", None)
+        values = sorted({item["condition"] for item in items if "condition" in item} - set(trained or ()))
+        if not trained or not values or self.vectors is None:
+            return []
+        from .neighbours import nearest
+
+        if self._trained is None:
+            self._trained = self.vectors.encode(list(trained))
+        cosine, position = nearest(self._trained, self.vectors.encode(values), k=1)
+        return [{"condition": v, "nearest_trained": trained[int(j)], "cosine": round(float(c), 4)}
+                for v, c, j in zip(values, cosine[:, 0], position[:, 0])]
 
     def score(self, items: list[dict]) -> np.ndarray:
         """Scores of ``items`` (one call at a time: the batcher's one thread); the texts it encoded and read
@@ -287,6 +303,10 @@ async def score_request(body: dict, scorer: Scorer, batcher: Batcher, metrics: S
     try:
         scores = await batcher.score(items)
         out = {"scores": scores.tolist()}
+        if "condition" in scorer.fields:
+            unseen = await asyncio.get_running_loop().run_in_executor(batcher.pool, scorer.unseen, items)
+            if unseen:  # scored from their vectors alone: the reply says so
+                out["unseen_conditions"] = unseen
         if interval is not None:
             lower, upper = scorer.model.bounds(scores, interval)
             out.update(lower=lower.tolist(), upper=upper.tolist())

@@ -72,7 +72,9 @@ echo "== 7. train a head on the cached vectors, evaluate it on the 300 held-out 
 heads train --cache "$work/cache" --data "$work/prompts.csv" --text-col prompt --label-col quality \
     --label-range 0 1 --out "$work/model" --quiet
 # the test prompts are not in the cache: they are encoded in memory and the cache is left as it is
-heads evaluate --model "$work/model" --cache "$work/cache" --data "$work/test.csv" --plots "$work/plots"
+heads evaluate --model "$work/model" --cache "$work/cache" --data "$work/test.csv" --plots "$work/plots" \
+    --json | tee "$work/eval-full.out"
+tail -n 1 "$work/eval-full.out" > "$work/eval-full.json"
 printf 'id,prompt\nnew-1,Please explain photosynthesis step by step.\nnew-2,Please explain photosynthesis quickly.\n' > "$work/new.csv"
 heads predict --model "$work/model" --cache "$work/cache" --data "$work/new.csv" --out "$work/predictions.csv" --round 3 \
     --interval 0.9  # lower and upper: 90% of rows like the validation rows fall inside
@@ -95,4 +97,22 @@ heads pseudolabel --cache "$work/cache" --data "$work/prompts.csv" --text-col pr
 heads train --cache "$work/cache" --data "$work/pseudo.csv" --text-col prompt --label-col score \
     --label-range 0 1 --out "$work/model-pseudo" --quiet
 # the pseudo-labelled model's validation above used the 200 rated prompts only; the held-out truth says:
-heads evaluate --model "$work/model-pseudo" --cache "$work/cache" --data "$work/test.csv" --label-col quality
+heads evaluate --model "$work/model-pseudo" --cache "$work/cache" --data "$work/test.csv" --label-col quality \
+    --json --quiet | tee "$work/eval-pseudo.out"
+tail -n 1 "$work/eval-pseudo.out" > "$work/eval-pseudo.json"
+# the baseline it must beat: a head on the 200 rated prompts alone
+heads train --cache "$work/cache" --data "$work/rated.csv" --text-col prompt --label-col score \
+    --label-range 0 1 --out "$work/model-rated" --quiet
+heads evaluate --model "$work/model-rated" --cache "$work/cache" --data "$work/test.csv" --label-col quality \
+    --json --quiet | tail -n 1 > "$work/eval-rated.json"
+python - "$work" <<'PY'
+import json, sys
+from pathlib import Path
+work = Path(sys.argv[1])
+pseudo, rated, full = (json.loads((work / f"eval-{n}.json").read_text()) for n in ("pseudo", "rated", "full"))
+print(f"On the 300 held-out prompts, against their true quality: self-training on 200 rated + 2,500 unrated "
+      f"prompts gives Pearson {pseudo['pearson']:.3f} (RMSE {pseudo['rmse']:.3f}); a head on the 200 rated prompts "
+      f"alone gives {rated['pearson']:.3f} (RMSE {rated['rmse']:.3f}); the head on all 2,700 true labels (step 7) "
+      f"{full['pearson']:.3f}. The ratings come from an offline annotation function, not from the truth: the gap "
+      "to step 7 is what the annotator's scale costs, the gap to the 200-only head what the unrated prompts add.")
+PY

@@ -1,6 +1,7 @@
 """Backends (ONNX Runtime, OpenVINO, int8, auto) and batching by token count."""
 
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +98,9 @@ def test_each_backend_runs_the_embedded_model_offline_close_to_fp32(backend, min
         assert cosines(again.encode(SENTENCES[:5]), vectors[:5]).min() >= 0.97
     else:
         assert np.allclose(again.encode(SENTENCES[:5]), vectors[:5], atol=2e-5)
-    assert len(list(export_home.glob(f"{backend}-*"))) == 1
+    weights = encoder.describe()["weights_sha256"]  # other tests export other models into the same home
+    mine = [d for d in export_home.glob(f"{backend}-*") if json.loads((d / "export.json").read_text())["source"] == weights]
+    assert len(mine) == 1
 
 
 def test_int8_calibration_comes_from_the_caller(tmp_path, monkeypatch):
@@ -132,10 +135,11 @@ def test_precompute_records_the_backend_and_refuses_to_mix_it_with_another(tmp_p
     data.write_text("text\n" + "\n".join(f'"{s}"' for s in SENTENCES[:30]) + "\n")
     cache = tmp_path / "cache"
     assert main(["precompute", str(data), "--cache", str(cache), "--text-col", "text", "--backend", "onnx-int8",
-                 "--quiet"]) == 0
-    assert EmbeddingCache(cache).info()["backend"] == "onnx-int8 fp32"
+                 "--quiet", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["backend"].startswith("onnx-int8 (int8")
+    assert EmbeddingCache(cache).info()["backend"] == "onnx-int8 (int8 weights, fp32 float operations)"
     assert main(["info", str(cache)]) == 0
-    assert "onnx-int8 fp32" in capsys.readouterr().out
+    assert "onnx-int8 (int8 weights, fp32 float operations)" in capsys.readouterr().out
     # A rerun without --backend keeps the cache's own; the exact path is another encoder, refused.
     more = tmp_path / "more.csv"
     more.write_text("text\n" + "\n".join(f'"{s}"' for s in SENTENCES[30:40]) + "\n")

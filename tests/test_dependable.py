@@ -369,3 +369,5 @@ def test_the_quickstart_runs_from_any_directory(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "on out/test.csv: n=300" in run.stdout  # evaluated on held-out prompts
     assert (tmp_path / "out" / "model-pseudo" / "config.json").exists()
+    closing = run.stdout.strip().splitlines()[-1]  # what the numbers show, against the 200-only baseline
+    assert closing.startswith("On the 300 held-out prompts") and "200 rated prompts alone gives" in closing

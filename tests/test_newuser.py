@@ -123,3 +123,60 @@ def test_quiet_means_no_bars_anywhere(tmp_path, capsys, tiny_bert):
         args = ["--model", tmp_path / "m", "--cache", tmp_path / "c", "--data", tmp_path / "new.csv", "--quiet"]
         code, _, err = run_command(main, capsys, command, *args, *(["--out", tmp_path / "p.csv"] if command == "predict" else []))
         assert code == 0 and err == "", err
+
+
+@pytest.fixture(scope="module")
+def conditioned(tmp_path_factory, tiny_bert):
+    root = tmp_path_factory.mktemp("conditioned")
+    rng = np.random.default_rng(7)
+    rows = []
+    for i in range(160):
+        metric, language = ["harm", "help"][i % 2], ["en", "hi"][(i // 2) % 2]
+        rows.append({"text": f"reply {i} {rng.choice(GOOD + BAD)}", "metric": metric, "language": language,
+                     "score": float(i % 5) + (2.0 if metric == "harm" else 0.0)})
+    data = pd.DataFrame(rows)
+    data.to_csv(root / "data.csv", index=False)
+    cache = EmbeddingCache(root / "c", tiny_bert)
+    HeadModel(head="ridge").fit(cache, data, "score", text_col="text", condition_col="metric",
+                                progress=False).save(root / "m")
+    return root
+
+
+def test_serve_names_conditions_it_never_saw(conditioned):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from heads.serve import create_app
+
+    with TestClient(create_app(conditioned / "m")) as client:
+        seen = client.post("/score", json={"items": [{"text": "reply 1 clear", "condition": "harm"}]}).json()
+        assert "unseen_conditions" not in seen
+        reply = client.post("/score", json={"items": [{"text": "reply 1 clear", "condition": "harmful content"},
+                                                      {"text": "reply 2", "condition": "help"}]}).json()
+        (unseen,) = reply["unseen_conditions"]
+        assert unseen["condition"] == "harmful content" and unseen["nearest_trained"] in ("harm", "help")
+
+
+def test_evaluate_groups_by_several_columns_and_plots_them_sorted(conditioned, tmp_path, capsys):
+    code, out, err = run_command(main, capsys, "evaluate", "--model", conditioned / "m", "--cache", conditioned / "c",
+                                 "--data", conditioned / "data.csv", "--group-col", "language", "--group-col", "metric",
+                                 "--plots", tmp_path / "plots", "--json", "--quiet")
+    assert code == 0, err
+    groups = json.loads(out.strip().splitlines()[-1])["per_group"]
+    assert set(groups) == {"en / harm", "en / help", "hi / harm", "hi / help"}
+    assert "language / metric=en / harm" in out
+    assert (tmp_path / "plots" / "per_group.png").exists() and (tmp_path / "plots" / "per_condition.png").exists()
+
+
+def test_fine_tuning_knows_the_frozen_cosine_it_must_beat(tiny_bert_dir):
+    from heads.backbone import Backbone
+    from heads.finetune import _frozen_cosine
+
+    backbone = Backbone.from_directory(str(tiny_bert_dir))
+    words = ["apple", "river", "stone", "cloud", "music", "paper"]
+    a = [f"{w} {w} {w}" for w in words for _ in words]
+    b = [f"{v} {v} {v}" for _ in words for v in words]
+    y = np.array([[float(x == z)] for x, z in zip(a, b)])  # the same word: related
+    baseline = _frozen_cosine(backbone, {"text": np.array(a), "pair": np.array(b)}, y)
+    assert baseline is not None and baseline > 0.2  # identical texts have cosine 1: the cosine ranks them first
+    assert _frozen_cosine(backbone, {"text": np.array(a)}, y) is None
