@@ -25,9 +25,7 @@ from embedcache import (
     run_command,
 )
 
-from .batch_scoring import score_files
-from .config import FinetuneConfig, TrainConfig, add_arguments, from_arguments
-from .finetune import FINETUNE_DEFAULTS
+from .config import FINETUNE_DEFAULTS, FinetuneConfig, TrainConfig, add_arguments, from_arguments
 from .model import HeadModel
 from .pseudolabel import METHODS
 from .selftrain import SELECT
@@ -396,6 +394,8 @@ def train(args) -> dict:
 
 def predict(args) -> dict:
     if args.ray is not None:
+        from .batch_scoring import score_files
+
         summary = score_files(args.model, [args.data], args.out, args.cache, _columns(args), id_col=args.id_col,
                               interval=args.interval, decimals=args.round, header=not args.no_header,
                               address=args.ray or None, workers=args.workers, gpus_per_worker=args.gpus_per_worker,

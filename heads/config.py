@@ -161,3 +161,7 @@ def from_arguments(cls, args: argparse.Namespace, **changes):
     if values.get("label_range") is not None:
         values["label_range"] = tuple(values["label_range"])
     return cls(**{**values, **changes})
+
+
+# What heads finetune trains with unless told otherwise (a head and its encoder learn together: fewer epochs).
+FINETUNE_DEFAULTS = TrainConfig(head="concat", epochs=3, patience=2, batch_size=32)

@@ -36,7 +36,7 @@ from embedcache import (
 )
 
 from .backbone import Backbone
-from .config import FinetuneConfig, TrainConfig
+from .config import FINETUNE_DEFAULTS, FinetuneConfig, TrainConfig
 from .data import grouped_split, load_labels, side_texts, sides_of
 from .metrics import NAMES, report
 from .model import HeadModel, check_label_values, label_scaling
@@ -44,7 +44,7 @@ from .train import LOSS_FUNCTIONS, seeded
 from .units import TorchHead, head_type, resolve_head
 
 # what heads finetune trains when not told otherwise: a few epochs suffice for a pretrained encoder
-FINETUNE_DEFAULTS = TrainConfig(head="concat", epochs=3, patience=2, batch_size=32)
+
 
 
 class FineTuneNetwork(nn.Module):

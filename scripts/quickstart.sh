@@ -96,6 +96,8 @@ heads pseudolabel --cache "$work/cache" --data "$work/prompts.csv" --text-col pr
     --label-col score --method self-train --label-range 0 1 --out "$work/pseudo.csv" --quiet
 heads train --cache "$work/cache" --data "$work/pseudo.csv" --text-col prompt --label-col score \
     --label-range 0 1 --out "$work/model-pseudo" --quiet
+# the held-out prompts, cached once for the two evaluations below (each would otherwise encode them again)
+embedcache precompute "$work/test.csv" --cache "$work/cache" --text-col prompt --quiet
 # the pseudo-labelled model's validation above used the 200 rated prompts only; the held-out truth says:
 heads evaluate --model "$work/model-pseudo" --cache "$work/cache" --data "$work/test.csv" --label-col quality \
     --json --quiet | tee "$work/eval-pseudo.out"

@@ -95,6 +95,7 @@ def test_get_with_encode_missing_encodes_in_memory_as_stored(tmp_path, hash_enco
         reader.get(["a", "new"])
 
 
+@pytest.mark.slow
 def test_a_writer_waits_for_the_lock_and_names_who_holds_it(tmp_path, hash_encoder, caplog):
     holder = EmbeddingCache(tmp_path / "c", hash_encoder)
     held, release = threading.Event(), threading.Event()
@@ -131,6 +132,7 @@ def test_a_writer_waits_for_the_lock_and_names_who_holds_it(tmp_path, hash_encod
         proc.wait(20)
 
 
+@pytest.mark.slow
 def test_eight_threads_and_two_processes_predict_new_texts_at_once(tiny_setup, tiny_bert_dir):
     tmp, cache, test = tiny_setup
     model = HeadModel.load(tmp / "model")
@@ -302,6 +304,7 @@ def test_round_zero_writes_integers_and_models_are_readable_by_others(tiny_setup
     assert (tmp / "copy" / "model.safetensors").stat().st_mode & 0o777 == 0o644
 
 
+@pytest.mark.slow
 def test_quiet_is_quiet_and_both_commands_have_a_version(tmp_path, tiny_bert_dir):
     import heads
 
@@ -341,6 +344,7 @@ def test_a_pair_task_without_a_head_gets_the_two_tower_head(tiny_setup):
     assert HeadModel(epochs=2).fit(EmbeddingCache(cache), pairs, "score", text_col="a", progress=False).head_ == "concat"
 
 
+@pytest.mark.slow
 def test_the_readme_weak_supervision_commands_run_as_written(tmp_path, minilm):
     readme = (ROOT / "README.md").read_text()
     block = readme.split("## No labels yet")[1].split("```bash")[1].split("```")[0]
@@ -363,6 +367,7 @@ def test_the_readme_weak_supervision_commands_run_as_written(tmp_path, minilm):
     assert (tmp_path / "models" / "quality" / "config.json").exists()
 
 
+@pytest.mark.slow
 def test_the_quickstart_runs_from_any_directory(tmp_path):
     run = subprocess.run(["bash", str(ROOT / "scripts" / "quickstart.sh"), "out"], check=False, cwd=tmp_path,
                          capture_output=True, text=True, timeout=600)

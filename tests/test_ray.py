@@ -82,13 +82,14 @@ def _part_shards(cache: Path) -> int:
     return sum(len(json.loads(m.read_text())["shards"]) for m in cache.glob("parts/ray-*/manifest.json"))
 
 
+@pytest.mark.slow
 def test_ray_precompute_with_an_actor_killed_mid_run_then_batch_scoring(local_ray, corpus, tmp_path, tiny_bert_dir):
     from embedcache.ray import precompute
 
     root, texts = corpus
     cache = tmp_path / "c"
     thread, result = _in_background(lambda: precompute(
-        str(root / "*.parquet"), cache, ["prompt"], model=str(tiny_bert_dir), workers=2, cpus_per_worker=0.5,
+        str(root / "*.parquet"), cache, ["prompt"], model=str(tiny_bert_dir), workers=2,  # no CPU flag: sized to fit
         rows_per_batch=500, progress=False))
     killed = _kill_one_when(lambda: _part_shards(cache) >= 2, "MapBatches(_EncodingActor)", thread)
     thread.join(300)
@@ -149,16 +150,16 @@ def test_batch_scoring_refuses_two_inputs_that_would_share_an_output(tmp_path):
         score_files(tmp_path / "m", [str(tmp_path / "none-*.parquet")], tmp_path / "out")
 
 
-def test_default_actor_cpus_leave_one_for_reading_and_a_deadlock_is_refused(local_ray, corpus, tmp_path, tiny_bert_dir):
-    """2 actors on this 2-CPU cluster with no CPU flag: they hold 0.5 each and the job finishes (it used to hang
-    with 1 CPU each); asking for 1 CPU each is one line that names the flag."""
+def test_actors_that_would_hold_every_cpu_are_refused_naming_the_flag(local_ray, corpus, tmp_path, tiny_bert_dir):
+    """2 actors of 1 CPU on this 2-CPU cluster used to hang forever (no CPU left to read the inputs); the default
+    sizing (the test above, with no CPU flag) leaves one free."""
     from embedcache import ParameterError
-    from embedcache.ray import precompute
+    from embedcache.ray import actor_cpus, precompute
 
-    root, texts = corpus
-    done = precompute(str(root / "part-0.parquet"), tmp_path / "c", ["prompt"], model=str(tiny_bert_dir), workers=2,
-                      progress=False)
-    assert done["encoded"] == ROWS
+    root, _ = corpus
+    started = time.monotonic()
     with pytest.raises(ParameterError, match="--cpus-per-worker 0.5"):
-        precompute(str(root / "part-1.parquet"), tmp_path / "c", ["prompt"], workers=2, cpus_per_worker=1,
-                   progress=False)
+        precompute(str(root / "part-1.parquet"), tmp_path / "c", ["prompt"], model=str(tiny_bert_dir), workers=2,
+                   cpus_per_worker=1, progress=False)
+    assert time.monotonic() - started < 60
+    assert actor_cpus(2, 2, None) == 0.5 and actor_cpus(16, 8, None) == 1.0

@@ -170,6 +170,7 @@ def test_a_server_default_interval(model_dir):
         assert "lower" not in client.post("/score", json={"items": [{"text": "apple"}], "interval": None}).json()
 
 
+@pytest.mark.slow
 def test_two_workers_start_serve_and_stop_on_sigterm(model_dir, tmp_path):
     import os
     import signal

@@ -138,6 +138,7 @@ def clustered(n, rng, centers, values):
     return Inputs({"text": X.astype(np.float32)}, {"text": np.arange(n)}), (values[c] + 0.05 * rng.standard_normal(n))[:, None]
 
 
+@pytest.mark.slow
 def test_self_training_beats_the_labeled_only_head_on_clustered_data():
     """40 labels over 8 clusters, 2,000 unlabeled points: the clusters are there to be learned from the unlabeled rows."""
     from heads import HeadModel
