@@ -116,7 +116,7 @@ def sts(lang: str) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def accuracy(args) -> None:
     work = Path(args.work)
-    runs = [("all-MiniLM-L6-v2", "minilm", "en")] + [("USE multilingual v3", "use-multilingual", l) for l in ("en", "de", "es", "fr")]
+    runs = [("all-MiniLM-L6-v2", "minilm", "en")] + [("USE multilingual v3", "use-multilingual", lang) for lang in ("en", "de", "es", "fr")]
     encoders = {}
     print("\n### Accuracy: STS-B train -> dev, Spearman x 100\n")
     print("| encoder | lang | cosine (no training) | ridge | concat | two-tower | best head - cosine | train s (ridge/concat/two-tower) |")

@@ -279,6 +279,7 @@ def _leakage_parser(sub) -> None:
     k.add_argument("--train", required=True, metavar="FILE")
     k.add_argument("--test", required=True, metavar="FILE")
     k.add_argument("--text-col", default="text", metavar="COL", help="the text column in both files (default: text)")
+    k.add_argument("--pair-col", metavar="COL", help="the second text of a pair: both sides are searched against both")
     _table_arguments(k, trained=False)
     _cache_arguments(k)
     k.add_argument("--threshold", type=flag_type(check_float, float, low=-1, high=1), default=0.95,
@@ -493,17 +494,20 @@ def leakage(args) -> dict:
     if args.out:
         check_output(args.out, _inputs(args), args.overwrite, "--out")
     pairs = leakage_report(_cache(args), _read(args, args.train), _read(args, args.test),
-                           {"text": args.text_col, "template": _template(args)}, args.threshold, args.add_missing,
-                           paths=(args.train, args.test))
+                           {"text": args.text_col, "template": _template(args), "pair": args.pair_col}, args.threshold,
+                           args.add_missing, paths=(args.train, args.test))
     n_test = pairs.attrs["n_test"]
-    print(f"{len(pairs)} of {n_test} test texts ({len(pairs) / n_test:.1%}) have a training text "
-          f"with cosine >= {args.threshold}")
+    rows = int(pairs.test_rows.sum()) if len(pairs) else 0
+    print(f"{len(pairs)} of {n_test} distinct test texts ({len(pairs) / n_test:.1%}; {rows} of "
+          f"{pairs.attrs['n_test_rows']} test rows) have a training text with cosine >= {args.threshold}")
     for row in pairs.head(10).itertuples():
-        print(f"  test row {row.test_row} ~ train row {row.train_row} ({row.cosine:.3f}): {row.test_text[:70]!r}")
+        print(f"  test row {row.test_row} ({row.side}) ~ train row {row.train_row} ({row.cosine:.3f}): "
+              f"{row.where_they_differ}")
     if args.out:
         _write_csv(pairs, args.out)
         print(f"wrote {args.out}")
-    return {"n_test": n_test, "n_leaked": len(pairs), "share": len(pairs) / n_test, "threshold": args.threshold}
+    return {"n_test": n_test, "n_leaked": len(pairs), "share": len(pairs) / n_test, "threshold": args.threshold,
+            "n_test_rows": pairs.attrs["n_test_rows"], "n_leaked_rows": rows}
 
 
 def _with_imports(command):

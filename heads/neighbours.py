@@ -55,11 +55,15 @@ def leakage(train: np.ndarray, test: np.ndarray, threshold: float = 0.95) -> tup
 
 def leakage_report(cache, train, test, columns: dict, threshold: float = 0.95, add_missing: bool = False,
                    paths=("train", "test")):
-    """Every test row whose nearest training text has cosine >= ``threshold``, most similar first.
+    """Every distinct test text whose nearest training text has cosine >= ``threshold``, most similar first.
 
-    ``train`` and ``test`` are tables; ``columns`` names their text column (or a ``template``).
-    Returns a DataFrame of test_row, train_row (1-based), cosine, test_text, train_text; its
-    ``attrs["n_test"]`` is the number of test rows searched.
+    ``train`` and ``test`` are tables; ``columns`` names their text column (or a ``template``) and may name a
+    ``pair`` column: then the texts of both sides are searched against the texts of both sides.  A text that
+    repeats (a shared system prompt in a template's fields, the same sentence in many pairs) counts once.
+    Returns a DataFrame of test_row and train_row (1-based, the first row holding the text), test_rows (how
+    many test rows hold the text), side, cosine, test_text, train_text and where_they_differ (both texts
+    from their first difference on); its ``attrs["n_test"]`` is the number of distinct test texts searched
+    and ``attrs["n_test_rows"]`` the number of test rows.
     """
     import pandas as pd
 
@@ -68,15 +72,37 @@ def leakage_report(cache, train, test, columns: dict, threshold: float = 0.95, a
     from .data import embed, side_texts
 
     check_float(threshold, "threshold", -1, 1)
-    train_texts, test_texts = (side_texts(df, columns, path)["text"] for df, path in ((train, paths[0]), (test, paths[1])))
-    test_rows, train_rows, cosines = leakage(embed(cache, train_texts, add_missing), embed(cache, test_texts, add_missing),
-                                             threshold)
-    pairs = pd.DataFrame({"test_row": test_rows + 1, "train_row": train_rows + 1, "cosine": cosines.round(4),
-                          "test_text": [test_texts[i] for i in test_rows],
-                          "train_text": [train_texts[i] for i in train_rows]})
+    sides = {"text": columns.get("text"), "template": columns.get("template"), "pair": columns.get("pair")}
+    train_texts, train_first, _ = _distinct_texts(side_texts(train, sides, paths[0]))
+    test_texts, test_first, test_counts = _distinct_texts(side_texts(test, sides, paths[1]))
+    hits, nearest_rows, cosines = leakage(embed(cache, train_texts, add_missing), embed(cache, test_texts, add_missing),
+                                          threshold)
+    pairs = pd.DataFrame({"test_row": [test_first[i][1] + 1 for i in hits], "test_rows": [test_counts[i] for i in hits],
+                          "side": [test_first[i][0] for i in hits],
+                          "train_row": [train_first[j][1] + 1 for j in nearest_rows], "cosine": cosines.round(4),
+                          "test_text": [test_texts[i] for i in hits], "train_text": [train_texts[j] for j in nearest_rows]})
+    pairs["where_they_differ"] = [where_they_differ(a, b) for a, b in zip(pairs.test_text, pairs.train_text)]
     pairs = pairs.sort_values("cosine", ascending=False, kind="stable").reset_index(drop=True)
-    pairs.attrs["n_test"] = len(test_texts)
+    pairs.attrs["n_test"], pairs.attrs["n_test_rows"] = len(test_texts), len(test)
     return pairs
+
+
+def _distinct_texts(by_side: dict) -> tuple[list[str], list[tuple[str, int]], list[int]]:
+    """The distinct texts of every side, the (side, row) that first holds each, and how many rows hold it."""
+    first, counts = {}, {}
+    for side, texts in by_side.items():
+        for row, text in enumerate(texts):
+            first.setdefault(text, (side, row))
+            counts[text] = counts.get(text, 0) + 1
+    return list(first), list(first.values()), [counts[t] for t in first]
+
+
+def where_they_differ(a: str, b: str, width: int = 60) -> str:
+    """Both texts from the first character where they differ (what a shared prefix such as a system prompt hides)."""
+    start = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    cut = max(0, start - 10)
+    lead = "..." if cut else ""
+    return f"{lead}{a[cut:cut + width]!r} vs {lead}{b[cut:cut + width]!r}"
 
 
 def unseen_conditions(trained, source, inputs) -> list[tuple[str, str, float]]:

@@ -42,3 +42,38 @@ def test_pairs_and_two_tower_learn_a_similarity():
         assert cross_val_score(EmbeddingRegressor(head=head, n_inputs=2, epochs=40, width=32), X, y, cv=2).mean() > r2
     with pytest.raises(ValueError, match="divide the 3 features"):
         EmbeddingRegressor(n_inputs=2).fit(X[:, :3], y)
+
+
+def test_label_range_conditions_and_a_3d_layout():
+    from heads import EmbeddingRegressor
+
+    rng = np.random.default_rng(2)
+    text = rng.standard_normal((300, 8)).astype(np.float32)
+    cond = np.repeat(np.eye(8, dtype=np.float32)[:2], 150, axis=0)  # two conditions, one-hot as their "vectors"
+    y = np.clip(0.5 + 0.2 * text[:, 0] + 0.3 * cond[:, 0], 0, 1)
+    flat = np.hstack([text, cond])
+    model = EmbeddingRegressor(head="ridge", n_inputs=2, condition=True, label_range=(0, 1)).fit(flat, y)
+    assert model.model_.sides_ == ("text", "condition")
+    predicted = model.predict(np.stack([text, cond], axis=1))  # (n, n_inputs, dim): the same rows
+    np.testing.assert_allclose(predicted, model.predict(flat))
+    assert predicted.min() >= 0 and predicted.max() <= 1 and np.corrcoef(predicted, y)[0, 1] > 0.9
+    with pytest.raises(ValueError, match=r"\(n, n_inputs=2, dim\)"):
+        model.predict(np.stack([text, cond, cond], axis=1))
+
+
+def test_texts_go_through_the_cache_in_a_pipeline(tmp_path):
+    from conftest import HashEncoder
+
+    from embedcache import EmbeddingCache
+    from heads import EmbeddingRegressor, EmbeddingTransformer
+
+    texts = [f"text {i}" for i in range(60)]
+    encoder = HashEncoder()
+    cache = EmbeddingCache(tmp_path / "c", encoder)
+    cache.add(texts)
+    y = np.array([encoder.vector(t)[0] for t in texts])  # a function of each text's vector
+    pipe = make_pipeline(EmbeddingTransformer(str(tmp_path / "c")), EmbeddingRegressor(head="ridge"))
+    pipe.fit(texts, y)
+    assert np.corrcoef(pipe.predict(texts), y)[0, 1] > 0.95
+    pairs = list(zip(texts, reversed(texts)))
+    assert EmbeddingTransformer(cache).fit(pairs).transform(pairs).shape == (60, 16)  # [text | pair]

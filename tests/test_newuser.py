@@ -180,3 +180,27 @@ def test_fine_tuning_knows_the_frozen_cosine_it_must_beat(tiny_bert_dir):
     baseline = _frozen_cosine(backbone, {"text": np.array(a), "pair": np.array(b)}, y)
     assert baseline is not None and baseline > 0.2  # identical texts have cosine 1: the cosine ranks them first
     assert _frozen_cosine(backbone, {"text": np.array(a)}, y) is None
+
+
+def test_leakage_counts_distinct_texts_shows_where_they_differ_and_checks_both_sides(tmp_path, capsys):
+    system = "You are a careful assistant who answers in full sentences. " * 3
+    train = pd.DataFrame({"system": system, "user": [f"question {i}" for i in range(20)],
+                          "other": [f"other {i}" for i in range(20)]})
+    test = pd.DataFrame({"system": system, "user": ["question 3"] * 3 + ["question new"],
+                         "other": ["unrelated a", "unrelated b", "question 7", "unrelated c"]})
+    train.to_csv(tmp_path / "train.csv", index=False)
+    test.to_csv(tmp_path / "test.csv", index=False)
+    composed = [f"{system}\n{u}" for u in pd.concat([train.user, test.user])]
+    cache = EmbeddingCache(tmp_path / "c", HashEncoder())
+    cache.add(composed + list(train.user) + list(train.other) + list(test.user) + list(test.other))
+    code, out, err = run_command(main, capsys, "leakage", "--cache", tmp_path / "c", "--train", tmp_path / "train.csv",
+                                 "--test", tmp_path / "test.csv", "--template", "{system}\\n{user}", "--json")
+    assert code == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert (summary["n_test"], summary["n_leaked"], summary["n_leaked_rows"]) == (2, 1, 3)  # distinct texts
+    assert "question 3" in out  # the preview starts where the texts differ, past the shared system prompt
+    code, out, err = run_command(main, capsys, "leakage", "--cache", tmp_path / "c", "--train", tmp_path / "train.csv",
+                                 "--test", tmp_path / "test.csv", "--text-col", "user", "--pair-col", "other", "--json")
+    assert code == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["n_leaked"] == 2 and "(pair)" in out  # "question 7" leaked through the second side
