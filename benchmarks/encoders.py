@@ -41,8 +41,17 @@ from stsb import read_sts
 from embedcache import EmbeddingCache, load_encoder, model_directory
 from embedcache.backends import cpu_has_bf16
 
-CPU_ROWS = [("torch", "fp32"), ("torch", "bf16"), ("onnx", "fp32"), ("onnx-int8", "fp32"), ("openvino", "fp32"),
-            ("openvino", "bf16"), ("openvino-int8", "fp32"), ("openvino-int8", "bf16"), ("auto", None)]
+CPU_ROWS = [
+    ("torch", "fp32"),
+    ("torch", "bf16"),
+    ("onnx", "fp32"),
+    ("onnx-int8", "fp32"),
+    ("openvino", "fp32"),
+    ("openvino", "bf16"),
+    ("openvino-int8", "fp32"),
+    ("openvino-int8", "bf16"),
+    ("auto", None),
+]
 
 
 def corpus(n: int) -> tuple[list[str], object]:
@@ -114,9 +123,26 @@ def command_overhead(backend: str, precision: str | None, texts: list[str], root
         data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     with tempfile.TemporaryDirectory(dir=root) as d:
         flags = ["--backend", backend] + (["--precision", precision] if precision else [])
-        out = subprocess.run([sys.executable, "-m", "embedcache.cli", "precompute", str(data), "--cache", f"{d}/c",
-                              "--text-col", "text", "--json", "--quiet", *flags],
-                             capture_output=True, text=True, check=True, env=os.environ)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "embedcache.cli",
+                "precompute",
+                str(data),
+                "--cache",
+                f"{d}/c",
+                "--text-col",
+                "text",
+                "--json",
+                "--quiet",
+                *flags,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=os.environ,
+        )
         summary = json.loads(out.stdout.strip().splitlines()[-1])
         return summary["seconds"] - summary["encode_seconds"]
 
@@ -170,15 +196,25 @@ def main() -> None:
             best[key] = min(best[key], seconds)
 
     device = "cuda" if gpu else "cpu"
-    rates = {d: matmul_rate(d, device) for d in (["bf16", "fp16"] if gpu else ["fp32", "int8"] + (["bf16"] if cpu_has_bf16() else []))}
+    rates = {
+        d: matmul_rate(d, device)
+        for d in (["bf16", "fp16"] if gpu else ["fp32", "int8"] + (["bf16"] if cpu_has_bf16() else []))
+    }
     per_text = flops_per_text(encoders[rows[0]], texts)
     baseline_rate = len(texts) / best["baseline", None]
-    where = torch.cuda.get_device_name() if gpu else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    where = (
+        torch.cuda.get_device_name() if gpu else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    )
     print(f"\n{len(texts)} STS-B sentences, {where}, torch {torch.__version__}; best of {args.repeats}, interleaved")
-    print("matrix products: " + ", ".join(f"{d} {r / 1e9:.0f} G{'OP' if d == 'int8' else 'FLOP'}/s" for d, r in rates.items())
-          + f"; the model: {per_text / 1e6:.1f} MFLOP per text of this corpus (unpadded)\n")
-    print("| row | texts/s | ratio | mean cosine | STS-B dev Spearman | limit texts/s | of limit | export s (once) "
-          "| command outside encoding s |")
+    print(
+        "matrix products: "
+        + ", ".join(f"{d} {r / 1e9:.0f} G{'OP' if d == 'int8' else 'FLOP'}/s" for d, r in rates.items())
+        + f"; the model: {per_text / 1e6:.1f} MFLOP per text of this corpus (unpadded)\n"
+    )
+    print(
+        "| row | texts/s | ratio | mean cosine | STS-B dev Spearman | limit texts/s | of limit | export s (once) "
+        "| command outside encoding s |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     base_vectors = vectors["baseline", None]
     for key in [("baseline", None), *rows]:
@@ -186,23 +222,32 @@ def main() -> None:
         if key == ("auto", None):
             backend, precision = auto.backend, auto.precision
         rate = len(texts) / best[key]
-        cos = np.sum(vectors[key] * base_vectors, 1) / (np.linalg.norm(vectors[key], axis=1) * np.linalg.norm(base_vectors, axis=1))
+        cos = np.sum(vectors[key] * base_vectors, 1) / (
+            np.linalg.norm(vectors[key], axis=1) * np.linalg.norm(base_vectors, axis=1)
+        )
         rho = spearman(dict(zip(texts, vectors[key])), dev)
         dtype = "fp16" if gpu and key[0] == "baseline" else limit_dtype(backend, precision or "fp32")
         limit = rates[dtype] / per_text
-        label = ("sentence-transformers " + ("fp16" if gpu else "fp32") + " (baseline)" if key[0] == "baseline"
-                 else f"precompute {backend} {precision}" + (" (auto's choice)" if key[0] == "auto" else ""))
+        label = (
+            "sentence-transformers " + ("fp16" if gpu else "fp32") + " (baseline)"
+            if key[0] == "baseline"
+            else f"precompute {backend} {precision}" + (" (auto's choice)" if key[0] == "auto" else "")
+        )
         if key[0] == "baseline":
             extra = "| - | - |"
         else:
             export = f"choice {loads[key]:.1f}" if key[0] == "auto" else export_seconds(root, backend)
             extra = f"| {export} | {command_overhead(key[0], key[1], texts, root):.1f} |"
-        print(f"| {label} | {rate:.0f} | {rate / baseline_rate:.2f}x | {cos.mean():.5f} | {rho:.2f} | {limit:.0f} | "
-              f"{rate / limit:.0%} ({dtype}) {extra}")
+        print(
+            f"| {label} | {rate:.0f} | {rate / baseline_rate:.2f}x | {cos.mean():.5f} | {rho:.2f} | {limit:.0f} | "
+            f"{rate / limit:.0%} ({dtype}) {extra}"
+        )
     if auto is not None:
         print(f"\nauto chose {auto.backend} {auto.precision}: {auto.choice['rule']}")
         for m in auto.choice["measured"]:
-            print(f"  {m['backend']:14s} {m['precision']}  {m['texts_per_s']:7.1f} texts/s  mean cosine {m['mean_cosine']:.5f}")
+            print(
+                f"  {m['backend']:14s} {m['precision']}  {m['texts_per_s']:7.1f} texts/s  mean cosine {m['mean_cosine']:.5f}"
+            )
 
 
 if __name__ == "__main__":

@@ -36,20 +36,26 @@ from heads.finetune import finetune
 COLUMNS = {"text": "s1", "pair": "s2"}
 
 
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train-rows", type=int, help="use the first N training pairs (default: all 5,749)")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--variants", nargs="+", default=["two-tower", "cross", "warm two-tower"],
-                    help="fine-tuned rows: HEAD, or 'warm HEAD' (from the frozen head), 'lora HEAD' (rank 8), "
-                         "'prompt HEAD' (prompt tuning, 20 vectors, lr 3e-3)")
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        default=["two-tower", "cross", "warm two-tower"],
+        help="fine-tuned rows: HEAD, or 'warm HEAD' (from the frozen head), 'lora HEAD' (rank 8), "
+        "'prompt HEAD' (prompt tuning, 20 vectors, lr 3e-3)",
+    )
     ap.add_argument("--work", default="/tmp/embedcache-bench", help="where the STS cache lives between runs")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}", flush=True)
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}",
+        flush=True,
+    )
     train, dev = read_sts("en", "train"), read_sts("en", "dev")
     if args.train_rows:
         train = train.head(args.train_rows)
@@ -59,20 +65,39 @@ def main() -> None:
     rows = []
     for head in ("concat", "two-tower"):
         start = time.perf_counter()
-        model = HeadModel(head=head, label_range=(0, 5)).fit(cache, train, "score", text_col="s1", pair_col="s2", progress=False)
+        model = HeadModel(head=head, label_range=(0, 5)).fit(
+            cache, train, "score", text_col="s1", pair_col="s2", progress=False
+        )
         model.save(work / f"frozen-{head}")
-        rows.append((f"frozen {head}", 100 * spearmanr(model.predict(cache, dev)[:, 0], dev.score)[0], time.perf_counter() - start))
+        rows.append(
+            (
+                f"frozen {head}",
+                100 * spearmanr(model.predict(cache, dev)[:, 0], dev.score)[0],
+                time.perf_counter() - start,
+            )
+        )
         print(rows[-1], flush=True)
     for variant in args.variants:
         head = variant.split()[-1]
         start = time.perf_counter()
         how = variant.split()[0]
-        model = finetune(train, "score", COLUMNS, work / variant.replace(" ", "-"), head=head, epochs=args.epochs,
-                         batch_size=args.batch_size, label_range=(0, 5), patience=args.epochs,
-                         init_head=work / f"frozen-{head}" if how == "warm" else None,
-                         lora=8 if how == "lora" else None, prompt_tuning=20 if how == "prompt" else None,
-                         # the soft prompt learns at the head's rate: 1e-3 is too slow for it, 1e-2 unsettles the head
-                         **({"lr": 3e-3} if how == "prompt" else {}), progress=False)
+        model = finetune(
+            train,
+            "score",
+            COLUMNS,
+            work / variant.replace(" ", "-"),
+            head=head,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            label_range=(0, 5),
+            patience=args.epochs,
+            init_head=work / f"frozen-{head}" if how == "warm" else None,
+            lora=8 if how == "lora" else None,
+            prompt_tuning=20 if how == "prompt" else None,
+            # the soft prompt learns at the head's rate: 1e-3 is too slow for it, 1e-2 unsettles the head
+            **({"lr": 3e-3} if how == "prompt" else {}),
+            progress=False,
+        )
         seconds = time.perf_counter() - start
         rows.append((f"fine-tuned {variant}", 100 * spearmanr(model.predict(None, dev)[:, 0], dev.score)[0], seconds))
         print(rows[-1], flush=True)

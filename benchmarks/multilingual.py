@@ -40,8 +40,14 @@ from heads import HeadModel
 
 PAIRS = Path(__file__).resolve().parents[1] / "tests" / "data" / "translations.tsv"
 ENCODERS = ["minilm", "use-multilingual", "multilingual-e5-small"]
-BACKENDS = [("torch", "fp32"), ("torch", "bf16"), ("onnx-int8", "fp32"), ("openvino", "bf16"),
-            ("openvino-int8", "fp32"), ("openvino-int8", "bf16")]
+BACKENDS = [
+    ("torch", "fp32"),
+    ("torch", "bf16"),
+    ("onnx-int8", "fp32"),
+    ("openvino", "bf16"),
+    ("openvino-int8", "fp32"),
+    ("openvino-int8", "bf16"),
+]
 
 
 def unit(v: np.ndarray) -> np.ndarray:
@@ -78,8 +84,10 @@ def main() -> None:
     os.environ.setdefault("EMBEDCACHE_HOME", str(work / "home"))  # exports and the e5 conversion, made in this run
     pairs = pd.read_csv(PAIRS, sep="\t")
 
-    print("\n### STS-B dev, Spearman x 100: cosine of frozen vectors / the best head trained on that language's "
-          "train split (two-tower, concat or ridge; its name)\n")
+    print(
+        "\n### STS-B dev, Spearman x 100: cosine of frozen vectors / the best head trained on that language's "
+        "train split (two-tower, concat or ridge; its name)\n"
+    )
     print("| encoder | en | de | es | fr |\n|---|---|---|---|---|")
     rows = []
     for name in ENCODERS:
@@ -90,20 +98,36 @@ def main() -> None:
             train, dev = read_sts(lang, "train"), read_sts(lang, "dev")
             cache.add([*train.s1, *train.s2, *dev.s1, *dev.s2])
             cosine = sts_spearman(cache, dev)
-            heads = {head: 100 * spearmanr(HeadModel(head=head, label_range=(0, 5)).fit(
-                cache, train, "score", text_col="s1", pair_col="s2", progress=False).predict(cache, dev)[:, 0],
-                dev.score).statistic for head in ("two-tower", "concat", "ridge")}
+            heads = {
+                head: 100
+                * spearmanr(
+                    HeadModel(head=head, label_range=(0, 5))
+                    .fit(cache, train, "score", text_col="s1", pair_col="s2", progress=False)
+                    .predict(cache, dev)[:, 0],
+                    dev.score,
+                ).statistic
+                for head in ("two-tower", "concat", "ridge")
+            }
             best = max(heads, key=heads.get)
             cells.append(f"{cosine:.2f} / {heads[best]:.2f} ({best})")
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
         vectors = {lang: encoder.encode(list(pairs[lang])) for lang in ("en", "hi", "bn")}
         ids, unk = encoder.token_ids(list(pairs.hi) + list(pairs.bn))
-        rows.append((name, {f"{a}-{b}": ranked_above_unrelated(vectors[a], vectors[b])
-                            for a, b in (("en", "hi"), ("en", "bn"), ("hi", "bn"))},
-                     sum(i == unk for row in ids for i in row) / sum(map(len, ids))))
+        rows.append(
+            (
+                name,
+                {
+                    f"{a}-{b}": ranked_above_unrelated(vectors[a], vectors[b])
+                    for a, b in (("en", "hi"), ("en", "bn"), ("hi", "bn"))
+                },
+                sum(i == unk for row in ids for i in row) / sum(map(len, ids)),
+            )
+        )
 
-    print(f"\n### Translations ranked above unrelated sentences ({len(pairs)} sentences, {len(pairs) * (len(pairs) - 1)} "
-          "pairs per language pair)\n")
+    print(
+        f"\n### Translations ranked above unrelated sentences ({len(pairs)} sentences, {len(pairs) * (len(pairs) - 1)} "
+        "pairs per language pair)\n"
+    )
     print("| encoder | en-hi | en-bn | hi-bn | unknown tokens in hi+bn |\n|---|---:|---:|---:|---:|")
     for name, shares, unknown in rows:
         print(f"| {name} | " + " | ".join(f"{v:.1%}" for v in shares.values()) + f" | {unknown:.1%} |")
@@ -127,10 +151,14 @@ def main() -> None:
         print(f"| {label} | {rate:.0f} | {rate / engine_rate:.2f}x | {cos.mean():.4f} | {cos.min():.4f} |", flush=True)
     e5 = load_encoder("multilingual-e5-small")
     sample = [*pairs.en, *pairs.hi, *pairs.bn, *texts[:200]]
-    same = sum(len(e5.model.tokenizer("query: " + t)["input_ids"]) == engine._lib.e5_token_count(engine._m, t.encode(), 1)
-               for t in sample)
-    print(f"\nToken counts equal to the engine's (e5_token_count) on {same} of {len(sample)} texts "
-          "(the 60 translations and German sentences).")
+    same = sum(
+        len(e5.model.tokenizer("query: " + t)["input_ids"]) == engine._lib.e5_token_count(engine._m, t.encode(), 1)
+        for t in sample
+    )
+    print(
+        f"\nToken counts equal to the engine's (e5_token_count) on {same} of {len(sample)} texts "
+        "(the 60 translations and German sentences)."
+    )
 
 
 if __name__ == "__main__":

@@ -47,12 +47,16 @@ def main() -> None:
                 model = HeadModel(head=head).fit(cache, part, "score", text_col="s1", pair_col="s2", progress=False)
                 scores[head] = model.evaluate(cache, dev)[0]["spearman"] * 100
             rows.append((lang, name, size or len(train), base, scores["auto"], scores["concat"]))
-            print(f"{lang} {size or len(train)}: cosine {base:.2f} auto {scores['auto']:.2f} concat {scores['concat']:.2f}",
-                  flush=True)
+            print(
+                f"{lang} {size or len(train)}: cosine {base:.2f} auto {scores['auto']:.2f} concat {scores['concat']:.2f}",
+                flush=True,
+            )
     print("\n| lang | encoder | train pairs | cosine | auto (two-tower) | auto - cosine | concat | concat - cosine |")
     print("|---|---|---|---|---|---|---|---|")
     for lang, name, n, base, auto, concat in rows:
-        print(f"| {lang} | {name} | {n} | {base:.2f} | {auto:.2f} | {auto - base:+.2f} | {concat:.2f} | {concat - base:+.2f} |")
+        print(
+            f"| {lang} | {name} | {n} | {base:.2f} | {auto:.2f} | {auto - base:+.2f} | {concat:.2f} | {concat - base:+.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -100,12 +100,18 @@ def main() -> None:
             if cold:
                 shutil.rmtree(cache_dir, ignore_errors=True)
             EmbeddingCache(cache_dir, encoder).add(corpus_texts)
+
         return run
 
     best: dict[str, float] = {}
     for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits every row alike
-        for key, fn in [("a", lambda: plain_st(encoder, texts, tmp)), ("b", lambda: notebook(hf_model, hf_tok, texts, tmp)),
-                        ("c", ours(texts)), ("d", ours(texts, cold=False)), ("e", ours(texts * 4))]:
+        for key, fn in [
+            ("a", lambda: plain_st(encoder, texts, tmp)),
+            ("b", lambda: notebook(hf_model, hf_tok, texts, tmp)),
+            ("c", ours(texts)),
+            ("d", ours(texts, cold=False)),
+            ("e", ours(texts * 4)),
+        ]:
             best[key] = min(best.get(key, float("inf")), timed(fn))
     n = {"a": len(texts), "b": len(texts), "c": len(texts), "d": len(texts), "e": 4 * len(texts)}
     rate = {k: n[k] / best[k] for k in best}
@@ -116,13 +122,17 @@ def main() -> None:
         "d": "(d) embedcache precompute, rerun",
         "e": "(e) embedcache, each text 4 times",
     }
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"encoder all-MiniLM-L6-v2 on cpu, {len(texts)} distinct STS-B sentences, best of {args.repeats}\n")
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"encoder all-MiniLM-L6-v2 on cpu, {len(texts)} distinct STS-B sentences, best of {args.repeats}\n"
+    )
     print("| variant | texts | seconds | texts/s | vs (a) | goal |")
     print("|---|---:|---:|---:|---:|---|")
     goals = {"c": ">= 0.95 x (a)", "d": f">= 100 x (c): {best['c'] / best['d']:.0f} x", "e": ">= 3.5 x (a)"}
     for k in "abcde":
-        print(f"| {labels[k]} | {n[k]} | {best[k]:.2f} | {rate[k]:.0f} | {rate[k] / rate['a']:.2f} | {goals.get(k, 'baseline' if k == 'a' else '')} |")
+        print(
+            f"| {labels[k]} | {n[k]} | {best[k]:.2f} | {rate[k]:.0f} | {rate[k] / rate['a']:.2f} | {goals.get(k, 'baseline' if k == 'a' else '')} |"
+        )
 
     # Read-back: a cache of read_rows x 384 float16 vectors, read shard by shard and by text.
     shutil.rmtree(tmp / "big", ignore_errors=True)
@@ -134,7 +144,9 @@ def main() -> None:
     t_shards = timed(lambda: sum(v.nbytes for _, v in cache.iter_shards()))
     t_open = timed(lambda: EmbeddingCache(tmp / "big").contains(big_texts[:1]))
     t_get = timed(lambda: cache.get(big_texts))
-    print(f"\n| read-back of {args.read_rows} x 384 float16 ({nbytes / 1e6:.0f} MB) | seconds | GB/s of stored vectors | goal |")
+    print(
+        f"\n| read-back of {args.read_rows} x 384 float16 ({nbytes / 1e6:.0f} MB) | seconds | GB/s of stored vectors | goal |"
+    )
     print("|---|---:|---:|---|")
     print(f"| iter_shards (raw float16, shard by shard) | {t_shards:.3f} | {nbytes / t_shards / 1e9:.2f} | >= 1 GB/s |")
     print(f"| get(all texts): hash, look up, read, float32 out | {t_get:.3f} | {nbytes / t_get / 1e9:.2f} | |")

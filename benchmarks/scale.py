@@ -57,8 +57,13 @@ def corpus(n: int) -> list[str]:
 
 def precompute(data: Path, cache: Path, *extra, threads: int | None = None) -> subprocess.Popen:
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-    return subprocess.Popen([*COMMAND, "precompute", str(data), "--cache", str(cache), "--text-col", "text", "--quiet",
-                             "--json", *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [*COMMAND, "precompute", str(data), "--cache", str(cache), "--text-col", "text", "--quiet", "--json", *extra],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(*procs) -> list[dict]:
@@ -117,8 +122,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="scale-"))
     data = work / "corpus.parquet"
     pd.DataFrame({"text": texts}).to_parquet(data)
-    subprocess.run(["ray", "start", "--head", "--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["ray", "start", "--head", "--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats"],
+        check=True,
+        capture_output=True,
+    )
     best: dict[str, float] = {}
     parted = None  # the first 2-rank cache, kept for the read-back rows
     try:
@@ -140,8 +148,10 @@ def main() -> None:
     finally:
         subprocess.run(["ray", "stop", "--force"], check=False, capture_output=True)
     base = len(texts) / best["1 process"]
-    print(f"\n{len(texts)} distinct STS-B sentences (en, de, es, fr), all-MiniLM-L6-v2 torch fp32, best of {args.repeats}; "
-          f"{cpu_info('model name')}, {os.cpu_count()} cores, Python {platform.python_version()}\n")
+    print(
+        f"\n{len(texts)} distinct STS-B sentences (en, de, es, fr), all-MiniLM-L6-v2 torch fp32, best of {args.repeats}; "
+        f"{cpu_info('model name')}, {os.cpu_count()} cores, Python {platform.python_version()}\n"
+    )
     print("| run | seconds (whole command) | texts/s | vs 1 process |")
     print("|---|---:|---:|---:|")
     for name, seconds in best.items():
@@ -153,8 +163,10 @@ def main() -> None:
     subprocess.run([*COMMAND, "compact", str(parted), "--quiet"], check=True, capture_output=True)
     fast = min(read_back(parted, texts) for _ in range(3))
     compacted = EmbeddingCache(parted).info()
-    print(f"\nreading every vector back (open, index, get): {parts['parts']} parts / {parts['shards']} shards "
-          f"{slow:.2f} s; compacted to {compacted['shards']} shards {fast:.2f} s ({slow / fast:.2f}x)")
+    print(
+        f"\nreading every vector back (open, index, get): {parts['parts']} parts / {parts['shards']} shards "
+        f"{slow:.2f} s; compacted to {compacted['shards']} shards {fast:.2f} s ({slow / fast:.2f}x)"
+    )
     shutil.rmtree(work)
 
 

@@ -30,10 +30,29 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pandas as pd
 
-TOPICS = ["vaccines", "tax returns", "a haiku", "python decorators", "the French revolution", "sourdough bread",
-          "black holes", "a job interview", "climate policy", "chess openings", "a wedding speech", "SQL joins"]
-ASKS = ["Explain {} step by step for a beginner.", "Write a short poem about {}.", "{}?", "List five facts about {}.",
-        "Compare two views on {} in a table.", "help {}", "Summarise {} in 3 sentences for a busy manager."]
+TOPICS = [
+    "vaccines",
+    "tax returns",
+    "a haiku",
+    "python decorators",
+    "the French revolution",
+    "sourdough bread",
+    "black holes",
+    "a job interview",
+    "climate policy",
+    "chess openings",
+    "a wedding speech",
+    "SQL joins",
+]
+ASKS = [
+    "Explain {} step by step for a beginner.",
+    "Write a short poem about {}.",
+    "{}?",
+    "List five facts about {}.",
+    "Compare two views on {} in a table.",
+    "help {}",
+    "Summarise {} in 3 sentences for a busy manager.",
+]
 
 
 def prompts(n: int, seed: int) -> list[str]:
@@ -74,7 +93,11 @@ def run_server(kind: str, model_dir: str, port_file: str, max_seconds: float, wa
 
     from heads.serve import ServeConfig, create_app
 
-    app = notebook_app(model_dir) if kind == "notebook" else create_app(model_dir, config=ServeConfig(batch_wait_ms=wait_ms))
+    app = (
+        notebook_app(model_dir)
+        if kind == "notebook"
+        else create_app(model_dir, config=ServeConfig(batch_wait_ms=wait_ms))
+    )
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     threading.Timer(max_seconds, lambda: setattr(server, "should_exit", True)).start()  # never outlives its bound
 
@@ -111,15 +134,33 @@ def load(port: int, concurrency: int, n_requests: int, seed: int) -> dict:
         t.join()
     seconds = time.perf_counter() - start
     ms = np.asarray(latencies) * 1000
-    return {"rps": n_requests / seconds, "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
-            "failures": failures[0]}
+    return {
+        "rps": n_requests / seconds,
+        "p50": float(np.percentile(ms, 50)),
+        "p99": float(np.percentile(ms, 99)),
+        "failures": failures[0],
+    }
 
 
 def measure(kind: str, model_dir: Path, levels, n_requests: int, max_seconds: float, wait_ms: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         port_file = Path(tmp) / "port"
-        server = subprocess.Popen([sys.executable, __file__, "--serve", kind, "--model", str(model_dir), "--port-file",
-                                   str(port_file), "--max-seconds", str(max_seconds), "--batch-wait-ms", str(wait_ms)])
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--serve",
+                kind,
+                "--model",
+                str(model_dir),
+                "--port-file",
+                str(port_file),
+                "--max-seconds",
+                str(max_seconds),
+                "--batch-wait-ms",
+                str(wait_ms),
+            ]
+        )
         try:
             deadline = time.monotonic() + 120
             while not port_file.exists():
@@ -139,7 +180,9 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=300, help="requests per concurrency level")
     ap.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--max-seconds", type=float, default=600, help="each server stops itself after this")
-    ap.add_argument("--batch-wait-ms", type=float, default=None, help="heads serve's --batch-wait-ms (default: its own)")
+    ap.add_argument(
+        "--batch-wait-ms", type=float, default=None, help="heads serve's --batch-wait-ms (default: its own)"
+    )
     ap.add_argument("--serve", choices=["notebook", "batched"], help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--port-file", help=argparse.SUPPRESS)
@@ -151,21 +194,32 @@ def main() -> None:
 
     from heads.serve import ServeConfig
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, no GPU"
-          if not torch.cuda.is_available() else f"machine: {torch.cuda.get_device_name()}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, no GPU"
+        if not torch.cuda.is_available()
+        else f"machine: {torch.cuda.get_device_name()}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = train(Path(tmp))
         wait = ServeConfig().batch_wait_ms if args.batch_wait_ms is None else args.batch_wait_ms
-        results = {kind: measure(kind, model_dir, args.levels, args.requests, args.max_seconds, wait)
-                   for kind in ("notebook", "batched")}
-    print(f"\n### Serving: single-item requests of new texts, {args.requests} per level, loopback, "
-          f"--batch-wait-ms {wait:g}\n")
-    print("| concurrency | notebook req/s | heads serve req/s | ratio | notebook p50 / p99 ms | heads serve p50 / p99 ms |")
+        results = {
+            kind: measure(kind, model_dir, args.levels, args.requests, args.max_seconds, wait)
+            for kind in ("notebook", "batched")
+        }
+    print(
+        f"\n### Serving: single-item requests of new texts, {args.requests} per level, loopback, "
+        f"--batch-wait-ms {wait:g}\n"
+    )
+    print(
+        "| concurrency | notebook req/s | heads serve req/s | ratio | notebook p50 / p99 ms | heads serve p50 / p99 ms |"
+    )
     print("|---:|---:|---:|---:|---:|---:|")
     for c in args.levels:
         a, b = results["notebook"][c], results["batched"][c]
-        print(f"| {c} | {a['rps']:.1f} | {b['rps']:.1f} | {b['rps'] / a['rps']:.2f} x | {a['p50']:.0f} / {a['p99']:.0f} | "
-              f"{b['p50']:.0f} / {b['p99']:.0f} |")
+        print(
+            f"| {c} | {a['rps']:.1f} | {b['rps']:.1f} | {b['rps'] / a['rps']:.2f} x | {a['p50']:.0f} / {a['p99']:.0f} | "
+            f"{b['p50']:.0f} / {b['p99']:.0f} |"
+        )
     failed = {k: sum(r["failures"] for r in v.values()) for k, v in results.items()}
     print(f"\nfailed requests: {failed}")
 

@@ -61,8 +61,8 @@ from .inputs import (
     table_source,
     template_columns,
 )
-from .trust import UnsafeModelError, check_model_directory, inside
 from .ray import connect_ray, expand_inputs, map_with_actors, ray_arguments
+from .trust import UnsafeModelError, check_model_directory, inside
 
 __all__ = [
     "FORMATS",
@@ -127,7 +127,9 @@ __all__ = [
 ]
 
 # Imported on first use: they import sentence-transformers, which takes seconds.
-_LAZY = {name: "softprompt" for name in ("SoftPromptTransformer", "read_soft_prompt", "save_soft_prompt", "with_soft_prompt")}
+_LAZY = {
+    name: "softprompt" for name in ("SoftPromptTransformer", "read_soft_prompt", "save_soft_prompt", "with_soft_prompt")
+}
 
 
 def __getattr__(name: str):

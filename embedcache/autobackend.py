@@ -44,14 +44,27 @@ TIMED_TEXTS = 300
 
 def _machine() -> dict:
     flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")) or f in ("asimd", "sve"))
-    return {"cpu": cpu_info("model name") or platform.processor(), "machine": platform.machine(), "cores": cpu_cores(),
-            "flags": flags, "versions": {d: dist_version(d) for d in ("torch", "onnxruntime", "openvino", "nncf")}}
+    return {
+        "cpu": cpu_info("model name") or platform.processor(),
+        "machine": platform.machine(),
+        "cores": cpu_cores(),
+        "flags": flags,
+        "versions": {d: dist_version(d) for d in ("torch", "onnxruntime", "openvino", "nncf")},
+    }
 
 
 def record_path(source: dict, machine: dict) -> Path:
-    blob = {"weights": source["weights_sha256"], "modules": source["modules"], "max_length": source["max_length"],
-            "machine": machine}
-    return export_home().parent / "auto" / f"{hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:20]}.json"
+    blob = {
+        "weights": source["weights_sha256"],
+        "modules": source["modules"],
+        "max_length": source["max_length"],
+        "machine": machine,
+    }
+    return (
+        export_home().parent
+        / "auto"
+        / f"{hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:20]}.json"
+    )
 
 
 def candidates(device: str) -> list[tuple[str, str]]:
@@ -97,9 +110,11 @@ def choose_backend(encoder, calibration: list[str] | None) -> dict:
             return record
     texts = calibration_sample(calibration or [])[:TIMED_TEXTS]
     if len(texts) < 16:
-        raise ParameterError("backend 'auto' measures the backends on your own texts the first time on a machine: "
-                             "pass calibration=[a few hundred of your texts] to load_encoder (embedcache precompute "
-                             f"uses the corpus); got {len(texts)} distinct texts")
+        raise ParameterError(
+            "backend 'auto' measures the backends on your own texts the first time on a machine: "
+            "pass calibration=[a few hundred of your texts] to load_encoder (embedcache precompute "
+            f"uses the corpus); got {len(texts)} distinct texts"
+        )
     from tqdm.auto import tqdm
 
     measured, reference = [], None
@@ -115,13 +130,25 @@ def choose_backend(encoder, calibration: list[str] | None) -> dict:
         vectors, rate = _measure(encoder, runtime, texts)
         reference = vectors if reference is None else reference  # the first candidate is torch fp32
         cosines = np.sum(vectors * reference, 1) / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(reference, axis=1))
-        measured.append({"backend": backend, "precision": precision, "texts_per_s": round(rate, 1),
-                         "mean_cosine": round(float(cosines.mean()), 5), "min_cosine": round(float(cosines.min()), 5)})
+        measured.append(
+            {
+                "backend": backend,
+                "precision": precision,
+                "texts_per_s": round(rate, 1),
+                "mean_cosine": round(float(cosines.mean()), 5),
+                "min_cosine": round(float(cosines.min()), 5),
+            }
+        )
     fine = [m for m in measured if m["mean_cosine"] >= MIN_COSINE]
     best = max(fine, key=lambda m: m["texts_per_s"])
-    record = {"backend": best["backend"], "precision": best["precision"], "measured": measured,
-              "rule": f"fastest with mean cosine >= {MIN_COSINE} to torch fp32 on {len(texts)} of your texts",
-              "machine": machine, "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    record = {
+        "backend": best["backend"],
+        "precision": best["precision"],
+        "measured": measured,
+        "rule": f"fastest with mean cosine >= {MIN_COSINE} to torch fp32 on {len(texts)} of your texts",
+        "machine": machine,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, record)
     return record

@@ -111,8 +111,9 @@ class TorchRuntime:
         import torch
 
         with torch.inference_mode():
-            features = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-                        for k, v in batch.items()}
+            features = {
+                k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+            }
             out = self.model(features)["sentence_embedding"]
             # Half-precision vectors come back as they are (half the bytes over the bus), widened here.
             return out.to("cpu").float().numpy()
@@ -141,8 +142,12 @@ class OnnxRuntime:
         return self.session.run(None, batch)[0]
 
     def describe(self) -> dict:
-        return {"backend": self.name, "export_sha256": self.export["sha256"], "int8": self.export.get("int8"),
-                "versions": {"onnxruntime": dist_version("onnxruntime")}}
+        return {
+            "backend": self.name,
+            "export_sha256": self.export["sha256"],
+            "int8": self.export.get("int8"),
+            "versions": {"onnxruntime": dist_version("onnxruntime")},
+        }
 
 
 class OpenVinoRuntime:
@@ -156,9 +161,15 @@ class OpenVinoRuntime:
         self.export = read_export(directory, name, source)
         core = ov.Core()
         model = core.read_model(str(directory / "model.xml"))
-        self.compiled = core.compile_model(model, "CPU", {
-            "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": cpu_cores(),
-            "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}[precision]})
+        self.compiled = core.compile_model(
+            model,
+            "CPU",
+            {
+                "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_NUM_THREADS": cpu_cores(),
+                "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}[precision],
+            },
+        )
         self.inputs = [i.get_any_name() for i in self.compiled.inputs]
 
     def host(self, batch: dict) -> dict:
@@ -168,9 +179,13 @@ class OpenVinoRuntime:
         return self.compiled(batch)[0]
 
     def describe(self) -> dict:
-        return {"backend": self.name, "export_sha256": self.export["sha256"], "int8": self.export.get("int8"),
-                "inference_precision": self.precision, "versions": {"openvino": dist_version("openvino"),
-                                                                    "nncf": dist_version("nncf")}}
+        return {
+            "backend": self.name,
+            "export_sha256": self.export["sha256"],
+            "int8": self.export.get("int8"),
+            "inference_precision": self.precision,
+            "versions": {"openvino": dist_version("openvino"), "nncf": dist_version("nncf")},
+        }
 
 
 # -- exports ---------------------------------------------------------------------------------------
@@ -187,9 +202,12 @@ def read_export(directory: Path, backend: str | None = None, source: str | None 
     """An export's record, after checking that its files are the ones it recorded (sha256; rehashed only when
     a file's size or time changed since this process last checked) and that it was made from ``source``
     weights for ``backend``: a damaged, altered or foreign export is refused with one line."""
+
     def refuse(why: str):
-        raise EncoderError(f"export {directory} {why}: it is not the export it says it is, so it was not used; "
-                           "delete that directory and run again to export anew")
+        raise EncoderError(
+            f"export {directory} {why}: it is not the export it says it is, so it was not used; "
+            "delete that directory and run again to export anew"
+        )
 
     try:
         record = json.loads((directory / "export.json").read_text(encoding="utf-8"))
@@ -237,8 +255,16 @@ def _export_onnx(model, sample: dict, path: Path) -> None:
         # checked against torch on texts of many lengths by the tests.
         warnings.simplefilter("ignore")
         # The TorchScript exporter: the dynamo one needs onnxscript and fails on some attention masks.
-        torch.onnx.export(_graph(model, names), tuple(sample[k] for k in names), str(path), input_names=names,
-                          output_names=["sentence_embedding"], dynamic_axes=axes, opset_version=17, dynamo=False)
+        torch.onnx.export(
+            _graph(model, names),
+            tuple(sample[k] for k in names),
+            str(path),
+            input_names=names,
+            output_names=["sentence_embedding"],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
 
 
 def _onnx_int8(source: Path, target: Path, kernel: str) -> dict:
@@ -262,7 +288,12 @@ def _openvino_int8(model, calibration: list[dict], target: Path) -> dict:
     dataset = nncf.Dataset(calibration)
     quantized = nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration))
     ov.save_model(quantized, str(target), compress_to_fp16=False)
-    return {"kernel": "openvino", "scheme": "static", "preset": "performance, transformer", "calibration_texts": len(calibration)}
+    return {
+        "kernel": "openvino",
+        "scheme": "static",
+        "preset": "performance, transformer",
+        "calibration_texts": len(calibration),
+    }
 
 
 def _require(module: str, extra: str, backend: str) -> None:
@@ -275,8 +306,13 @@ def _require(module: str, extra: str, backend: str) -> None:
 def export_key(source: dict, backend: str, kernel: str | None) -> str:
     """The directory name of an export: the source model's weights and modules, the backend and the tools' versions."""
     tools = {"onnx": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino", "nncf")}[backend.split("-")[0]]
-    blob = {"source": {k: source[k] for k in ("weights_sha256", "modules", "dim")}, "backend": backend,
-            "kernel": kernel, "format": EXPORT_FORMAT, "versions": {d: dist_version(d) for d in ("torch", *tools)}}
+    blob = {
+        "source": {k: source[k] for k in ("weights_sha256", "modules", "dim")},
+        "backend": backend,
+        "kernel": kernel,
+        "format": EXPORT_FORMAT,
+        "versions": {d: dist_version(d) for d in ("torch", *tools)},
+    }
     return f"{backend}-{hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:20]}"
 
 
@@ -296,7 +332,8 @@ def exported(model, source: dict, backend: str, features, calibration: list[str]
         if not calibration:
             raise ParameterError(
                 "backend 'openvino-int8' is calibrated on your own texts when it is first exported: pass "
-                "calibration=[a few hundred of your texts] to load_encoder (embedcache precompute uses the corpus)")
+                "calibration=[a few hundred of your texts] to load_encoder (embedcache precompute uses the corpus)"
+            )
     with writing(target.parent, "creating the export directory"):
         target.parent.mkdir(parents=True, exist_ok=True)
         if not os.access(target.parent, os.W_OK):
@@ -322,9 +359,14 @@ def exported(model, source: dict, backend: str, features, calibration: list[str]
                 settings["calibration_sha256"] = hashlib.sha256("\n".join(sample).encode()).hexdigest()
             else:
                 ov.save_model(graph, str(tmp / "model.xml"), compress_to_fp16=False)
-        record = {"backend": backend, "int8": settings or None, "source": source["weights_sha256"],
-                  "sha256": hash_files([p for p in tmp.iterdir() if p.name != "export.json"]), "export_seconds": round(time.perf_counter() - began, 1),
-                  "format": EXPORT_FORMAT}
+        record = {
+            "backend": backend,
+            "int8": settings or None,
+            "source": source["weights_sha256"],
+            "sha256": hash_files([p for p in tmp.iterdir() if p.name != "export.json"]),
+            "export_seconds": round(time.perf_counter() - began, 1),
+            "format": EXPORT_FORMAT,
+        }
         (tmp / "export.json").write_text(json.dumps(record, indent=2))
     return target
 
@@ -342,22 +384,29 @@ def _one(features: dict) -> dict:
     return {k: v.numpy() for k, v in features.items() if hasattr(v, "numpy")}
 
 
-def load_runtime(model, source: dict, backend: str, device: str, precision: str, features,
-                 calibration: list[str] | None):
+def load_runtime(
+    model, source: dict, backend: str, device: str, precision: str, features, calibration: list[str] | None
+):
     """The runtime for ``backend``; exports run on the CPU only."""
     if backend not in BACKENDS:
         raise ParameterError(f"backend must be one of {', '.join(BACKENDS)} or 'auto', got {backend!r}")
     if backend == "torch":
         return TorchRuntime(model, device)
     if device != "cpu":
-        raise ParameterError(f"backend {backend!r} runs on the CPU; on device {device!r} use backend 'torch' "
-                             "(bf16 or fp16 by default on a GPU)")
+        raise ParameterError(
+            f"backend {backend!r} runs on the CPU; on device {device!r} use backend 'torch' "
+            "(bf16 or fp16 by default on a GPU)"
+        )
     if precision == "fp16" or (precision == "bf16" and not backend.startswith("openvino")):
-        raise ParameterError(f"backend {backend!r} runs in fp32{' or bf16' if backend.startswith('openvino') else ''}, "
-                             f"got precision {precision!r}")
+        raise ParameterError(
+            f"backend {backend!r} runs in fp32{' or bf16' if backend.startswith('openvino') else ''}, "
+            f"got precision {precision!r}"
+        )
     if any(getattr(module, "include_prompt", True) is False for module in model):
-        raise EncoderError("this model leaves the prompt out of its pooling, which the exported backends do not "
-                           "reproduce; use backend 'torch'")
+        raise EncoderError(
+            "this model leaves the prompt out of its pooling, which the exported backends do not "
+            "reproduce; use backend 'torch'"
+        )
     directory = exported(model, source, backend, features, calibration)
     if backend.startswith("onnx"):
         return OnnxRuntime(directory, backend, source["weights_sha256"])

@@ -116,8 +116,15 @@ class EmbeddingCache:
     safe from many threads and processes while writers write.
     """
 
-    def __init__(self, path, encoder: Encoder | None = None, dtype: str | None = None, shard_size: int = 20_000,
-                 lock_timeout: float = LOCK_TIMEOUT, part: str | None = None):
+    def __init__(
+        self,
+        path,
+        encoder: Encoder | None = None,
+        dtype: str | None = None,
+        shard_size: int = 20_000,
+        lock_timeout: float = LOCK_TIMEOUT,
+        part: str | None = None,
+    ):
         self.path = Path(path)
         self.encoder = encoder
         self.shard_size = shard_size
@@ -140,15 +147,19 @@ class EmbeddingCache:
             if orphans:  # never start afresh over shards: each describes itself, so the manifest can be rebuilt
                 raise CacheDamagedError(
                     f"cache {self.path} has {len(orphans)} shard files but no {MANIFEST}; run 'embedcache verify "
-                    f"{self.path} --rebuild' to rebuild the manifest from the shards' own records")
+                    f"{self.path} --rebuild' to rebuild the manifest from the shards' own records"
+                )
             if encoder is None:
-                raise CacheNotFoundError(f"no embedding cache at {self.path} ({MANIFEST} not found); pass an encoder "
-                                         "to create one")
+                raise CacheNotFoundError(
+                    f"no embedding cache at {self.path} ({MANIFEST} not found); pass an encoder to create one"
+                )
             check_not_input(self.path, (), "cache")  # never /, /etc, the home directory...
             others = _other_files(self.path)
             if others:
-                raise CacheError(f"{self.path} holds other files ({', '.join(others[:3])}) and no {MANIFEST}: it is "
-                                 "not an embedcache cache, and a cache is only created in a new or empty directory")
+                raise CacheError(
+                    f"{self.path} holds other files ({', '.join(others[:3])}) and no {MANIFEST}: it is "
+                    "not an embedcache cache, and a cache is only created in a new or empty directory"
+                )
             with writing(self.path, "creating the cache"):
                 self.path.mkdir(parents=True, exist_ok=True)
             # Many ranks may start at once: exactly one creates it, with no lock to share.
@@ -158,7 +169,9 @@ class EmbeddingCache:
         self._files: list[str] = []  # each indexed shard, relative to the cache directory
         self._next_row = 0
         self._stamp = None
-        self._part_manifests: dict[str, tuple] = {}  # part -> (stat stamp, manifest), so unchanged parts are not re-read
+        self._part_manifests: dict[
+            str, tuple
+        ] = {}  # part -> (stat stamp, manifest), so unchanged parts are not re-read
         self._parts: dict[str, dict] = {}  # the live parts, by name
         self._refresh()
         if dtype is not None and dtype != self.dtype:
@@ -173,8 +186,12 @@ class EmbeddingCache:
         return {
             "format": FORMAT,
             "fingerprint": encoder.fingerprint,
-            "encoder": {"name": encoder.name, "load": encoder.spec, "description": encoder.describe(),
-                        "languages": list(encoder.languages) if encoder.languages else None},
+            "encoder": {
+                "name": encoder.name,
+                "load": encoder.spec,
+                "description": encoder.describe(),
+                "languages": list(encoder.languages) if encoder.languages else None,
+            },
             "dim": encoder.dim,
             "dtype": dtype,
             "shards": [],
@@ -222,8 +239,10 @@ class EmbeddingCache:
         return manifest
 
     def _rebuild_hint(self) -> str:
-        return (f"nothing was changed: run 'embedcache verify {self.path} --rebuild' to rebuild the manifest from "
-                "the shards' own records")
+        return (
+            f"nothing was changed: run 'embedcache verify {self.path} --rebuild' to rebuild the manifest from "
+            "the shards' own records"
+        )
 
     def _refresh(self) -> None:
         """Re-read the manifests other processes replaced since we last looked, and find new parts."""
@@ -274,9 +293,11 @@ class EmbeddingCache:
         except FileNotFoundError:
             return path  # reported as missing by whoever reads it
         if not stat.S_ISREG(mode):
-            raise CacheDamagedError(f"cache {self.path}: shard {rel} is not a plain file (a link or a directory); "
-                                    "a shard must be a file the cache wrote; move it away and run 'embedcache verify "
-                                    f"{self.path} --repair'")
+            raise CacheDamagedError(
+                f"cache {self.path}: shard {rel} is not a plain file (a link or a directory); "
+                "a shard must be a file the cache wrote; move it away and run 'embedcache verify "
+                f"{self.path} --repair'"
+            )
         return path
 
     def _sync_index(self) -> None:
@@ -343,8 +364,10 @@ class EmbeddingCache:
             rows = self._index.lookup(keys[copies])
             holders = np.searchsorted(self._starts, rows, side="right") - 1
             mine = np.searchsorted(self._starts, first + copies, side="right") - 1
-            later = np.array([_reading_order(self._files[h]) > _reading_order(self._files[m])
-                              for h, m in zip(holders, mine)], dtype=bool)
+            later = np.array(
+                [_reading_order(self._files[h]) > _reading_order(self._files[m]) for h, m in zip(holders, mine)],
+                dtype=bool,
+            )
             if later.any():
                 self._index.move(keys[copies[later]], first + copies[later])
 
@@ -389,7 +412,9 @@ class EmbeddingCache:
 
     def knows(self, quick_key: str | None) -> bool:
         """Whether an encoder with this ``encoders.quick_key`` was verified to match this cache."""
-        return quick_key is not None and any(quick_key in m["encoder"].get("quick_keys", []) for _, m in self._manifests())
+        return quick_key is not None and any(
+            quick_key in m["encoder"].get("quick_keys", []) for _, m in self._manifests()
+        )
 
     def remember(self, quick_key: str | None) -> None:
         """Record that this cache's own encoder (checked by fingerprint) has ``quick_key``."""
@@ -485,8 +510,10 @@ class EmbeddingCache:
         ``tidy``: first remove what killed writers left and adopt their whole shards.
         """
         if not self.writable():
-            raise CacheError(f"cache {self.path} is read-only for this process: reading works, writing does not; "
-                             "to add texts, copy the cache somewhere writable")
+            raise CacheError(
+                f"cache {self.path} is read-only for this process: reading works, writing does not; "
+                "to add texts, copy the cache somewhere writable"
+            )
         lock_path, writer_path = self._lock_files(part)
         lock = FileLock(lock_path)
         started, told = time.monotonic(), 0.0
@@ -503,20 +530,37 @@ class EmbeddingCache:
                         "or write to another directory"
                     ) from None
                 if waited >= told:  # a line now and every 30 s, so a long wait is never silent
-                    logger.warning("cache %s is being written by %s; waiting up to %g s", self.path,
-                                   self._holder(writer_path), self.lock_timeout)
+                    logger.warning(
+                        "cache %s is being written by %s; waiting up to %g s",
+                        self.path,
+                        self._holder(writer_path),
+                        self.lock_timeout,
+                    )
                     told = waited + 30
                 time.sleep(min(0.05, self.lock_timeout - waited))
             except OSError as e:  # the lock file is a directory, a link loop, on a read-only disk, ...
-                raise CacheError(f"cache {self.path}: cannot take the write lock {lock_path} ({e.strerror or e}); "
-                                 "it must be a plain file the cache can create: remove whatever is there") from None
+                raise CacheError(
+                    f"cache {self.path}: cannot take the write lock {lock_path} ({e.strerror or e}); "
+                    "it must be a plain file the cache can create: remove whatever is there"
+                ) from None
         try:
-            if part is not None and part == self.part and self.encoder is not None and \
-                    not (self._dir(part) / MANIFEST).exists():
+            if (
+                part is not None
+                and part == self.part
+                and self.encoder is not None
+                and not (self._dir(part) / MANIFEST).exists()
+            ):
                 self._recreate_part(part)  # a compaction merged and deleted it since this handle opened it
             with writing(writer_path):
-                atomic_write_json(writer_path, {"pid": os.getpid(), "host": socket.gethostname(),
-                                                "thread": threading.get_ident(), "since": time.time()})
+                atomic_write_json(
+                    writer_path,
+                    {
+                        "pid": os.getpid(),
+                        "host": socket.gethostname(),
+                        "thread": threading.get_ident(),
+                        "since": time.time(),
+                    },
+                )
             if tidy:
                 self._tidy(part)
             yield
@@ -580,15 +624,23 @@ class EmbeddingCache:
                 if not problem and _group(h) != (manifest["fingerprint"], manifest["dim"], manifest["dtype"]):
                     problem = "it belongs to fingerprint {!r}, dim {}, {}".format(*_group(h))
                 if problem:
-                    logger.warning("cache %s: left %s alone: not listed in the manifest and %s", self.path,
-                                   _relative(part, p.name), problem)
+                    logger.warning(
+                        "cache %s: left %s alone: not listed in the manifest and %s",
+                        self.path,
+                        _relative(part, p.name),
+                        problem,
+                    )
                     continue
                 manifest["shards"].append({"file": p.name, "rows": h["rows"], "sha256": h["sha256"]})
                 adopted.append(p.name)
         if adopted:
             atomic_write_json(home / MANIFEST, manifest)
-            logger.warning("cache %s: adopted %d whole shard(s) a killed writer had not listed: %s", self.path,
-                           len(adopted), ", ".join(_relative(part, a) for a in adopted))
+            logger.warning(
+                "cache %s: adopted %d whole shard(s) a killed writer had not listed: %s",
+                self.path,
+                len(adopted),
+                ", ".join(_relative(part, a) for a in adopted),
+            )
         self._refresh()
 
     def _retire(self, held: dict | None = None) -> None:
@@ -617,13 +669,23 @@ class EmbeddingCache:
             if current != record["id"] or not home.exists():
                 continue  # gone, or begun afresh under the same name since
             if home.is_symlink() or not home.is_dir():
-                raise CacheDamagedError(f"cache {self.path}: retired part {record['name']} is not a plain directory; "
-                                        "nothing was deleted: move it away")
+                raise CacheDamagedError(
+                    f"cache {self.path}: retired part {record['name']} is not a plain directory; "
+                    "nothing was deleted: move it away"
+                )
             listed = _read_json(home / MANIFEST).get("shards")  # what the compaction copied (none: deleted already)
             if isinstance(listed, list):
-                held_by_top.check([home / s["file"] for s in listed if isinstance(s, dict)
-                                   and isinstance(s.get("file"), str) and _SHARD_NAME.match(s["file"])
-                                   and _is_plain(home / s["file"])], f"part {record['name']}")
+                held_by_top.check(
+                    [
+                        home / s["file"]
+                        for s in listed
+                        if isinstance(s, dict)
+                        and isinstance(s.get("file"), str)
+                        and _SHARD_NAME.match(s["file"])
+                        and _is_plain(home / s["file"])
+                    ],
+                    f"part {record['name']}",
+                )
             lock = (held or {}).get(record["name"]) or self._try_lock(record["name"])
             if lock is None:
                 left.append(record)
@@ -648,8 +710,12 @@ class EmbeddingCache:
     def shard_attributes(self) -> dict:
         """The attributes every shard of this cache carries, so a lost manifest can be rebuilt from shards."""
         record = {k: v for k, v in self._manifest["encoder"].items() if k != "quick_keys"}
-        return {"fingerprint": self.fingerprint, "encoder": self.encoder_name, "created": time.time(),
-                ENCODER_ATTR: json.dumps(record, sort_keys=True)}
+        return {
+            "fingerprint": self.fingerprint,
+            "encoder": self.encoder_name,
+            "created": time.time(),
+            ENCODER_ATTR: json.dumps(record, sort_keys=True),
+        }
 
     def _write_shard(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         home = self._dir(self.part)
@@ -677,8 +743,16 @@ class EmbeddingCache:
 
     def _add(self, unique: list[str], keys: np.ndarray, n_texts: int, progress: bool) -> dict:
         def counts(missing):
-            return {"rows": n_texts, "unique": len(unique), "cached": len(unique) - len(missing), "encoded": 0,
-                    "truncated": 0, "encode_seconds": 0.0, "mostly_unknown": 0, "unknown_examples": []}
+            return {
+                "rows": n_texts,
+                "unique": len(unique),
+                "cached": len(unique) - len(missing),
+                "encoded": 0,
+                "truncated": 0,
+                "encode_seconds": 0.0,
+                "mostly_unknown": 0,
+                "unknown_examples": [],
+            }
 
         absent = int((self._lookup_keys(keys) < 0).sum())
         if not absent:  # nothing to write: no lock (a read-only cache stays usable)
@@ -710,7 +784,11 @@ class EmbeddingCache:
                     bar.update(len(idx))
                     while pending >= self.shard_size:
                         k, v = np.concatenate(pending_keys), np.concatenate(pending_vecs)
-                        pending_keys, pending_vecs, pending = [k[self.shard_size :]], [v[self.shard_size :]], pending - self.shard_size
+                        pending_keys, pending_vecs, pending = (
+                            [k[self.shard_size :]],
+                            [v[self.shard_size :]],
+                            pending - self.shard_size,
+                        )
                         self._write_shard(k[: self.shard_size], v[: self.shard_size])
             finally:
                 # Keep what was finished on Ctrl-C or an encoder error.
@@ -730,8 +808,10 @@ class EmbeddingCache:
         """Remember in this writer's manifest how many texts were mostly unknown tokens (we hold the lock)."""
         manifest = self._read_manifest(self.part)
         seen = manifest.get("unknown") or {"mostly_unknown": 0, "examples": []}
-        manifest["unknown"] = {"mostly_unknown": seen["mostly_unknown"] + count,
-                               "examples": (seen["examples"] + examples)[:5]}
+        manifest["unknown"] = {
+            "mostly_unknown": seen["mostly_unknown"] + count,
+            "examples": (seen["examples"] + examples)[:5],
+        }
         atomic_write_json(self._dir(self.part) / MANIFEST, manifest)
         self._refresh()
 
@@ -739,9 +819,11 @@ class EmbeddingCache:
         """Texts of this cache that were mostly tokens its encoder does not know, and the languages it covers."""
         self._refresh()
         seen = [m.get("unknown") or {"mostly_unknown": 0, "examples": []} for _, m in self._manifests()]
-        return {"mostly_unknown": sum(s["mostly_unknown"] for s in seen),
-                "examples": [e for s in seen for e in s["examples"]][:5],
-                "languages": self._manifest["encoder"].get("languages")}
+        return {
+            "mostly_unknown": sum(s["mostly_unknown"] for s in seen),
+            "examples": [e for s in seen for e in s["examples"]][:5],
+            "languages": self._manifest["encoder"].get("languages"),
+        }
 
     def encode(self, texts, progress: bool = False) -> np.ndarray:
         """``(n, dim)`` float32 vectors of ``texts`` in input order, encoding only what is missing."""
@@ -879,7 +961,8 @@ class EmbeddingCache:
                 raise CacheDamagedError(
                     f"cache {self.path}: every shard disagrees with {_relative(part, MANIFEST)} "
                     f"({_relative(part, header[0][0])}: {header[0][1]}): its header looks damaged, so nothing was "
-                    f"dropped; run 'embedcache verify {self.path} --rebuild' to rebuild it from the shards' own records")
+                    f"dropped; run 'embedcache verify {self.path} --rebuild' to rebuild it from the shards' own records"
+                )
         out = []
         for part, bad in found.items():
             if not (repair and bad):
@@ -923,16 +1006,22 @@ class EmbeddingCache:
             parts = []
             for name in _part_names(path):
                 part_old = _read_json(path / PARTS / name / MANIFEST)
-                if part_old and not manifest_problem(part_old) and not _part_problem(part_old, name, {
-                        "fingerprint": group[0], "dim": group[1], "dtype": group[2]}):
+                if (
+                    part_old
+                    and not manifest_problem(part_old)
+                    and not _part_problem(part_old, name, {"fingerprint": group[0], "dim": group[1], "dtype": group[2]})
+                ):
                     continue  # whole: its own writer keeps it
                 with cache._write_lock(name, tidy=False):
                     part_listed, part_left, _ = _rebuild_directory(path / PARTS / name, part_old, group, name)
                 listed += [_relative(name, n) for n in part_listed]
                 left_out += [(_relative(name, n), why) for n, why in part_left]
                 parts.append(name)
-        rows = sum(s["rows"] for home in [path, *(path / PARTS / n for n in parts)]
-                   for s in _read_json(home / MANIFEST)["shards"])  # of the manifests rebuilt: what "listed" holds
+        rows = sum(
+            s["rows"]
+            for home in [path, *(path / PARTS / n for n in parts)]
+            for s in _read_json(home / MANIFEST)["shards"]
+        )  # of the manifests rebuilt: what "listed" holds
         return {"listed": listed, "left_out": left_out, "fingerprint": group[0], "rows": rows, "parts": parts}
 
 
@@ -948,8 +1037,10 @@ def _rebuild_directory(home: Path, old: dict, group: tuple | None, part: str | N
             found.append((name, h))
     if group is None:
         if not found:
-            raise CacheDamagedError(f"cache {home}: no whole shard to rebuild a manifest from"
-                                    + (f" ({left_out[0][0]}: {left_out[0][1]})" if left_out else ""))
+            raise CacheDamagedError(
+                f"cache {home}: no whole shard to rebuild a manifest from"
+                + (f" ({left_out[0][0]}: {left_out[0][1]})" if left_out else "")
+            )
         rows_by = {}
         for _, h in found:
             rows_by[_group(h)] = rows_by.get(_group(h), 0) + h["rows"]
@@ -965,15 +1056,30 @@ def _rebuild_directory(home: Path, old: dict, group: tuple | None, part: str | N
         listed.append((n, h))
     left_out += copies
     names = {n for n, _ in listed} | {n for n, _ in copies}
-    left_out += [(n, (f"whole, but of fingerprint {h.get('fingerprint')!r}, dim {h['shape'][1]}, {h['dtype']}; "
-                      f"the cache keeps {group[0]!r}")) for n, h in found if n not in names]
+    left_out += [
+        (
+            n,
+            (
+                f"whole, but of fingerprint {h.get('fingerprint')!r}, dim {h['shape'][1]}, {h['dtype']}; "
+                f"the cache keeps {group[0]!r}"
+            ),
+        )
+        for n, h in found
+        if n not in names
+    ]
     encoder = old.get("encoder") if old.get("fingerprint") == group[0] else None
     if not (isinstance(encoder, dict) and isinstance(encoder.get("name"), str)):
         encoder = _encoder_record([h for _, h in listed]) if listed else {"name": "unknown", "load": None}
-    manifest = {"format": FORMAT, "fingerprint": group[0], "encoder": encoder, "dim": group[1],
-                "dtype": group[2], "created_with": f"embedcache {__version__}",
-                "rebuilt": {"at": time.time(), "shards_left_out": [n for n, _ in left_out]},
-                "shards": [{"file": n, "rows": h["rows"], "sha256": h["sha256"]} for n, h in listed]}
+    manifest = {
+        "format": FORMAT,
+        "fingerprint": group[0],
+        "encoder": encoder,
+        "dim": group[1],
+        "dtype": group[2],
+        "created_with": f"embedcache {__version__}",
+        "rebuilt": {"at": time.time(), "shards_left_out": [n for n, _ in left_out]},
+        "shards": [{"file": n, "rows": h["rows"], "sha256": h["sha256"]} for n, h in listed],
+    }
     if part is not None:
         manifest["part"] = {"name": part, "id": uuid.uuid4().hex}
     problem = manifest_problem(manifest)
@@ -1001,7 +1107,8 @@ class _HeldBy:
                 raise CacheDamagedError(
                     f"cache {self.path}: {MANIFEST} field 'retired' names {what}, but {file.relative_to(self.path)} "
                     "holds texts no live top-level shard holds: retiring it would lose them, so nothing more was "
-                    f"deleted; run 'embedcache verify {self.path} --rebuild' if the manifest is damaged")
+                    f"deleted; run 'embedcache verify {self.path} --rebuild' if the manifest is damaged"
+                )
 
 
 def _read_json(path: Path) -> dict:
@@ -1043,8 +1150,10 @@ def _part_names(path: Path) -> list[str]:
         return []
     if not stat.S_ISDIR(mode):
         what = "a link" if stat.S_ISLNK(mode) else "not a directory"
-        raise CacheDamagedError(f"cache {path}: {where} is {what}; the parts of a cache are plain directories inside "
-                                "it and a link is never followed out: move it away")
+        raise CacheDamagedError(
+            f"cache {path}: {where} is {what}; the parts of a cache are plain directories inside "
+            "it and a link is never followed out: move it away"
+        )
     entries = list(os.scandir(where))
     return sorted(e.name for e in entries if _PART_NAME.match(e.name) and e.is_dir(follow_symlinks=False))
 
@@ -1067,8 +1176,10 @@ def _part_problem(manifest: dict, name: str, top: dict) -> str | None:
         return f"field 'part' must be an object with 'name' {name!r} and a string 'id', found {json.dumps(record)[:60]}"
     for field in ("fingerprint", "dim", "dtype"):
         if manifest[field] != top[field]:
-            return (f"the part's {field} {manifest[field]!r} differs from the cache's {top[field]!r}: a part must be "
-                    "written by the cache's own encoder")
+            return (
+                f"the part's {field} {manifest[field]!r} differs from the cache's {top[field]!r}: a part must be "
+                "written by the cache's own encoder"
+            )
     return None
 
 
@@ -1121,8 +1232,13 @@ def manifest_problem(m) -> str | None:
     checks = [
         field("format", lambda v: v == FORMAT, f"{FORMAT!r}"),
         field("fingerprint", lambda v: isinstance(v, str) and v != "", "a non-empty string"),
-        field("encoder", lambda v: isinstance(v, dict) and isinstance(v.get("name"), str)
-              and isinstance(v.get("load"), (dict, type(None))), "an object with a string 'name'"),
+        field(
+            "encoder",
+            lambda v: (
+                isinstance(v, dict) and isinstance(v.get("name"), str) and isinstance(v.get("load"), (dict, type(None)))
+            ),
+            "an object with a string 'name'",
+        ),
         field("dim", whole, "a whole number >= 1"),
         field("dtype", lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"),
         field("shards", lambda v: isinstance(v, list), "a list"),
@@ -1152,9 +1268,13 @@ def _retired_problem(retired, live=frozenset()) -> str | None:
     """What is wrong with the record of what a compaction replaced (it names files the next writer deletes)."""
     if retired is None:
         return None
-    expected = ("field 'retired' must be an object with 'shards' (names like 'shard-000001.h5') and 'parts' "
-                "(objects with a part 'name' and an 'id')")
-    if not (isinstance(retired, dict) and isinstance(retired.get("shards"), list) and isinstance(retired.get("parts"), list)):
+    expected = (
+        "field 'retired' must be an object with 'shards' (names like 'shard-000001.h5') and 'parts' "
+        "(objects with a part 'name' and an 'id')"
+    )
+    if not (
+        isinstance(retired, dict) and isinstance(retired.get("shards"), list) and isinstance(retired.get("parts"), list)
+    ):
         return f"{expected}, found {json.dumps(retired)[:60]}"
     for name in retired["shards"]:
         if not (isinstance(name, str) and _SHARD_NAME.match(name)):
@@ -1162,8 +1282,12 @@ def _retired_problem(retired, live=frozenset()) -> str | None:
         if name in live:
             return f"field 'retired' names shard {name!r}, which field 'shards' lists live: retiring it would delete live data"
     for record in retired["parts"]:
-        if not (isinstance(record, dict) and isinstance(record.get("name"), str) and _PART_NAME.match(record["name"])
-                and isinstance(record.get("id"), str)):
+        if not (
+            isinstance(record, dict)
+            and isinstance(record.get("name"), str)
+            and _PART_NAME.match(record["name"])
+            and isinstance(record.get("id"), str)
+        ):
             return f"{expected}, found part {json.dumps(record)[:60]}"
     return None
 

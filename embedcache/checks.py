@@ -25,8 +25,14 @@ def check_int(value, name: str, minimum: int = 1, maximum: int | None = None) ->
     return value
 
 
-def check_float(value, name: str, low: float | None = None, high: float | None = None,
-                low_open: bool = False, high_open: bool = False) -> float:
+def check_float(
+    value,
+    name: str,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
     """A finite number within the bounds (``low_open``/``high_open``: the bound itself is excluded)."""
     try:
         value = float(value)
@@ -37,8 +43,10 @@ def check_float(value, name: str, low: float | None = None, high: float | None =
     if not math.isfinite(value) or below or above:
         lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
         hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
-        raise ParameterError(f"{name} must be a finite number{' ' if lo or hi else ''}{' and '.join(filter(None, (lo, hi)))}, "
-                             f"got {value!r}")
+        raise ParameterError(
+            f"{name} must be a finite number{' ' if lo or hi else ''}{' and '.join(filter(None, (lo, hi)))}, "
+            f"got {value!r}"
+        )
     return value
 
 
@@ -63,15 +71,18 @@ def check_choice(value, name: str, choices) -> str:
 
 def flag_type(check, convert=int, **bounds):
     """An argparse ``type=`` that converts a flag's text and applies ``check`` with ``bounds``."""
+
     def parse(text: str):
         try:
             value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'a whole number' if convert is int else 'a number'}, "
-                                             f"got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected {'a whole number' if convert is int else 'a number'}, got {text!r}"
+            ) from None
         try:
             return check(value, "the value", **bounds)
         except ParameterError as e:
             raise argparse.ArgumentTypeError(str(e).removeprefix("the value ")) from None
+
     parse.__name__ = convert.__name__  # argparse names the type in its messages
     return parse

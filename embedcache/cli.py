@@ -75,75 +75,139 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
-        "precompute", help="encode the texts of data files into a cache",
+        "precompute",
+        help="encode the texts of data files into a cache",
         description="Encode the texts of one or more data files into a cache, computing only what is not cached yet.",
-        epilog=PRECOMPUTE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=PRECOMPUTE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help=f"data files: {', '.join(sorted(FORMATS))}")
     p.add_argument("--cache", required=True, metavar="DIR", help="cache directory (created if absent)")
-    p.add_argument("--text-col", action="append", default=[], metavar="COL",
-                   help="a column whose texts are cached; repeat for several columns")
-    p.add_argument("--template", metavar="TEMPLATE",
-                   help="compose one text per row from columns, e.g. '{system}\\n{prompt}' (\\n and \\t are unescaped)")
-    p.add_argument("--model", metavar="NAME",
-                   help=f"encoder alias ({', '.join(encoder_aliases())}), sentence-transformers id or local "
-                        f"directory (default: the encoder an existing cache records, else {DEFAULT_ENCODER}, "
-                        "the embedded all-MiniLM-L6-v2)")
+    p.add_argument(
+        "--text-col",
+        action="append",
+        default=[],
+        metavar="COL",
+        help="a column whose texts are cached; repeat for several columns",
+    )
+    p.add_argument(
+        "--template",
+        metavar="TEMPLATE",
+        help="compose one text per row from columns, e.g. '{system}\\n{prompt}' (\\n and \\t are unescaped)",
+    )
+    p.add_argument(
+        "--model",
+        metavar="NAME",
+        help=f"encoder alias ({', '.join(encoder_aliases())}), sentence-transformers id or local "
+        f"directory (default: the encoder an existing cache records, else {DEFAULT_ENCODER}, "
+        "the embedded all-MiniLM-L6-v2)",
+    )
     p.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: cuda when present)")
     p.add_argument("--batch-size", type=flag_type(check_int), default=64, help="texts per forward pass (default: 64)")
-    p.add_argument("--max-length", type=flag_type(check_int), help="truncate texts to this many tokens (default: the model's)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                   help="compute precision (default auto: bf16/fp16 on a GPU, fp32 on the CPU)")
-    p.add_argument("--backend", choices=[*BACKENDS, "auto"],
-                   help="where the model runs (default: the one an existing cache records, else torch, the exact fp32 "
-                        "path): onnx/openvino are exports made once for this machine, -int8 their quantized forms "
-                        "(about 3-4.5x faster on a CPU, cosine about 0.99 to fp32); auto measures them on the corpus "
-                        "and keeps the fastest with mean cosine >= 0.99; see embedcache info for what a cache used")
+    p.add_argument(
+        "--max-length", type=flag_type(check_int), help="truncate texts to this many tokens (default: the model's)"
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        help="compute precision (default auto: bf16/fp16 on a GPU, fp32 on the CPU)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=[*BACKENDS, "auto"],
+        help="where the model runs (default: the one an existing cache records, else torch, the exact fp32 "
+        "path): onnx/openvino are exports made once for this machine, -int8 their quantized forms "
+        "(about 3-4.5x faster on a CPU, cosine about 0.99 to fp32); auto measures them on the corpus "
+        "and keeps the fastest with mean cosine >= 0.99; see embedcache info for what a cache used",
+    )
     p.add_argument("--normalize", action="store_true", help="L2-normalise the vectors")
     p.add_argument("--dtype", choices=["float16", "float32"], help="storage dtype of a new cache (default float16)")
-    p.add_argument("--shard-size", type=flag_type(check_int), default=20_000, help="rows per shard; a crash loses at most one (default 20000)")
+    p.add_argument(
+        "--shard-size",
+        type=flag_type(check_int),
+        default=20_000,
+        help="rows per shard; a crash loses at most one (default 20000)",
+    )
     p.add_argument("--format", choices=sorted(set(FORMATS.values())), help="input format (default: from the extension)")
-    p.add_argument("--no-header", action="store_true", help="CSV/TSV files have no header row; columns are named 0, 1, ...")
+    p.add_argument(
+        "--no-header", action="store_true", help="CSV/TSV files have no header row; columns are named 0, 1, ..."
+    )
     p.add_argument("--skip-empty", action="store_true", help="skip rows with empty or missing texts instead of failing")
-    p.add_argument("--rank", type=flag_type(check_int, minimum=0), metavar="R",
-                   help="encode only slice R of the distinct texts, into part rank-R-of-W of the cache (default: from "
-                        "torchrun's RANK, srun's SLURM_PROCID or a Slurm array's SLURM_ARRAY_TASK_ID, else everything)")
-    p.add_argument("--world-size", type=flag_type(check_int), metavar="W",
-                   help="how many ranks share the corpus (default: WORLD_SIZE, SLURM_STEP_NUM_TASKS, "
-                        "SLURM_ARRAY_TASK_COUNT, else 1)")
+    p.add_argument(
+        "--rank",
+        type=flag_type(check_int, minimum=0),
+        metavar="R",
+        help="encode only slice R of the distinct texts, into part rank-R-of-W of the cache (default: from "
+        "torchrun's RANK, srun's SLURM_PROCID or a Slurm array's SLURM_ARRAY_TASK_ID, else everything)",
+    )
+    p.add_argument(
+        "--world-size",
+        type=flag_type(check_int),
+        metavar="W",
+        help="how many ranks share the corpus (default: WORLD_SIZE, SLURM_STEP_NUM_TASKS, "
+        "SLURM_ARRAY_TASK_COUNT, else 1)",
+    )
     ray_arguments(p)
-    p.add_argument("--rows-per-batch", type=flag_type(check_int), default=1024, metavar="N",
-                   help="with --ray: texts per actor call, at most one shard each (default 1024): small batches even "
-                        "out when the actors finish, large ones leave fewer shards; run embedcache compact afterwards")
-    p.add_argument("--lock-timeout", type=flag_type(check_float, float, low=0), default=LOCK_TIMEOUT, metavar="S",
-                   help=f"seconds to wait while another process writes the cache (default {LOCK_TIMEOUT:g})")
-    p.add_argument("--no-wait", dest="lock_timeout", action="store_const", const=0,
-                   help="fail at once if the cache is being written")
+    p.add_argument(
+        "--rows-per-batch",
+        type=flag_type(check_int),
+        default=1024,
+        metavar="N",
+        help="with --ray: texts per actor call, at most one shard each (default 1024): small batches even "
+        "out when the actors finish, large ones leave fewer shards; run embedcache compact afterwards",
+    )
+    p.add_argument(
+        "--lock-timeout",
+        type=flag_type(check_float, float, low=0),
+        default=LOCK_TIMEOUT,
+        metavar="S",
+        help=f"seconds to wait while another process writes the cache (default {LOCK_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--no-wait",
+        dest="lock_timeout",
+        action="store_const",
+        const=0,
+        help="fail at once if the cache is being written",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    c = sub.add_parser("compact", help="merge a cache's parts and small shards into large shards",
-                       description="Merge the parts many writers left (ranks, Ray actors) and the small shards of a "
-                                   "cache into large shards, so readers open few files. One atomic commit: a crash "
-                                   "leaves the old cache or the new one, never half; parts a writer holds now are left "
-                                   "for a later run.")
+    c = sub.add_parser(
+        "compact",
+        help="merge a cache's parts and small shards into large shards",
+        description="Merge the parts many writers left (ranks, Ray actors) and the small shards of a "
+        "cache into large shards, so readers open few files. One atomic commit: a crash "
+        "leaves the old cache or the new one, never half; parts a writer holds now are left "
+        "for a later run.",
+    )
     c.add_argument("cache", metavar="DIR")
-    c.add_argument("--shard-size", type=flag_type(check_int), default=COMPACT_SHARD_SIZE,
-                   help=f"rows per merged shard; smaller top-level shards are merged too (default {COMPACT_SHARD_SIZE})")
+    c.add_argument(
+        "--shard-size",
+        type=flag_type(check_int),
+        default=COMPACT_SHARD_SIZE,
+        help=f"rows per merged shard; smaller top-level shards are merged too (default {COMPACT_SHARD_SIZE})",
+    )
     c.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    v = sub.add_parser("verify", help="check every shard against its checksum and the manifest",
-                       description="Check every shard of a cache against its checksum and the manifest. "
-                                   "Exits 1 when a shard is bad (after repairing, with --repair).",
-                       epilog="--repair deletes only shard files of the cache directory that are listed in its manifest "
-                              "and fail their own checks (unreadable, or content not matching their own checksum); a "
-                              "whole shard that disagrees with the manifest is dropped from it and kept on disk. "
-                              "--rebuild writes a new manifest from the shards' own records (for a manifest that is "
-                              "lost or damaged) and deletes nothing. Neither touches a file outside the directory.")
+    v = sub.add_parser(
+        "verify",
+        help="check every shard against its checksum and the manifest",
+        description="Check every shard of a cache against its checksum and the manifest. "
+        "Exits 1 when a shard is bad (after repairing, with --repair).",
+        epilog="--repair deletes only shard files of the cache directory that are listed in its manifest "
+        "and fail their own checks (unreadable, or content not matching their own checksum); a "
+        "whole shard that disagrees with the manifest is dropped from it and kept on disk. "
+        "--rebuild writes a new manifest from the shards' own records (for a manifest that is "
+        "lost or damaged) and deletes nothing. Neither touches a file outside the directory.",
+    )
     v.add_argument("cache", metavar="DIR")
     mode = v.add_mutually_exclusive_group()
-    mode.add_argument("--repair", action="store_true", help="drop bad shards so the next precompute recomputes their texts")
+    mode.add_argument(
+        "--repair", action="store_true", help="drop bad shards so the next precompute recomputes their texts"
+    )
     mode.add_argument("--rebuild", action="store_true", help="rebuild a lost or damaged manifest from the shards")
     v.add_argument("--json", action="store_true", help="print a JSON report as the last line")
 
@@ -158,20 +222,43 @@ def precompute(args) -> dict:
     if args.ray is not None:
         return ray_precompute(args, template)
     stats = run_precompute(
-        args.inputs, args.cache, args.text_col, template, args.model, device=args.device, batch_size=args.batch_size,
-        max_length=args.max_length, precision=args.precision, normalize=args.normalize, dtype=args.dtype, backend=args.backend,
-        shard_size=args.shard_size, fmt=args.format, header=not args.no_header, skip_empty=args.skip_empty,
-        progress=not args.quiet, rank=args.rank, world_size=args.world_size, lock_timeout=args.lock_timeout)
+        args.inputs,
+        args.cache,
+        args.text_col,
+        template,
+        args.model,
+        device=args.device,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        precision=args.precision,
+        normalize=args.normalize,
+        dtype=args.dtype,
+        backend=args.backend,
+        shard_size=args.shard_size,
+        fmt=args.format,
+        header=not args.no_header,
+        skip_empty=args.skip_empty,
+        progress=not args.quiet,
+        rank=args.rank,
+        world_size=args.world_size,
+        lock_timeout=args.lock_timeout,
+    )
     speed = f", {stats['texts_per_s']} texts/s encoding" if stats["encoded"] else ""
     if "part" in stats:
-        print(f"rank {stats['rank']} of {stats['world_size']} (from {stats['rank_from']}): {stats['slice']} of the "
-              f"{stats['unique']} distinct texts are this rank's; it writes {Path(stats['cache']) / 'parts' / stats['part']}")
-    print(f"{stats['rows']} rows, {stats['texts']} texts, {stats['unique']} unique: {stats['cached']} already cached, "
-          f"{stats['encoded']} encoded, {stats['skipped']} rows skipped, in {stats['seconds']:.1f} s{speed}; "
-          f"{stats['cache']} holds {stats['cache_rows']} vectors ({stats['backend']})")
+        print(
+            f"rank {stats['rank']} of {stats['world_size']} (from {stats['rank_from']}): {stats['slice']} of the "
+            f"{stats['unique']} distinct texts are this rank's; it writes {Path(stats['cache']) / 'parts' / stats['part']}"
+        )
+    print(
+        f"{stats['rows']} rows, {stats['texts']} texts, {stats['unique']} unique: {stats['cached']} already cached, "
+        f"{stats['encoded']} encoded, {stats['skipped']} rows skipped, in {stats['seconds']:.1f} s{speed}; "
+        f"{stats['cache']} holds {stats['cache_rows']} vectors ({stats['backend']})"
+    )
     if "auto" in stats:
-        timed = ", ".join(f"{m['backend']} {m['precision']} {m['texts_per_s']:g}/s cosine {m['mean_cosine']:.4f}"
-                          for m in stats["auto"]["measured"])
+        timed = ", ".join(
+            f"{m['backend']} {m['precision']} {m['texts_per_s']:g}/s cosine {m['mean_cosine']:.4f}"
+            for m in stats["auto"]["measured"]
+        )
         print(f"backend auto chose {stats['auto']['chose']}: {stats['auto']['rule']} ({timed})")
     return stats
 
@@ -179,14 +266,32 @@ def precompute(args) -> dict:
 def ray_precompute(args, template) -> dict:
     from .ray import precompute as on_ray
 
-    stats = on_ray(args.inputs, args.cache, args.text_col, template, args.model, address=args.ray or None,
-                   workers=args.workers, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
-                   batch_size=args.batch_size, rows_per_batch=args.rows_per_batch, shard_size=args.shard_size,
-                   dtype=args.dtype, skip_empty=args.skip_empty, progress=not args.quiet, max_length=args.max_length,
-                   precision=args.precision, normalize=args.normalize, backend=args.backend)
-    print(f"{stats['texts']} texts on Ray ({stats['workers']} actors, {len(stats['parts'])} parts): {stats['cached']} "
-          f"already cached, {stats['encoded']} encoded in {stats['seconds']:.1f} s; {stats['cache']} holds "
-          f"{stats['cache_rows']} vectors (embedcache compact merges the parts)")
+    stats = on_ray(
+        args.inputs,
+        args.cache,
+        args.text_col,
+        template,
+        args.model,
+        address=args.ray or None,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        cpus_per_worker=args.cpus_per_worker,
+        batch_size=args.batch_size,
+        rows_per_batch=args.rows_per_batch,
+        shard_size=args.shard_size,
+        dtype=args.dtype,
+        skip_empty=args.skip_empty,
+        progress=not args.quiet,
+        max_length=args.max_length,
+        precision=args.precision,
+        normalize=args.normalize,
+        backend=args.backend,
+    )
+    print(
+        f"{stats['texts']} texts on Ray ({stats['workers']} actors, {len(stats['parts'])} parts): {stats['cached']} "
+        f"already cached, {stats['encoded']} encoded in {stats['seconds']:.1f} s; {stats['cache']} holds "
+        f"{stats['cache_rows']} vectors (embedcache compact merges the parts)"
+    )
     return stats
 
 
@@ -196,10 +301,17 @@ def verify(args) -> dict:
         for name, reason in report["left_out"]:
             print(f"left out {Path(args.cache) / name}: {reason} (file kept)")
         parts = f" and the manifests of parts {', '.join(report['parts'])}" if report["parts"] else ""
-        print(f"rebuilt {Path(args.cache) / MANIFEST}{parts}: {len(report['listed'])} shards, {report['rows']} vectors, "
-              f"fingerprint {report['fingerprint']}; nothing was deleted")
-        return {"ok": True, "rebuilt": True, "shards": len(report["listed"]), "rows": report["rows"],
-                "left_out": [{"file": n, "reason": r} for n, r in report["left_out"]]}
+        print(
+            f"rebuilt {Path(args.cache) / MANIFEST}{parts}: {len(report['listed'])} shards, {report['rows']} vectors, "
+            f"fingerprint {report['fingerprint']}; nothing was deleted"
+        )
+        return {
+            "ok": True,
+            "rebuilt": True,
+            "shards": len(report["listed"]),
+            "rows": report["rows"],
+            "left_out": [{"file": n, "reason": r} for n, r in report["left_out"]],
+        }
     cache = EmbeddingCache(args.cache)
     bad = cache.verify(repair=args.repair)
     for name, reason, action in bad:
@@ -211,17 +323,27 @@ def verify(args) -> dict:
         print(f"{len(bad)} bad shards; run 'embedcache verify {args.cache} --repair' to drop them")
     else:
         print(f"ok: {info['shards']} shards, {info['rows']} vectors, checksums match")
-    return {"ok": not bad, "bad": [{"file": n, "reason": r, "action": a} for n, r, a in bad],
-            "repaired": bool(bad and args.repair),
-            "shards": info["shards"], "rows": info["rows"]}
+    return {
+        "ok": not bad,
+        "bad": [{"file": n, "reason": r, "action": a} for n, r, a in bad],
+        "repaired": bool(bad and args.repair),
+        "shards": info["shards"],
+        "rows": info["rows"],
+    }
 
 
 def compact(args) -> dict:
     summary = run_compact(args.cache, shard_size=args.shard_size, progress=not args.quiet)
-    busy = f"; left {len(summary['parts_busy'])} parts a writer holds: {', '.join(summary['parts_busy'])}" if summary["parts_busy"] else ""
-    print(f"merged {summary['parts_merged']} parts: {summary['shards_before']} shards, {summary['rows_before']} vectors -> "
-          f"{summary['shards_after']} shards, {summary['rows_after']} vectors ({summary['duplicates_dropped']} duplicate "
-          f"copies dropped) in {summary['seconds']:.1f} s{busy}")
+    busy = (
+        f"; left {len(summary['parts_busy'])} parts a writer holds: {', '.join(summary['parts_busy'])}"
+        if summary["parts_busy"]
+        else ""
+    )
+    print(
+        f"merged {summary['parts_merged']} parts: {summary['shards_before']} shards, {summary['rows_before']} vectors -> "
+        f"{summary['shards_after']} shards, {summary['rows_after']} vectors ({summary['duplicates_dropped']} duplicate "
+        f"copies dropped) in {summary['seconds']:.1f} s{busy}"
+    )
     return summary
 
 
@@ -237,8 +359,11 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if getattr(args, "quiet", False):  # quiet means quiet: no "Loading weights" bar from transformers either
         quiet_transformers()
-    status, result = run_command(f"embedcache {args.command}", {"precompute": precompute, "verify": verify,
-                                                                "compact": compact, "info": info}[args.command], args)
+    status, result = run_command(
+        f"embedcache {args.command}",
+        {"precompute": precompute, "verify": verify, "compact": compact, "info": info}[args.command],
+        args,
+    )
     if status:
         return status
     if args.json:

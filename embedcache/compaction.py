@@ -63,8 +63,10 @@ def compact(path, shard_size: int = COMPACT_SHARD_SIZE, progress: bool = False) 
                 written, dropped = _copy(cache, keep, sources, shard_size, progress)
                 top["shards"] = keep + written
                 _carry_records(top, parts.values())
-                top["retired"] = {"shards": [s["file"] for s in small],
-                                  "parts": [{"name": name, "id": m["part"]["id"]} for name, m in parts.items()]}
+                top["retired"] = {
+                    "shards": [s["file"] for s in small],
+                    "parts": [{"name": name, "id": m["part"]["id"]} for name, m in parts.items()],
+                }
                 atomic_write_json(cache.path / MANIFEST, top)  # the commit
                 cache._retire(held)
             else:
@@ -73,9 +75,17 @@ def compact(path, shard_size: int = COMPACT_SHARD_SIZE, progress: bool = False) 
             for lock in held.values():
                 lock.release()
     after = cache.info()
-    return {"cache": str(cache.path), "parts_merged": len(parts), "parts_busy": busy,
-            "shards_before": before["shards"], "shards_after": after["shards"], "rows_before": before["rows"],
-            "rows_after": after["rows"], "duplicates_dropped": dropped, "seconds": round(time.perf_counter() - began, 3)}
+    return {
+        "cache": str(cache.path),
+        "parts_merged": len(parts),
+        "parts_busy": busy,
+        "shards_before": before["shards"],
+        "shards_after": after["shards"],
+        "rows_before": before["rows"],
+        "rows_after": after["rows"],
+        "duplicates_dropped": dropped,
+        "seconds": round(time.perf_counter() - began, 3),
+    }
 
 
 def _copy(cache: EmbeddingCache, keep: list[dict], sources: list, shard_size: int, progress: bool):
@@ -98,8 +108,10 @@ def _copy(cache: EmbeddingCache, keep: list[dict], sources: list, shard_size: in
         path = cache._dir(part) / shard["file"]
         keys, vectors = read_keys(path), read_vectors(path)
         if checksum(keys, vectors) != shard["sha256"]:  # never copy damage into the shards that replace it
-            raise CacheDamagedError(f"cache {cache.path}: {Path(path).relative_to(cache.path)} does not match its "
-                                    f"checksum; nothing was changed: run 'embedcache verify {cache.path} --repair' first")
+            raise CacheDamagedError(
+                f"cache {cache.path}: {Path(path).relative_to(cache.path)} does not match its "
+                f"checksum; nothing was changed: run 'embedcache verify {cache.path} --repair' first"
+            )
         new = seen.add(keys, first_row=0)
         dropped += int((~new).sum())
         keys_out.append(keys[new])
@@ -118,8 +130,10 @@ def _carry_records(top: dict, parts) -> None:
     seen = [top.get("unknown") or {"mostly_unknown": 0, "examples": []}]
     seen += [m["unknown"] for m in parts if m.get("unknown")]
     if any(s["mostly_unknown"] for s in seen):
-        top["unknown"] = {"mostly_unknown": sum(s["mostly_unknown"] for s in seen),
-                          "examples": [e for s in seen for e in s["examples"]][:5]}
+        top["unknown"] = {
+            "mostly_unknown": sum(s["mostly_unknown"] for s in seen),
+            "examples": [e for s in seen for e in s["examples"]][:5],
+        }
     keys = top["encoder"].get("quick_keys", []) + [k for m in parts for k in m["encoder"].get("quick_keys", [])]
     if keys:
         top["encoder"]["quick_keys"] = list(dict.fromkeys(keys))[-16:]

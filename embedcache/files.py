@@ -137,11 +137,15 @@ def check_output(path, inputs=(), overwrite: bool = False, flag: str = "out", ki
         if kind == "file" and path.is_dir():
             raise WriteError(f"{flag} {path} is a directory; give a file name")
         if kind == "model" and not (path.is_dir() and is_model_directory(path)):
-            raise WriteError(f"{flag} {path} exists and is not a model directory (config.json and model.safetensors); "
-                             "it is never replaced: write to another path")
+            raise WriteError(
+                f"{flag} {path} exists and is not a model directory (config.json and model.safetensors); "
+                "it is never replaced: write to another path"
+            )
         if kind == "encoder" and not (path / "modules.json").is_file():
-            raise WriteError(f"{flag} {path} exists and is not an encoder directory (modules.json); it is never "
-                             "replaced: write to another path")
+            raise WriteError(
+                f"{flag} {path} exists and is not an encoder directory (modules.json); it is never "
+                "replaced: write to another path"
+            )
     with writing(path.parent, "creating"):
         path.parent.mkdir(parents=True, exist_ok=True)
     if not path.parent.is_dir():
@@ -177,8 +181,9 @@ def check_not_input(path, inputs=(), flag: str = "out") -> None:
             how = "contains"
         else:
             continue
-        raise WriteError(f"{flag} {path} {how} the input {name} {source}: writing it would destroy the input; "
-                         "write to another path")
+        raise WriteError(
+            f"{flag} {path} {how} the input {name} {source}: writing it would destroy the input; write to another path"
+        )
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -190,8 +195,28 @@ def _same(a: Path, b: Path) -> bool:
 
 def system_directories() -> set[Path]:
     """Directories no output or cache may be: the root, the system's top-level folders, the home directory."""
-    names = ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt", "/proc", "/root", "/run",
-             "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/mnt", "/media")
+    names = (
+        "/",
+        "/bin",
+        "/boot",
+        "/dev",
+        "/etc",
+        "/home",
+        "/lib",
+        "/lib64",
+        "/opt",
+        "/proc",
+        "/root",
+        "/run",
+        "/sbin",
+        "/srv",
+        "/sys",
+        "/tmp",
+        "/usr",
+        "/var",
+        "/mnt",
+        "/media",
+    )
     return {Path(os.path.realpath(n)) for n in names} | {Path(os.path.realpath(Path.home()))}
 
 

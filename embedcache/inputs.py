@@ -17,8 +17,16 @@ import pandas as pd
 
 from .errors import InputError
 
-FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
-           ".parquet": "parquet", ".pq": "parquet"}
+FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".json": "json",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 
 
 def _decode(path: Path) -> str:
@@ -28,7 +36,7 @@ def _decode(path: Path) -> str:
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise InputError(
-            f"{path}: invalid UTF-8 at byte offset {e.start} (line {line}): byte {data[e.start:e.start + 1]!r}; "
+            f"{path}: invalid UTF-8 at byte offset {e.start} (line {line}): byte {data[e.start : e.start + 1]!r}; "
             "save the file as UTF-8"
         ) from None
 
@@ -41,8 +49,10 @@ def _extra_fields(path: Path, text: str, fmt: str) -> str:
     width = len(next(reader, []))
     for row in reader:
         if len(row) > width:
-            return (f"{path}: line {reader.line_num} has {len(row)} fields, but the header names {width} columns; "
-                    "quote fields that contain the separator")
+            return (
+                f"{path}: line {reader.line_num} has {len(row)} fields, but the header names {width} columns; "
+                "quote fields that contain the separator"
+            )
     return f"{path}: a row has more fields than the header names columns; quote fields that contain the separator"
 
 
@@ -76,9 +86,15 @@ def read_table(path, fmt: str | None = None, header: bool = True) -> pd.DataFram
             with warnings.catch_warnings():
                 # index_col=False: a row with more fields than the header is an error, never an index
                 warnings.simplefilter("error", pd.errors.ParserWarning)
-                df = pd.read_csv(io.StringIO(text), sep="," if fmt == "csv" else "\t", dtype=str,
-                                 keep_default_na=False, skip_blank_lines=False, index_col=False,
-                                 header=0 if header else None)
+                df = pd.read_csv(
+                    io.StringIO(text),
+                    sep="," if fmt == "csv" else "\t",
+                    dtype=str,
+                    keep_default_na=False,
+                    skip_blank_lines=False,
+                    index_col=False,
+                    header=0 if header else None,
+                )
         except pd.errors.ParserWarning:
             raise InputError(_extra_fields(path, text, fmt)) from None
         except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
@@ -89,8 +105,10 @@ def read_table(path, fmt: str | None = None, header: bool = True) -> pd.DataFram
             first = next(csv.reader(io.StringIO(text), delimiter="," if fmt == "csv" else "\t"), [])
             repeated = sorted({c for c in first if first.count(c) > 1})
             if repeated:
-                raise InputError(f"{path}: the header names column {', '.join(map(repr, repeated))} more than once "
-                                 "(line 1); give each column its own name")
+                raise InputError(
+                    f"{path}: the header names column {', '.join(map(repr, repeated))} more than once "
+                    "(line 1); give each column its own name"
+                )
     elif fmt == "json":
         text = _decode(path)
         try:
@@ -120,7 +138,9 @@ def read_table(path, fmt: str | None = None, header: bool = True) -> pd.DataFram
     df.columns = [str(c) for c in df.columns]
     repeated = sorted(set(df.columns[df.columns.duplicated()]))
     if repeated:
-        raise InputError(f"{path}: column {', '.join(map(repr, repeated))} appears more than once; give each column its own name")
+        raise InputError(
+            f"{path}: column {', '.join(map(repr, repeated))} appears more than once; give each column its own name"
+        )
     df.attrs["source"] = str(path)  # errors about this table name the file, not 'data'
     return df
 
@@ -146,8 +166,10 @@ def _check_text(value: str, path, i: int, column) -> None:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise InputError(f"{path}: row {i + 1}, column {column!r}: character {e.start + 1} is a lone UTF-16 "
-                         f"surrogate {value[e.start]!r}, not text; fix the escape in the file") from None
+        raise InputError(
+            f"{path}: row {i + 1}, column {column!r}: character {e.start + 1} is a lone UTF-16 "
+            f"surrogate {value[e.start]!r}, not text; fix the escape in the file"
+        ) from None
 
 
 def _unique_keys(pairs):
@@ -165,8 +187,18 @@ def table_source(df: pd.DataFrame, default: str = "data") -> str:
 def first_rows(texts, tables) -> list[str | None]:
     """Where each text first occurs in ``tables`` (``(path, DataFrame)`` pairs): 'PATH row N, column C'
     (1-based data rows), or None where it does not (a composed text)."""
-    return [next((f"{path} row {i + 1}, column {col!r}" for path, df in tables for col in df.columns
-                  for i in np.flatnonzero((df[col] == text).to_numpy())[:1]), None) for text in texts]
+    return [
+        next(
+            (
+                f"{path} row {i + 1}, column {col!r}"
+                for path, df in tables
+                for col in df.columns
+                for i in np.flatnonzero((df[col] == text).to_numpy())[:1]
+            ),
+            None,
+        )
+        for text in texts
+    ]
 
 
 def _is_missing(value) -> bool:
@@ -180,7 +212,9 @@ def _is_missing(value) -> bool:
 def check_columns(df: pd.DataFrame, columns, path) -> None:
     unknown = [c for c in columns if c not in df.columns]
     if unknown:
-        raise InputError(f"{path}: no column {', '.join(map(repr, unknown))}; available columns: {', '.join(df.columns)}")
+        raise InputError(
+            f"{path}: no column {', '.join(map(repr, unknown))}; available columns: {', '.join(df.columns)}"
+        )
 
 
 def bad_rows(df: pd.DataFrame, column: str, path) -> list[int]:
@@ -190,7 +224,9 @@ def bad_rows(df: pd.DataFrame, column: str, path) -> list[int]:
         if _is_missing(value):
             bad.append(i)
         elif not isinstance(value, str):
-            raise InputError(f"{path}: row {i + 1}, column {column!r}: expected text, found {type(value).__name__} {value!r}")
+            raise InputError(
+                f"{path}: row {i + 1}, column {column!r}: expected text, found {type(value).__name__} {value!r}"
+            )
         else:
             _check_text(value, path, i, column)
     return bad
@@ -201,7 +237,9 @@ def template_columns(template: str) -> list[str]:
     try:
         fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
     except ValueError as e:
-        raise InputError(f"template {template!r}: {e}; write columns as {{name}} and a literal brace as {{{{ or }}}}") from None
+        raise InputError(
+            f"template {template!r}: {e}; write columns as {{name}} and a literal brace as {{{{ or }}}}"
+        ) from None
     bad = [f for f in fields if not f or any(c in f for c in ".[!:")]
     if bad:
         raise InputError(f"template {template!r}: field {{{bad[0]}}} is not a column name; write columns as {{name}}")

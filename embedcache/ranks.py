@@ -57,10 +57,13 @@ def launcher_rank(rank: int | None = None, world_size: int | None = None, env=No
     if rank is not None or world_size is not None:
         if rank is None or world_size is None:
             raise ParameterError("give both --rank and --world-size (or neither, to read them from the launcher)")
-        found = Rank(rank, world_size, _int(env, "LOCAL_RANK") or _int(env, "SLURM_LOCALID") or 0, "--rank/--world-size")
+        found = Rank(
+            rank, world_size, _int(env, "LOCAL_RANK") or _int(env, "SLURM_LOCALID") or 0, "--rank/--world-size"
+        )
     elif _int(env, "WORLD_SIZE") is not None:
-        found = Rank(_int(env, "RANK") or 0, _int(env, "WORLD_SIZE"), _int(env, "LOCAL_RANK") or 0,
-                     "torchrun (RANK, WORLD_SIZE)")
+        found = Rank(
+            _int(env, "RANK") or 0, _int(env, "WORLD_SIZE"), _int(env, "LOCAL_RANK") or 0, "torchrun (RANK, WORLD_SIZE)"
+        )
     else:
         task, tasks, sources = 0, 1, []
         if _int(env, "SLURM_ARRAY_TASK_COUNT") is not None:
@@ -73,9 +76,15 @@ def launcher_rank(rank: int | None = None, world_size: int | None = None, env=No
             sources.append("SLURM_PROCID/SLURM_STEP_NUM_TASKS")
         else:
             step, procid = 1, 0
-        found = Rank(task * step + procid, tasks * step, _int(env, "SLURM_LOCALID") or 0,
-                     "Slurm (" + ", ".join(sources) + ")" if sources else "single process")
+        found = Rank(
+            task * step + procid,
+            tasks * step,
+            _int(env, "SLURM_LOCALID") or 0,
+            "Slurm (" + ", ".join(sources) + ")" if sources else "single process",
+        )
     if found.world_size < 1 or not 0 <= found.rank < found.world_size:
-        raise ParameterError(f"rank must be in 0..world_size-1 with world_size >= 1, found rank {found.rank} of "
-                             f"world size {found.world_size} (from {found.source})")
+        raise ParameterError(
+            f"rank must be in 0..world_size-1 with world_size >= 1, found rank {found.rank} of "
+            f"world size {found.world_size} (from {found.source})"
+        )
     return found

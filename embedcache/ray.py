@@ -30,17 +30,33 @@ from .inputs import FORMATS, texts_from_table
 
 def ray_arguments(p) -> None:
     """The flags of a command that can run on a Ray cluster (``embedcache precompute``, ``heads predict``)."""
-    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
-                   help="run on a Ray cluster with Ray Data (pip install 'embedcache[ray]'): at ADDRESS (auto: the "
-                        "running one, local: a new one on this machine, ray://head:10001); without ADDRESS, RAY_ADDRESS's "
-                        "or one running on this machine, else a new one")
-    p.add_argument("--workers", type=flag_type(check_int), default=2, metavar="N", help="with --ray: actors (default 2)")
-    p.add_argument("--gpus-per-worker", type=flag_type(check_float, float, low=0), default=0, metavar="G",
-                   help="with --ray: GPUs each actor holds (default 0: the CPU)")
-    p.add_argument("--cpus-per-worker", type=flag_type(check_float, float, low=0, low_open=True), default=None,
-                   metavar="C", help="with --ray: CPUs each actor holds (default: 1, or less so that the actors leave "
-                                     "one of the cluster's CPUs for reading the inputs)")
-
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run on a Ray cluster with Ray Data (pip install 'embedcache[ray]'): at ADDRESS (auto: the "
+        "running one, local: a new one on this machine, ray://head:10001); without ADDRESS, RAY_ADDRESS's "
+        "or one running on this machine, else a new one",
+    )
+    p.add_argument(
+        "--workers", type=flag_type(check_int), default=2, metavar="N", help="with --ray: actors (default 2)"
+    )
+    p.add_argument(
+        "--gpus-per-worker",
+        type=flag_type(check_float, float, low=0),
+        default=0,
+        metavar="G",
+        help="with --ray: GPUs each actor holds (default 0: the CPU)",
+    )
+    p.add_argument(
+        "--cpus-per-worker",
+        type=flag_type(check_float, float, low=0, low_open=True),
+        default=None,
+        metavar="C",
+        help="with --ray: CPUs each actor holds (default: 1, or less so that the actors leave "
+        "one of the cluster's CPUs for reading the inputs)",
+    )
 
 
 RAY_READERS = ("parquet", "csv", "tsv", "jsonl")  # what Ray Data reads in parallel blocks
@@ -115,14 +131,24 @@ class _EncodingActor:
 
     def __init__(self, cache, model, options, batch_size, shard_size, dtype):
         encoder = load_encoder(model, batch_size=batch_size, **options)
-        self.cache = EmbeddingCache(cache, encoder, dtype=dtype, shard_size=shard_size,
-                                    part=f"ray-{uuid.uuid4().hex[:12]}")
+        self.cache = EmbeddingCache(
+            cache, encoder, dtype=dtype, shard_size=shard_size, part=f"ray-{uuid.uuid4().hex[:12]}"
+        )
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         stats = self.cache.add(batch["text"].tolist())
-        return pd.DataFrame([{"texts": stats["rows"], "cached": stats["cached"], "encoded": stats["encoded"],
-                              "truncated": stats["truncated"], "encode_seconds": stats["encode_seconds"],
-                              "part": self.cache.part}])
+        return pd.DataFrame(
+            [
+                {
+                    "texts": stats["rows"],
+                    "cached": stats["cached"],
+                    "encoded": stats["encoded"],
+                    "truncated": stats["truncated"],
+                    "encode_seconds": stats["encode_seconds"],
+                    "part": self.cache.part,
+                }
+            ]
+        )
 
 
 def _unwrap(error: BaseException) -> BaseException:
@@ -148,12 +174,22 @@ def actor_cpus(total: float, workers: int, cpus_per_worker: float | None, gpus_p
         raise ParameterError(
             f"{workers} actors of {cpus_per_worker:g} CPU hold {workers * cpus_per_worker:g} of the cluster's {total:g} "
             f"CPUs and leave none to read the inputs: Ray would wait forever; give --cpus-per-worker {fit:g} (or leave "
-            "it out: actors then leave a CPU free), or fewer --workers")
+            "it out: actors then leave a CPU free), or fewer --workers"
+        )
     return cpus_per_worker
 
 
-def map_with_actors(ds, actor, constructor_kwargs: dict, *, workers: int, gpus_per_worker: float,
-                    cpus_per_worker: float | None, batch_size: int, progress: bool) -> pd.DataFrame:
+def map_with_actors(
+    ds,
+    actor,
+    constructor_kwargs: dict,
+    *,
+    workers: int,
+    gpus_per_worker: float,
+    cpus_per_worker: float | None,
+    batch_size: int,
+    progress: bool,
+) -> pd.DataFrame:
     """Run ``ds`` through a pool of ``workers`` actors of class ``actor`` and return what they returned, as
     one table.  Ray Data restarts an actor that dies and retries its batch (``max_restarts=-1`` by default
     for actor pools).  An EmbedcacheError an actor raised comes out as itself, not in Ray's wrappers."""
@@ -161,21 +197,43 @@ def map_with_actors(ds, actor, constructor_kwargs: dict, *, workers: int, gpus_p
 
     cpus_per_worker = actor_cpus(ray.cluster_resources().get("CPU", 0), workers, cpus_per_worker, gpus_per_worker)
     ray.data.DataContext.get_current().enable_progress_bars = progress
-    ds = ds.map_batches(actor, fn_constructor_kwargs=constructor_kwargs, compute=ray.data.ActorPoolStrategy(size=workers),
-                        num_gpus=gpus_per_worker, num_cpus=cpus_per_worker, batch_size=batch_size,
-                        batch_format="pandas")
+    ds = ds.map_batches(
+        actor,
+        fn_constructor_kwargs=constructor_kwargs,
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_gpus=gpus_per_worker,
+        num_cpus=cpus_per_worker,
+        batch_size=batch_size,
+        batch_format="pandas",
+    )
     try:
         return ds.to_pandas()
     except Exception as e:  # noqa: BLE001 -- Ray wraps what a task raised: give the user our own error
         raise _unwrap(e) from None
 
 
-def precompute(data, cache, text_cols=(), template: str | None = None, model: str | None = None, *,
-               address: str | None = None, workers: int = 2, gpus_per_worker: float = 0,
-               cpus_per_worker: float | None = None,
-               batch_size: int = 64, rows_per_batch: int = 1024, shard_size: int = 20_000, dtype: str | None = None,
-               skip_empty: bool = False, progress: bool = True, max_length: int | None = None,
-               precision: str | None = None, normalize: bool = False, backend: str | None = None) -> dict:
+def precompute(
+    data,
+    cache,
+    text_cols=(),
+    template: str | None = None,
+    model: str | None = None,
+    *,
+    address: str | None = None,
+    workers: int = 2,
+    gpus_per_worker: float = 0,
+    cpus_per_worker: float | None = None,
+    batch_size: int = 64,
+    rows_per_batch: int = 1024,
+    shard_size: int = 20_000,
+    dtype: str | None = None,
+    skip_empty: bool = False,
+    progress: bool = True,
+    max_length: int | None = None,
+    precision: str | None = None,
+    normalize: bool = False,
+    backend: str | None = None,
+) -> dict:
     """Encode the texts of ``data`` (paths, glob patterns or a Ray Dataset) into ``cache`` on a Ray cluster.
 
     ``workers`` encoder actors each hold ``gpus_per_worker`` GPUs (0: the CPU) and
@@ -192,18 +250,41 @@ def precompute(data, cache, text_cols=(), template: str | None = None, model: st
     known = EmbeddingCache(cache) if (cache / MANIFEST).exists() else None
     model, options = recorded_encoder(known, model, encoder_options(max_length, precision, normalize, backend))
     ds = data if isinstance(data, ray.data.Dataset) else read_dataset(data)
-    ds = ds.map_batches(_texts, fn_kwargs={"text_cols": list(text_cols), "template": template, "skip_empty": skip_empty},
-                        batch_format="pandas")
+    ds = ds.map_batches(
+        _texts,
+        fn_kwargs={"text_cols": list(text_cols), "template": template, "skip_empty": skip_empty},
+        batch_format="pandas",
+    )
     # Blocks of one batch each, streamed: a few large files still spread over every actor.
     ds = ds.repartition(target_num_rows_per_block=rows_per_batch)
-    done = map_with_actors(ds, _EncodingActor, {
-        "cache": str(cache), "model": model, "options": options, "batch_size": batch_size, "shard_size": shard_size,
-        "dtype": dtype}, workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
-        batch_size=rows_per_batch, progress=progress)
+    done = map_with_actors(
+        ds,
+        _EncodingActor,
+        {
+            "cache": str(cache),
+            "model": model,
+            "options": options,
+            "batch_size": batch_size,
+            "shard_size": shard_size,
+            "dtype": dtype,
+        },
+        workers=workers,
+        gpus_per_worker=gpus_per_worker,
+        cpus_per_worker=cpus_per_worker,
+        batch_size=rows_per_batch,
+        progress=progress,
+    )
     seconds = time.perf_counter() - began
-    totals = {c: done[c].sum() if len(done) else 0 for c in ("texts", "cached", "encoded", "truncated", "encode_seconds")}
-    return {**{c: int(totals[c]) for c in ("texts", "cached", "encoded", "truncated")},
-            "parts": sorted(set(done["part"])) if len(done) else [], "workers": workers, "seconds": round(seconds, 3),
-            "encode_seconds": round(float(totals["encode_seconds"]), 3),
-            "texts_per_s": round(totals["encoded"] / seconds, 1) if totals["encoded"] else None, "cache": str(cache),
-            "cache_rows": len(EmbeddingCache(cache)) if (cache / MANIFEST).exists() else 0}
+    totals = {
+        c: done[c].sum() if len(done) else 0 for c in ("texts", "cached", "encoded", "truncated", "encode_seconds")
+    }
+    return {
+        **{c: int(totals[c]) for c in ("texts", "cached", "encoded", "truncated")},
+        "parts": sorted(set(done["part"])) if len(done) else [],
+        "workers": workers,
+        "seconds": round(seconds, 3),
+        "encode_seconds": round(float(totals["encode_seconds"]), 3),
+        "texts_per_s": round(totals["encoded"] / seconds, 1) if totals["encoded"] else None,
+        "cache": str(cache),
+        "cache_rows": len(EmbeddingCache(cache)) if (cache / MANIFEST).exists() else 0,
+    }

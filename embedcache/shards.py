@@ -76,8 +76,13 @@ def _plain(value):
 def header(f: h5py.File) -> dict:
     """A shard's attributes and the shapes and dtypes of its datasets, without reading the data."""
     keys, vectors = f["keys"], f["vectors"]
-    return {**{k: _plain(v) for k, v in f.attrs.items()}, "keys_shape": keys.shape, "keys_dtype": str(keys.dtype),
-            "shape": vectors.shape, "dtype": str(vectors.dtype)}
+    return {
+        **{k: _plain(v) for k, v in f.attrs.items()},
+        "keys_shape": keys.shape,
+        "keys_dtype": str(keys.dtype),
+        "shape": vectors.shape,
+        "dtype": str(vectors.dtype),
+    }
 
 
 def header_problem(h: dict, expected: dict | None = None) -> str | None:
@@ -90,7 +95,9 @@ def header_problem(h: dict, expected: dict | None = None) -> str | None:
     if h["dtype"] not in DTYPES:
         return f"vectors are {h['dtype']}, expected one of {', '.join(DTYPES)}"
     if h.get("rows") != rows or h.get("dim") != dim or not isinstance(h.get("sha256"), str):
-        return f"its attributes (rows {h.get('rows')!r}, dim {h.get('dim')!r}) do not describe its {rows} x {dim} vectors"
+        return (
+            f"its attributes (rows {h.get('rows')!r}, dim {h.get('dim')!r}) do not describe its {rows} x {dim} vectors"
+        )
     if expected is None:
         return None
     if h.get("fingerprint") != expected["fingerprint"]:

@@ -33,8 +33,10 @@ def with_soft_prompt(model, soft_prompt: torch.Tensor, features: dict) -> torch.
     ids, mask = features["input_ids"], features["attention_mask"]
     batch, n = ids.shape[0], soft_prompt.shape[0]
     embeds = model.get_input_embeddings()(ids)
-    inputs = {"inputs_embeds": torch.cat([soft_prompt.to(embeds.dtype).expand(batch, -1, -1), embeds], dim=1),
-              "attention_mask": torch.cat([mask.new_ones(batch, n), mask], dim=1)}
+    inputs = {
+        "inputs_embeds": torch.cat([soft_prompt.to(embeds.dtype).expand(batch, -1, -1), embeds], dim=1),
+        "attention_mask": torch.cat([mask.new_ones(batch, n), mask], dim=1),
+    }
     if features.get("token_type_ids") is not None:
         types = features["token_type_ids"]
         inputs["token_type_ids"] = torch.cat([types.new_zeros(batch, n), types], dim=1)

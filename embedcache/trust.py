@@ -27,8 +27,9 @@ class UnsafeModelError(EncoderError):
 
 
 def _refuse(path, why: str) -> None:
-    raise UnsafeModelError(f"model {path}: {why}; a model directory is data and may name no code of its own "
-                           "(nothing was imported)")
+    raise UnsafeModelError(
+        f"model {path}: {why}; a model directory is data and may name no code of its own (nothing was imported)"
+    )
 
 
 def inside(path, root) -> bool:
@@ -69,8 +70,9 @@ def check_model_directory(path) -> None:
         for name in dirs + files:
             entry = Path(base) / name
             if entry.is_symlink() and not inside(entry, root):
-                _refuse(path, f"{entry.relative_to(directory)} links outside the directory "
-                        f"(to {os.path.realpath(entry)})")
+                _refuse(
+                    path, f"{entry.relative_to(directory)} links outside the directory (to {os.path.realpath(entry)})"
+                )
         for name in files:
             if not name.endswith(".json"):
                 continue
@@ -95,8 +97,12 @@ def _check_modules(directory: Path, path) -> None:
         kind, sub = module.get("type"), module.get("path", "")
         if not isinstance(kind, str) or not (kind.startswith("sentence_transformers.") or kind in _OUR_TYPES):
             _refuse(path, f"modules.json[{i}].type is {kind!r}, a class outside sentence-transformers")
-        if not isinstance(sub, str) or os.path.isabs(sub) or ".." in Path(sub).parts or \
-                not inside(directory / sub, directory):
+        if (
+            not isinstance(sub, str)
+            or os.path.isabs(sub)
+            or ".." in Path(sub).parts
+            or not inside(directory / sub, directory)
+        ):
             _refuse(path, f"modules.json[{i}].path {sub!r} leaves the directory")
 
 

@@ -6,11 +6,30 @@ scikit-learn load only when a head is built or an estimator is asked for).
 
 from embedcache import __version__
 
-__all__ = ["HEAD_TYPES", "EmbeddingRegressor", "EmbeddingTransformer", "FinetuneConfig", "HeadModel", "TrainConfig", "__version__",
-           "register_head", "regression_metrics", "report"]
+__all__ = [
+    "HEAD_TYPES",
+    "EmbeddingRegressor",
+    "EmbeddingTransformer",
+    "FinetuneConfig",
+    "HeadModel",
+    "TrainConfig",
+    "__version__",
+    "register_head",
+    "regression_metrics",
+    "report",
+]
 
-_WHERE = {"EmbeddingRegressor": "estimator", "EmbeddingTransformer": "estimator", "HeadModel": "model", "HEAD_TYPES": "units", "register_head": "units",
-          "TrainConfig": "config", "FinetuneConfig": "config", "regression_metrics": "metrics", "report": "metrics"}
+_WHERE = {
+    "EmbeddingRegressor": "estimator",
+    "EmbeddingTransformer": "estimator",
+    "HeadModel": "model",
+    "HEAD_TYPES": "units",
+    "register_head": "units",
+    "TrainConfig": "config",
+    "FinetuneConfig": "config",
+    "regression_metrics": "metrics",
+    "report": "metrics",
+}
 
 
 def __getattr__(name):

@@ -39,8 +39,9 @@ def read_record(path) -> dict[str, float]:
     return answers
 
 
-def annotate(texts, fn, record, max_workers: int = 4, retries: int = 3, backoff: float = 1.0,
-             progress: bool = True) -> dict[str, float]:
+def annotate(
+    texts, fn, record, max_workers: int = 4, retries: int = 3, backoff: float = 1.0, progress: bool = True
+) -> dict[str, float]:
     """Scores of ``texts`` from ``fn(text) -> float``, taken from ``record`` where already paid for.
 
     Raises AnnotationError naming how many texts failed after ``retries`` retries.
@@ -81,7 +82,9 @@ def annotate(texts, fn, record, max_workers: int = 4, retries: int = 3, backoff:
             answers[key] = score
     if failures:
         text, error = failures[0]
-        raise AnnotationError(f"{len(failures)} of {len(todo)} texts failed after {retries} retries "
-                              f"(first: {text[:60]!r}: {error!r}); the {len(todo) - len(failures)} answers "
-                              f"received are in {record}; run again to retry only the failed ones")
+        raise AnnotationError(
+            f"{len(failures)} of {len(todo)} texts failed after {retries} retries "
+            f"(first: {text[:60]!r}: {error!r}); the {len(todo) - len(failures)} answers "
+            f"received are in {record}; run again to retry only the failed ones"
+        )
     return {t: answers[k] for t, k in zip(texts, keys)}

@@ -52,9 +52,19 @@ def _read_pooling(path: Path) -> tuple[str, bool, int | None]:
             if "pooling_mode" in config:  # written by sentence-transformers 6: {"pooling_mode": "mean", ...}
                 modes = [config["pooling_mode"]] if config["pooling_mode"] in POOLING else []
             else:
-                modes = [m for m in POOLING if config.get(f"pooling_mode_{m}_token" if m == "cls" else f"pooling_mode_{m}_tokens")]
-            if len(modes) != 1 or config.get("pooling_mode_mean_sqrt_len_tokens") or config.get("include_prompt") is False:
-                raise InputError(f"{path}: pooling {config} is not supported for fine-tuning; supported: one of {POOLING}")
+                modes = [
+                    m
+                    for m in POOLING
+                    if config.get(f"pooling_mode_{m}_token" if m == "cls" else f"pooling_mode_{m}_tokens")
+                ]
+            if (
+                len(modes) != 1
+                or config.get("pooling_mode_mean_sqrt_len_tokens")
+                or config.get("include_prompt") is False
+            ):
+                raise InputError(
+                    f"{path}: pooling {config} is not supported for fine-tuning; supported: one of {POOLING}"
+                )
             pooling = modes[0]
         elif kind == "Normalize":
             normalize = True
@@ -93,8 +103,14 @@ class Backbone(nn.Module):
         pooling, normalize, st_max = _read_pooling(Path(path)) if Path(path).is_dir() else ("mean", False, None)
         model = AutoModel.from_pretrained(path, trust_remote_code=False)
         local = Path(path).is_dir()
-        backbone = cls(model, AutoTokenizer.from_pretrained(path, trust_remote_code=False), pooling, normalize, max_length or st_max,
-                       _default_prompt(Path(path)) if local else None)
+        backbone = cls(
+            model,
+            AutoTokenizer.from_pretrained(path, trust_remote_code=False),
+            pooling,
+            normalize,
+            max_length or st_max,
+            _default_prompt(Path(path)) if local else None,
+        )
         soft = read_soft_prompt(path) if local else None
         if soft is not None:  # an encoder trained by prompt tuning
             backbone.soft_prompt = nn.Parameter(soft)
@@ -105,8 +121,9 @@ class Backbone(nn.Module):
         text of each sequence carries the model's default prompt, as sentence-transformers encodes it."""
         if self.prompt:
             texts = [self.prompt + t for t in texts]
-        return dict(self.tokenizer(texts, pairs, padding=True, truncation=True, max_length=self.max_length,
-                                   return_tensors="pt"))
+        return dict(
+            self.tokenizer(texts, pairs, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        )
 
     def forward(self, features: dict) -> torch.Tensor:
         if self.soft_prompt is not None:
@@ -123,7 +140,9 @@ class Backbone(nn.Module):
         return F.normalize(out, dim=-1) if self.normalize else out
 
     @torch.no_grad()
-    def encode(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 64, progress=False) -> np.ndarray:
+    def encode(
+        self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 64, progress=False
+    ) -> np.ndarray:
         """(n, dim) float32 vectors; with ``pairs``, each (text, pair) is one sequence (the cross encoder)."""
         from tqdm.auto import tqdm
 
@@ -149,20 +168,30 @@ class Backbone(nn.Module):
 
             first = f"{SoftPromptTransformer.__module__}.{SoftPromptTransformer.__name__}"
             save_soft_prompt(self.soft_prompt, directory)
-        modules = [{"idx": 0, "name": "0", "path": "", "type": first},
-                   {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": first},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        ]
         if self.normalize:
-            modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+            modules.append(
+                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
+            )
             (directory / "2_Normalize").mkdir(exist_ok=True)
         (directory / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
         (directory / "1_Pooling").mkdir(exist_ok=True)
-        pooling = {"word_embedding_dimension": self.dim, "pooling_mode_cls_token": self.pooling == "cls",
-                   "pooling_mode_mean_tokens": self.pooling == "mean", "pooling_mode_max_tokens": self.pooling == "max",
-                   "pooling_mode_mean_sqrt_len_tokens": False}
+        pooling = {
+            "word_embedding_dimension": self.dim,
+            "pooling_mode_cls_token": self.pooling == "cls",
+            "pooling_mode_mean_tokens": self.pooling == "mean",
+            "pooling_mode_max_tokens": self.pooling == "max",
+            "pooling_mode_mean_sqrt_len_tokens": False,
+        }
         (directory / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2) + "\n")
         (directory / "sentence_bert_config.json").write_text(
-            json.dumps({"max_seq_length": self.max_length, "do_lower_case": False}, indent=2) + "\n")
+            json.dumps({"max_seq_length": self.max_length, "do_lower_case": False}, indent=2) + "\n"
+        )
         if self.prompt:
             (directory / "config_sentence_transformers.json").write_text(
-                json.dumps({"prompts": {"default": self.prompt}, "default_prompt_name": "default"}, indent=2) + "\n")
+                json.dumps({"prompts": {"default": self.prompt}, "default_prompt_name": "default"}, indent=2) + "\n"
+            )
         return directory

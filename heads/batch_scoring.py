@@ -43,8 +43,14 @@ class _ScoringActor:
         done = []
         for path in batch["path"]:
             began = time.perf_counter()
-            table = self.model.predict_table(self.cache, read_table(path, header=self.header), self.columns,
-                                             id_col=self.id_col, decimals=self.decimals, interval=self.interval)
+            table = self.model.predict_table(
+                self.cache,
+                read_table(path, header=self.header),
+                self.columns,
+                id_col=self.id_col,
+                decimals=self.decimals,
+                interval=self.interval,
+            )
             with atomic_file(output_of(self.out, Path(path))) as tmp:
                 table.to_parquet(tmp, index=False)
             done.append({"path": path, "rows": len(table), "seconds": time.perf_counter() - began})
@@ -55,9 +61,23 @@ def output_of(out: Path, path: Path) -> Path:
     return out / f"{path.stem}.parquet"
 
 
-def score_files(model, data, out, cache=None, columns=None, *, id_col=None, interval=None, decimals=None,
-                header: bool = True, address: str | None = None, workers: int = 2, gpus_per_worker: float = 0,
-                cpus_per_worker: float | None = None, progress: bool = True) -> dict:
+def score_files(
+    model,
+    data,
+    out,
+    cache=None,
+    columns=None,
+    *,
+    id_col=None,
+    interval=None,
+    decimals=None,
+    header: bool = True,
+    address: str | None = None,
+    workers: int = 2,
+    gpus_per_worker: float = 0,
+    cpus_per_worker: float | None = None,
+    progress: bool = True,
+) -> dict:
     """Score every file of ``data`` (paths or glob patterns) with the model directory ``model`` into the
     directory ``out``, one Parquet file per input; return files, skipped (outputs there already), rows, seconds."""
     began = time.perf_counter()
@@ -69,8 +89,10 @@ def score_files(model, data, out, cache=None, columns=None, *, id_col=None, inte
     for path in files:
         other = seen.setdefault(output_of(out, path).name, path)
         if other != path:
-            raise InputError(f"{other} and {path} would both be scored into {output_of(out, path)}: give files "
-                             "with different names, or score them into different --out directories")
+            raise InputError(
+                f"{other} and {path} would both be scored into {output_of(out, path)}: give files "
+                "with different names, or score them into different --out directories"
+            )
     HeadModel.load(model)  # a wrong directory fails here, in one line, before any actor starts
     with writing(out, "creating"):
         out.mkdir(parents=True, exist_ok=True)
@@ -79,11 +101,25 @@ def score_files(model, data, out, cache=None, columns=None, *, id_col=None, inte
     if todo:
         ray = connect_ray(address)
         files_ds = ray.data.from_items([{"path": str(p)} for p in todo], override_num_blocks=len(todo))
-        done = map_with_actors(files_ds, _ScoringActor, {
-            "model": str(model), "cache": str(cache) if cache else None, "out": str(out), "columns": columns,
-            "id_col": id_col, "interval": interval, "decimals": decimals, "header": header},
-            workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, batch_size=1,
-            progress=progress)
+        done = map_with_actors(
+            files_ds,
+            _ScoringActor,
+            {
+                "model": str(model),
+                "cache": str(cache) if cache else None,
+                "out": str(out),
+                "columns": columns,
+                "id_col": id_col,
+                "interval": interval,
+                "decimals": decimals,
+                "header": header,
+            },
+            workers=workers,
+            gpus_per_worker=gpus_per_worker,
+            cpus_per_worker=cpus_per_worker,
+            batch_size=1,
+            progress=progress,
+        )
         summary["rows"] = int(done["rows"].sum())
     summary["seconds"] = round(time.perf_counter() - began, 3)
     return summary

@@ -56,22 +56,38 @@ def _check_bool(value, name: str) -> bool:
 class TrainConfig:
     """How a head is trained: by ``HeadModel``, ``EmbeddingRegressor``, ``heads train``, self-training and fine-tuning."""
 
-    head: str = setting("auto", "head type: auto (two-tower for a pair of texts, as it starts from their calibrated "
-                        "cosine; concat otherwise) or a registered type (default: %(default)s)")
+    head: str = setting(
+        "auto",
+        "head type: auto (two-tower for a pair of texts, as it starts from their calibrated "
+        "cosine; concat otherwise) or a registered type (default: %(default)s)",
+    )
     width: int = setting(256, "projection width (default %(default)s)", check_int)
     dropout: float = setting(0.1, "dropout (default %(default)s)", check_float, float, low=0, high=1, high_open=True)
     shared: bool = setting(True, "(--no-shared) separate projections for the two texts of a pair", _check_bool)
     loss: str = setting("mse", "training loss", check_choice, str, choices=LOSSES)
     epochs: int = setting(30, "at most this many epochs (default %(default)s)", check_int)
-    lr: float = setting(1e-3, "the head's learning rate (default %(default)s)", check_float, float, low=0, low_open=True)
+    lr: float = setting(
+        1e-3, "the head's learning rate (default %(default)s)", check_float, float, low=0, low_open=True
+    )
     weight_decay: float = setting(0.01, "AdamW weight decay (default %(default)s)", check_float, float, low=0)
     batch_size: int | None = setting(None, "rows per step (default: about 100 steps an epoch, 32 to 1024)", check_int)
-    patience: int = setting(5, "stop after this many epochs without a better validation RMSE (default %(default)s)",
-                            check_int, minimum=0)
-    val_fraction: float = setting(0.1, "held-out share of distinct texts when no validation file is given "
-                                  "(default %(default)s)", check_float, float, low=0, high=1, low_open=True, high_open=True)
+    patience: int = setting(
+        5, "stop after this many epochs without a better validation RMSE (default %(default)s)", check_int, minimum=0
+    )
+    val_fraction: float = setting(
+        0.1,
+        "held-out share of distinct texts when no validation file is given (default %(default)s)",
+        check_float,
+        float,
+        low=0,
+        high=1,
+        low_open=True,
+        high_open=True,
+    )
     label_range: tuple | None = setting(None, "bound predictions to [LO, HI]", check_label_range)
-    seed: int = setting(0, "random seed: the same seed gives the same model (default %(default)s)", check_int, minimum=0)
+    seed: int = setting(
+        0, "random seed: the same seed gives the same model (default %(default)s)", check_int, minimum=0
+    )
 
     def check(self, zero_lr: bool = False) -> TrainConfig:
         """Every field within its allowed values (ParameterError naming it); ``zero_lr`` allows lr = 0."""
@@ -100,25 +116,38 @@ class TrainConfig:
 class FinetuneConfig:
     """What fine-tuning the encoder adds to a ``TrainConfig``."""
 
-    model: str | None = setting(None, "encoder to fine-tune: a sentence-transformers or transformers directory or hub "
-                                "id (default: the embedded all-MiniLM-L6-v2)")
-    encoder_lr: float = setting(2e-5, "the encoder's learning rate; 0 freezes it (default %(default)s)", check_float,
-                                float, low=0)
+    model: str | None = setting(
+        None,
+        "encoder to fine-tune: a sentence-transformers or transformers directory or hub "
+        "id (default: the embedded all-MiniLM-L6-v2)",
+    )
+    encoder_lr: float = setting(
+        2e-5, "the encoder's learning rate; 0 freezes it (default %(default)s)", check_float, float, low=0
+    )
     lora: int | None = setting(None, "train rank-R LoRA adapters (peft) instead of every encoder weight", check_int)
-    prompt_tuning: int | None = setting(None, "prompt tuning: train N vectors read before every text (at --lr), the "
-                                        "encoder frozen; saved as a small soft_prompt.safetensors beside it", check_int)
+    prompt_tuning: int | None = setting(
+        None,
+        "prompt tuning: train N vectors read before every text (at --lr), the "
+        "encoder frozen; saved as a small soft_prompt.safetensors beside it",
+        check_int,
+    )
     grad_accum: int = setting(1, "gradient accumulation steps (default %(default)s)", check_int)
     gradient_checkpointing: bool = setting(False, "recompute activations: less memory, slower", _check_bool)
     max_length: int | None = setting(None, "tokens per text (default: the encoder's)", check_int)
-    precision: str = setting("auto", "auto: bf16 (or fp16) mixed precision on a GPU, fp32 on the CPU", check_choice,
-                             str, choices=PRECISIONS)
-    init_head: str | None = setting(None, "start from a head trained by heads train on this encoder's frozen vectors "
-                                    "(linear probing, then fine-tuning)")
+    precision: str = setting(
+        "auto", "auto: bf16 (or fp16) mixed precision on a GPU, fp32 on the CPU", check_choice, str, choices=PRECISIONS
+    )
+    init_head: str | None = setting(
+        None,
+        "start from a head trained by heads train on this encoder's frozen vectors (linear probing, then fine-tuning)",
+    )
 
     def check(self) -> FinetuneConfig:
         if self.lora and self.prompt_tuning:
-            raise ParameterError(f"choose LoRA (lora={self.lora}, --lora) or prompt tuning (prompt_tuning="
-                                 f"{self.prompt_tuning}, --prompt-tuning), not both")
+            raise ParameterError(
+                f"choose LoRA (lora={self.lora}, --lora) or prompt tuning (prompt_tuning="
+                f"{self.prompt_tuning}, --prompt-tuning), not both"
+            )
         return check_fields(self)
 
     def to_dict(self) -> dict:
@@ -127,8 +156,25 @@ class FinetuneConfig:
 
 # -- flags ------------------------------------------------------------------------
 
-METAVARS = {"dropout": "P", "lr": "LR", "encoder_lr": "LR", "weight_decay": "W", "val_fraction": "F", "batch_size": "N", "epochs": "N", "width": "N", "patience": "N", "seed": "N", "lora": "R", "prompt_tuning": "N",
-            "max_length": "N", "grad_accum": "N", "model": "NAME_OR_PATH", "init_head": "MODEL_DIR", "head": "HEAD"}
+METAVARS = {
+    "dropout": "P",
+    "lr": "LR",
+    "encoder_lr": "LR",
+    "weight_decay": "W",
+    "val_fraction": "F",
+    "batch_size": "N",
+    "epochs": "N",
+    "width": "N",
+    "patience": "N",
+    "seed": "N",
+    "lora": "R",
+    "prompt_tuning": "N",
+    "max_length": "N",
+    "grad_accum": "N",
+    "model": "NAME_OR_PATH",
+    "init_head": "MODEL_DIR",
+    "head": "HEAD",
+}
 
 
 def add_arguments(parser, config, title: str, zero_lr: bool = False, helps: dict | None = None) -> None:
@@ -151,8 +197,13 @@ def add_arguments(parser, config, title: str, zero_lr: bool = False, helps: dict
         elif meta["check"] is None:
             group.add_argument(flag, default=default, metavar=METAVARS.get(f.name), help=meta["help"])
         else:
-            group.add_argument(flag, type=flag_type(meta["check"], meta["convert"], **bounds(f, zero_lr)), default=default,
-                               metavar=METAVARS.get(f.name), help=meta["help"])
+            group.add_argument(
+                flag,
+                type=flag_type(meta["check"], meta["convert"], **bounds(f, zero_lr)),
+                default=default,
+                metavar=METAVARS.get(f.name),
+                help=meta["help"],
+            )
 
 
 def from_arguments(cls, args: argparse.Namespace, **changes):

@@ -26,7 +26,9 @@ from embedcache import (
 SIDES = ("text", "pair", "condition")
 
 
-def embed(cache: EmbeddingCache | Encoder, texts: list[str], add_missing: bool = False, progress: bool = True) -> np.ndarray:
+def embed(
+    cache: EmbeddingCache | Encoder, texts: list[str], add_missing: bool = False, progress: bool = True
+) -> np.ndarray:
     """Vectors of ``texts`` from the cache, or from an encoder.
 
     Texts missing from the cache are encoded in memory by the cache's encoder and
@@ -109,8 +111,10 @@ def side_texts(df: pd.DataFrame, columns: dict, path) -> dict[str, list[str]]:
         raise InputError(f"{path}: has no data rows")
     if template:
         columns["text"] = template
-    return {side: template_texts(df, template, path) if side == "text" and template else column_texts(df, column, path)
-            for side, column in sorted(columns.items(), key=lambda kv: SIDES.index(kv[0]))}
+    return {
+        side: template_texts(df, template, path) if side == "text" and template else column_texts(df, column, path)
+        for side, column in sorted(columns.items(), key=lambda kv: SIDES.index(kv[0]))
+    }
 
 
 def sides_of(columns: dict) -> tuple:
@@ -126,8 +130,9 @@ def joint_inputs(encoder, df: pd.DataFrame, columns: dict, path, progress: bool 
     return Inputs({"text": joint}, {"text": np.arange(len(df))}, texts.get("condition"))
 
 
-def load_inputs(cache: EmbeddingCache, df: pd.DataFrame, columns: dict, path, add_missing: bool = False,
-                progress: bool = True) -> Inputs:
+def load_inputs(
+    cache: EmbeddingCache, df: pd.DataFrame, columns: dict, path, add_missing: bool = False, progress: bool = True
+) -> Inputs:
     """``columns`` maps side -> column name (``text`` required, ``pair`` and ``condition`` optional;
     ``template`` composes the text side from columns instead).
 
@@ -137,7 +142,9 @@ def load_inputs(cache: EmbeddingCache, df: pd.DataFrame, columns: dict, path, ad
     texts = side_texts(df, columns, path)
     for side, values in texts.items():
         position: dict[str, int] = {}
-        index[side] = np.fromiter((position.setdefault(v, len(position)) for v in values), dtype=np.int64, count=len(values))
+        index[side] = np.fromiter(
+            (position.setdefault(v, len(position)) for v in values), dtype=np.int64, count=len(values)
+        )
         tables[side] = embed(cache, list(position), add_missing, progress)
     return Inputs(tables, index, texts.get("condition"))
 
@@ -151,24 +158,36 @@ def load_labels(df: pd.DataFrame, label_cols: list[str], path) -> np.ndarray:
         booleans = np.flatnonzero(raw.map(lambda v: isinstance(v, (bool, np.bool_))).to_numpy(dtype=bool))
         if len(booleans):  # JSON true/false: a yes/no, not a score on a scale
             i = booleans[0]
-            raise InputError(f"{path}: row {i + 1}, column {col!r}: expected a number, found {raw.iloc[i]!r} (a "
-                             f"boolean; {len(booleans)} such rows): write 1 and 0 if that is the score you mean")
+            raise InputError(
+                f"{path}: row {i + 1}, column {col!r}: expected a number, found {raw.iloc[i]!r} (a "
+                f"boolean; {len(booleans)} such rows): write 1 and 0 if that is the score you mean"
+            )
         values = pd.to_numeric(raw.replace("", np.nan), errors="coerce").to_numpy(dtype=float)
-        not_numbers = np.flatnonzero(np.isnan(values) & raw.notna().to_numpy() & (raw.astype(str).str.strip() != "").to_numpy()
-                                     & (raw.astype(str).str.lower() != "nan").to_numpy())
+        not_numbers = np.flatnonzero(
+            np.isnan(values)
+            & raw.notna().to_numpy()
+            & (raw.astype(str).str.strip() != "").to_numpy()
+            & (raw.astype(str).str.lower() != "nan").to_numpy()
+        )
         if len(not_numbers):
             i = not_numbers[0]
-            raise InputError(f"{path}: row {i + 1}, column {col!r}: expected a number, found {raw.iloc[i]!r}"
-                             f" ({len(not_numbers)} such rows)")
+            raise InputError(
+                f"{path}: row {i + 1}, column {col!r}: expected a number, found {raw.iloc[i]!r}"
+                f" ({len(not_numbers)} such rows)"
+            )
         infinite = np.flatnonzero(np.isinf(values))
         if len(infinite):
             raise InputError(f"{path}: column {col!r} has infinite labels at rows {_rows(infinite)}")
         out[:, j] = values
     missing = np.isnan(out)
     if len(label_cols) == 1 and missing.any():
-        raise InputError(f"{path}: column {label_cols[0]!r} has NaN or empty labels at rows {_rows(np.flatnonzero(missing[:, 0]))}")
+        raise InputError(
+            f"{path}: column {label_cols[0]!r} has NaN or empty labels at rows {_rows(np.flatnonzero(missing[:, 0]))}"
+        )
     if missing.all(axis=1).any():
-        raise InputError(f"{path}: rows {_rows(np.flatnonzero(missing.all(axis=1)))} have no label in any of {label_cols}")
+        raise InputError(
+            f"{path}: rows {_rows(np.flatnonzero(missing.all(axis=1)))} have no label in any of {label_cols}"
+        )
     return out
 
 
@@ -219,8 +238,9 @@ def is_data_file(data) -> bool:
 
     from embedcache import FORMATS
 
-    return isinstance(data, Path) or (isinstance(data, str) and Path(data).suffix.lower() in FORMATS
-                                      and Path(data).is_file())
+    return isinstance(data, Path) or (
+        isinstance(data, str) and Path(data).suffix.lower() in FORMATS and Path(data).is_file()
+    )
 
 
 def _with_conditions(df: pd.DataFrame, column: str, conditions) -> pd.DataFrame:
@@ -246,13 +266,20 @@ def plain_table(data, labels, conditions=None, template=None) -> tuple[pd.DataFr
     try:
         y = np.asarray(labels, dtype=float)
     except (TypeError, ValueError):
-        raise ParameterError(f"labels must be numbers, one per text (or a row per text), got {type(labels).__name__}") from None
+        raise ParameterError(
+            f"labels must be numbers, one per text (or a row per text), got {type(labels).__name__}"
+        ) from None
     if y.ndim not in (1, 2) or len(y) != len(df):
-        raise ParameterError(f"labels has shape {y.shape} for {len(df)} texts; expected ({len(df)},) or ({len(df)}, n_labels)")
+        raise ParameterError(
+            f"labels has shape {y.shape} for {len(df)} texts; expected ({len(df)},) or ({len(df)}, n_labels)"
+        )
     names = ["score"] if y.ndim == 1 else [f"score_{j}" for j in range(y.shape[1])]
     df = df.assign(**dict(zip(names, y.reshape(len(df), -1).T)))
-    columns = {"text_col": "text", "pair_col": "pair" if "pair" in df.columns else None,
-               "condition_col": "condition" if "condition" in df.columns else None}
+    columns = {
+        "text_col": "text",
+        "pair_col": "pair" if "pair" in df.columns else None,
+        "condition_col": "condition" if "condition" in df.columns else None,
+    }
     return df, names, columns
 
 
@@ -262,8 +289,10 @@ def _records(data, columns: dict, sides) -> pd.DataFrame:
     if isinstance(data, str):
         data = [data]
     if not isinstance(data, (list, tuple)) or not len(data):
-        raise ParameterError(f"data must be a text, a non-empty list of texts, tuples or dicts, a DataFrame or a "
-                             f"file path; got {type(data).__name__}" + (" (empty)" if isinstance(data, (list, tuple)) else ""))
+        raise ParameterError(
+            f"data must be a text, a non-empty list of texts, tuples or dicts, a DataFrame or a "
+            f"file path; got {type(data).__name__}" + (" (empty)" if isinstance(data, (list, tuple)) else "")
+        )
     second = next((s for s in ("pair", "condition") if s in sides), None)
     rows = []
     for i, item in enumerate(data):
@@ -271,13 +300,17 @@ def _records(data, columns: dict, sides) -> pd.DataFrame:
             item = {"text": item}
         elif isinstance(item, (tuple, list)):
             if second is None or len(item) != 2:
-                raise ParameterError(f"data[{i}]: a tuple is (text, pair) or (text, condition) for a model trained on "
-                                     f"two texts; this one reads {', '.join(sides)}")
+                raise ParameterError(
+                    f"data[{i}]: a tuple is (text, pair) or (text, condition) for a model trained on "
+                    f"two texts; this one reads {', '.join(sides)}"
+                )
             item = {"text": item[0], second: item[1]}
         if not isinstance(item, dict):
             raise ParameterError(f"data[{i}]: expected a text, a tuple or a dict, got {type(item).__name__}")
         rows.append({names.get(k, k): v for k, v in item.items()})
     if columns.get("template") is not None and any(names.get("text") is None and "text" in r for r in rows):
         fields = ", ".join(template_columns(columns["template"]))
-        raise ParameterError(f"this model composes its text from the fields {fields}: give each item as a dict with them")
+        raise ParameterError(
+            f"this model composes its text from the fields {fields}: give each item as a dict with them"
+        )
     return pd.DataFrame(rows)

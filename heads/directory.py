@@ -73,8 +73,10 @@ def read_model(directory) -> tuple[dict, dict]:
     weights = (directory / "model.safetensors").read_bytes()
     recorded = config.get("weights_sha256")  # absent in models saved before it was recorded
     if recorded is not None and hashlib.sha256(weights).hexdigest() != recorded:
-        raise ModelError(f"{directory / 'model.safetensors'} does not match the checksum in {where} (field "
-                         "'weights_sha256'): the directory is half-written or altered; train the model again")
+        raise ModelError(
+            f"{directory / 'model.safetensors'} does not match the checksum in {where} (field "
+            "'weights_sha256'): the directory is half-written or altered; train the model again"
+        )
     try:
         from safetensors.torch import load as load_tensors
 
@@ -88,14 +90,20 @@ def check_shapes(tensors: dict, expected: dict, directory, config: dict, head_co
     found = {k: tuple(v.shape) for k, v in tensors.items()}
     if found != expected:
         name = next((k for k in expected if found.get(k) != expected[k]), next(iter(set(found) - set(expected)), "?"))
-        sizes = ", ".join(f"{k} {v}" for k, v in head_config.items() if k not in ("sides", "n_outputs") and isinstance(v, int))
-        raise ModelError(f"{directory}: tensor {name!r} has shape {found.get(name)} in model.safetensors, but "
-                         f"config.json (head {config['head']!r}, {sizes}, {len(config['labels'])} labels) needs "
-                         f"{expected.get(name)}; the files do not belong together")
+        sizes = ", ".join(
+            f"{k} {v}" for k, v in head_config.items() if k not in ("sides", "n_outputs") and isinstance(v, int)
+        )
+        raise ModelError(
+            f"{directory}: tensor {name!r} has shape {found.get(name)} in model.safetensors, but "
+            f"config.json (head {config['head']!r}, {sizes}, {len(config['labels'])} labels) needs "
+            f"{expected.get(name)}; the files do not belong together"
+        )
 
 
 def _bad(where, field, expected, value):
-    raise ModelError(f"{where}: field {field!r} must be {expected}, found {json.dumps(value)[:60]}; train the model again")
+    raise ModelError(
+        f"{where}: field {field!r} must be {expected}, found {json.dumps(value)[:60]}; train the model again"
+    )
 
 
 def check_config(config, where) -> None:
@@ -114,17 +122,27 @@ def check_config(config, where) -> None:
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
         _bad(where, "dim", "a whole number >= 1", dim)
     sides = config["sides"]
-    if not isinstance(sides, list) or not sides or sides[0] != "text" or not set(sides) <= {"text", "pair", "condition"} \
-            or len(set(sides)) != len(sides):
+    if (
+        not isinstance(sides, list)
+        or not sides
+        or sides[0] != "text"
+        or not set(sides) <= {"text", "pair", "condition"}
+        or len(set(sides)) != len(sides)
+    ):
         _bad(where, "sides", "a list starting with 'text', of 'text', 'pair', 'condition'", sides)
     labels = config["labels"]
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
         _bad(where, "labels", "a non-empty list of column names", labels)
     for field, positive in (("label_mean", False), ("label_std", True)):
         values = config[field]
-        if not (isinstance(values, list) and len(values) == len(labels)
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 or not positive)
-                        for v in values)):
+        if not (
+            isinstance(values, list)
+            and len(values) == len(labels)
+            and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 or not positive)
+                for v in values
+            )
+        ):
             _bad(where, field, f"{len(labels)} finite number(s){' > 0' if positive else ''}", values)
     if not isinstance(config["encoder"], dict) or not isinstance(config["encoder"].get("fingerprint"), str):
         _bad(where, "encoder", "an object with a string 'fingerprint'", config["encoder"])
@@ -140,8 +158,13 @@ def _check_params(params, where) -> None:
     known = [f for f in TrainConfig.__dataclass_fields__]
     if not isinstance(params, dict) or set(params) != set(known):
         unknown = sorted(set(params) - set(known)) if isinstance(params, dict) else []
-        _bad(where, "params", f"an object with exactly {', '.join(sorted(known))}"
-             + (f" (unknown: {', '.join(unknown)})" if unknown else ""), params)
+        _bad(
+            where,
+            "params",
+            f"an object with exactly {', '.join(sorted(known))}"
+            + (f" (unknown: {', '.join(unknown)})" if unknown else ""),
+            params,
+        )
     try:
         TrainConfig.from_dict(params).check()
     except (ParameterError, TypeError, ValueError) as e:
@@ -157,5 +180,7 @@ def _check_head_config(config: dict, where) -> None:
         _bad(where, "head_config", "an object", head)
     for key, value in config["params"].items():
         if key in head and head[key] != value:
-            raise ModelError(f"{where}: field 'head_config' has {key} {json.dumps(head[key])[:40]}, but field 'params' "
-                             f"has {json.dumps(value)[:40]}: the fields do not belong together; train the model again")
+            raise ModelError(
+                f"{where}: field 'head_config' has {key} {json.dumps(head[key])[:40]}, but field 'params' "
+                f"has {json.dumps(value)[:40]}: the fields do not belong together; train the model again"
+            )

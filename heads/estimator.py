@@ -33,9 +33,24 @@ class EmbeddingRegressor(RegressorMixin, BaseEstimator):
     with fewer than 20 rows, or ``val_fraction=0``).
     """
 
-    def __init__(self, head="concat", n_inputs=1, width=256, dropout=0.1, loss="mse", epochs=30, lr=1e-3,
-                 weight_decay=0.01, batch_size=None, patience=5, val_fraction=0.1, random_state=0, device=None,
-                 label_range=None, condition=False):
+    def __init__(
+        self,
+        head="concat",
+        n_inputs=1,
+        width=256,
+        dropout=0.1,
+        loss="mse",
+        epochs=30,
+        lr=1e-3,
+        weight_decay=0.01,
+        batch_size=None,
+        patience=5,
+        val_fraction=0.1,
+        random_state=0,
+        device=None,
+        label_range=None,
+        condition=False,
+    ):
         self.head = head
         self.n_inputs = n_inputs
         self.label_range = label_range
@@ -64,8 +79,10 @@ class EmbeddingRegressor(RegressorMixin, BaseEstimator):
     def _sides(self) -> tuple:
         texts = self.n_inputs - bool(self.condition)
         if texts not in (1, 2):
-            raise ValueError(f"n_inputs must be 1 or 2 texts (plus 1 with condition=True), got n_inputs={self.n_inputs} "
-                             f"and condition={self.condition}")
+            raise ValueError(
+                f"n_inputs must be 1 or 2 texts (plus 1 with condition=True), got n_inputs={self.n_inputs} "
+                f"and condition={self.condition}"
+            )
         return ("text", "pair")[:texts] + (("condition",) if self.condition else ())
 
     def _inputs(self, X: np.ndarray) -> Inputs:
@@ -98,8 +115,15 @@ class EmbeddingRegressor(RegressorMixin, BaseEstimator):
         if n_val:
             order = np.random.default_rng(self.random_state).permutation(len(X))
             val, train = order[:n_val], order[n_val:]
-            model.fit_inputs(inputs.subset(train), y2[train], inputs.subset(val), y2[val], path="y", progress=False,
-                             sample_weight=None if sample_weight is None else sample_weight[train])
+            model.fit_inputs(
+                inputs.subset(train),
+                y2[train],
+                inputs.subset(val),
+                y2[val],
+                path="y",
+                progress=False,
+                sample_weight=None if sample_weight is None else sample_weight[train],
+            )
         else:
             model.fit_inputs(inputs, y2, path="y", sample_weight=sample_weight, progress=False)
         self.model_ = model

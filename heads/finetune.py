@@ -46,7 +46,6 @@ from .units import TorchHead, head_type, resolve_head
 # what heads finetune trains when not told otherwise: a few epochs suffice for a pretrained encoder
 
 
-
 class FineTuneNetwork(nn.Module):
     """Encoder + head: ``forward(labels=None, **batch) -> {"loss", "logits"}``, as the Trainer expects."""
 
@@ -72,7 +71,9 @@ class FineTuneNetwork(nn.Module):
         model = self.backbone.model
         if hasattr(model, "enable_input_require_grads"):  # LoRA: the frozen embeddings give no grad otherwise
             model.enable_input_require_grads()
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs or {"use_reentrant": False})
+        model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs=gradient_checkpointing_kwargs or {"use_reentrant": False}
+        )
 
 
 class Collator:
@@ -91,7 +92,9 @@ class Collator:
         batch = {"labels": torch.as_tensor(y[rows], dtype=torch.float32)}
         if self.cross:
             second = next((texts[s] for s in ("pair", "condition") if s in texts), None)
-            batch["joint"] = self.backbone.tokenize(list(texts["text"][rows]), None if second is None else list(second[rows]))
+            batch["joint"] = self.backbone.tokenize(
+                list(texts["text"][rows]), None if second is None else list(second[rows])
+            )
         else:
             for side in self.sides:
                 distinct, inverse = np.unique(texts[side][rows], return_inverse=True)
@@ -129,16 +132,25 @@ def _trainer_class():
                 net = self.model
                 # A soft prompt learns at the head's rate: a few vectors need far larger steps than weights.
                 soft = [net.backbone.soft_prompt] if net.backbone.soft_prompt is not None else []
-                groups = [{"params": [p for p in net.backbone.model.parameters() if p.requires_grad], "lr": self.encoder_lr},
-                          {"params": [p for p in net.head.parameters() if p.requires_grad] + soft,
-                           "lr": self.args.learning_rate}]
+                groups = [
+                    {"params": [p for p in net.backbone.model.parameters() if p.requires_grad], "lr": self.encoder_lr},
+                    {
+                        "params": [p for p in net.head.parameters() if p.requires_grad] + soft,
+                        "lr": self.args.learning_rate,
+                    },
+                ]
                 self.optimizer = torch.optim.AdamW(groups, weight_decay=self.args.weight_decay)
             return self.optimizer
 
         def _get_train_sampler(self, train_dataset=None):
-            if getattr(self.args, "train_sampling_strategy", None) == "group_by_length" or getattr(self.args, "group_by_length", False):
-                return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                            lengths=self.lengths, generator=torch.Generator().manual_seed(self.args.seed))
+            if getattr(self.args, "train_sampling_strategy", None) == "group_by_length" or getattr(
+                self.args, "group_by_length", False
+            ):
+                return LengthGroupedSampler(
+                    self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                    lengths=self.lengths,
+                    generator=torch.Generator().manual_seed(self.args.seed),
+                )
             return super()._get_train_sampler(train_dataset)
 
         def _get_eval_sampler(self, eval_dataset):
@@ -181,8 +193,6 @@ def _texts(df: pd.DataFrame, columns: dict, path) -> dict[str, np.ndarray]:
     return {side: np.asarray(t, dtype=object) for side, t in side_texts(df, columns, path).items()}
 
 
-
-
 @contextmanager
 def _third_party_deprecations_off():
     """No deprecation notices from peft and transformers within the block: they speak to those libraries'
@@ -197,28 +207,35 @@ def _add_lora(backbone: Backbone, r: int) -> None:
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as e:
-        raise MissingDependencyError("lora (--lora) needs peft: pip install peft (or pip install -e '.[finetune]')") from e
+        raise MissingDependencyError(
+            "lora (--lora) needs peft: pip install peft (or pip install -e '.[finetune]')"
+        ) from e
     config = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.1, target_modules="all-linear")
     with _third_party_deprecations_off():
         backbone.model = get_peft_model(backbone.model, config)
 
 
-def _configs(config: TrainConfig | None, encoder: FinetuneConfig | None, settings: dict,
-             sides: tuple) -> tuple[TrainConfig, FinetuneConfig]:
+def _configs(
+    config: TrainConfig | None, encoder: FinetuneConfig | None, settings: dict, sides: tuple
+) -> tuple[TrainConfig, FinetuneConfig]:
     """The two configs with ``settings`` (field names of either) applied, checked; ``auto`` resolved for ``sides``."""
     config, encoder = config or FINETUNE_DEFAULTS, encoder or FinetuneConfig()
     head_fields, encoder_fields = TrainConfig.__dataclass_fields__, FinetuneConfig.__dataclass_fields__
     unknown = sorted(set(settings) - set(head_fields) - set(encoder_fields))
     if unknown:
-        raise ParameterError(f"unknown setting {', '.join(unknown)}; settings are the fields of TrainConfig and FinetuneConfig")
+        raise ParameterError(
+            f"unknown setting {', '.join(unknown)}; settings are the fields of TrainConfig and FinetuneConfig"
+        )
     config = config.replace(**{k: v for k, v in settings.items() if k in head_fields})
     encoder = FinetuneConfig(**{**encoder.to_dict(), **{k: v for k, v in settings.items() if k in encoder_fields}})
     config.check(zero_lr=True)  # lr 0 freezes the head: the encoder alone learns
     encoder.check()
     config = config.replace(head=resolve_head(config.head, sides))
     if not issubclass(head_type(config.head), TorchHead):
-        raise ParameterError(f"head must be a neural head to fine-tune with the encoder (one of "
-                             f"{', '.join(n for n, c in _torch_heads())}), got {config.head!r}")
+        raise ParameterError(
+            f"head must be a neural head to fine-tune with the encoder (one of "
+            f"{', '.join(n for n, c in _torch_heads())}), got {config.head!r}"
+        )
     head_type(config.head).check_sides(sides)
     return config, encoder
 
@@ -262,21 +279,39 @@ def _head(backbone: Backbone, config: TrainConfig, sides: tuple, texts: dict, y,
     return unit, mean, std
 
 
-def _training_arguments(out: Path, config: TrainConfig, encoder: FinetuneConfig, n_rows: int, device: str,
-                        progress: bool):
+def _training_arguments(
+    out: Path, config: TrainConfig, encoder: FinetuneConfig, n_rows: int, device: str, progress: bool
+):
     from transformers import TrainingArguments
 
     steps = config.epochs * -(-n_rows // (config.batch_size * encoder.grad_accum))
     return TrainingArguments(
-        output_dir=str(out / "checkpoints"), per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=2 * config.batch_size, gradient_accumulation_steps=encoder.grad_accum,
-        num_train_epochs=config.epochs, learning_rate=config.lr, weight_decay=config.weight_decay,
-        lr_scheduler_type="cosine", warmup_steps=max(1, steps // 10), eval_strategy="epoch", save_strategy="epoch",
-        logging_strategy="epoch", save_total_limit=2, load_best_model_at_end=True, metric_for_best_model="rmse",
-        greater_is_better=False, **_group_by_length(),
-        remove_unused_columns=False, label_names=["labels"], report_to="none", disable_tqdm=not progress,
-        seed=config.seed, use_cpu=device == "cpu", **_precision(encoder.precision, device),
-        **_checkpointing(encoder.gradient_checkpointing))
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=2 * config.batch_size,
+        gradient_accumulation_steps=encoder.grad_accum,
+        num_train_epochs=config.epochs,
+        learning_rate=config.lr,
+        weight_decay=config.weight_decay,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, steps // 10),
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        logging_strategy="epoch",
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="rmse",
+        greater_is_better=False,
+        **_group_by_length(),
+        remove_unused_columns=False,
+        label_names=["labels"],
+        report_to="none",
+        disable_tqdm=not progress,
+        seed=config.seed,
+        use_cpu=device == "cpu",
+        **_precision(encoder.precision, device),
+        **_checkpointing(encoder.gradient_checkpointing),
+    )
 
 
 def _train(network, backbone, config, encoder, splits: dict, label_cols, mean, std, out, device, resume, progress):
@@ -293,11 +328,16 @@ def _train(network, backbone, config, encoder, splits: dict, label_cols, mean, s
     texts, y_s = splits["train"]
     lengths = [sum(len(texts[s][i]) for s in texts) for i in range(len(y_s))]  # characters: close enough to sort by
     trainer = _trainer_class()(
-        model=network, args=_training_arguments(out, config, encoder, len(y_s), device, progress),
-        train_dataset=Rows(len(y_s), "train"), eval_dataset=Rows(len(splits["val"][1]), "val"),
-        data_collator=Collator(backbone, splits, network.sides, network.cross), compute_metrics=metrics,
+        model=network,
+        args=_training_arguments(out, config, encoder, len(y_s), device, progress),
+        train_dataset=Rows(len(y_s), "train"),
+        eval_dataset=Rows(len(splits["val"][1]), "val"),
+        data_collator=Collator(backbone, splits, network.sides, network.cross),
+        compute_metrics=metrics,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=config.patience)],
-        encoder_lr=encoder.encoder_lr, lengths=lengths)
+        encoder_lr=encoder.encoder_lr,
+        lengths=lengths,
+    )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     if not progress:  # without progress bars the Trainer prints every log line instead
@@ -343,10 +383,25 @@ def _plain_progress():
     return PlainProgress()
 
 
-def finetune(data: pd.DataFrame, label_cols, columns: dict, out, config: TrainConfig | None = None,
-             encoder: FinetuneConfig | None = None, *, val_data: pd.DataFrame | None = None, export_encoder=None,
-             keep_checkpoints: bool = False, resume: bool = False, overwrite: bool = False, device: str | None = None,
-             paths=("data", "val data"), inputs=(), progress: bool = True, **settings) -> HeadModel | None:
+def finetune(
+    data: pd.DataFrame,
+    label_cols,
+    columns: dict,
+    out,
+    config: TrainConfig | None = None,
+    encoder: FinetuneConfig | None = None,
+    *,
+    val_data: pd.DataFrame | None = None,
+    export_encoder=None,
+    keep_checkpoints: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: str | None = None,
+    paths=("data", "val data"),
+    inputs=(),
+    progress: bool = True,
+    **settings,
+) -> HeadModel | None:
     """Fine-tune an encoder (default: the embedded one) with a head; save to ``out``; return the saved model.
 
     ``columns`` maps side (text, pair, condition, template) -> column.  ``config``: how the head is
@@ -361,7 +416,9 @@ def finetune(data: pd.DataFrame, label_cols, columns: dict, out, config: TrainCo
     try:
         import accelerate  # noqa: F401 -- the Trainer needs it; say so before any work
     except ImportError as e:
-        raise MissingDependencyError("heads finetune needs accelerate (and peft for --lora): pip install -e '.[finetune]'") from e
+        raise MissingDependencyError(
+            "heads finetune needs accelerate (and peft for --lora): pip install -e '.[finetune]'"
+        ) from e
     from embedcache import resolve_device
 
     columns = {s: c for s, c in columns.items() if c is not None}
@@ -372,8 +429,10 @@ def finetune(data: pd.DataFrame, label_cols, columns: dict, out, config: TrainCo
         out = Path(out)
         check_not_input(out, inputs, "--out")
         if out.exists() and not (is_model_directory(out) or (out / "checkpoints").is_dir()):
-            raise WriteError(f"--out {out} exists and holds neither a model nor checkpoints to resume from; it is "
-                             "never replaced: give the model directory of the run to resume")
+            raise WriteError(
+                f"--out {out} exists and holds neither a model nor checkpoints to resume from; it is "
+                "never replaced: give the model directory of the run to resume"
+            )
     else:
         out = check_output(out, inputs, overwrite, "--out", kind="model")
     if export_encoder is not None:
@@ -393,7 +452,9 @@ def finetune(data: pd.DataFrame, label_cols, columns: dict, out, config: TrainCo
             backbone.add_soft_prompt(encoder.prompt_tuning, config.seed)
         network = FineTuneNetwork(backbone, unit, sides, joint, config.loss)
         splits = {"train": (texts, (y - mean) / std), "val": (val_texts, (y_val - mean) / std)}
-        trainer = _train(network, backbone, config, encoder, splits, label_cols, mean, std, out, device, resume, progress)
+        trainer = _train(
+            network, backbone, config, encoder, splits, label_cols, mean, std, out, device, resume, progress
+        )
     if not trainer.is_world_process_zero():
         return None
     if encoder.lora:
@@ -404,46 +465,80 @@ def finetune(data: pd.DataFrame, label_cols, columns: dict, out, config: TrainCo
     result.validate(y_val, result.predict(val_table))  # the way predict will
     reached = result.validation_.get("spearman")
     if frozen is not None and reached is not None and reached < frozen:
-        warnings.warn(f"validation Spearman {reached:.3f} after fine-tuning is below the {frozen:.3f} the frozen "
-                      f"encoder's cosine gives on the same pairs: the {config.head} head did not learn in "
-                      f"{config.epochs} epoch(s) on {len(y)} rows; train longer (--epochs), raise --lr, or use the "
-                      "two-tower head (it starts from that cosine)", BelowFrozenBaselineWarning, stacklevel=2)
-    result.save(out, overwrite=True, move={"encoder": out / ".encoder-new",
-                                           **({"checkpoints": out / "checkpoints"} if keep_checkpoints else {})})
+        warnings.warn(
+            f"validation Spearman {reached:.3f} after fine-tuning is below the {frozen:.3f} the frozen "
+            f"encoder's cosine gives on the same pairs: the {config.head} head did not learn in "
+            f"{config.epochs} epoch(s) on {len(y)} rows; train longer (--epochs), raise --lr, or use the "
+            "two-tower head (it starts from that cosine)",
+            BelowFrozenBaselineWarning,
+            stacklevel=2,
+        )
+    result.save(
+        out,
+        overwrite=True,
+        move={"encoder": out / ".encoder-new", **({"checkpoints": out / "checkpoints"} if keep_checkpoints else {})},
+    )
     if export_encoder is not None:
         with atomic_directory(export_encoder) as tmp:
             shutil.copytree(out / "encoder", tmp, dirs_exist_ok=True)
     return result
 
 
-def _result(backbone, unit, sides, config, encoder, columns, label_cols, mean, std, trainer, out: Path, start) -> HeadModel:
+def _result(
+    backbone, unit, sides, config, encoder, columns, label_cols, mean, std, trainer, out: Path, start
+) -> HeadModel:
     """The HeadModel of a finished run, its encoder staged at ``out/.encoder-new`` for ``save`` to move in."""
     from embedcache import load_encoder
 
-    history = [{k: v for k, v in e.items() if k in ("epoch", "loss", "eval_loss", "eval_rmse", "eval_spearman")}
-               for e in trainer.state.log_history if "loss" in e or "eval_rmse" in e]
+    history = [
+        {k: v for k, v in e.items() if k in ("epoch", "loss", "eval_loss", "eval_rmse", "eval_spearman")}
+        for e in trainer.state.log_history
+        if "loss" in e or "eval_rmse" in e
+    ]
     base = encoder.model or "all-MiniLM-L6-v2 (embedded)"
-    finetuned = {"encoder": "encoder", "base": base, "lora": encoder.lora, "prompt_tuning": encoder.prompt_tuning,
-                 "init_head": encoder.to_dict()["init_head"],
-                 "encoder_lr": encoder.encoder_lr, "grad_accum": encoder.grad_accum, "max_length": backbone.max_length,
-                 "best_checkpoint_rmse": trainer.state.best_metric, "seconds": round(time.perf_counter() - start, 2)}
+    finetuned = {
+        "encoder": "encoder",
+        "base": base,
+        "lora": encoder.lora,
+        "prompt_tuning": encoder.prompt_tuning,
+        "init_head": encoder.to_dict()["init_head"],
+        "encoder_lr": encoder.encoder_lr,
+        "grad_accum": encoder.grad_accum,
+        "max_length": backbone.max_length,
+        "best_checkpoint_rmse": trainer.state.best_metric,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
     staged = out / ".encoder-new"  # moved into the new model directory when it replaces the old one
     shutil.rmtree(staged, ignore_errors=True)
     backbone.save(staged)
     saved = load_encoder(str(staged))  # its fingerprint is what a cache built with the exported encoder records
     return HeadModel.from_trained(
-        config, config.head, unit, sides=sides, dim=backbone.dim,
+        config,
+        config.head,
+        unit,
+        sides=sides,
+        dim=backbone.dim,
         columns={**{s: columns.get(s) for s in ("text", "pair", "condition")}, "template": columns.get("template")},
-        labels=label_cols, mean=mean, std=std, history=history, finetuned=finetuned, directory=out,
+        labels=label_cols,
+        mean=mean,
+        std=std,
+        history=history,
+        finetuned=finetuned,
+        directory=out,
         encoder={"name": f"{base} fine-tuned", "fingerprint": saved.fingerprint, "load": None},
-        own_encoder=backbone if unit.joint else saved)
+        own_encoder=backbone if unit.joint else saved,
+    )
 
 
 def _check_warm_start(warm: HeadModel, head: str, sides: tuple, dim: int, labels: list, path) -> None:
     if warm.head_ != head:
-        raise ParameterError(f"init_head {path} is a {warm.head_!r} head; fine-tuning a {head!r} head needs a {head!r} one")
+        raise ParameterError(
+            f"init_head {path} is a {warm.head_!r} head; fine-tuning a {head!r} head needs a {head!r} one"
+        )
     if tuple(warm.sides_) != tuple(sides) or warm.dim_ != dim:
-        raise ParameterError(f"init_head {path} was trained on {list(warm.sides_)} of {warm.dim_} dims; "
-                             f"this fine-tuning has {list(sides)} of {dim} dims (another encoder or other columns?)")
+        raise ParameterError(
+            f"init_head {path} was trained on {list(warm.sides_)} of {warm.dim_} dims; "
+            f"this fine-tuning has {list(sides)} of {dim} dims (another encoder or other columns?)"
+        )
     if list(warm.labels_) != list(labels):
         raise ParameterError(f"init_head {path} predicts {warm.labels_}; this fine-tuning has labels {labels}")

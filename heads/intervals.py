@@ -36,14 +36,18 @@ def half_widths(calibration: dict | None, coverage: float) -> np.ndarray:
     """Per label, the half-width of intervals with at least ``coverage`` of the truth inside."""
     check_float(coverage, "interval", 0, 1, low_open=True, high_open=True)
     if not calibration:
-        raise ParameterError("this model kept no validation residuals (it was trained without validation rows or "
-                             "before intervals existed): train it again to get intervals")
+        raise ParameterError(
+            "this model kept no validation residuals (it was trained without validation rows or "
+            "before intervals existed): train it again to get intervals"
+        )
     out = []
     for n, quantiles in zip(calibration["n"], calibration["quantiles"]):
         level = math.ceil((n + 1) * coverage) / n if n else math.inf
         if level > 1:
-            raise ParameterError(f"{n} validation rows cannot give a {coverage:g} interval: it needs at least "
-                                 f"{math.ceil(coverage / (1 - coverage))} rows")
+            raise ParameterError(
+                f"{n} validation rows cannot give a {coverage:g} interval: it needs at least "
+                f"{math.ceil(coverage / (1 - coverage))} rows"
+            )
         out.append(float(np.interp(level, GRID, quantiles)))
     return np.asarray(out)
 
@@ -52,4 +56,8 @@ def interval_report(y_true: np.ndarray, lower: np.ndarray, upper: np.ndarray, co
     """Empirical coverage and mean width of intervals over the rows with a label."""
     keep = ~np.isnan(y_true)
     inside = (y_true >= lower) & (y_true <= upper)
-    return {"level": coverage, "coverage": float(inside[keep].mean()), "mean_width": float((upper - lower)[keep].mean())}
+    return {
+        "level": coverage,
+        "coverage": float(inside[keep].mean()),
+        "mean_width": float((upper - lower)[keep].mean()),
+    }

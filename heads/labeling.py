@@ -30,10 +30,12 @@ from embedcache import ParameterError
 
 def labeling_function(name: str):
     """Register ``fn(text) -> float | None`` under ``name`` in ``LABELING_FUNCTIONS`` (None means: no opinion)."""
+
     def register(fn):
         fn.labeling_name = name
         LABELING_FUNCTIONS[name] = fn
         return fn
+
     return register
 
 
@@ -43,8 +45,11 @@ def length(text: str) -> float | None:
     return min(1.0, math.log1p(n) / math.log1p(150)) if n else 0.0
 
 
-_CONSTRAINT = re.compile(r"\b(step by step|in \d+ (words|sentences|lines)|for (a|an|my) \w+|with (examples|sources|code)|"
-                         r"as (a|an) (table|list|checklist|email|poem)|bullet points|in detail|format)\b", re.IGNORECASE)
+_CONSTRAINT = re.compile(
+    r"\b(step by step|in \d+ (words|sentences|lines)|for (a|an|my) \w+|with (examples|sources|code)|"
+    r"as (a|an) (table|list|checklist|email|poem)|bullet points|in detail|format)\b",
+    re.IGNORECASE,
+)
 
 
 def specificity(text: str) -> float | None:
@@ -53,8 +58,11 @@ def specificity(text: str) -> float | None:
     return None if hits == 0 else min(1.0, 0.6 + 0.2 * hits)
 
 
-_IMPERATIVE = re.compile(r"^\s*(please\s+)?(explain|write|list|compare|summari[sz]e|describe|translate|give|show|"
-                         r"create|draft|review|plan|debug|analy[sz]e|suggest|help)\b", re.IGNORECASE)
+_IMPERATIVE = re.compile(
+    r"^\s*(please\s+)?(explain|write|list|compare|summari[sz]e|describe|translate|give|show|"
+    r"create|draft|review|plan|debug|analy[sz]e|suggest|help)\b",
+    re.IGNORECASE,
+)
 
 
 def question_or_instruction(text: str) -> float | None:
@@ -81,8 +89,13 @@ def repetition(text: str) -> float | None:
     return 0.1 if len(set(words)) / len(words) < 0.5 else None
 
 
-BUILT_IN = {"length": length, "specificity": specificity, "question_or_instruction": question_or_instruction,
-            "punctuation": punctuation, "repetition": repetition}
+BUILT_IN = {
+    "length": length,
+    "specificity": specificity,
+    "question_or_instruction": question_or_instruction,
+    "punctuation": punctuation,
+    "repetition": repetition,
+}
 LABELING_FUNCTIONS: dict[str, Callable[[str], float | None]] = dict(BUILT_IN)
 
 
@@ -159,7 +172,9 @@ def learn_weights(outputs: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.full(k, 1 / k)
     out, v, target = np.nan_to_num(outputs[rows]), voted[rows].astype(float), y[rows]
     counts = v.sum(0)
-    mse = np.array([((out[v[:, j] > 0, j] - target[v[:, j] > 0]) ** 2).mean() if counts[j] else np.inf for j in range(k)])
+    mse = np.array(
+        [((out[v[:, j] > 0, j] - target[v[:, j] > 0]) ** 2).mean() if counts[j] else np.inf for j in range(k)]
+    )
     floor = max(np.var(target), 1e-6) * 1e-3
     start = np.log(np.where(np.isfinite(mse), 1 / np.maximum(mse, floor), 1e-6))
     start -= start.mean()
@@ -213,8 +228,10 @@ def learn_ridge(outputs: np.ndarray, y: np.ndarray) -> dict:
     centres = np.array([np.nanmean(c) if (~np.isnan(c)).any() else 0.0 for c in outputs.T])
     rows = (~np.isnan(outputs)).any(axis=1) & ~np.isnan(y)
     if rows.sum() < 3:
-        raise ParameterError(f"the labeling functions voted on {int(rows.sum())} labelled rows; at least 3 are needed "
-                             "to learn how to combine them")
+        raise ParameterError(
+            f"the labeling functions voted on {int(rows.sum())} labelled rows; at least 3 are needed "
+            "to learn how to combine them"
+        )
     fit = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(_features(outputs[rows], centres), y[rows])
     return {"coef": fit.coef_, "intercept": float(fit.intercept_), "centres": centres, "alpha": float(fit.alpha_)}
 
@@ -250,7 +267,8 @@ def coverage_report(outputs: np.ndarray, names: list[str], y=None) -> dict:
             entry["mean_label_voted"] = float(y[both].mean()) if both.any() else None
             entry["mean_label_abstained"] = float(y[~voted & known].mean()) if (~voted & known).any() else None
             flag = voted[known].astype(float)
-            entry["vote_correlation"] = float(np.corrcoef(flag, y[known])[0, 1]) \
-                if 0 < flag.sum() < len(flag) and y[known].std() > 0 else None
+            entry["vote_correlation"] = (
+                float(np.corrcoef(flag, y[known])[0, 1]) if 0 < flag.sum() < len(flag) and y[known].std() > 0 else None
+            )
         report[name] = entry
     return report

@@ -26,7 +26,12 @@ def regression_metrics(y_true, y_pred) -> dict:
     if n == 0:
         return {"n": 0, **{k: float("nan") for k in NAMES[1:]}}
     mse = skm.mean_squared_error(y_true, y_pred)
-    out = {"n": n, "mse": float(mse), "rmse": float(np.sqrt(mse)), "mae": float(skm.mean_absolute_error(y_true, y_pred))}
+    out = {
+        "n": n,
+        "mse": float(mse),
+        "rmse": float(np.sqrt(mse)),
+        "mae": float(skm.mean_absolute_error(y_true, y_pred)),
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # constant input: the correlation is NaN, as it should be
         defined = n > 1 and np.ptp(y_true) > 0 and np.ptp(y_pred) > 0
@@ -59,6 +64,9 @@ def report(y_true, y_pred, labels, conditions=None, groups=None) -> dict:
 def _per_value(y_true, y_pred, labels, values) -> dict:
     """Value -> label -> metrics of the rows with that value, in order of first appearance."""
     values = np.asarray(values, dtype=object)
-    return {str(v): {name: regression_metrics(y_true[values == v, j], y_pred[values == v, j])
-                     for j, name in enumerate(labels)}
-            for v in dict.fromkeys(values.tolist())}
+    return {
+        str(v): {
+            name: regression_metrics(y_true[values == v, j], y_pred[values == v, j]) for j, name in enumerate(labels)
+        }
+        for v in dict.fromkeys(values.tolist())
+    }

@@ -67,9 +67,11 @@ def check_label_values(y: np.ndarray, label_range, labels, path) -> None:
     outside = (y < lo) | (y > hi)  # NaN (a missing label) is neither
     if outside.any():
         i, j = np.argwhere(outside)[0]
-        raise InputError(f"{path}: {int(outside.sum())} labels lie outside label_range [{lo:g}, {hi:g}], the first at "
-                         f"row {i + 1}, column {labels[j]!r}: {y[i, j]:g}; give the range the labels are on "
-                         "(--label-range LO HI) or rescale them")
+        raise InputError(
+            f"{path}: {int(outside.sum())} labels lie outside label_range [{lo:g}, {hi:g}], the first at "
+            f"row {i + 1}, column {labels[j]!r}: {y[i, j]:g}; give the range the labels are on "
+            "(--label-range LO HI) or rescale them"
+        )
 
 
 def label_scaling(y: np.ndarray, labels, path) -> tuple[np.ndarray, np.ndarray]:
@@ -79,11 +81,15 @@ def label_scaling(y: np.ndarray, labels, path) -> tuple[np.ndarray, np.ndarray]:
     huge = [name for name, m, s in zip(labels, mean, std) if not (np.isfinite(m) and np.isfinite(s))]
     if huge:
         j = labels.index(huge[0])
-        raise InputError(f"{path}: label {huge[0]!r} has values too large to average (up to {np.nanmax(np.abs(y[:, j])):g}); "
-                         "rescale them to a range such as 0-1 or 0-10")
+        raise InputError(
+            f"{path}: label {huge[0]!r} has values too large to average (up to {np.nanmax(np.abs(y[:, j])):g}); "
+            "rescale them to a range such as 0-1 or 0-10"
+        )
     constant = [name for name, s in zip(labels, std) if not s > 0]
     if constant:
-        raise InputError(f"{path}: label {', '.join(map(repr, constant))} is constant in the training rows; nothing to learn")
+        raise InputError(
+            f"{path}: label {', '.join(map(repr, constant))} is constant in the training rows; nothing to learn"
+        )
     return mean, std
 
 
@@ -92,8 +98,7 @@ class PseudoLabelValidationWarning(UserWarning):
 
 
 def _only_pseudo_labels(df: pd.DataFrame) -> bool:
-    return "source" in df.columns and "confidence" in df.columns and \
-        set(df["source"].astype(str)) == {"data"}
+    return "source" in df.columns and "confidence" in df.columns and set(df["source"].astype(str)) == {"data"}
 
 
 def pseudolabel_rows(df: pd.DataFrame) -> np.ndarray | None:
@@ -150,8 +155,21 @@ class HeadModel:
             options = {**columns, **options}
         return self.fit_table(source, data, labels, **options)
 
-    def fit_table(self, source, data, label_cols, text_col="text", pair_col=None, condition_col=None, template=None,
-                  val_data=None, weight_col=None, sample_weight=None, add_missing=False, progress=True) -> HeadModel:
+    def fit_table(
+        self,
+        source,
+        data,
+        label_cols,
+        text_col="text",
+        pair_col=None,
+        condition_col=None,
+        template=None,
+        val_data=None,
+        weight_col=None,
+        sample_weight=None,
+        add_missing=False,
+        progress=True,
+    ) -> HeadModel:
         """Train on ``data`` (a DataFrame or a file) with vectors from ``source`` (a cache or an encoder).
 
         ``template`` composes the text from columns (``'{system}\\n{prompt}'``) instead of
@@ -163,12 +181,17 @@ class HeadModel:
         """
         self.config.check()
         label_cols = [label_cols] if isinstance(label_cols, str) else list(label_cols)
-        self.columns_ = {"text": None if template else text_col, "pair": pair_col, "condition": condition_col,
-                         "template": template}
+        self.columns_ = {
+            "text": None if template else text_col,
+            "pair": pair_col,
+            "condition": condition_col,
+            "template": template,
+        }
         name = resolve_head(self.config.head, sides_of(self.columns_))
         if head_type(name).joint:
-            raise ParameterError(f"the {name} head reads both texts in one sequence through the encoder: train it with "
-                                 "heads finetune")
+            raise ParameterError(
+                f"the {name} head reads both texts in one sequence through the encoder: train it with heads finetune"
+            )
         head_type(name).check_sides(sides_of(self.columns_))
         df, path = _table(data)
         y = load_labels(df, label_cols, path)  # bad labels stop us before any encoding
@@ -187,7 +210,9 @@ class HeadModel:
             weights = None if weights is None else weights[train_rows]
         self.encoder_ = _encoder_record(source)
         _warn_unknown(source, df, path)
-        return self.fit_inputs(train, y, val, y_val, labels=label_cols, path=path, sample_weight=weights, progress=progress)
+        return self.fit_inputs(
+            train, y, val, y_val, labels=label_cols, path=path, sample_weight=weights, progress=progress
+        )
 
     def _split(self, df: pd.DataFrame, inputs: Inputs) -> tuple[np.ndarray, np.ndarray, str]:
         """Training and validation rows (no text on both sides) and what the validation rows are.
@@ -195,9 +220,12 @@ class HeadModel:
         A pseudolabel table validates on its labelled rows only."""
         labeled = pseudolabel_rows(df)
         if labeled is None and _only_pseudo_labels(df):
-            warnings.warn("the data is a heads pseudolabel table with no labelled rows: validation on it measures "
-                          "agreement with the labeler, not accuracy; give --val-data (val_data=) with true labels",
-                          PseudoLabelValidationWarning, stacklevel=4)
+            warnings.warn(
+                "the data is a heads pseudolabel table with no labelled rows: validation on it measures "
+                "agreement with the labeler, not accuracy; give --val-data (val_data=) with true labels",
+                PseudoLabelValidationWarning,
+                stacklevel=4,
+            )
             what_extra = " (pseudo-labels: agreement with the labeler, not accuracy)"
         else:
             what_extra = ""
@@ -206,13 +234,25 @@ class HeadModel:
         val_rows = candidates[val_rows]
         # every row sharing a text with a validation row stays out of training too
         in_val = np.isin(inputs.index["text"], inputs.index["text"][val_rows])
-        what = (f"{len(val_rows)} held-out rows{what_extra}" if labeled is None else
-                f"{len(val_rows)} held-out labelled rows (source == 'labeled') of a pseudolabel "
-                f"table; its {len(df) - len(labeled)} pseudo-labelled rows only train")
+        what = (
+            f"{len(val_rows)} held-out rows{what_extra}"
+            if labeled is None
+            else f"{len(val_rows)} held-out labelled rows (source == 'labeled') of a pseudolabel "
+            f"table; its {len(df) - len(labeled)} pseudo-labelled rows only train"
+        )
         return np.flatnonzero(~in_val), val_rows, what
 
-    def fit_inputs(self, train: Inputs, y: np.ndarray, val: Inputs | None = None, y_val=None, labels=None,
-                   path="data", sample_weight=None, progress=True) -> HeadModel:
+    def fit_inputs(
+        self,
+        train: Inputs,
+        y: np.ndarray,
+        val: Inputs | None = None,
+        y_val=None,
+        labels=None,
+        path="data",
+        sample_weight=None,
+        progress=True,
+    ) -> HeadModel:
         """Train on prepared inputs (vectors and labels already in memory); ``labels`` names y's columns."""
         self.config.check()
         self.labels_ = list(labels) if labels is not None else [f"label_{j}" for j in range(y.shape[1])]
@@ -224,9 +264,17 @@ class HeadModel:
         self.sides_, self.dim_ = train.sides, next(iter(train.tables.values())).shape[1]
         with torch.device("meta"):  # its fit draws the weights, from the seed
             unit = head_type(self.head_).build(self.dim_, self.sides_, len(self.labels_), self.config)
-        self.history_ = unit.fit(train, (y - self.mean_) / self.std_, val,
-                                 None if val is None else (y_val - self.mean_) / self.std_, self.config, scale=self.std_,
-                                 sample_weight=sample_weight, device=resolve_device(self.device), progress=progress)
+        self.history_ = unit.fit(
+            train,
+            (y - self.mean_) / self.std_,
+            val,
+            None if val is None else (y_val - self.mean_) / self.std_,
+            self.config,
+            scale=self.std_,
+            sample_weight=sample_weight,
+            device=resolve_device(self.device),
+            progress=progress,
+        )
         self.unit_ = unit
         self.validation_ = self.calibration_ = None
         if val is not None:
@@ -260,8 +308,10 @@ class HeadModel:
             path = self._finetuned_encoder_path()
             encoder = load_encoder(path)  # its fingerprint is checked before a vector of it is used
             if self.encoder_["fingerprint"] not in encoder.fingerprints():
-                raise self._mismatch(f"its encoder {path} now has fingerprint {encoder.fingerprint} (other weights "
-                                     "or library versions): the directory was altered; fine-tune again")
+                raise self._mismatch(
+                    f"its encoder {path} now has fingerprint {encoder.fingerprint} (other weights "
+                    "or library versions): the directory was altered; fine-tune again"
+                )
             if head_type(self.head_).joint:
                 from .backbone import Backbone
 
@@ -271,12 +321,16 @@ class HeadModel:
             return self._own_encoder
         spec = self.encoder_.get("load")
         if spec is None:
-            raise ParameterError(f"the model was trained on vectors of a custom encoder ({self.encoder_['name']!r}) "
-                                 "it cannot load: pass the cache of those vectors (cache=..., --cache DIR)")
+            raise ParameterError(
+                f"the model was trained on vectors of a custom encoder ({self.encoder_['name']!r}) "
+                "it cannot load: pass the cache of those vectors (cache=..., --cache DIR)"
+            )
         encoder = load_encoder(device=self.device, **spec)
         if encoder.fingerprint != self.encoder_["fingerprint"]:
-            raise self._mismatch(f"loading it now gives fingerprint {encoder.fingerprint} (other weights or library "
-                                 "versions); pass the cache of the training vectors (cache=..., --cache DIR)")
+            raise self._mismatch(
+                f"loading it now gives fingerprint {encoder.fingerprint} (other weights or library "
+                "versions); pass the cache of the training vectors (cache=..., --cache DIR)"
+            )
         self._own_encoder = encoder
         return encoder
 
@@ -285,38 +339,52 @@ class HeadModel:
         where = self.directory_ / "config.json"
         name = self.finetuned_.get("encoder") if isinstance(self.finetuned_, dict) else None
         if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
-            raise ModelError(f"{where}: field 'finetuned.encoder' must name a folder inside the model directory, "
-                             f"found {json.dumps(name)[:60]}; fine-tune again")
+            raise ModelError(
+                f"{where}: field 'finetuned.encoder' must name a folder inside the model directory, "
+                f"found {json.dumps(name)[:60]}; fine-tune again"
+            )
         path = self.directory_ / name
         if path.is_symlink() or not path.is_dir() or not inside(path, self.directory_):
-            raise ModelError(f"{where}: field 'finetuned.encoder' names {path}, which is not a folder inside the "
-                             "model directory; fine-tune again")
+            raise ModelError(
+                f"{where}: field 'finetuned.encoder' names {path}, which is not a folder inside the "
+                "model directory; fine-tune again"
+            )
         return str(path)
 
     def vector_source(self, cache: EmbeddingCache | None):
         """Where this model's vectors come from: ``cache`` when it holds the model's encoder's vectors (a
         frozen head's cache must), else the model's own encoder (``own_encoder``)."""
-        if cache is not None and getattr(self, "finetuned_", None) is None and \
-                cache.fingerprint != self.encoder_["fingerprint"]:
+        if (
+            cache is not None
+            and getattr(self, "finetuned_", None) is None
+            and cache.fingerprint != self.encoder_["fingerprint"]
+        ):
             differ = spec_difference(self.encoder_.get("load"), cache.encoder_spec)
-            raise self._mismatch(f"cache {cache.path} holds encoder {cache.encoder_name!r} (fingerprint "
-                                 f"{cache.fingerprint}); they differ in: {differ}; use a cache built with the "
-                                 "model's encoder")
+            raise self._mismatch(
+                f"cache {cache.path} holds encoder {cache.encoder_name!r} (fingerprint "
+                f"{cache.fingerprint}); they differ in: {differ}; use a cache built with the "
+                "model's encoder"
+            )
         if cache is not None and cache.fingerprint == self.encoder_["fingerprint"] and not head_type(self.head_).joint:
             return cache
         return self.own_encoder()
 
     def _mismatch(self, found: str) -> FingerprintMismatchError:
-        return FingerprintMismatchError(f"the model was trained on vectors of encoder {self.encoder_['name']!r} "
-                                        f"(fingerprint {self.encoder_['fingerprint']}), but {found}")
+        return FingerprintMismatchError(
+            f"the model was trained on vectors of encoder {self.encoder_['name']!r} "
+            f"(fingerprint {self.encoder_['fingerprint']}), but {found}"
+        )
 
-    def _inputs(self, cache, data, columns=None, add_missing=False, conditions=None,
-                progress: bool = True) -> tuple[Inputs, pd.DataFrame, str]:
+    def _inputs(
+        self, cache, data, columns=None, add_missing=False, conditions=None, progress: bool = True
+    ) -> tuple[Inputs, pd.DataFrame, str]:
         for side in ("pair", "condition"):
             given = (columns or {}).get(side)
             if given is not None and side not in self.sides_:
-                raise ParameterError(f"the model reads {', '.join(self.sides_)} only, not a {side}: leave out the "
-                                     f"{side} column ({given!r}, --{side}-col) or train a model that reads one")
+                raise ParameterError(
+                    f"the model reads {', '.join(self.sides_)} only, not a {side}: leave out the "
+                    f"{side} column ({given!r}, --{side}-col) or train a model that reads one"
+                )
         columns = {**self.columns_, **{k: v for k, v in (columns or {}).items() if v is not None}}
         df, path = as_table(data, columns, self.sides_, conditions)
         source = self.vector_source(cache)
@@ -326,8 +394,17 @@ class HeadModel:
         warn_unseen_conditions(getattr(self, "conditions_", None), source, inputs)
         return inputs, df, path
 
-    def predict(self, data, cache: EmbeddingCache | None = None, *, columns=None, conditions=None,
-                interval: float | None = None, add_missing=False, progress: bool = True):
+    def predict(
+        self,
+        data,
+        cache: EmbeddingCache | None = None,
+        *,
+        columns=None,
+        conditions=None,
+        interval: float | None = None,
+        add_missing=False,
+        progress: bool = True,
+    ):
         """Scores for ``data``: ``(n, n_labels)``; with ``interval=0.9``, ``(scores, lower, upper)`` bounds that
         hold the truth for at least 90% of rows like the validation rows (split conformal).
 
@@ -354,8 +431,17 @@ class HeadModel:
             lower, upper = np.clip(lower, *self.config.label_range), np.clip(upper, *self.config.label_range)
         return lower, upper
 
-    def predict_table(self, cache: EmbeddingCache | None, data, columns=None, id_col=None, decimals=None,
-                      add_missing=False, interval: float | None = None, progress: bool = True) -> pd.DataFrame:
+    def predict_table(
+        self,
+        cache: EmbeddingCache | None,
+        data,
+        columns=None,
+        id_col=None,
+        decimals=None,
+        add_missing=False,
+        interval: float | None = None,
+        progress: bool = True,
+    ) -> pd.DataFrame:
         """Predictions as a table: ``id`` (from ``id_col``, else an ``id`` column, else the row number) and
         ``score`` (a column per label when there are several), with ``lower`` and ``upper`` for an
         ``interval``, rounded to ``decimals`` when given."""
@@ -371,15 +457,25 @@ class HeadModel:
                 prefix = "" if len(names) == 1 else f"{n}_"
                 out[f"{prefix}lower"], out[f"{prefix}upper"] = lower[:, j], upper[:, j]
         if decimals is not None:
-            out = {n: (v.round(decimals).astype(np.int64) if decimals <= 0 else v.round(decimals))  # 5, not 5.0
-                   for n, v in out.items()}
+            out = {
+                n: (v.round(decimals).astype(np.int64) if decimals <= 0 else v.round(decimals))  # 5, not 5.0
+                for n, v in out.items()
+            }
         id_col = id_col or ("id" if "id" in df.columns else None)
         ids = df[id_col].tolist() if id_col else list(range(1, len(df) + 1))
         return pd.DataFrame({"id": ids, **out})
 
-    def evaluate(self, cache: EmbeddingCache | None, data, label_cols=None, columns=None, add_missing=False,
-                 interval: float | None = None, group_col=None,
-                 progress: bool = True) -> tuple[dict, np.ndarray, np.ndarray, Inputs]:
+    def evaluate(
+        self,
+        cache: EmbeddingCache | None,
+        data,
+        label_cols=None,
+        columns=None,
+        add_missing=False,
+        interval: float | None = None,
+        group_col=None,
+        progress: bool = True,
+    ) -> tuple[dict, np.ndarray, np.ndarray, Inputs]:
         """Metrics (overall, per label, per condition), the labels, the predictions and the inputs.
 
         With ``group_col`` (a column or a list of them), ``metrics["per_group"]`` holds the metrics per value of
@@ -408,11 +504,21 @@ class HeadModel:
         weights' SHA-256, which ``load`` checks.
         """
         config = {
-            "head": self.head_, "head_config": self.unit_.config(), "params": self.params(),
-            "conditions": getattr(self, "conditions_", None), "validation_rows": getattr(self, "validation_rows_", None),
-            "dim": int(self.dim_), "sides": list(self.sides_), "columns": self.columns_, "labels": self.labels_,
-            "label_mean": self.mean_.tolist(), "label_std": self.std_.tolist(), "encoder": self.encoder_,
-            "validation": self.validation_, "history": self.history_, "finetuned": getattr(self, "finetuned_", None),
+            "head": self.head_,
+            "head_config": self.unit_.config(),
+            "params": self.params(),
+            "conditions": getattr(self, "conditions_", None),
+            "validation_rows": getattr(self, "validation_rows_", None),
+            "dim": int(self.dim_),
+            "sides": list(self.sides_),
+            "columns": self.columns_,
+            "labels": self.labels_,
+            "label_mean": self.mean_.tolist(),
+            "label_std": self.std_.tolist(),
+            "encoder": self.encoder_,
+            "validation": self.validation_,
+            "history": self.history_,
+            "finetuned": getattr(self, "finetuned_", None),
             "calibration": getattr(self, "calibration_", None),
         }
         return write_model(directory, config, self.unit_.state(), overwrite=overwrite, move=move)
@@ -425,18 +531,44 @@ class HeadModel:
         settings = TrainConfig.from_dict(config["params"])
         dim, sides, labels = config["dim"], tuple(config["sides"]), config["labels"]
         unit = _saved_unit(config, tensors, settings, directory)
-        model = cls.from_trained(settings, config["head"], unit, sides=sides, dim=dim, columns=config["columns"],
-                                 labels=labels, mean=config["label_mean"], std=config["label_std"],
-                                 encoder=config["encoder"], history=config.get("history", []),
-                                 finetuned=config.get("finetuned"), directory=directory)
+        model = cls.from_trained(
+            settings,
+            config["head"],
+            unit,
+            sides=sides,
+            dim=dim,
+            columns=config["columns"],
+            labels=labels,
+            mean=config["label_mean"],
+            std=config["label_std"],
+            encoder=config["encoder"],
+            history=config.get("history", []),
+            finetuned=config.get("finetuned"),
+            directory=directory,
+        )
         model.conditions_, model.validation_rows_ = config.get("conditions"), config.get("validation_rows")
         model.validation_, model.calibration_ = config.get("validation"), config.get("calibration")
         return model
 
     @classmethod
-    def from_trained(cls, config: TrainConfig, head: str, unit, *, sides, dim: int, columns: dict, labels, mean, std,
-                     encoder: dict, history=(), finetuned: dict | None = None, directory=None,
-                     own_encoder=None) -> HeadModel:
+    def from_trained(
+        cls,
+        config: TrainConfig,
+        head: str,
+        unit,
+        *,
+        sides,
+        dim: int,
+        columns: dict,
+        labels,
+        mean,
+        std,
+        encoder: dict,
+        history=(),
+        finetuned: dict | None = None,
+        directory=None,
+        own_encoder=None,
+    ) -> HeadModel:
         """A model around a head trained elsewhere (fine-tuning trains it with the encoder) or loaded.
 
         ``head`` names its type, ``unit`` is the trained head; ``encoder`` records the fingerprint of the
@@ -466,8 +598,10 @@ def _saved_unit(config: dict, tensors: dict, settings: TrainConfig, directory: P
         try:
             unit = kind.from_config(head_config)  # on the meta device: load_state allocates it, drawing nothing random
         except (TypeError, ValueError, KeyError) as e:
-            raise ModelError(f"{directory / 'config.json'}: field 'head_config' does not build a {config['head']!r} "
-                             f"head ({e}); train the model again") from None
+            raise ModelError(
+                f"{directory / 'config.json'}: field 'head_config' does not build a {config['head']!r} "
+                f"head ({e}); train the model again"
+            ) from None
         expected = unit.state_shapes()
     check_shapes(tensors, expected, directory, config, head_config)
     return unit.load_state(tensors)
@@ -505,8 +639,11 @@ def _warn_unknown(source, df: pd.DataFrame, path) -> None:
         return
     where = [w or "another file" for w in first_rows(seen["examples"], [(path, df)])]
     total, name = (len(source), source.encoder_name) if isinstance(source, EmbeddingCache) else (len(df), source.name)
-    warnings.warn(unknown_warning(seen["mostly_unknown"], total, name, seen["examples"], seen["languages"], where),
-                  UnknownTokensWarning, stacklevel=4)
+    warnings.warn(
+        unknown_warning(seen["mostly_unknown"], total, name, seen["examples"], seen["languages"], where),
+        UnknownTokensWarning,
+        stacklevel=4,
+    )
 
 
 def _sample_weight(df: pd.DataFrame, weight_col, sample_weight, path) -> np.ndarray | None:
@@ -526,8 +663,10 @@ def _sample_weight(df: pd.DataFrame, weight_col, sample_weight, path) -> np.ndar
         return None
     bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
     if len(bad):
-        raise InputError(f"{where}: expected a finite weight >= 0, found {df[weight_col].iloc[bad[0]] if weight_col else w[bad[0]]!r} "
-                         f"at row {bad[0] + 1} ({len(bad)} such rows)")
+        raise InputError(
+            f"{where}: expected a finite weight >= 0, found {df[weight_col].iloc[bad[0]] if weight_col else w[bad[0]]!r} "
+            f"at row {bad[0] + 1} ({len(bad)} such rows)"
+        )
     if not w.sum() > 0:
         raise InputError(f"{where}: every weight is 0")
     return w

@@ -28,7 +28,9 @@ def nearest(index_vectors: np.ndarray, query_vectors: np.ndarray, k: int) -> tup
     return index.search(_unit(query_vectors), k)
 
 
-def propagate(labeled: np.ndarray, labels: np.ndarray, unlabeled: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def propagate(
+    labeled: np.ndarray, labels: np.ndarray, unlabeled: np.ndarray, k: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
     """Scores for ``unlabeled`` rows from their ``k`` nearest labelled neighbours, and a confidence in [0, 1].
 
     The score is the similarity-weighted mean of the neighbours' labels.  The
@@ -53,8 +55,9 @@ def leakage(train: np.ndarray, test: np.ndarray, threshold: float = 0.95) -> tup
     return hit, idx[hit, 0], sims[hit, 0]
 
 
-def leakage_report(cache, train, test, columns: dict, threshold: float = 0.95, add_missing: bool = False,
-                   paths=("train", "test")):
+def leakage_report(
+    cache, train, test, columns: dict, threshold: float = 0.95, add_missing: bool = False, paths=("train", "test")
+):
     """Every distinct test text whose nearest training text has cosine >= ``threshold``, most similar first.
 
     ``train`` and ``test`` are tables; ``columns`` names their text column (or a ``template``) and may name a
@@ -75,12 +78,20 @@ def leakage_report(cache, train, test, columns: dict, threshold: float = 0.95, a
     sides = {"text": columns.get("text"), "template": columns.get("template"), "pair": columns.get("pair")}
     train_texts, train_first, _ = _distinct_texts(side_texts(train, sides, paths[0]))
     test_texts, test_first, test_counts = _distinct_texts(side_texts(test, sides, paths[1]))
-    hits, nearest_rows, cosines = leakage(embed(cache, train_texts, add_missing), embed(cache, test_texts, add_missing),
-                                          threshold)
-    pairs = pd.DataFrame({"test_row": [test_first[i][1] + 1 for i in hits], "test_rows": [test_counts[i] for i in hits],
-                          "side": [test_first[i][0] for i in hits],
-                          "train_row": [train_first[j][1] + 1 for j in nearest_rows], "cosine": cosines.round(4),
-                          "test_text": [test_texts[i] for i in hits], "train_text": [train_texts[j] for j in nearest_rows]})
+    hits, nearest_rows, cosines = leakage(
+        embed(cache, train_texts, add_missing), embed(cache, test_texts, add_missing), threshold
+    )
+    pairs = pd.DataFrame(
+        {
+            "test_row": [test_first[i][1] + 1 for i in hits],
+            "test_rows": [test_counts[i] for i in hits],
+            "side": [test_first[i][0] for i in hits],
+            "train_row": [train_first[j][1] + 1 for j in nearest_rows],
+            "cosine": cosines.round(4),
+            "test_text": [test_texts[i] for i in hits],
+            "train_text": [train_texts[j] for j in nearest_rows],
+        }
+    )
     pairs["where_they_differ"] = [where_they_differ(a, b) for a, b in zip(pairs.test_text, pairs.train_text)]
     pairs = pairs.sort_values("cosine", ascending=False, kind="stable").reset_index(drop=True)
     pairs.attrs["n_test"], pairs.attrs["n_test_rows"] = len(test_texts), len(test)
@@ -102,7 +113,7 @@ def where_they_differ(a: str, b: str, width: int = 60) -> str:
     start = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
     cut = max(0, start - 10)
     lead = "..." if cut else ""
-    return f"{lead}{a[cut:cut + width]!r} vs {lead}{b[cut:cut + width]!r}"
+    return f"{lead}{a[cut : cut + width]!r} vs {lead}{b[cut : cut + width]!r}"
 
 
 def unseen_conditions(trained, source, inputs) -> list[tuple[str, str, float]]:
@@ -127,5 +138,8 @@ def warn_unseen_conditions(trained, source, inputs) -> None:
     if found:
         shown = "; ".join(f"{c!r} (nearest trained: {n!r}, cosine {cos:.2f})" for c, n, cos in found[:5])
         more = f" and {len(found) - 5} more" if len(found) > 5 else ""
-        warnings.warn(f"{len(found)} condition(s) never seen in training are scored from their vectors alone: "
-                      f"{shown}{more}", UnseenConditionWarning, stacklevel=4)
+        warnings.warn(
+            f"{len(found)} condition(s) never seen in training are scored from their vectors alone: {shown}{more}",
+            UnseenConditionWarning,
+            stacklevel=4,
+        )

@@ -23,8 +23,15 @@ def plot_names(labels: list[str], metrics: dict) -> list[str]:
     return names
 
 
-def write_plots(directory, y_true: np.ndarray, y_pred: np.ndarray, labels: list[str], metrics: dict,
-                overwrite: bool = False, trained=None) -> list[Path]:
+def write_plots(
+    directory,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    labels: list[str],
+    metrics: dict,
+    overwrite: bool = False,
+    trained=None,
+) -> list[Path]:
     """PNGs of predictions against the truth into ``directory``; existing plots of the same names are
     refused unless ``overwrite`` (before anything is drawn), and each file is written whole or not at all.
     Per condition and per group the bars are sorted by RMSE and name their rows; conditions not among
@@ -48,8 +55,11 @@ def write_plots(directory, y_true: np.ndarray, y_pred: np.ndarray, labels: list[
         ax.scatter(t, p, s=6, alpha=0.4)
         lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
         ax.plot([lo, hi], [lo, hi], color="black", linewidth=1, label="prediction = truth")
-        ax.set(xlabel=f"true {label}", ylabel=f"predicted {label}",
-               title=f"{label}: Spearman {m['spearman']:.3f}, RMSE {m['rmse']:.3f}, n={m['n']}")
+        ax.set(
+            xlabel=f"true {label}",
+            ylabel=f"predicted {label}",
+            title=f"{label}: Spearman {m['spearman']:.3f}, RMSE {m['rmse']:.3f}, n={m['n']}",
+        )
         ax.legend(loc="upper left")
         written.append(_save(fig, directory / f"pred_vs_true{suffix}.png"))
 
@@ -64,7 +74,9 @@ def write_plots(directory, y_true: np.ndarray, y_pred: np.ndarray, labels: list[
                 names = sorted(metrics[key], key=lambda c: metrics[key][c][label]["rmse"])  # best at the top
                 values = [metrics[key][c][label]["rmse"] for c in names]
                 new = [key == "per_condition" and trained is not None and c not in trained for c in names]
-                ticks = [f"{c} (n={metrics[key][c][label]['n']})" + (" unseen" if u else "") for c, u in zip(names, new)]
+                ticks = [
+                    f"{c} (n={metrics[key][c][label]['n']})" + (" unseen" if u else "") for c, u in zip(names, new)
+                ]
                 fig, ax = _figure(6, 0.4 * len(names) + 1.5)
                 ax.barh(ticks, values, color=["tab:orange" if u else "tab:blue" for u in new])
                 ax.invert_yaxis()

@@ -70,8 +70,9 @@ def row_vectors(inputs: Inputs) -> np.ndarray:
 COMBINE = ("ridge", "weighted")  # how labelled rows turn function outputs into scores (see label_with_functions)
 
 
-def label_with_functions(texts: list[str], functions=None, labeled_texts=None, y=None,
-                         combine_with: str = "ridge") -> tuple[np.ndarray, np.ndarray, dict]:
+def label_with_functions(
+    texts: list[str], functions=None, labeled_texts=None, y=None, combine_with: str = "ridge"
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """Scores (NaN where every function abstains), a confidence, and a report of the functions.
 
     Without labels: the plain mean of the functions that voted.  With labelled texts, ``combine_with``
@@ -111,11 +112,28 @@ def _ids(df: pd.DataFrame, id_col) -> list:
     return df["id"].tolist() if "id" in df.columns else list(range(1, len(df) + 1))
 
 
-def pseudolabel(cache: EmbeddingCache, data: pd.DataFrame, columns: dict, method: str, labeled: pd.DataFrame | None = None,
-                label_col: str | None = None, lfs=None, k: int = 10, model: HeadModel | None = None, rounds: int = 3,
-                committee: int = 3, select: str = "rmse", label_range=None, val_data: pd.DataFrame | None = None, id_col=None, paths=("data", "labeled"),
-                add_missing: bool = False, min_confidence: float = 0.0, progress: bool = True,
-                combine_with: str = "ridge") -> tuple[pd.DataFrame, dict]:
+def pseudolabel(
+    cache: EmbeddingCache,
+    data: pd.DataFrame,
+    columns: dict,
+    method: str,
+    labeled: pd.DataFrame | None = None,
+    label_col: str | None = None,
+    lfs=None,
+    k: int = 10,
+    model: HeadModel | None = None,
+    rounds: int = 3,
+    committee: int = 3,
+    select: str = "rmse",
+    label_range=None,
+    val_data: pd.DataFrame | None = None,
+    id_col=None,
+    paths=("data", "labeled"),
+    add_missing: bool = False,
+    min_confidence: float = 0.0,
+    progress: bool = True,
+    combine_with: str = "ridge",
+) -> tuple[pd.DataFrame, dict]:
     """Score the rows of ``data``; returns the output table and a summary.
 
     Scored rows below ``min_confidence`` are left out of the table (``n_below_min_confidence`` counts
@@ -129,7 +147,9 @@ def pseudolabel(cache: EmbeddingCache, data: pd.DataFrame, columns: dict, method
     check_float(min_confidence, "min_confidence", 0, 1)
     label_range = check_label_range(label_range)
     if method != "lf" and labeled is None:
-        raise ParameterError(f"method {method!r} needs labelled rows (labeled=..., label_col=...; --labeled FILE --label-col COL)")
+        raise ParameterError(
+            f"method {method!r} needs labelled rows (labeled=..., label_col=...; --labeled FILE --label-col COL)"
+        )
     if labeled is not None and label_col is None:
         raise ParameterError("labelled rows need a label column (label_col=..., --label-col)")
     columns = {s: c for s, c in columns.items() if c is not None}
@@ -140,17 +160,26 @@ def pseudolabel(cache: EmbeddingCache, data: pd.DataFrame, columns: dict, method
     known = set() if labeled is None else set(labeled[text_cols].itertuples(index=False, name=None))
     new = ~pd.Series(list(data[text_cols].itertuples(index=False, name=None))).isin(known).to_numpy()
     rest = data[new]
-    summary = {"method": method, "n_data": len(data), "n_labeled": 0 if labeled is None else len(labeled),
-               "n_scored": int(new.sum()), "labeling_functions": None}
+    summary = {
+        "method": method,
+        "n_data": len(data),
+        "n_labeled": 0 if labeled is None else len(labeled),
+        "n_scored": int(new.sum()),
+        "labeling_functions": None,
+    }
     if not len(rest):
         raise InputError(f"{paths[0]}: every row is already in the labelled file; nothing to score")
 
     if method == "lf":
         template = columns.get("template")
-        texts = [template_texts(df, template, p) if template else df[columns["text"]].tolist()
-                 for df, p in ((rest, paths[0]), (labeled, paths[1])) if df is not None]
-        scores, confidence, details = label_with_functions(texts[0], lfs, texts[1] if len(texts) > 1 else None,
-                                                           None if y is None else y[:, 0], combine_with)
+        texts = [
+            template_texts(df, template, p) if template else df[columns["text"]].tolist()
+            for df, p in ((rest, paths[0]), (labeled, paths[1]))
+            if df is not None
+        ]
+        scores, confidence, details = label_with_functions(
+            texts[0], lfs, texts[1] if len(texts) > 1 else None, None if y is None else y[:, 0], combine_with
+        )
         summary.update(details, labeling_functions=list(details["functions"]))
         scores = scores[:, None]
     else:
@@ -160,10 +189,26 @@ def pseudolabel(cache: EmbeddingCache, data: pd.DataFrame, columns: dict, method
             s, confidence = propagate(row_vectors(lab_inputs), y[:, 0], row_vectors(rest_inputs), k=k)
             scores = s[:, None]
         else:
-            val = None if val_data is None else (load_inputs(cache, val_data, columns, table_source(val_data, "val data"), add_missing),
-                                                 load_labels(val_data, [label_col], table_source(val_data, "val data")))
-            result = _self_train(model or HeadModel(), lab_inputs, y, rest_inputs, val, rounds=rounds, committee=committee,
-                                 select=select, labels=[label_col], progress=progress)
+            val = (
+                None
+                if val_data is None
+                else (
+                    load_inputs(cache, val_data, columns, table_source(val_data, "val data"), add_missing),
+                    load_labels(val_data, [label_col], table_source(val_data, "val data")),
+                )
+            )
+            result = _self_train(
+                model or HeadModel(),
+                lab_inputs,
+                y,
+                rest_inputs,
+                val,
+                rounds=rounds,
+                committee=committee,
+                select=select,
+                labels=[label_col],
+                progress=progress,
+            )
             scores, confidence = result.scores, result.confidence
             summary.update(best_round=result.best_round, rounds=result.rounds, models=result.models)
     if label_range is not None:  # a self-trained committee is bounded already; functions and neighbours are not
@@ -178,8 +223,11 @@ def pseudolabel(cache: EmbeddingCache, data: pd.DataFrame, columns: dict, method
 def _check_tables(data, labeled, columns: dict, id_col, paths) -> list[str]:
     """The columns a row's texts come from (a template's fields in place of a text column), checked in both tables."""
     template = columns.get("template")
-    text_cols = list(dict.fromkeys((template_columns(template) if template else [])
-                                   + [c for s, c in columns.items() if s != "template"]))
+    text_cols = list(
+        dict.fromkeys(
+            (template_columns(template) if template else []) + [c for s, c in columns.items() if s != "template"]
+        )
+    )
     for df, path in ((data, paths[0]), (labeled, paths[1])):
         if df is not None:
             check_columns(df, text_cols, path)
@@ -203,10 +251,28 @@ def _table(data, new, scores, confidence, labeled, y, text_cols, id_col) -> pd.D
     scored = ~np.isnan(scores[:, 0])
     parts = []
     if labeled is not None:
-        parts.append(pd.DataFrame({"source": "labeled", "id": _ids(labeled, id_col if id_col in labeled.columns else None),
-                                   **{c: labeled[c].tolist() for c in text_cols}, "score": y[:, 0], "confidence": 1.0}))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "source": "labeled",
+                    "id": _ids(labeled, id_col if id_col in labeled.columns else None),
+                    **{c: labeled[c].tolist() for c in text_cols},
+                    "score": y[:, 0],
+                    "confidence": 1.0,
+                }
+            )
+        )
     rest = data[new]
     ids = np.asarray(_ids(data, id_col), dtype=object)[new][scored]
-    parts.append(pd.DataFrame({"source": "data", "id": ids, **{c: rest[c].to_numpy()[scored] for c in text_cols},
-                               "score": scores[scored, 0], "confidence": np.asarray(confidence)[scored]}))
+    parts.append(
+        pd.DataFrame(
+            {
+                "source": "data",
+                "id": ids,
+                **{c: rest[c].to_numpy()[scored] for c in text_cols},
+                "score": scores[scored, 0],
+                "confidence": np.asarray(confidence)[scored],
+            }
+        )
+    )
     return pd.concat(parts, ignore_index=True)

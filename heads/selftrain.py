@@ -42,8 +42,19 @@ def committee_predict(models: list, inputs: Inputs, label_std) -> tuple[np.ndarr
     return preds.mean(axis=0), 1 - np.clip(spread.mean(axis=1), 0, 1)
 
 
-def self_train(model: HeadModel, labeled: Inputs, y: np.ndarray, unlabeled: Inputs, val: Inputs, y_val: np.ndarray,
-               rounds: int = 3, committee: int = 3, select: str = "rmse", labels=None, progress: bool = True) -> SelfTraining:
+def self_train(
+    model: HeadModel,
+    labeled: Inputs,
+    y: np.ndarray,
+    unlabeled: Inputs,
+    val: Inputs,
+    y_val: np.ndarray,
+    rounds: int = 3,
+    committee: int = 3,
+    select: str = "rmse",
+    labels=None,
+    progress: bool = True,
+) -> SelfTraining:
     """Self-train ``model``'s settings from ``labeled`` rows over ``unlabeled`` rows, judged on ``val``.
 
     ``rounds`` is the most pseudo-labelling rounds after the labelled-only
@@ -70,13 +81,24 @@ def self_train(model: HeadModel, labeled: Inputs, y: np.ndarray, unlabeled: Inpu
             n_pseudo = round(len(unlabeled) * r / rounds)
             kept = np.argsort(-conf, kind="stable")[:n_pseudo]
             train, y_train = labeled.join(unlabeled.subset(kept)), np.concatenate([y, pseudo[kept]])
-        models = [HeadModel(model.config.replace(seed=model.config.seed + i), device=model.device)
-                  .fit_inputs(train, y_train, val, y_val, labels=labels, progress=False) for i in range(committee)]
+        models = [
+            HeadModel(model.config.replace(seed=model.config.seed + i), device=model.device).fit_inputs(
+                train, y_train, val, y_val, labels=labels, progress=False
+            )
+            for i in range(committee)
+        ]
         val_pred, _ = committee_predict(models, val, label_std)
         metrics = {k: v for k, v in report(y_val, val_pred, names).items() if k in NAMES}
         pseudo, conf = committee_predict(models, unlabeled, label_std)
-        history.append({"round": r, "n_pseudo": n_pseudo, "n_train": len(train), **metrics,
-                        "seconds": round(time.perf_counter() - start, 2)})
+        history.append(
+            {
+                "round": r,
+                "n_pseudo": n_pseudo,
+                "n_train": len(train),
+                **metrics,
+                "seconds": round(time.perf_counter() - start, 2),
+            }
+        )
         bar.set_postfix(rmse=round(metrics["rmse"], 4), pseudo=n_pseudo)
         if best is None or SELECT[select] * metrics[select] > SELECT[select] * best.rounds[-1][select]:
             best = SelfTraining(pseudo, conf, models, list(history), r)

@@ -125,8 +125,9 @@ class Scorer:
             return "items: expected a non-empty list of objects", []
         if len(items) > self.config.max_items:
             return f"items: {len(items)} items, at most {self.config.max_items} per request", []
-        items = [{self.aliases.get(k, k): v for k, v in item.items()} if isinstance(item, dict) else item
-                 for item in items]
+        items = [
+            {self.aliases.get(k, k): v for k, v in item.items()} if isinstance(item, dict) else item for item in items
+        ]
         return self._problem(items), items
 
     def _problem(self, items: list) -> str | None:
@@ -150,8 +151,10 @@ class Scorer:
                     return f"items[{i}].{field}: not valid Unicode text (a lone surrogate at character {e.start})"
                 total += len(value)
                 if total > self.config.max_request_chars:
-                    return (f"items: more than {self.config.max_request_chars} characters in all; split the request "
-                            "into smaller ones")
+                    return (
+                        f"items: more than {self.config.max_request_chars} characters in all; split the request "
+                        "into smaller ones"
+                    )
             extra = sorted(set(item) - set(self.fields))
             if extra:
                 return f"items[{i}]: unknown field {extra[0]!r} (this model reads {', '.join(self.fields)})"
@@ -183,8 +186,10 @@ class Scorer:
         if self._trained is None:
             self._trained = self.vectors.encode(list(trained))
         cosine, position = nearest(self._trained, self.vectors.encode(values), k=1)
-        return [{"condition": v, "nearest_trained": trained[int(j)], "cosine": round(float(c), 4)}
-                for v, c, j in zip(values, cosine[:, 0], position[:, 0])]
+        return [
+            {"condition": v, "nearest_trained": trained[int(j)], "cosine": round(float(c), 4)}
+            for v, c, j in zip(values, cosine[:, 0], position[:, 0])
+        ]
 
     def score(self, items: list[dict]) -> np.ndarray:
         """Scores of ``items`` (one call at a time: the batcher's one thread); the texts it encoded and read
@@ -268,13 +273,19 @@ class ServeMetrics:
         self.registry = CollectorRegistry()
         self.requests = Counter("heads_requests", "scoring requests", registry=self.registry)
         self.errors = Counter("heads_errors", "requests answered with an error", ["status"], registry=self.registry)
-        self.latency = Histogram("heads_latency_seconds", "seconds per scoring request", registry=self.registry,
-                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-        self.texts = Counter("heads_texts_encoded", "texts encoded (neither in memory nor in the cache)",
-                             registry=self.registry)
+        self.latency = Histogram(
+            "heads_latency_seconds",
+            "seconds per scoring request",
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.texts = Counter(
+            "heads_texts_encoded", "texts encoded (neither in memory nor in the cache)", registry=self.registry
+        )
         self.hits = Counter("heads_cache_hits", "texts whose vectors came from the cache", registry=self.registry)
-        self.batches = Counter("heads_batches", "scoring calls (each serves the requests that arrived together)",
-                               registry=self.registry)
+        self.batches = Counter(
+            "heads_batches", "scoring calls (each serves the requests that arrived together)", registry=self.registry
+        )
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
@@ -334,8 +345,13 @@ class BodyLimit:
             return
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            await self._refuse(scope, receive, send, 413, f"request body of {length.decode(errors='replace')} bytes, "
-                               f"at most {self.max_bytes}")
+            await self._refuse(
+                scope,
+                receive,
+                send,
+                413,
+                f"request body of {length.decode(errors='replace')} bytes, at most {self.max_bytes}",
+            )
             return
         chunks, size, deadline = [], 0, asyncio.get_running_loop().time() + self.timeout
         while True:
@@ -343,15 +359,22 @@ class BodyLimit:
             try:
                 message = await asyncio.wait_for(receive(), max(left, 0.001))
             except TimeoutError:
-                await self._refuse(scope, receive, send, 408, f"the request body did not arrive within {self.timeout:g} s")
+                await self._refuse(
+                    scope, receive, send, 408, f"the request body did not arrive within {self.timeout:g} s"
+                )
                 return
             if message["type"] != "http.request":
                 return  # the client went away
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.max_bytes:
-                await self._refuse(scope, receive, send, 413, f"request body of more than {self.max_bytes} bytes, "
-                                   f"at most {self.max_bytes}")
+                await self._refuse(
+                    scope,
+                    receive,
+                    send,
+                    413,
+                    f"request body of more than {self.max_bytes} bytes, at most {self.max_bytes}",
+                )
                 return
             if not message.get("more_body", False):
                 break
@@ -380,8 +403,9 @@ def create_app(model_dir, cache=None, config: ServeConfig | None = None, api_key
         import prometheus_client  # noqa: F401 -- ServeMetrics needs it: say so before loading anything
         from fastapi import FastAPI, Header, HTTPException, Response
     except ImportError as e:
-        raise MissingDependencyError("heads serve needs fastapi, uvicorn and prometheus-client: "
-                                     "pip install -e '.[serve]'") from e
+        raise MissingDependencyError(
+            "heads serve needs fastapi, uvicorn and prometheus-client: pip install -e '.[serve]'"
+        ) from e
     config = config or ServeConfig()
     model = HeadModel.load(model_dir)
     cache = EmbeddingCache(cache) if cache is not None and not isinstance(cache, EmbeddingCache) else cache
@@ -409,8 +433,12 @@ def create_app(model_dir, cache=None, config: ServeConfig | None = None, api_key
     max_chars = min(config.max_request_chars, config.max_items * (config.max_chars or FALLBACK_MAX_CHARS))
     max_bytes = 6 * max_chars + 200 * config.max_items * len(scorer.fields) + 4096  # \uXXXX escapes, field names
 
-    app.add_middleware(BodyLimit, max_bytes=max_bytes, timeout=config.body_timeout_s,
-                       refused=lambda status: metrics.errors.labels(str(status)).inc())
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=max_bytes,
+        timeout=config.body_timeout_s,
+        refused=lambda status: metrics.errors.labels(str(status)).inc(),
+    )
 
     def authorise(key: str | None) -> None:
         if api_key and not (key and hmac.compare_digest(key.encode(), api_key.encode())):
@@ -437,9 +465,16 @@ def create_app(model_dir, cache=None, config: ServeConfig | None = None, api_key
     @app.get("/model")
     async def describe(x_api_key: str | None = Header(default=None)):
         authorise(x_api_key)
-        return {"model": name, "head": model.head_, "columns": model.columns_, "fields": scorer.fields,
-                "labels": model.labels_, "encoder": model.encoder_, "validation": model.validation_,
-                "intervals": model.calibration_ is not None}
+        return {
+            "model": name,
+            "head": model.head_,
+            "columns": model.columns_,
+            "fields": scorer.fields,
+            "labels": model.labels_,
+            "encoder": model.encoder_,
+            "validation": model.validation_,
+            "intervals": model.calibration_ is not None,
+        }
 
     @app.get("/metrics")
     async def prometheus():
@@ -461,8 +496,14 @@ def app_from_environment():
     return create_app(spec["model"], spec["cache"], ServeConfig(**spec["config"]))
 
 
-def serve(model_dir, cache=None, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-          config: ServeConfig | None = None) -> None:
+def serve(
+    model_dir,
+    cache=None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    config: ServeConfig | None = None,
+) -> None:
     """Run the app with uvicorn until stopped (SIGINT/SIGTERM finish the requests in flight first)."""
     import json
     import warnings
@@ -471,23 +512,35 @@ def serve(model_dir, cache=None, host: str = "127.0.0.1", port: int = 8000, work
     try:
         import uvicorn
     except ImportError as e:
-        raise MissingDependencyError("heads serve needs fastapi, uvicorn and prometheus-client: "
-                                     "pip install -e '.[serve]'") from e
+        raise MissingDependencyError(
+            "heads serve needs fastapi, uvicorn and prometheus-client: pip install -e '.[serve]'"
+        ) from e
     config = config or ServeConfig()
     if host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get(API_KEY_VARIABLE):
-        warnings.warn(f"serving on {host} without an API key: anyone who can reach it can score; set "
-                      f"{API_KEY_VARIABLE}", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"serving on {host} without an API key: anyone who can reach it can score; set {API_KEY_VARIABLE}",
+            UserWarning,
+            stacklevel=2,
+        )
     HeadModel.load(model_dir)  # a damaged model is one error here, not one per worker
     try:
         if workers == 1:
             uvicorn.run(create_app(model_dir, cache, config), host=host, port=port, timeout_graceful_shutdown=30)
             return
-        os.environ[CONFIG_VARIABLE] = json.dumps({"model": str(model_dir), "cache": None if cache is None else
-                                                  str(cache), "config": asdict(config)})
+        os.environ[CONFIG_VARIABLE] = json.dumps(
+            {"model": str(model_dir), "cache": None if cache is None else str(cache), "config": asdict(config)}
+        )
         # A worker answers the parent's health check from a thread while it loads the model; loading (torch, the
         # encoder) can starve that thread for many seconds, and uvicorn's 5 s default then kills and restarts
         # workers that are merely slow to start, over and over.
-        uvicorn.run("heads.serve:app_from_environment", factory=True, host=host, port=port, workers=workers,
-                    timeout_graceful_shutdown=30, timeout_worker_healthcheck=WORKER_HEALTHCHECK_S)
+        uvicorn.run(
+            "heads.serve:app_from_environment",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            timeout_graceful_shutdown=30,
+            timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
+        )
     except KeyboardInterrupt:  # uvicorn finished the requests in flight, then passed Ctrl-C on
         pass

@@ -45,8 +45,10 @@ def auto_batch_size(n: int) -> int:
 
 def to_device(tables: dict, index: dict, device) -> tuple[dict, dict]:
     # np.require copies read-only arrays (memory maps) only, which torch cannot wrap safely.
-    return ({s: torch.as_tensor(np.require(t, np.float32, ["W"]), device=device) for s, t in tables.items()},
-            {s: torch.as_tensor(i, dtype=torch.long, device=device) for s, i in index.items()})
+    return (
+        {s: torch.as_tensor(np.require(t, np.float32, ["W"]), device=device) for s, t in tables.items()},
+        {s: torch.as_tensor(i, dtype=torch.long, device=device) for s, i in index.items()},
+    )
 
 
 @torch.no_grad()
@@ -58,9 +60,28 @@ def predict_scaled(module, tables: dict, index: dict, batch_size: int = 8192) ->
     return torch.cat(out) if out else torch.zeros((0, 1))
 
 
-def fit(module, tables, train_index, y_train, val_index=None, y_val=None, *, val_tables=None, scale, loss="mse", epochs=30,
-        lr=1e-3, weight_decay=0.01, batch_size=None, warmup=0.05, patience=5, seed=0, device="cpu",
-        sample_weight=None, progress=True) -> list[dict]:
+def fit(
+    module,
+    tables,
+    train_index,
+    y_train,
+    val_index=None,
+    y_val=None,
+    *,
+    val_tables=None,
+    scale,
+    loss="mse",
+    epochs=30,
+    lr=1e-3,
+    weight_decay=0.01,
+    batch_size=None,
+    warmup=0.05,
+    patience=5,
+    seed=0,
+    device="cpu",
+    sample_weight=None,
+    progress=True,
+) -> list[dict]:
     """Train ``module`` in place; return the history (one dict per epoch).
 
     ``y_*`` are standardised (n, n_labels) arrays with NaN for missing labels;
@@ -84,7 +105,11 @@ def fit(module, tables, train_index, y_train, val_index=None, y_val=None, *, val
         weight = torch.as_tensor(np.asarray(sample_weight, dtype=np.float32), device=device)[:, None].expand_as(y)
     has_val = val_index is not None and len(y_val)
     if has_val:
-        val_tables, val_index = to_device(val_tables, val_index, device) if val_tables is not None else (tables, to_device({}, val_index, device)[1])
+        val_tables, val_index = (
+            to_device(val_tables, val_index, device)
+            if val_tables is not None
+            else (tables, to_device({}, val_index, device)[1])
+        )
         yv = torch.as_tensor(y_val, dtype=torch.float32, device=device)
     scale_t = torch.as_tensor(scale, dtype=torch.float32, device=device)
 
@@ -95,7 +120,9 @@ def fit(module, tables, train_index, y_train, val_index=None, y_val=None, *, val
     # fused: one kernel for all parameters instead of a Python loop over them
     optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
+        optimizer,
+        lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))),
+    )
     loss_fn = LOSS_FUNCTIONS[loss]
 
     history, best, best_state, bad_epochs = [], math.inf, None, 0
@@ -122,7 +149,9 @@ def fit(module, tables, train_index, y_train, val_index=None, y_val=None, *, val
         if has_val:
             pred = predict_scaled(module, val_tables, val_index)
             vm = ~torch.isnan(yv)
-            per_label = [torch.sqrt(((pred[:, j] - yv[:, j])[vm[:, j]] ** 2).mean()) * scale_t[j] for j in range(yv.shape[1])]
+            per_label = [
+                torch.sqrt(((pred[:, j] - yv[:, j])[vm[:, j]] ** 2).mean()) * scale_t[j] for j in range(yv.shape[1])
+            ]
             record["val_rmse"] = float(torch.stack(per_label).mean())
             if record["val_rmse"] < best:
                 best, best_state, bad_epochs = record["val_rmse"], copy.deepcopy(module.state_dict()), 0
@@ -137,4 +166,3 @@ def fit(module, tables, train_index, y_train, val_index=None, y_val=None, *, val
         module.load_state_dict(best_state)
     module.eval()
     return history
-

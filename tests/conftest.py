@@ -40,7 +40,9 @@ def mount_tmpfs(where, options: str) -> None:
 
     if shutil.which("mount") is None:
         pytest.skip("no mount command here")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], check=False, capture_output=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], check=False, capture_output=True
+    )
     if done.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip() or done.returncode}")
 
@@ -92,8 +94,14 @@ def make_tiny_bert(path, seed=0):
     # a vocabulary dict (transformers 5 ignores vocab_file here and would map every word to [UNK])
     BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, model_max_length=64).save_pretrained(path)
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     BertModel(config).save_pretrained(path)
     return path
 

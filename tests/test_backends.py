@@ -82,8 +82,9 @@ def fp32_vectors(minilm):
 
 @pytest.mark.parametrize("backend", EXPORTED)
 @pytest.mark.slow
-def test_each_backend_runs_the_embedded_model_offline_close_to_fp32(backend, minilm, fp32_vectors, export_home,
-                                                                    monkeypatch):
+def test_each_backend_runs_the_embedded_model_offline_close_to_fp32(
+    backend, minilm, fp32_vectors, export_home, monkeypatch
+):
     encoder = load_encoder("minilm", backend=backend, calibration=SENTENCES)
     vectors = encoder.encode(SENTENCES)
     assert cosines(vectors, fp32_vectors).mean() >= 0.99
@@ -100,7 +101,9 @@ def test_each_backend_runs_the_embedded_model_offline_close_to_fp32(backend, min
     else:
         assert np.allclose(again.encode(SENTENCES[:5]), vectors[:5], atol=2e-5)
     weights = encoder.describe()["weights_sha256"]  # other tests export other models into the same home
-    mine = [d for d in export_home.glob(f"{backend}-*") if json.loads((d / "export.json").read_text())["source"] == weights]
+    mine = [
+        d for d in export_home.glob(f"{backend}-*") if json.loads((d / "export.json").read_text())["source"] == weights
+    ]
     assert len(mine) == 1
 
 
@@ -136,8 +139,23 @@ def test_precompute_records_the_backend_and_refuses_to_mix_it_with_another(tmp_p
     data = tmp_path / "texts.csv"
     data.write_text("text\n" + "\n".join(f'"{s}"' for s in SENTENCES[:30]) + "\n")
     cache = tmp_path / "cache"
-    assert main(["precompute", str(data), "--cache", str(cache), "--text-col", "text", "--backend", "onnx-int8",
-                 "--quiet", "--json"]) == 0
+    assert (
+        main(
+            [
+                "precompute",
+                str(data),
+                "--cache",
+                str(cache),
+                "--text-col",
+                "text",
+                "--backend",
+                "onnx-int8",
+                "--quiet",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["backend"].startswith("onnx-int8 (int8")
     assert EmbeddingCache(cache).info()["backend"] == "onnx-int8 (int8 weights, fp32 float operations)"
     assert main(["info", str(cache)]) == 0
@@ -147,7 +165,22 @@ def test_precompute_records_the_backend_and_refuses_to_mix_it_with_another(tmp_p
     more.write_text("text\n" + "\n".join(f'"{s}"' for s in SENTENCES[30:40]) + "\n")
     assert main(["precompute", str(more), "--cache", str(cache), "--text-col", "text", "--quiet"]) == 0
     assert len(EmbeddingCache(cache)) == 40
-    assert main(["precompute", str(data), str(more), "--cache", str(cache), "--text-col", "text", "--quiet",
-                 "--backend", "torch"]) != 0
+    assert (
+        main(
+            [
+                "precompute",
+                str(data),
+                str(more),
+                "--cache",
+                str(cache),
+                "--text-col",
+                "text",
+                "--quiet",
+                "--backend",
+                "torch",
+            ]
+        )
+        != 0
+    )
     assert "fingerprint" in capsys.readouterr().err
     assert len(EmbeddingCache(cache)) == 40

@@ -31,10 +31,24 @@ def test_second_encode_computes_only_new_texts(tmp_path, hash_encoder):
     cache = EmbeddingCache(tmp_path / "c", hash_encoder)
     counts = ("rows", "unique", "cached", "encoded", "truncated", "mostly_unknown")
     first = cache.add(["x", "y"])
-    assert {k: first[k] for k in counts} == {"rows": 2, "unique": 2, "cached": 0, "encoded": 2, "truncated": 0, "mostly_unknown": 0}
+    assert {k: first[k] for k in counts} == {
+        "rows": 2,
+        "unique": 2,
+        "cached": 0,
+        "encoded": 2,
+        "truncated": 0,
+        "mostly_unknown": 0,
+    }
     hash_encoder.calls.clear()
     stats = cache.add(["y", "z", "x", "z"])
-    assert {k: stats[k] for k in counts} == {"rows": 4, "unique": 3, "cached": 2, "encoded": 1, "truncated": 0, "mostly_unknown": 0}
+    assert {k: stats[k] for k in counts} == {
+        "rows": 4,
+        "unique": 3,
+        "cached": 2,
+        "encoded": 1,
+        "truncated": 0,
+        "mostly_unknown": 0,
+    }
     assert hash_encoder.calls == [["z"]]
 
 
@@ -50,7 +64,9 @@ def test_get_is_read_only_and_says_how_many_are_missing(tmp_path, hash_encoder):
 def test_a_reopened_cache_reads_without_an_encoder(tmp_path, hash_encoder):
     EmbeddingCache(tmp_path / "c", hash_encoder, dtype="float32").add(["one", "two"])
     cache = EmbeddingCache(tmp_path / "c")
-    np.testing.assert_array_equal(cache.get(["two", "one"]), np.stack([hash_encoder.vector("two"), hash_encoder.vector("one")]))
+    np.testing.assert_array_equal(
+        cache.get(["two", "one"]), np.stack([hash_encoder.vector("two"), hash_encoder.vector("one")])
+    )
     with pytest.raises(KeyError, match="without an encoder"):
         cache.add(["three"])
     with pytest.raises(FileNotFoundError, match="no embedding cache"):
@@ -106,7 +122,14 @@ def test_a_dead_writers_temporary_files_go_its_whole_shard_is_adopted_and_other_
     assert len(reopened) == 1 and reopened.contains(["z"]).tolist() == [False]  # readers ignore unlisted shards
     reopened.add(["b"])
     names = sorted(p.name for p in (tmp_path / "c").iterdir())
-    assert names == [".lock", "manifest.json", "shard-000001.h5", "shard-000002.h5", "shard-000009.h5", "shard-000010.h5"]
+    assert names == [
+        ".lock",
+        "manifest.json",
+        "shard-000001.h5",
+        "shard-000002.h5",
+        "shard-000009.h5",
+        "shard-000010.h5",
+    ]
     assert reopened.contains(["a", "z", "b"]).all() and len(reopened) == 3
     assert reopened.verify() == []
 

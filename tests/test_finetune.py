@@ -40,11 +40,40 @@ def run(args, capsys) -> dict:
 
 @pytest.mark.parametrize("head, extra", [("concat", []), ("two-tower", []), ("cross", []), ("concat", ["--lora", "4"])])
 @pytest.mark.slow
-def test_each_head_fine_tunes_and_predicts_through_the_same_commands(files, tiny_bert_dir, tmp_path, capsys, head, extra):
+def test_each_head_fine_tunes_and_predicts_through_the_same_commands(
+    files, tiny_bert_dir, tmp_path, capsys, head, extra
+):
     out = tmp_path / "model"
-    summary = run(["finetune", "--data", str(files / "train.csv"), "--text-col", "s1", "--pair-col", "s2", "--label-col",
-                   "score", "--head", head, "--model", str(tiny_bert_dir), "--out", str(out), "--epochs", "2",
-                   "--batch-size", "16", "--label-range", "0", "1", "--quiet", "--json", *extra], capsys)
+    summary = run(
+        [
+            "finetune",
+            "--data",
+            str(files / "train.csv"),
+            "--text-col",
+            "s1",
+            "--pair-col",
+            "s2",
+            "--label-col",
+            "score",
+            "--head",
+            head,
+            "--model",
+            str(tiny_bert_dir),
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--label-range",
+            "0",
+            "1",
+            "--quiet",
+            "--json",
+            *extra,
+        ],
+        capsys,
+    )
     assert {"rmse", "spearman"} <= set(summary) and summary["n"] > 0
     assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "encoder"}  # checkpoints removed
     config = json.loads((out / "config.json").read_text())
@@ -52,7 +81,9 @@ def test_each_head_fine_tunes_and_predicts_through_the_same_commands(files, tiny
     # the encoder moved: its fingerprint is not the original's
     assert config["encoder"]["fingerprint"] != load_encoder(str(tiny_bert_dir)).fingerprint
     # predict and evaluate need no cache: the model encodes with its own encoder
-    assert main(["predict", "--model", str(out), "--data", str(files / "dev.csv"), "--out", str(tmp_path / "p.csv")]) == 0
+    assert (
+        main(["predict", "--model", str(out), "--data", str(files / "dev.csv"), "--out", str(tmp_path / "p.csv")]) == 0
+    )
     predicted = pd.read_csv(tmp_path / "p.csv")
     assert len(predicted) == 40 and predicted.score.between(0, 1).all()
     metrics = run(["evaluate", "--model", str(out), "--data", str(files / "dev.csv"), "--json"], capsys)
@@ -67,12 +98,27 @@ def test_fine_tuning_learns_a_task_the_random_encoder_knows_nothing_of(tiny_bert
     from heads.finetune import finetune
 
     rng = np.random.default_rng(0)
+
     def animals(n):
         words = rng.choice(WORDS, n)
-        return pd.DataFrame({"text": [f"the {w} is here" for w in words], "score": [float(w in ("dog", "cat", "horse")) for w in words]})
+        return pd.DataFrame(
+            {"text": [f"the {w} is here" for w in words], "score": [float(w in ("dog", "cat", "horse")) for w in words]}
+        )
+
     train, dev = animals(400), animals(80)
-    model = finetune(train, "score", {"text": "text"}, tmp_path / "m", head="concat", model=str(tiny_bert_dir), epochs=6,
-                     patience=6, encoder_lr=1e-3, batch_size=32, progress=False)
+    model = finetune(
+        train,
+        "score",
+        {"text": "text"},
+        tmp_path / "m",
+        head="concat",
+        model=str(tiny_bert_dir),
+        epochs=6,
+        patience=6,
+        encoder_lr=1e-3,
+        batch_size=32,
+        progress=False,
+    )
     losses = [e["loss"] for e in model.history_ if "loss" in e]
     assert losses[-1] < 0.5 * losses[0]
     rmse = np.sqrt(((model.predict(None, dev)[:, 0] - dev.score) ** 2).mean())
@@ -81,9 +127,30 @@ def test_fine_tuning_learns_a_task_the_random_encoder_knows_nothing_of(tiny_bert
 
 def test_exported_encoder_gives_the_training_vectors_and_a_cache_of_its_own(files, tiny_bert_dir, tmp_path, capsys):
     out, exported = tmp_path / "model", tmp_path / "exported"
-    run(["finetune", "--data", str(files / "train.csv"), "--text-col", "s1", "--pair-col", "s2", "--label-col", "score",
-         "--model", str(tiny_bert_dir), "--out", str(out), "--epochs", "1", "--export-encoder", str(exported),
-         "--quiet", "--json"], capsys)
+    run(
+        [
+            "finetune",
+            "--data",
+            str(files / "train.csv"),
+            "--text-col",
+            "s1",
+            "--pair-col",
+            "s2",
+            "--label-col",
+            "score",
+            "--model",
+            str(tiny_bert_dir),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--export-encoder",
+            str(exported),
+            "--quiet",
+            "--json",
+        ],
+        capsys,
+    )
     texts = ["the apple is here", "a dog was there", "blue"]
     encoder = load_encoder(str(exported))  # sentence-transformers loads it, with the pooling of training
     np.testing.assert_allclose(encoder.encode(texts), Backbone.from_directory(str(exported)).encode(texts), atol=1e-5)
@@ -93,7 +160,9 @@ def test_exported_encoder_gives_the_training_vectors_and_a_cache_of_its_own(file
     dev = pd.read_csv(files / "dev.csv")
     cache = EmbeddingCache(tmp_path / "cache", encoder)
     cache.add(dev.s1.tolist() + dev.s2.tolist(), progress=False)
-    np.testing.assert_allclose(model.predict(cache, dev), model.predict(None, dev), atol=1e-3)  # the cache keeps float16
+    np.testing.assert_allclose(
+        model.predict(cache, dev), model.predict(None, dev), atol=1e-3
+    )  # the cache keeps float16
     other = EmbeddingCache(tmp_path / "other", load_encoder(str(tiny_bert_dir)))
     np.testing.assert_allclose(model.predict(other, dev), model.predict(None, dev), atol=1e-5)
     assert len(other) == 0  # not written to: its vectors are not the fine-tuned encoder's
@@ -104,19 +173,63 @@ def test_warm_start_begins_from_the_frozen_head(files, tiny_bert_dir, tiny_bert,
 
     train, dev = pd.read_csv(files / "train.csv"), pd.read_csv(files / "dev.csv")
     cache = EmbeddingCache(tmp_path / "cache", tiny_bert)
-    frozen = HeadModel(head="two-tower", epochs=5).fit(cache, train, "score", text_col="s1", pair_col="s2", progress=False)
+    frozen = HeadModel(head="two-tower", epochs=5).fit(
+        cache, train, "score", text_col="s1", pair_col="s2", progress=False
+    )
     frozen.save(tmp_path / "frozen")
     # with nothing learned (both rates 0) the fine-tuned model is the frozen head on the same encoder
-    warm = finetune(train, "score", {"text": "s1", "pair": "s2"}, tmp_path / "warm", head="two-tower",
-                    model=str(tiny_bert_dir), init_head=tmp_path / "frozen", epochs=1, lr=0.0, encoder_lr=0.0, progress=False)
-    np.testing.assert_allclose(warm.predict(None, dev), frozen.predict(cache, dev), atol=2e-3)  # the cache keeps float16
+    warm = finetune(
+        train,
+        "score",
+        {"text": "s1", "pair": "s2"},
+        tmp_path / "warm",
+        head="two-tower",
+        model=str(tiny_bert_dir),
+        init_head=tmp_path / "frozen",
+        epochs=1,
+        lr=0.0,
+        encoder_lr=0.0,
+        progress=False,
+    )
+    np.testing.assert_allclose(
+        warm.predict(None, dev), frozen.predict(cache, dev), atol=2e-3
+    )  # the cache keeps float16
     with pytest.raises(ValueError, match="is a 'two-tower' head; fine-tuning a 'concat' head needs a 'concat' one"):
-        finetune(train, "score", {"text": "s1", "pair": "s2"}, tmp_path / "x", head="concat", model=str(tiny_bert_dir),
-                 init_head=tmp_path / "frozen", progress=False)
+        finetune(
+            train,
+            "score",
+            {"text": "s1", "pair": "s2"},
+            tmp_path / "x",
+            head="concat",
+            model=str(tiny_bert_dir),
+            init_head=tmp_path / "frozen",
+            progress=False,
+        )
     train.rename(columns={"score": "other"}).to_csv(tmp_path / "renamed.csv", index=False)
-    assert main(["finetune", "--data", str(tmp_path / "renamed.csv"), "--text-col", "s1", "--pair-col", "s2", "--label-col",
-                 "other", "--head", "two-tower", "--model", str(tiny_bert_dir), "--init-head", str(tmp_path / "frozen"),
-                 "--out", str(tmp_path / "y")]) == 1
+    assert (
+        main(
+            [
+                "finetune",
+                "--data",
+                str(tmp_path / "renamed.csv"),
+                "--text-col",
+                "s1",
+                "--pair-col",
+                "s2",
+                "--label-col",
+                "other",
+                "--head",
+                "two-tower",
+                "--model",
+                str(tiny_bert_dir),
+                "--init-head",
+                str(tmp_path / "frozen"),
+                "--out",
+                str(tmp_path / "y"),
+            ]
+        )
+        == 1
+    )
     assert "predicts ['score']; this fine-tuning has labels ['other']" in capsys.readouterr().err
 
 
@@ -126,7 +239,9 @@ def test_bad_input_names_the_file_and_column(files, tiny_bert_dir, tmp_path, cap
     assert f"{files / 'train.csv'}: no column 'sentence1'; available columns: s1, s2, score" in capsys.readouterr().err
     assert main([*base, "--text-col", "s1", "--label-col", "score", "--head", "two-tower"]) == 1
     assert "two-tower head needs exactly one of a pair column or a condition column" in capsys.readouterr().err
-    assert main(["predict", "--model", str(tmp_path / "nothing"), "--data", str(files / "dev.csv"), "--out", "x.csv"]) == 1
+    assert (
+        main(["predict", "--model", str(tmp_path / "nothing"), "--data", str(files / "dev.csv"), "--out", "x.csv"]) == 1
+    )
     assert "nothing: no such model directory" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()  # nothing written for a run refused before training
 
@@ -136,13 +251,28 @@ def test_a_frozen_head_without_its_cache_encodes_with_the_encoder_it_records(fil
 
     cache = EmbeddingCache(tmp_path / "cache", tiny_bert)
     train = pd.read_csv(files / "train.csv")
-    HeadModel(head="ridge").fit(cache, train, "score", text_col="s1", pair_col="s2", progress=False).save(tmp_path / "ridge")
-    with_cache = run(["evaluate", "--model", str(tmp_path / "ridge"), "--cache", str(cache.path), "--data",
-                      str(files / "dev.csv"), "--json"], capsys)
+    HeadModel(head="ridge").fit(cache, train, "score", text_col="s1", pair_col="s2", progress=False).save(
+        tmp_path / "ridge"
+    )
+    with_cache = run(
+        [
+            "evaluate",
+            "--model",
+            str(tmp_path / "ridge"),
+            "--cache",
+            str(cache.path),
+            "--data",
+            str(files / "dev.csv"),
+            "--json",
+        ],
+        capsys,
+    )
     without = run(["evaluate", "--model", str(tmp_path / "ridge"), "--data", str(files / "dev.csv"), "--json"], capsys)
     assert without["rmse"] == pytest.approx(with_cache["rmse"], abs=1e-3)  # the cache keeps float16
     custom = EmbeddingCache(tmp_path / "custom", HashEncoder(dim=8))  # an encoder no config can reload
-    HeadModel(head="ridge").fit(custom, train, "score", text_col="s1", pair_col="s2", progress=False).save(tmp_path / "hash")
+    HeadModel(head="ridge").fit(custom, train, "score", text_col="s1", pair_col="s2", progress=False).save(
+        tmp_path / "hash"
+    )
     assert main(["evaluate", "--model", str(tmp_path / "hash"), "--data", str(files / "dev.csv")]) == 1
     assert "it cannot load: pass the cache of those vectors (cache=..., --cache DIR)" in capsys.readouterr().err
 
@@ -157,9 +287,31 @@ def test_minilm_fine_tunes_on_a_few_hundred_sts_pairs(minilm, tmp_path, capsys):
     df = pd.read_csv(data, header=None, names=["s1", "s2", "score"], nrows=300)
     df.to_csv(tmp_path / "sts.csv", index=False)
     out = tmp_path / "minilm-sts"
-    summary = run(["finetune", "--data", str(tmp_path / "sts.csv"), "--text-col", "s1", "--pair-col", "s2",
-                   "--label-col", "score", "--epochs", "2", "--patience", "2", "--label-range", "0", "5", "--out", str(out),
-                   "--quiet", "--json"], capsys)
+    summary = run(
+        [
+            "finetune",
+            "--data",
+            str(tmp_path / "sts.csv"),
+            "--text-col",
+            "s1",
+            "--pair-col",
+            "s2",
+            "--label-col",
+            "score",
+            "--epochs",
+            "2",
+            "--patience",
+            "2",
+            "--label-range",
+            "0",
+            "5",
+            "--out",
+            str(out),
+            "--quiet",
+            "--json",
+        ],
+        capsys,
+    )
     model = HeadModel.load(out)
     losses = [e["loss"] for e in model.history_ if "loss" in e]
     assert len(losses) == 2 and losses[1] < losses[0]
@@ -168,11 +320,38 @@ def test_minilm_fine_tunes_on_a_few_hundred_sts_pairs(minilm, tmp_path, capsys):
     assert metrics["n"] == 300 and metrics["spearman"] > 0.6
 
 
-def test_prompt_tuning_trains_only_a_soft_prompt_that_the_exported_encoder_reads(files, tiny_bert_dir, tmp_path, capsys):
+def test_prompt_tuning_trains_only_a_soft_prompt_that_the_exported_encoder_reads(
+    files, tiny_bert_dir, tmp_path, capsys
+):
     out, exported = tmp_path / "model", tmp_path / "exported"
-    summary = run(["finetune", "--data", str(files / "train.csv"), "--text-col", "s1", "--pair-col", "s2",
-                   "--label-col", "score", "--model", str(tiny_bert_dir), "--out", str(out), "--epochs", "2",
-                   "--prompt-tuning", "4", "--lr", "0.01", "--export-encoder", str(exported), "--quiet", "--json"], capsys)
+    summary = run(
+        [
+            "finetune",
+            "--data",
+            str(files / "train.csv"),
+            "--text-col",
+            "s1",
+            "--pair-col",
+            "s2",
+            "--label-col",
+            "score",
+            "--model",
+            str(tiny_bert_dir),
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--prompt-tuning",
+            "4",
+            "--lr",
+            "0.01",
+            "--export-encoder",
+            str(exported),
+            "--quiet",
+            "--json",
+        ],
+        capsys,
+    )
     assert summary["rmse"] > 0
     from safetensors.torch import load_file
 
@@ -186,10 +365,30 @@ def test_prompt_tuning_trains_only_a_soft_prompt_that_the_exported_encoder_reads
     np.testing.assert_allclose(encoder.encode(texts), Backbone.from_directory(str(exported)).encode(texts), atol=1e-5)
     assert not np.allclose(encoder.encode(texts), load_encoder(str(tiny_bert_dir)).encode(texts), atol=1e-3)
     # the ONNX export traces the soft prompt too
-    np.testing.assert_allclose(load_encoder(str(exported), backend="onnx").encode(texts), encoder.encode(texts), atol=1e-4)
+    np.testing.assert_allclose(
+        load_encoder(str(exported), backend="onnx").encode(texts), encoder.encode(texts), atol=1e-4
+    )
     model = HeadModel.load(out)
     assert model.encoder_["fingerprint"] == encoder.fingerprint
     assert model.finetuned_["prompt_tuning"] == 4
-    assert main(["finetune", "--data", str(files / "train.csv"), "--text-col", "s1", "--label-col", "score",
-                 "--out", str(tmp_path / "x"), "--lora", "2", "--prompt-tuning", "2"]) != 0
+    assert (
+        main(
+            [
+                "finetune",
+                "--data",
+                str(files / "train.csv"),
+                "--text-col",
+                "s1",
+                "--label-col",
+                "score",
+                "--out",
+                str(tmp_path / "x"),
+                "--lora",
+                "2",
+                "--prompt-tuning",
+                "2",
+            ]
+        )
+        != 0
+    )
     assert "not both" in capsys.readouterr().err

@@ -53,7 +53,7 @@ def test_every_example_parses_with_its_own_parser(program, command):
     while "=" in words[0]:  # VAR=value before the command
         words.pop(0)
     if words[0] == "torchrun":
-        words = words[words.index("-m") + 2:]
+        words = words[words.index("-m") + 2 :]
     else:
         words = words[1:]
     parser = PROGRAMS[words and ("heads" if command.count("heads") and program == "heads" else program)]()

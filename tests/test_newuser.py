@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import HashEncoder, one_line_error
+from conftest import HashEncoder
 from conftest import run as run_command
 
 from embedcache import EmbeddingCache, FingerprintMismatchError, spec_difference
@@ -33,6 +33,7 @@ def prompts(n, seed):
 def cue(words, value):
     def fn(text):
         return value if any(w in text.split() for w in words) else None
+
     return fn
 
 
@@ -75,8 +76,9 @@ def test_training_on_pseudo_labels_alone_warns_that_validation_is_agreement(tmp_
 def test_fit_takes_template_fields_as_predict_does(tiny_bert):
     items = [{"metric_name": m, "response": f"reply {i}"} for i, m in enumerate(["harm", "help"] * 20)]
     y = [float(i % 3) for i in range(40)]
-    model = HeadModel(head="ridge").fit(items, y, encoder=tiny_bert, template="{metric_name}: {response}",
-                                        progress=False)
+    model = HeadModel(head="ridge").fit(
+        items, y, encoder=tiny_bert, template="{metric_name}: {response}", progress=False
+    )
     assert model.columns_["template"] == "{metric_name}: {response}"
     predicted = model.predict(items[:2])  # the same dicts predict takes
     assert predicted.shape == (2, 1) and np.isfinite(predicted).all()
@@ -89,8 +91,10 @@ def test_a_cache_of_another_backend_is_named_in_the_mismatch(tmp_path, tiny_bert
     other = load_encoder(tiny_bert.spec["name_or_path"], normalize=True)
     with pytest.raises(FingerprintMismatchError, match="normalize False in the cache, True in the encoder"):
         EmbeddingCache(tmp_path / "c", other)
-    assert spec_difference({"name_or_path": "m", "backend": "openvino-int8"}, {"name_or_path": "m"}) == \
-        "backend 'openvino-int8' in the model, 'torch' in the cache"
+    assert (
+        spec_difference({"name_or_path": "m", "backend": "openvino-int8"}, {"name_or_path": "m"})
+        == "backend 'openvino-int8' in the model, 'torch' in the cache"
+    )
 
 
 def test_heads_pseudolabel_prints_what_a_constant_vote_says(tmp_path, capsys):
@@ -100,12 +104,34 @@ def test_heads_pseudolabel_prints_what_a_constant_vote_says(tmp_path, capsys):
     (tmp_path / "lfs.py").write_text(
         "from heads.labeling import labeling_function\n"
         "@labeling_function('mentions_clear')\n"
-        "def mentions_clear(text):\n    return 0.9 if 'clear' in text.split() else None\n")
+        "def mentions_clear(text):\n    return 0.9 if 'clear' in text.split() else None\n"
+    )
     EmbeddingCache(tmp_path / "c", HashEncoder()).add(texts)
-    code, out, err = run_command(main, capsys, "pseudolabel", "--cache", tmp_path / "c", "--data", tmp_path / "all.csv",
-                                 "--text-col", "prompt", "--labeled", tmp_path / "rated.csv", "--label-col", "score",
-                                 "--method", "lf", "--import", tmp_path / "lfs.py", "--lf", "mentions_clear",
-                                 "--out", tmp_path / "p.csv", "--quiet", "--json")
+    code, out, err = run_command(
+        main,
+        capsys,
+        "pseudolabel",
+        "--cache",
+        tmp_path / "c",
+        "--data",
+        tmp_path / "all.csv",
+        "--text-col",
+        "prompt",
+        "--labeled",
+        tmp_path / "rated.csv",
+        "--label-col",
+        "score",
+        "--method",
+        "lf",
+        "--import",
+        tmp_path / "lfs.py",
+        "--lf",
+        "mentions_clear",
+        "--out",
+        tmp_path / "p.csv",
+        "--quiet",
+        "--json",
+    )
     assert code == 0, err
     assert "mentions_clear" in out and "where it votes" in out
     table = pd.read_csv(tmp_path / "p.csv")
@@ -121,7 +147,9 @@ def test_quiet_means_no_bars_anywhere(tmp_path, capsys, tiny_bert):
     capsys.readouterr()
     for command in ("predict", "evaluate"):
         args = ["--model", tmp_path / "m", "--cache", tmp_path / "c", "--data", tmp_path / "new.csv", "--quiet"]
-        code, _, err = run_command(main, capsys, command, *args, *(["--out", tmp_path / "p.csv"] if command == "predict" else []))
+        code, _, err = run_command(
+            main, capsys, command, *args, *(["--out", tmp_path / "p.csv"] if command == "predict" else [])
+        )
         assert code == 0 and err == "", err
 
 
@@ -132,13 +160,20 @@ def conditioned(tmp_path_factory, tiny_bert):
     rows = []
     for i in range(160):
         metric, language = ["harm", "help"][i % 2], ["en", "hi"][(i // 2) % 2]
-        rows.append({"text": f"reply {i} {rng.choice(GOOD + BAD)}", "metric": metric, "language": language,
-                     "score": float(i % 5) + (2.0 if metric == "harm" else 0.0)})
+        rows.append(
+            {
+                "text": f"reply {i} {rng.choice(GOOD + BAD)}",
+                "metric": metric,
+                "language": language,
+                "score": float(i % 5) + (2.0 if metric == "harm" else 0.0),
+            }
+        )
     data = pd.DataFrame(rows)
     data.to_csv(root / "data.csv", index=False)
     cache = EmbeddingCache(root / "c", tiny_bert)
-    HeadModel(head="ridge").fit(cache, data, "score", text_col="text", condition_col="metric",
-                                progress=False).save(root / "m")
+    HeadModel(head="ridge").fit(cache, data, "score", text_col="text", condition_col="metric", progress=False).save(
+        root / "m"
+    )
     return root
 
 
@@ -151,16 +186,39 @@ def test_serve_names_conditions_it_never_saw(conditioned):
     with TestClient(create_app(conditioned / "m")) as client:
         seen = client.post("/score", json={"items": [{"text": "reply 1 clear", "condition": "harm"}]}).json()
         assert "unseen_conditions" not in seen
-        reply = client.post("/score", json={"items": [{"text": "reply 1 clear", "condition": "harmful content"},
-                                                      {"text": "reply 2", "condition": "help"}]}).json()
+        reply = client.post(
+            "/score",
+            json={
+                "items": [
+                    {"text": "reply 1 clear", "condition": "harmful content"},
+                    {"text": "reply 2", "condition": "help"},
+                ]
+            },
+        ).json()
         (unseen,) = reply["unseen_conditions"]
         assert unseen["condition"] == "harmful content" and unseen["nearest_trained"] in ("harm", "help")
 
 
 def test_evaluate_groups_by_several_columns_and_plots_them_sorted(conditioned, tmp_path, capsys):
-    code, out, err = run_command(main, capsys, "evaluate", "--model", conditioned / "m", "--cache", conditioned / "c",
-                                 "--data", conditioned / "data.csv", "--group-col", "language", "--group-col", "metric",
-                                 "--plots", tmp_path / "plots", "--json", "--quiet")
+    code, out, err = run_command(
+        main,
+        capsys,
+        "evaluate",
+        "--model",
+        conditioned / "m",
+        "--cache",
+        conditioned / "c",
+        "--data",
+        conditioned / "data.csv",
+        "--group-col",
+        "language",
+        "--group-col",
+        "metric",
+        "--plots",
+        tmp_path / "plots",
+        "--json",
+        "--quiet",
+    )
     assert code == 0, err
     groups = json.loads(out.strip().splitlines()[-1])["per_group"]
     assert set(groups) == {"en / harm", "en / help", "hi / harm", "hi / help"}
@@ -184,23 +242,55 @@ def test_fine_tuning_knows_the_frozen_cosine_it_must_beat(tiny_bert_dir):
 
 def test_leakage_counts_distinct_texts_shows_where_they_differ_and_checks_both_sides(tmp_path, capsys):
     system = "You are a careful assistant who answers in full sentences. " * 3
-    train = pd.DataFrame({"system": system, "user": [f"question {i}" for i in range(20)],
-                          "other": [f"other {i}" for i in range(20)]})
-    test = pd.DataFrame({"system": system, "user": ["question 3"] * 3 + ["question new"],
-                         "other": ["unrelated a", "unrelated b", "question 7", "unrelated c"]})
+    train = pd.DataFrame(
+        {"system": system, "user": [f"question {i}" for i in range(20)], "other": [f"other {i}" for i in range(20)]}
+    )
+    test = pd.DataFrame(
+        {
+            "system": system,
+            "user": ["question 3"] * 3 + ["question new"],
+            "other": ["unrelated a", "unrelated b", "question 7", "unrelated c"],
+        }
+    )
     train.to_csv(tmp_path / "train.csv", index=False)
     test.to_csv(tmp_path / "test.csv", index=False)
     composed = [f"{system}\n{u}" for u in pd.concat([train.user, test.user])]
     cache = EmbeddingCache(tmp_path / "c", HashEncoder())
     cache.add(composed + list(train.user) + list(train.other) + list(test.user) + list(test.other))
-    code, out, err = run_command(main, capsys, "leakage", "--cache", tmp_path / "c", "--train", tmp_path / "train.csv",
-                                 "--test", tmp_path / "test.csv", "--template", "{system}\\n{user}", "--json")
+    code, out, err = run_command(
+        main,
+        capsys,
+        "leakage",
+        "--cache",
+        tmp_path / "c",
+        "--train",
+        tmp_path / "train.csv",
+        "--test",
+        tmp_path / "test.csv",
+        "--template",
+        "{system}\\n{user}",
+        "--json",
+    )
     assert code == 0, err
     summary = json.loads(out.strip().splitlines()[-1])
     assert (summary["n_test"], summary["n_leaked"], summary["n_leaked_rows"]) == (2, 1, 3)  # distinct texts
     assert "question 3" in out  # the preview starts where the texts differ, past the shared system prompt
-    code, out, err = run_command(main, capsys, "leakage", "--cache", tmp_path / "c", "--train", tmp_path / "train.csv",
-                                 "--test", tmp_path / "test.csv", "--text-col", "user", "--pair-col", "other", "--json")
+    code, out, err = run_command(
+        main,
+        capsys,
+        "leakage",
+        "--cache",
+        tmp_path / "c",
+        "--train",
+        tmp_path / "train.csv",
+        "--test",
+        tmp_path / "test.csv",
+        "--text-col",
+        "user",
+        "--pair-col",
+        "other",
+        "--json",
+    )
     assert code == 0, err
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["n_leaked"] == 2 and "(pair)" in out  # "question 7" leaked through the second side

@@ -75,8 +75,10 @@ def test_readers_see_the_union_of_parts_and_the_first_copy_of_a_text_wins(tmp_pa
     assert after.parts == [] and after.info()["shards"] == 2 and after.verify() == []
     np.testing.assert_array_equal(after.get(texts), stored(expected))  # the same copies as before
     np.testing.assert_array_equal(cache.get(texts), stored(expected))  # an old handle follows the new manifest
-    assert not (d / "parts" / "a").exists() and sorted(p.name for p in d.glob("shard-*")) == ["shard-000003.h5",
-                                                                                              "shard-000004.h5"]
+    assert not (d / "parts" / "a").exists() and sorted(p.name for p in d.glob("shard-*")) == [
+        "shard-000003.h5",
+        "shard-000004.h5",
+    ]
 
 
 def test_verify_and_repair_cover_every_part_and_a_rerun_of_the_part_recomputes(tmp_path):
@@ -108,18 +110,38 @@ def test_a_part_never_mixes_encoders(tmp_path):
         EmbeddingCache(d, HashEncoder(), part="../escape")
 
 
-@pytest.mark.parametrize("env, expected", [
-    ({}, (0, 1, 0, None)),
-    ({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}, (3, 8, 1, "rank-00003-of-00008")),
-    ({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "10"}, (4, 10, 0, "rank-00004-of-00010")),
-    ({"SLURM_PROCID": "6", "SLURM_STEP_NUM_TASKS": "16", "SLURM_NTASKS": "16", "SLURM_LOCALID": "2"}, (6, 16, 2, "rank-00006-of-00016")),
-    # array task 2 of 4, each running srun with 2 tasks: 8 slices
-    ({"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "2"}, (5, 8, 0, "rank-00005-of-00008")),
-    # a batch script with --ntasks 4 but no srun: one process, which must do everything
-    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "4"}, (0, 1, 0, None)),
-    # torchrun inside a Slurm allocation: torchrun's ranks
-    ({"RANK": "1", "WORLD_SIZE": "2", "SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "1"}, (1, 2, 0, "rank-00001-of-00002")),
-])
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({}, (0, 1, 0, None)),
+        ({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}, (3, 8, 1, "rank-00003-of-00008")),
+        (
+            {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "10"},
+            (4, 10, 0, "rank-00004-of-00010"),
+        ),
+        (
+            {"SLURM_PROCID": "6", "SLURM_STEP_NUM_TASKS": "16", "SLURM_NTASKS": "16", "SLURM_LOCALID": "2"},
+            (6, 16, 2, "rank-00006-of-00016"),
+        ),
+        # array task 2 of 4, each running srun with 2 tasks: 8 slices
+        (
+            {
+                "SLURM_ARRAY_TASK_ID": "2",
+                "SLURM_ARRAY_TASK_COUNT": "4",
+                "SLURM_PROCID": "1",
+                "SLURM_STEP_NUM_TASKS": "2",
+            },
+            (5, 8, 0, "rank-00005-of-00008"),
+        ),
+        # a batch script with --ntasks 4 but no srun: one process, which must do everything
+        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "4"}, (0, 1, 0, None)),
+        # torchrun inside a Slurm allocation: torchrun's ranks
+        (
+            {"RANK": "1", "WORLD_SIZE": "2", "SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "1"},
+            (1, 2, 0, "rank-00001-of-00002"),
+        ),
+    ],
+)
 def test_rank_and_world_size_come_from_each_launcher(env, expected):
     me = launcher_rank(env=env)
     assert (me.rank, me.world_size, me.local_rank, me.part) == expected
@@ -127,8 +149,12 @@ def test_rank_and_world_size_come_from_each_launcher(env, expected):
 
 def test_flags_override_the_launcher_and_bad_ranks_are_refused():
     assert launcher_rank(2, 4, env={"RANK": "0", "WORLD_SIZE": "2"}).part == "rank-00002-of-00004"
-    for rank, world, env in ((4, 4, {}), (None, 4, {}), (None, None, {"RANK": "2", "WORLD_SIZE": "2"}),
-                             (None, None, {"WORLD_SIZE": "two"})):
+    for rank, world, env in (
+        (4, 4, {}),
+        (None, 4, {}),
+        (None, None, {"RANK": "2", "WORLD_SIZE": "2"}),
+        (None, None, {"WORLD_SIZE": "two"}),
+    ):
         with pytest.raises(ParameterError):
             launcher_rank(rank, world, env=env)
 
@@ -141,14 +167,36 @@ def test_slices_of_the_ranks_split_the_texts_exactly():
 
 
 def _precompute(data, cache, model, env_extra):
-    cmd = [sys.executable, "-m", "embedcache.cli", "precompute", str(data), "--cache", str(cache), "--model", str(model),
-           "--text-col", "prompt", "--shard-size", "500", "--quiet", "--json"]
-    return subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1", **env_extra}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "embedcache.cli",
+        "precompute",
+        str(data),
+        "--cache",
+        str(cache),
+        "--model",
+        str(model),
+        "--text-col",
+        "prompt",
+        "--shard-size",
+        "500",
+        "--quiet",
+        "--json",
+    ]
+    return subprocess.Popen(
+        cmd,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **env_extra},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.mark.slow
-def test_ranks_at_once_and_a_killed_rank_rerun_give_every_text_once_with_single_process_vectors(tmp_path, tiny_bert_dir):
+def test_ranks_at_once_and_a_killed_rank_rerun_give_every_text_once_with_single_process_vectors(
+    tmp_path, tiny_bert_dir
+):
     n = 30_000
     texts = [f"prompt {i} about {i % 97} things" for i in range(n)]
     data = tmp_path / "corpus.csv"
@@ -197,6 +245,7 @@ def _crash_at(step, cache_dir, queue):
             if done[0] == step:
                 os._exit(17)
             return real(*args, **kwargs)
+
         return call
 
     for name in ("replace", "rename", "link", "unlink", "rmdir"):
@@ -212,7 +261,8 @@ def test_a_compaction_killed_at_any_step_leaves_a_whole_cache_and_a_rerun_finish
     EmbeddingCache(template, enc, shard_size=3).add([f"top {i}" for i in range(7)])  # shards of 3, 3, 1
     for r in range(2):
         EmbeddingCache(template, enc, shard_size=2, part=f"rank-{r:05d}-of-00002").add(
-            [f"rank {r} text {i}" for i in range(5)] + ["top 1"])
+            [f"rank {r} text {i}" for i in range(5)] + ["top 1"]
+        )
     planted_part(template, tmp_path, "z", ["rank 0 text 1", "z text"], ShiftedEncoder())  # a duplicate, read second
     texts = [f"top {i}" for i in range(7)] + [f"rank {r} text {i}" for r in range(2) for i in range(5)] + ["z text"]
     expected = stored([enc.vector(t) if t != "z text" else ShiftedEncoder().vector(t) for t in texts])

@@ -15,12 +15,14 @@ from embedcache import EmbeddingCache, load_encoder
 from embedcache.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-ROWS = pd.DataFrame({
-    "id": [1, 2, 3, 4],
-    "system": ["be kind", "be kind", "be brief", "be kind"],
-    "prompt": ["how do i bake bread?", "what is 2+2?", "name a colour", "how do i bake bread?"],
-    "response": ["knead, rest, bake", "4", "blue", "use an oven"],
-})
+ROWS = pd.DataFrame(
+    {
+        "id": [1, 2, 3, 4],
+        "system": ["be kind", "be kind", "be brief", "be kind"],
+        "prompt": ["how do i bake bread?", "what is 2+2?", "name a colour", "how do i bake bread?"],
+        "response": ["knead, rest, bake", "4", "blue", "use an oven"],
+    }
+)
 
 
 def run(capsys, *args):
@@ -53,8 +55,21 @@ def write(df, path):
 @pytest.mark.parametrize("ext", [".csv", ".tsv", ".json", ".jsonl", ".parquet"])
 def test_each_format_caches_each_text_column(tmp_path, capsys, tiny_bert_dir, ext):
     data = write(ROWS, tmp_path / f"rows{ext}")
-    code, s, _ = run(capsys, "precompute", data, "--cache", tmp_path / "c", "--model", tiny_bert_dir,
-                     "--text-col", "prompt", "--text-col", "response", "--json", "--quiet")
+    code, s, _ = run(
+        capsys,
+        "precompute",
+        data,
+        "--cache",
+        tmp_path / "c",
+        "--model",
+        tiny_bert_dir,
+        "--text-col",
+        "prompt",
+        "--text-col",
+        "response",
+        "--json",
+        "--quiet",
+    )
     assert code == 0
     assert (s["rows"], s["texts"], s["unique"], s["cached"], s["encoded"], s["skipped"]) == (4, 8, 7, 0, 7, 0)
     assert set(s) >= {"rows", "unique", "cached", "encoded", "skipped", "truncated", "seconds", "texts_per_s"}
@@ -76,8 +91,18 @@ def test_rerun_encodes_nothing_and_new_rows_only_once(tmp_path, capsys, tiny_ber
 def test_template_composes_columns_into_one_text(tmp_path, capsys, tiny_bert_dir):
     data = write(ROWS, tmp_path / "rows.jsonl")
     template = "[SYSTEM] {system}\\n[USER] {prompt}\\n[RESPONSE] {response}"
-    code, s, _ = run(capsys, "precompute", data, "--cache", tmp_path / "c", "--model", tiny_bert_dir,
-                     "--template", template, "--json")
+    code, s, _ = run(
+        capsys,
+        "precompute",
+        data,
+        "--cache",
+        tmp_path / "c",
+        "--model",
+        tiny_bert_dir,
+        "--template",
+        template,
+        "--json",
+    )
     assert code == 0 and s["encoded"] == 4
     composed = [f"[SYSTEM] {a}\n[USER] {b}\n[RESPONSE] {c}" for a, b, c in zip(ROWS.system, ROWS.prompt, ROWS.response)]
     assert EmbeddingCache(tmp_path / "c").contains(composed).all()
@@ -85,16 +110,39 @@ def test_template_composes_columns_into_one_text(tmp_path, capsys, tiny_bert_dir
 
 def test_vectors_from_precompute_equal_direct_encoding(tmp_path, capsys, tiny_bert_dir):
     data = write(ROWS, tmp_path / "rows.csv")
-    run(capsys, "precompute", data, "--cache", tmp_path / "c", "--model", tiny_bert_dir, "--text-col", "response",
-        "--dtype", "float32")
+    run(
+        capsys,
+        "precompute",
+        data,
+        "--cache",
+        tmp_path / "c",
+        "--model",
+        tiny_bert_dir,
+        "--text-col",
+        "response",
+        "--dtype",
+        "float32",
+    )
     direct = load_encoder(str(tiny_bert_dir)).encode(ROWS.response.tolist())
     np.testing.assert_allclose(EmbeddingCache(tmp_path / "c").get(ROWS.response.tolist()), direct, atol=1e-5)
 
 
 def test_truncated_texts_are_reported(tmp_path, capsys, tiny_bert_dir):
     data = write(ROWS.assign(prompt=["word " * 100, "short", "word " * 50, "ok"]), tmp_path / "rows.csv")
-    code, s, err = run(capsys, "precompute", data, "--cache", tmp_path / "c", "--model", tiny_bert_dir,
-                       "--max-length", "32", "--text-col", "prompt", "--json")
+    code, s, err = run(
+        capsys,
+        "precompute",
+        data,
+        "--cache",
+        tmp_path / "c",
+        "--model",
+        tiny_bert_dir,
+        "--max-length",
+        "32",
+        "--text-col",
+        "prompt",
+        "--json",
+    )
     assert code == 0 and s["truncated"] == 2
     assert "2 texts were longer than 32 tokens" in err
 
@@ -124,7 +172,9 @@ def test_missing_file(tmp_path, capsys, tiny_bert_dir, filled_cache):
 
 def test_unreadable_format(tmp_path, capsys, tiny_bert_dir, filled_cache):
     (tmp_path / "data.xlsx").write_bytes(b"PK\x03\x04")
-    assert "cannot tell the format" in bad_run(capsys, filled_cache, tiny_bert_dir, tmp_path / "data.xlsx", "--text-col", "p")
+    assert "cannot tell the format" in bad_run(
+        capsys, filled_cache, tiny_bert_dir, tmp_path / "data.xlsx", "--text-col", "p"
+    )
     (tmp_path / "broken.parquet").write_bytes(b"not parquet at all")
     err = bad_run(capsys, filled_cache, tiny_bert_dir, tmp_path / "broken.parquet", "--text-col", "p")
     assert "broken.parquet: not a readable Parquet file" in err
@@ -150,8 +200,19 @@ def test_empty_texts_are_errors_naming_rows_or_skipped_with_a_flag(tmp_path, cap
     err = bad_run(capsys, filled_cache, tiny_bert_dir, data, "--text-col", "prompt")
     assert f"rows{ext}: column 'prompt' has 12 empty, whitespace-only or missing texts" in err
     assert "at rows 2, 5, 6, 9, 11, 13, 17, 19, 21, 23 and 2 more" in err
-    code, s, _ = run(capsys, "precompute", data, "--cache", filled_cache, "--model", tiny_bert_dir,
-                     "--text-col", "prompt", "--skip-empty", "--json")
+    code, s, _ = run(
+        capsys,
+        "precompute",
+        data,
+        "--cache",
+        filled_cache,
+        "--model",
+        tiny_bert_dir,
+        "--text-col",
+        "prompt",
+        "--skip-empty",
+        "--json",
+    )
     assert code == 0 and (s["rows"], s["skipped"], s["encoded"]) == (30, 12, 1)
 
 
@@ -179,8 +240,19 @@ def test_another_model_on_the_same_cache_is_refused(tmp_path, capsys, tiny_bert_
 
 def test_verify_names_a_corrupted_shard_and_repair_lets_a_rerun_recompute_it(tmp_path, capsys, tiny_bert_dir):
     data = write(pd.DataFrame({"prompt": [f"prompt number {i}" for i in range(30)]}), tmp_path / "rows.csv")
-    args = ["precompute", data, "--cache", tmp_path / "c", "--model", tiny_bert_dir, "--text-col", "prompt",
-            "--shard-size", "10", "--json"]
+    args = [
+        "precompute",
+        data,
+        "--cache",
+        tmp_path / "c",
+        "--model",
+        tiny_bert_dir,
+        "--text-col",
+        "prompt",
+        "--shard-size",
+        "10",
+        "--json",
+    ]
     run(capsys, *args)
     assert run(capsys, "verify", tmp_path / "c", "--json")[1]["ok"] is True
     shard = tmp_path / "c" / "shard-000002.h5"
@@ -201,8 +273,19 @@ def test_verify_names_a_corrupted_shard_and_repair_lets_a_rerun_recompute_it(tmp
 
 def test_verify_names_a_missing_or_truncated_shard(tmp_path, capsys, tiny_bert_dir):
     data = write(pd.DataFrame({"prompt": [f"p{i}" for i in range(20)]}), tmp_path / "rows.csv")
-    run(capsys, "precompute", data, "--cache", tmp_path / "c", "--model", tiny_bert_dir, "--text-col", "prompt",
-        "--shard-size", "5")
+    run(
+        capsys,
+        "precompute",
+        data,
+        "--cache",
+        tmp_path / "c",
+        "--model",
+        tiny_bert_dir,
+        "--text-col",
+        "prompt",
+        "--shard-size",
+        "5",
+    )
     (tmp_path / "c" / "shard-000001.h5").unlink()
     (tmp_path / "c" / "shard-000003.h5").write_bytes(b"\x89HDF\r\n")
     code, report, _ = run(capsys, "verify", tmp_path / "c", "--json")
@@ -219,8 +302,10 @@ def test_info_prints_fingerprint_model_dimension_count_and_size(tmp_path, capsys
 
 
 def test_script_and_console_command_teach_with_help():
-    for cmd in ([sys.executable, str(ROOT / "scripts" / "precompute.py"), "--help"],
-                [sys.executable, "-m", "embedcache.cli", "precompute", "--help"]):
+    for cmd in (
+        [sys.executable, str(ROOT / "scripts" / "precompute.py"), "--help"],
+        [sys.executable, "-m", "embedcache.cli", "precompute", "--help"],
+    ):
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         assert "--text-col" in out and "examples:" in out and "resume" in out
 
@@ -228,9 +313,24 @@ def test_script_and_console_command_teach_with_help():
 @pytest.mark.slow
 def test_a_killed_precompute_leaves_a_whole_cache_and_a_rerun_completes_it(tmp_path, tiny_bert_dir):
     n = 60_000
-    data = write(pd.DataFrame({"prompt": [f"prompt {i} about {i % 97} things" for i in range(n)]}), tmp_path / "big.csv")
-    cmd = [sys.executable, str(ROOT / "scripts" / "precompute.py"), str(data), "--cache", str(tmp_path / "c"),
-           "--model", str(tiny_bert_dir), "--text-col", "prompt", "--shard-size", "1000", "--quiet", "--json"]
+    data = write(
+        pd.DataFrame({"prompt": [f"prompt {i} about {i % 97} things" for i in range(n)]}), tmp_path / "big.csv"
+    )
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "precompute.py"),
+        str(data),
+        "--cache",
+        str(tmp_path / "c"),
+        "--model",
+        str(tiny_bert_dir),
+        "--text-col",
+        "prompt",
+        "--shard-size",
+        "1000",
+        "--quiet",
+        "--json",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     manifest = tmp_path / "c" / "manifest.json"

@@ -66,8 +66,9 @@ def test_a_parts_link_out_of_the_cache_is_never_followed(cache_dir, tmp_path, ca
     (cache_dir / "parts").symlink_to(outside)
     before = sorted(p.name for p in outside.rglob("*"))
     for args in (["compact", cache_dir], ["verify", cache_dir], ["info", cache_dir]):
-        code, _, err = run_command(main, capsys, *args, "--quiet") if args[0] == "compact" else \
-            run_command(main, capsys, *args)
+        code, _, err = (
+            run_command(main, capsys, *args, "--quiet") if args[0] == "compact" else run_command(main, capsys, *args)
+        )
         one_line_error(code, err, "parts", "link")
     assert sorted(p.name for p in outside.rglob("*")) == before
 
@@ -82,8 +83,21 @@ def test_a_parts_file_is_one_line(cache_dir, tmp_path, capsys):
     with pytest.raises(CacheDamagedError, match="not a directory"):
         EmbeddingCache(cache_dir).get(["top 1"])
     (tmp_path / "in.csv").write_text("text\nnew text\n")
-    code, _, err = run_command(main, capsys, "precompute", tmp_path / "in.csv", "--cache", cache_dir, "--text-col",
-                               "text", "--rank", "0", "--world-size", "2", "--quiet")
+    code, _, err = run_command(
+        main,
+        capsys,
+        "precompute",
+        tmp_path / "in.csv",
+        "--cache",
+        cache_dir,
+        "--text-col",
+        "text",
+        "--rank",
+        "0",
+        "--world-size",
+        "2",
+        "--quiet",
+    )
     one_line_error(code, err, "not a directory")
 
 
@@ -138,7 +152,9 @@ def test_readers_never_see_a_false_damaged_error_while_compacting(tmp_path):
     thread.start()
     try:
         for round_ in range(8):
-            EmbeddingCache(d, HashEncoder(), shard_size=1, part=f"r{round_}").add([f"new {round_} {i}" for i in range(3)])
+            EmbeddingCache(d, HashEncoder(), shard_size=1, part=f"r{round_}").add(
+                [f"new {round_} {i}" for i in range(3)]
+            )
             compact(d, shard_size=3)
     finally:
         stop.set()

@@ -88,9 +88,17 @@ def test_ray_precompute_with_an_actor_killed_mid_run_then_batch_scoring(local_ra
 
     root, texts = corpus
     cache = tmp_path / "c"
-    thread, result = _in_background(lambda: precompute(
-        str(root / "*.parquet"), cache, ["prompt"], model=str(tiny_bert_dir), workers=2,  # no CPU flag: sized to fit
-        rows_per_batch=500, progress=False))
+    thread, result = _in_background(
+        lambda: precompute(
+            str(root / "*.parquet"),
+            cache,
+            ["prompt"],
+            model=str(tiny_bert_dir),
+            workers=2,  # no CPU flag: sized to fit
+            rows_per_batch=500,
+            progress=False,
+        )
+    )
     killed = _kill_one_when(lambda: _part_shards(cache) >= 2, "MapBatches(_EncodingActor)", thread)
     thread.join(300)
     assert "error" not in result, result.get("error")
@@ -119,9 +127,26 @@ def test_ray_precompute_with_an_actor_killed_mid_run_then_batch_scoring(local_ra
     from heads.cli import main
 
     def score():
-        return main(["predict", "--model", str(tmp_path / "m"), "--data", str(root / "*.parquet"), "--ray",
-                     "--workers", "2", "--cpus-per-worker", "0.5", "--interval", "0.9", "--out",
-                     str(tmp_path / "scores"), "--quiet", "--json"])
+        return main(
+            [
+                "predict",
+                "--model",
+                str(tmp_path / "m"),
+                "--data",
+                str(root / "*.parquet"),
+                "--ray",
+                "--workers",
+                "2",
+                "--cpus-per-worker",
+                "0.5",
+                "--interval",
+                "0.9",
+                "--out",
+                str(tmp_path / "scores"),
+                "--quiet",
+                "--json",
+            ]
+        )
 
     thread, result = _in_background(score)
     _kill_one_when(lambda: len(list((tmp_path / "scores").glob("*.parquet"))) >= 3, "MapBatches(_ScoringActor)", thread)
@@ -144,8 +169,11 @@ def test_batch_scoring_refuses_two_inputs_that_would_share_an_output(tmp_path):
         (tmp_path / d).mkdir()
         pd.DataFrame({"text": ["x"]}).to_parquet(tmp_path / d / "same.parquet")
     with pytest.raises(InputError, match="same.parquet"):
-        score_files(tmp_path / "m", [str(tmp_path / "a" / "same.parquet"), str(tmp_path / "b" / "same.parquet")],
-                    tmp_path / "out")
+        score_files(
+            tmp_path / "m",
+            [str(tmp_path / "a" / "same.parquet"), str(tmp_path / "b" / "same.parquet")],
+            tmp_path / "out",
+        )
     with pytest.raises(InputError, match="no file matches"):
         score_files(tmp_path / "m", [str(tmp_path / "none-*.parquet")], tmp_path / "out")
 
@@ -159,7 +187,14 @@ def test_actors_that_would_hold_every_cpu_are_refused_naming_the_flag(local_ray,
     root, _ = corpus
     started = time.monotonic()
     with pytest.raises(ParameterError, match="--cpus-per-worker 0.5"):
-        precompute(str(root / "part-1.parquet"), tmp_path / "c", ["prompt"], model=str(tiny_bert_dir), workers=2,
-                   cpus_per_worker=1, progress=False)
+        precompute(
+            str(root / "part-1.parquet"),
+            tmp_path / "c",
+            ["prompt"],
+            model=str(tiny_bert_dir),
+            workers=2,
+            cpus_per_worker=1,
+            progress=False,
+        )
     assert time.monotonic() - started < 60
     assert actor_cpus(2, 2, None) == 0.5 and actor_cpus(16, 8, None) == 1.0

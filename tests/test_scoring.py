@@ -11,7 +11,20 @@ from embedcache import EmbeddingCache, ParameterError
 from heads import HeadModel
 from heads.cli import main
 
-WORDS = ["apple", "river", "stone", "cloud", "music", "paper", "garden", "window", "forest", "engine", "coffee", "bridge"]
+WORDS = [
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "music",
+    "paper",
+    "garden",
+    "window",
+    "forest",
+    "engine",
+    "coffee",
+    "bridge",
+]
 
 
 def pairs(n, seed):
@@ -26,7 +39,9 @@ def saved(tmp_path_factory, tiny_bert):
     """A frozen ridge head on pairs, saved; the cache built with the tiny BERT (its directory is in the config)."""
     root = tmp_path_factory.mktemp("scoring")
     cache = EmbeddingCache(root / "cache", tiny_bert)
-    HeadModel(head="ridge").fit(cache, pairs(200, 0), "score", text_col="a", pair_col="b", progress=False).save(root / "m")
+    HeadModel(head="ridge").fit(cache, pairs(200, 0), "score", text_col="a", pair_col="b", progress=False).save(
+        root / "m"
+    )
     return root / "m", cache
 
 
@@ -47,15 +62,21 @@ def test_texts_in_scores_out_without_a_cache(saved):
 
 def test_a_single_text_and_conditions(tmp_path, tiny_bert):
     rng = np.random.default_rng(2)
-    rows = pd.DataFrame({"response": [" ".join(rng.choice(WORDS, 4)) for _ in range(120)],
-                         "metric": rng.choice(["harm", "help"], 120)})
+    rows = pd.DataFrame(
+        {"response": [" ".join(rng.choice(WORDS, 4)) for _ in range(120)], "metric": rng.choice(["harm", "help"], 120)}
+    )
     rows["score"] = [float(("apple" in r) + 2 * (m == "harm")) for r, m in zip(rows.response, rows.metric)]
     cache = EmbeddingCache(tmp_path / "c", tiny_bert)
-    model = HeadModel(head="ridge").fit(cache, rows, "score", text_col="response", condition_col="metric", progress=False)
+    model = HeadModel(head="ridge").fit(
+        cache, rows, "score", text_col="response", condition_col="metric", progress=False
+    )
     one = model.predict("apple river stone cloud", conditions=["harm"])
     assert one.shape == (1, 1)
-    np.testing.assert_allclose(model.predict(rows.response.tolist()[:10], conditions=rows.metric.tolist()[:10]),
-                               model.predict(rows.head(10), cache), atol=1e-2)  # float16 in the cache
+    np.testing.assert_allclose(
+        model.predict(rows.response.tolist()[:10], conditions=rows.metric.tolist()[:10]),
+        model.predict(rows.head(10), cache),
+        atol=1e-2,
+    )  # float16 in the cache
     with pytest.raises(ParameterError, match="conditions has 2 values for 1 texts"):
         model.predict("apple", conditions=["harm", "help"])
     with pytest.raises(ParameterError, match=r"data\[1\]: expected a text, a tuple or a dict, got int"):
@@ -89,14 +110,61 @@ def test_predict_and_evaluate_commands_give_intervals(tmp_path, capsys):
         rows.to_csv(tmp_path / f"{name}.csv", index=False)
         cache.add(rows.text.tolist(), progress=False)  # as embedcache precompute would
     common = ["--cache", str(cache.path)]
-    assert main(["train", *common, "--data", str(tmp_path / "train.csv"), "--label-col", "y", "--head", "ridge",
-                 "--val-fraction", "0.3", "--out", str(tmp_path / "m"), "--quiet"]) == 0
-    assert main(["predict", *common, "--model", str(tmp_path / "m"), "--data", str(tmp_path / "test.csv"),
-                 "--interval", "0.9", "--out", str(tmp_path / "p.csv")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *common,
+                "--data",
+                str(tmp_path / "train.csv"),
+                "--label-col",
+                "y",
+                "--head",
+                "ridge",
+                "--val-fraction",
+                "0.3",
+                "--out",
+                str(tmp_path / "m"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "predict",
+                *common,
+                "--model",
+                str(tmp_path / "m"),
+                "--data",
+                str(tmp_path / "test.csv"),
+                "--interval",
+                "0.9",
+                "--out",
+                str(tmp_path / "p.csv"),
+            ]
+        )
+        == 0
+    )
     out = pd.read_csv(tmp_path / "p.csv")
     assert list(out.columns) == ["id", "score", "lower", "upper"] and (out.lower <= out.score).all()
-    assert main(["evaluate", *common, "--model", str(tmp_path / "m"), "--data", str(tmp_path / "test.csv"),
-                 "--interval", "0.9", "--json"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                *common,
+                "--model",
+                str(tmp_path / "m"),
+                "--data",
+                str(tmp_path / "test.csv"),
+                "--interval",
+                "0.9",
+                "--json",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out.strip().splitlines()
     report = json.loads(printed[-1])["interval"]
     assert abs(report["coverage"] - 0.9) < 0.03 and printed[-2].startswith("0.9 intervals: coverage")
@@ -121,11 +189,15 @@ def test_fit_on_plain_texts_and_labels_in_memory_or_through_a_new_cache(tmp_path
     built = EmbeddingCache(tmp_path / "new-cache")  # fit built and filled it
     assert built.fingerprint == tiny_bert.fingerprint and built.contains(data.a.tolist()).all()
     dev = pairs(10, 4)
-    np.testing.assert_allclose(through.predict(list(zip(dev.a, dev.b))), in_memory.predict(list(zip(dev.a, dev.b))),
-                               atol=1e-2)  # the cache keeps float16
-    conditioned = HeadModel(head="ridge").fit(data.a.tolist(), np.stack([labels, -labels], axis=1),
-                                              conditions=["harm", "help"] * 75, encoder=tiny_bert)
-    assert conditioned.labels_ == ["score_0", "score_1"] and conditioned.predict("apple", conditions=["harm"]).shape == (1, 2)
+    np.testing.assert_allclose(
+        through.predict(list(zip(dev.a, dev.b))), in_memory.predict(list(zip(dev.a, dev.b))), atol=1e-2
+    )  # the cache keeps float16
+    conditioned = HeadModel(head="ridge").fit(
+        data.a.tolist(), np.stack([labels, -labels], axis=1), conditions=["harm", "help"] * 75, encoder=tiny_bert
+    )
+    assert conditioned.labels_ == ["score_0", "score_1"] and conditioned.predict(
+        "apple", conditions=["harm"]
+    ).shape == (1, 2)
     with pytest.raises(ParameterError, match=r"labels has shape \(3,\) for 150 texts"):
         HeadModel().fit(texts, [1, 2, 3], encoder=tiny_bert)
 
@@ -137,16 +209,64 @@ def test_evaluate_reports_metrics_per_group(tmp_path, capsys):
     for name, rows in (("train", train), ("test", test)):
         rows.to_csv(tmp_path / f"{name}.csv", index=False)
         cache.add(rows.text.tolist(), progress=False)
-    assert main(["train", "--cache", str(cache.path), "--data", str(tmp_path / "train.csv"), "--label-col", "y",
-                 "--head", "ridge", "--out", str(tmp_path / "m"), "--quiet"]) == 0
-    assert main(["evaluate", "--model", str(tmp_path / "m"), "--cache", str(cache.path), "--data",
-                 str(tmp_path / "test.csv"), "--group-col", "lang", "--plots", str(tmp_path / "plots"), "--json"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--cache",
+                str(cache.path),
+                "--data",
+                str(tmp_path / "train.csv"),
+                "--label-col",
+                "y",
+                "--head",
+                "ridge",
+                "--out",
+                str(tmp_path / "m"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(tmp_path / "m"),
+                "--cache",
+                str(cache.path),
+                "--data",
+                str(tmp_path / "test.csv"),
+                "--group-col",
+                "lang",
+                "--plots",
+                str(tmp_path / "plots"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out.strip().splitlines()
     groups = json.loads(printed[-1])["per_group"]
     assert list(groups) == ["hi", "bn", "en"] and all(groups[g]["y"]["n"] == 100 for g in groups)
     assert groups["bn"]["y"]["rmse"] > 2.5 and groups["hi"]["y"]["rmse"] < 1  # the shifted group stands out
     assert any(line.startswith("  lang=bn: n=100") for line in printed)
     assert (tmp_path / "plots" / "per_group.png").read_bytes().startswith(b"\x89PNG")
-    assert main(["evaluate", "--model", str(tmp_path / "m"), "--cache", str(cache.path), "--data",
-                 str(tmp_path / "test.csv"), "--group-col", "language"]) == 1
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(tmp_path / "m"),
+                "--cache",
+                str(cache.path),
+                "--data",
+                str(tmp_path / "test.csv"),
+                "--group-col",
+                "language",
+            ]
+        )
+        == 1
+    )
     assert "no column 'language'" in capsys.readouterr().err

@@ -19,15 +19,33 @@ from heads import HeadModel
 from heads.cli import main
 from heads.serve import Batcher, ServeConfig, create_app
 
-WORDS = ["apple", "river", "stone", "cloud", "music", "paper", "garden", "window", "forest", "engine", "coffee", "bridge"]
+WORDS = [
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "music",
+    "paper",
+    "garden",
+    "window",
+    "forest",
+    "engine",
+    "coffee",
+    "bridge",
+]
 
 
 def rows(n, seed):
     rng = np.random.default_rng(seed)
     texts = [" ".join(rng.choice(WORDS, 4)) for _ in range(n)]
     metrics = rng.choice(["harm", "help"], n)
-    return pd.DataFrame({"response": texts, "metric": metrics,
-                         "score": [float(("apple" in t) + 2 * (m == "harm")) for t, m in zip(texts, metrics)]})
+    return pd.DataFrame(
+        {
+            "response": texts,
+            "metric": metrics,
+            "score": [float(("apple" in t) + 2 * (m == "harm")) for t, m in zip(texts, metrics)],
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +53,31 @@ def served(tmp_path_factory, tiny_bert):
     root = tmp_path_factory.mktemp("serve")
     cache = EmbeddingCache(root / "cache", tiny_bert)
     train = rows(200, 0)
-    HeadModel(head="ridge").fit(cache, train, "score", text_col="response", condition_col="metric",
-                                progress=False).save(root / "m")
+    HeadModel(head="ridge").fit(
+        cache, train, "score", text_col="response", condition_col="metric", progress=False
+    ).save(root / "m")
     return root
 
 
 def test_scores_equal_heads_predict_with_intervals(served, tmp_path, capsys):
     new = rows(20, 1)
     new.to_csv(tmp_path / "new.csv", index=False)
-    assert main(["predict", "--model", str(served / "m"), "--data", str(tmp_path / "new.csv"), "--interval", "0.9",
-                 "--out", str(tmp_path / "p.csv")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(served / "m"),
+                "--data",
+                str(tmp_path / "new.csv"),
+                "--interval",
+                "0.9",
+                "--out",
+                str(tmp_path / "p.csv"),
+            ]
+        )
+        == 0
+    )
     expected = pd.read_csv(tmp_path / "p.csv")
     with TestClient(create_app(served / "m")) as client:
         items = [{"text": t, "condition": m} for t, m in zip(new.response, new.metric)]
@@ -58,8 +91,15 @@ def test_scores_equal_heads_predict_with_intervals(served, tmp_path, capsys):
         assert client.get("/health").json() == {"status": "ok"}
         described = client.get("/model").json()
         assert described["fields"] == ["text", "condition"] and described["labels"] == ["score"]
-        by_column = client.post("/score", json={"items": [{"response": t, "metric": m}  # the trained column names
-                                                          for t, m in zip(new.response[:3], new.metric[:3])]})
+        by_column = client.post(
+            "/score",
+            json={
+                "items": [
+                    {"response": t, "metric": m}  # the trained column names
+                    for t, m in zip(new.response[:3], new.metric[:3])
+                ]
+            },
+        )
         np.testing.assert_allclose(by_column.json()["scores"], body["scores"][:3], rtol=1e-12)
         # those 3 texts were seen before: their vectors came from memory, not encoded again
         metrics = client.get("/metrics").text
@@ -68,23 +108,31 @@ def test_scores_equal_heads_predict_with_intervals(served, tmp_path, capsys):
         assert "heads_latency_seconds_count 2.0" in metrics
 
 
-@pytest.mark.parametrize("body, words", [
-    ({"items": []}, "items: expected a non-empty list"),
-    ({"items": [{"text": "a b", "condition": "harm"}, {"text": "a b"}]}, "items[1].condition: missing"),
-    ({"items": [{"text": 5, "condition": "harm"}]}, "items[0].text: expected a string, got int"),
-    ({"items": [{"text": "  ", "condition": "harm"}]}, "items[0].text: empty text"),
-    ({"items": [{"text": "x" * 101, "condition": "harm"}]}, "items[0].text: 101 characters, at most 100"),
-    ({"items": [{"text": "a", "condition": "harm"}] * 5}, "items: 5 items, at most 4 per request"),
-    ({"items": [{"text": "a", "condition": "harm", "path": "/etc/passwd"}]}, "items[0]: unknown field 'path'"),
-    ({"items": ["a"]}, "items[0]: expected an object with text, condition"),
-    ({"items": [{"text": "a", "condition": "harm"}], "interval": 1.5}, "interval: expected a number between 0 and 1"),
-])
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ({"items": []}, "items: expected a non-empty list"),
+        ({"items": [{"text": "a b", "condition": "harm"}, {"text": "a b"}]}, "items[1].condition: missing"),
+        ({"items": [{"text": 5, "condition": "harm"}]}, "items[0].text: expected a string, got int"),
+        ({"items": [{"text": "  ", "condition": "harm"}]}, "items[0].text: empty text"),
+        ({"items": [{"text": "x" * 101, "condition": "harm"}]}, "items[0].text: 101 characters, at most 100"),
+        ({"items": [{"text": "a", "condition": "harm"}] * 5}, "items: 5 items, at most 4 per request"),
+        ({"items": [{"text": "a", "condition": "harm", "path": "/etc/passwd"}]}, "items[0]: unknown field 'path'"),
+        ({"items": ["a"]}, "items[0]: expected an object with text, condition"),
+        (
+            {"items": [{"text": "a", "condition": "harm"}], "interval": 1.5},
+            "interval: expected a number between 0 and 1",
+        ),
+    ],
+)
 def test_bad_input_is_a_422_naming_item_and_field(served, body, words):
     with TestClient(create_app(served / "m", config=ServeConfig(max_items=4, max_chars=100))) as client:
         reply = client.post("/score", json=body)
         assert reply.status_code == 422 and words in reply.json()["detail"]
-        assert client.post("/score", content=b"not json", headers={"content-type": "application/json"}).status_code == 422
-        assert "heads_errors_total{status=\"422\"} 1.0" in client.get("/metrics").text
+        assert (
+            client.post("/score", content=b"not json", headers={"content-type": "application/json"}).status_code == 422
+        )
+        assert 'heads_errors_total{status="422"} 1.0' in client.get("/metrics").text
 
 
 def test_a_body_larger_than_any_valid_request_is_refused_unread(served):
@@ -97,8 +145,9 @@ def test_a_body_larger_than_any_valid_request_is_refused_unread(served):
 def test_a_template_model_takes_its_fields_by_name(tmp_path, tiny_bert):
     data = rows(120, 5).rename(columns={"response": "answer"}).assign(question="what do you like?")
     cache = EmbeddingCache(tmp_path / "c", tiny_bert)
-    HeadModel(head="ridge").fit(data, "score", cache=cache, template="Q: {question}\nA: {answer}",
-                                condition_col="metric").save(tmp_path / "m")
+    HeadModel(head="ridge").fit(
+        data, "score", cache=cache, template="Q: {question}\nA: {answer}", condition_col="metric"
+    ).save(tmp_path / "m")
     with TestClient(create_app(tmp_path / "m")) as client:
         assert client.get("/model").json()["fields"] == ["question", "answer", "condition"]
         item = {"question": "what do you like?", "answer": data.answer[0], "condition": data.metric[0]}
@@ -159,8 +208,10 @@ def test_a_real_server_answers_32_concurrent_clients_with_new_texts(served):
 
     def client(i):
         with httpx.Client(timeout=60) as http:
-            reply = http.post(f"http://127.0.0.1:{port}/score",
-                              json={"items": [{"text": new.response[i] + f" {i}", "condition": new.metric[i]}]})
+            reply = http.post(
+                f"http://127.0.0.1:{port}/score",
+                json={"items": [{"text": new.response[i] + f" {i}", "condition": new.metric[i]}]},
+            )
             answers[i] = reply.json()["scores"][0][0] if reply.status_code == 200 else reply.text
 
     try:

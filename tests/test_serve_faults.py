@@ -26,7 +26,9 @@ def model_dir(tmp_path_factory, tiny_bert):
     rng = np.random.default_rng(0)
     texts = [" ".join(rng.choice(WORDS, 3)) for _ in range(80)]
     train = pd.DataFrame({"text": texts, "score": [float("apple" in t) for t in texts]})
-    HeadModel(head="ridge").fit(EmbeddingCache(root / "cache", tiny_bert), train, "score", progress=False).save(root / "m")
+    HeadModel(head="ridge").fit(EmbeddingCache(root / "cache", tiny_bert), train, "score", progress=False).save(
+        root / "m"
+    )
     return root / "m"
 
 
@@ -98,6 +100,7 @@ def test_a_request_that_fails_inside_a_batch_fails_alone():
 def test_a_chunked_body_is_counted_as_it_arrives(model_dir):
     config = ServeConfig(max_items=2, max_chars=10)
     with server(create_app(model_dir, config=config)) as url:
+
         def chunks():
             for _ in range(1000):
                 yield b"x" * 10_000
@@ -113,8 +116,10 @@ def test_a_body_that_never_finishes_is_cut_off(model_dir):
     with server(create_app(model_dir, config=config)) as url:
         host, port = url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=10) as sock:
-            sock.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: 1000\r\n\r\n{\"items\": [")
+            sock.sendall(
+                b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 1000\r\n\r\n{"items": ['
+            )
             started = time.monotonic()
             answer = sock.recv(4096)
             assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - started < 8
@@ -145,6 +150,7 @@ def test_docs_follow_the_api_key_and_no_path_is_shown(model_dir):
 
 def test_metrics_count_each_encoded_text_once_under_concurrency(model_dir):
     with server(create_app(model_dir, config=ServeConfig(batch_wait_ms=20))) as url:
+
         def client(i):
             with httpx.Client(timeout=60) as http:
                 items = [{"text": f"river stone {i} {j}"} for j in range(5)]
@@ -182,13 +188,19 @@ def test_two_workers_start_serve_and_stop_on_sigterm(model_dir, tmp_path):
         port = s.getsockname()[1]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     log = open(tmp_path / "serve.log", "wb")
-    server = subprocess.Popen([sys.executable, "-m", "heads.cli", "serve", str(model_dir), "--workers", "2", "--port",
-                               str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "heads.cli", "serve", str(model_dir), "--workers", "2", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     try:
         deadline, answered = time.monotonic() + 120, set()
         while time.monotonic() < deadline and len(answered) < 1:
             try:
-                reply = httpx.post(f"http://127.0.0.1:{port}/score", json={"items": [{"text": "apple river"}]}, timeout=10)
+                reply = httpx.post(
+                    f"http://127.0.0.1:{port}/score", json={"items": [{"text": "apple river"}]}, timeout=10
+                )
                 if reply.status_code == 200:
                     answered.add(reply.status_code)
             except httpx.HTTPError:

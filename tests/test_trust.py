@@ -35,16 +35,22 @@ def soft_prompt_dir(st_dir, where):
 
 def evil_tokenizer(d, marker):
     config = json.loads((d / "tokenizer_config.json").read_text())
-    config.update(auto_map={"AutoTokenizer": [None, "tokenization_evil.EvilTokenizerFast"]},
-                  tokenizer_class="EvilTokenizerFast")
+    config.update(
+        auto_map={"AutoTokenizer": [None, "tokenization_evil.EvilTokenizerFast"]}, tokenizer_class="EvilTokenizerFast"
+    )
     (d / "tokenizer_config.json").write_text(json.dumps(config))
     (d / "tokenization_evil.py").write_text(PAYLOAD.format(marker=str(marker)))
 
 
 def evil_subfolder_config(d, marker):
-    (d / "1_Pooling" / "config.json").write_text(json.dumps(
-        {**json.loads((d / "1_Pooling" / "config.json").read_text()),
-         "auto_map": {"AutoConfig": "configuration_evil.EvilConfig"}}))
+    (d / "1_Pooling" / "config.json").write_text(
+        json.dumps(
+            {
+                **json.loads((d / "1_Pooling" / "config.json").read_text()),
+                "auto_map": {"AutoConfig": "configuration_evil.EvilConfig"},
+            }
+        )
+    )
     (d / "1_Pooling" / "configuration_evil.py").write_text(PAYLOAD.format(marker=str(marker)))
 
 
@@ -102,8 +108,18 @@ def test_precompute_and_a_manifest_naming_such_a_directory_run_nothing(st_dir, t
     marker = tmp_path / "payload-ran"
     evil_tokenizer(d, marker)
     (tmp_path / "in.csv").write_text("text\nhello\n")
-    code, _, err = run(embedcache_main, capsys, "precompute", tmp_path / "in.csv", "--cache", tmp_path / "c",
-                       "--model", d, "--text-col", "text")
+    code, _, err = run(
+        embedcache_main,
+        capsys,
+        "precompute",
+        tmp_path / "in.csv",
+        "--cache",
+        tmp_path / "c",
+        "--model",
+        d,
+        "--text-col",
+        "text",
+    )
     one_line_error(code, err, "auto_map")
     # a cache whose manifest records such a directory as its encoder
     cache = EmbeddingCache(tmp_path / "c2", hash_encoder)
@@ -137,8 +153,17 @@ def finetuned(tmp_path_factory, tiny_bert_dir):
     work = tmp_path_factory.mktemp("ft")
     data = pd.DataFrame({"text": [f"text number {i}" for i in range(40)], "score": [i % 3 / 2 for i in range(40)]})
     data.to_csv(work / "data.csv", index=False)
-    finetune(data, "score", {"text": "text"}, work / "model", head="concat", model=str(tiny_bert_dir), epochs=1,
-             batch_size=16, progress=False)
+    finetune(
+        data,
+        "score",
+        {"text": "text"},
+        work / "model",
+        head="concat",
+        model=str(tiny_bert_dir),
+        epochs=1,
+        batch_size=16,
+        progress=False,
+    )
     return work
 
 
@@ -166,22 +191,43 @@ def _linked(config, model):
     config["finetuned"]["encoder"] = "enc"
 
 
-@pytest.mark.parametrize("change, words", [
-    (_elsewhere, ["finetuned.encoder"]),
-    (_climbs, ["finetuned.encoder"]),
-    (_linked, ["finetuned.encoder"]),
-    (lambda config, model: config.update(finetuned=5), ["finetuned"]),
-    (lambda config, model: config["finetuned"].update(encoder=["x"]), ["finetuned"]),
-    (lambda config, model: (model / "encoder" / "modules.json").write_text("{not json"), ["modules.json"]),
-    (lambda config, model: (model / "encoder" / "modules.json").write_text('{"a": 1}'), ["modules.json"]),
-], ids=["absolute", "climbs-out", "link-out", "not-an-object", "encoder-not-a-string", "modules-garbage",
-        "modules-not-a-list"])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (_elsewhere, ["finetuned.encoder"]),
+        (_climbs, ["finetuned.encoder"]),
+        (_linked, ["finetuned.encoder"]),
+        (lambda config, model: config.update(finetuned=5), ["finetuned"]),
+        (lambda config, model: config["finetuned"].update(encoder=["x"]), ["finetuned"]),
+        (lambda config, model: (model / "encoder" / "modules.json").write_text("{not json"), ["modules.json"]),
+        (lambda config, model: (model / "encoder" / "modules.json").write_text('{"a": 1}'), ["modules.json"]),
+    ],
+    ids=[
+        "absolute",
+        "climbs-out",
+        "link-out",
+        "not-an-object",
+        "encoder-not-a-string",
+        "modules-garbage",
+        "modules-not-a-list",
+    ],
+)
 def test_a_fine_tuned_model_whose_encoder_record_is_bent_is_one_line(finetuned, tmp_path, capsys, change, words):
     from heads.cli import main as heads_main
 
     model = _tampered(finetuned, tmp_path, change)
-    code, _, err = run(heads_main, capsys, "predict", "--model", model, "--data", finetuned / "data.csv",
-                       "--out", tmp_path / "p.csv", "--quiet")
+    code, _, err = run(
+        heads_main,
+        capsys,
+        "predict",
+        "--model",
+        model,
+        "--data",
+        finetuned / "data.csv",
+        "--out",
+        tmp_path / "p.csv",
+        "--quiet",
+    )
     one_line_error(code, err, *words)
     assert not (tmp_path / "p.csv").exists()
 
@@ -195,11 +241,31 @@ def test_a_fine_tuned_encoder_with_other_weights_is_refused(finetuned, tmp_path,
 
     model = _tampered(finetuned, tmp_path, swap)
     capsys.readouterr()  # the save's own progress bar
-    code, _, err = run(heads_main, capsys, "predict", "--model", model, "--data", finetuned / "data.csv",
-                       "--out", tmp_path / "p.csv", "--quiet")
+    code, _, err = run(
+        heads_main,
+        capsys,
+        "predict",
+        "--model",
+        model,
+        "--data",
+        finetuned / "data.csv",
+        "--out",
+        tmp_path / "p.csv",
+        "--quiet",
+    )
     one_line_error(code, err, "fingerprint", "altered")
-    code, _, err = run(heads_main, capsys, "predict", "--model", finetuned / "model", "--data",
-                       finetuned / "data.csv", "--out", tmp_path / "p.csv", "--quiet")
+    code, _, err = run(
+        heads_main,
+        capsys,
+        "predict",
+        "--model",
+        finetuned / "model",
+        "--data",
+        finetuned / "data.csv",
+        "--out",
+        tmp_path / "p.csv",
+        "--quiet",
+    )
     assert code == 0, err
 
 
@@ -239,13 +305,30 @@ def test_a_poisoned_or_damaged_export_is_refused_in_one_line(tiny_bert_dir, tmp_
         load_encoder(str(tiny_bert_dir), backend="onnx")
     (tmp_path / "in.csv").write_text("text\nthe same text\n")
     capsys.readouterr()
-    code, _, err = run(embedcache_main, capsys, "precompute", tmp_path / "in.csv", "--cache", tmp_path / "c",
-                       "--model", tiny_bert_dir, "--backend", "onnx", "--text-col", "text", "--quiet")
+    code, _, err = run(
+        embedcache_main,
+        capsys,
+        "precompute",
+        tmp_path / "in.csv",
+        "--cache",
+        tmp_path / "c",
+        "--model",
+        tiny_bert_dir,
+        "--backend",
+        "onnx",
+        "--text-col",
+        "text",
+        "--quiet",
+    )
     one_line_error(code, err, str(export))
-    assert not (tmp_path / "c" / "manifest.json").exists() or not EmbeddingCache(tmp_path / "c").contains(["the same text"]).any()
+    assert (
+        not (tmp_path / "c" / "manifest.json").exists()
+        or not EmbeddingCache(tmp_path / "c").contains(["the same text"]).any()
+    )
     shutil.rmtree(export)  # as the message says: exported anew, and the vectors are the honest ones again
-    np.testing.assert_allclose(load_encoder(str(tiny_bert_dir), backend="onnx").encode(["the same text"]), honest,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        load_encoder(str(tiny_bert_dir), backend="onnx").encode(["the same text"]), honest, atol=1e-5
+    )
 
 
 def test_a_read_only_export_home_is_one_line(tiny_bert_dir, tmp_path, own_home, capsys):
@@ -261,8 +344,21 @@ def test_a_read_only_export_home_is_one_line(tiny_bert_dir, tmp_path, own_home, 
         own_home.parent.chmod(0o500)
     (tmp_path / "in.csv").write_text("text\nhello\n")
     try:
-        code, _, err = run(embedcache_main, capsys, "precompute", tmp_path / "in.csv", "--cache", tmp_path / "c",
-                           "--model", tiny_bert_dir, "--backend", "onnx", "--text-col", "text", "--quiet")
+        code, _, err = run(
+            embedcache_main,
+            capsys,
+            "precompute",
+            tmp_path / "in.csv",
+            "--cache",
+            tmp_path / "c",
+            "--model",
+            tiny_bert_dir,
+            "--backend",
+            "onnx",
+            "--text-col",
+            "text",
+            "--quiet",
+        )
         one_line_error(code, err, str(own_home))
     finally:
         if os.geteuid() == 0:

@@ -92,8 +92,23 @@ def test_a_new_head_type_trains_saves_loads_and_predicts_through_the_cli(nearest
     data.to_csv(tmp_path / "train.csv", index=False)
     EmbeddingCache(tmp_path / "c", HashEncoder(dim=8)).add(data.text.tolist(), progress=False)
     common = ["--cache", str(tmp_path / "c"), "--data", str(tmp_path / "train.csv"), "--import", str(nearest_head)]
-    assert main(["train", *common, "--label-col", "score", "--head", "nearest", "--out", str(tmp_path / "m"),
-                 "--quiet", "--json"]) == 0, capsys.readouterr().err
+    assert (
+        main(
+            [
+                "train",
+                *common,
+                "--label-col",
+                "score",
+                "--head",
+                "nearest",
+                "--out",
+                str(tmp_path / "m"),
+                "--quiet",
+                "--json",
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["head"] == "nearest" and config["head_config"]["k"] == 1
     assert main(["predict", *common, "--model", str(tmp_path / "m"), "--out", str(tmp_path / "p.csv")]) == 0
@@ -109,11 +124,41 @@ def test_an_unknown_head_type_in_a_saved_model_is_a_clear_error(nearest_head, tm
     data = scored_words()
     data.to_csv(tmp_path / "train.csv", index=False)
     EmbeddingCache(tmp_path / "c", HashEncoder(dim=8)).add(data.text.tolist(), progress=False)
-    assert main(["train", "--cache", str(tmp_path / "c"), "--data", str(tmp_path / "train.csv"), "--import",
-                 str(nearest_head), "--label-col", "score", "--head", "nearest", "--out", str(tmp_path / "m"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--cache",
+                str(tmp_path / "c"),
+                "--data",
+                str(tmp_path / "train.csv"),
+                "--import",
+                str(nearest_head),
+                "--label-col",
+                "score",
+                "--head",
+                "nearest",
+                "--out",
+                str(tmp_path / "m"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     HEAD_TYPES.pop("nearest")  # a new process that did not --import the module
-    code = main(["predict", "--model", str(tmp_path / "m"), "--cache", str(tmp_path / "c"), "--data",
-                 str(tmp_path / "train.csv"), "--out", str(tmp_path / "p.csv")])
+    code = main(
+        [
+            "predict",
+            "--model",
+            str(tmp_path / "m"),
+            "--cache",
+            str(tmp_path / "c"),
+            "--data",
+            str(tmp_path / "train.csv"),
+            "--out",
+            str(tmp_path / "p.csv"),
+        ]
+    )
     assert code == 1 and "field 'head' must be one of concat, two-tower, ridge, cross" in capsys.readouterr().err
 
 
@@ -151,8 +196,27 @@ def test_settings_are_one_object_shared_by_the_model_the_estimator_and_the_flags
     from heads.cli import _parser
     from heads.config import from_arguments
 
-    args = _parser().parse_args(["train", "--cache", "c", "--data", "d.csv", "--label-col", "y", "--out", "m",
-                                 "--width", "32", "--no-shared", "--label-range", "0", "5", "--seed", "3"])
+    args = _parser().parse_args(
+        [
+            "train",
+            "--cache",
+            "c",
+            "--data",
+            "d.csv",
+            "--label-col",
+            "y",
+            "--out",
+            "m",
+            "--width",
+            "32",
+            "--no-shared",
+            "--label-range",
+            "0",
+            "5",
+            "--seed",
+            "3",
+        ]
+    )
     config = from_arguments(TrainConfig, args)
     assert config == TrainConfig(width=32, shared=False, label_range=(0.0, 5.0), seed=3)
     assert HeadModel(config).params() == HeadModel(width=32, shared=False, label_range=(0, 5), seed=3).params()

@@ -21,21 +21,24 @@ from heads.labeling import (
 )
 
 
-@pytest.mark.parametrize("name, text, expected", [
-    ("length", "", 0.0),
-    ("length", "x" * 200, 1.0),
-    ("specificity", "Explain photosynthesis step by step for a child in 100 words.", 1.0),
-    ("specificity", "tell me stuff", None),
-    ("question_or_instruction", "Please summarise this article.", 0.8),
-    ("question_or_instruction", "why is the sky blue?", 0.7),
-    ("question_or_instruction", "the sky", None),
-    ("punctuation", "WHY DOES THIS NOT WORK", 0.2),
-    ("punctuation", "help me!!!", 0.2),
-    ("punctuation", "Write a poem.", 0.6),
-    ("punctuation", "write a poem", None),
-    ("repetition", "buy buy buy buy buy buy now now", 0.1),
-    ("repetition", "a normal sentence with many different words", None),
-])
+@pytest.mark.parametrize(
+    "name, text, expected",
+    [
+        ("length", "", 0.0),
+        ("length", "x" * 200, 1.0),
+        ("specificity", "Explain photosynthesis step by step for a child in 100 words.", 1.0),
+        ("specificity", "tell me stuff", None),
+        ("question_or_instruction", "Please summarise this article.", 0.8),
+        ("question_or_instruction", "why is the sky blue?", 0.7),
+        ("question_or_instruction", "the sky", None),
+        ("punctuation", "WHY DOES THIS NOT WORK", 0.2),
+        ("punctuation", "help me!!!", 0.2),
+        ("punctuation", "Write a poem.", 0.6),
+        ("punctuation", "write a poem", None),
+        ("repetition", "buy buy buy buy buy buy now now", 0.1),
+        ("repetition", "a normal sentence with many different words", None),
+    ],
+)
 def test_builtin_labeling_functions_on_known_inputs(name, text, expected):
     assert LABELING_FUNCTIONS[name](text) == (pytest.approx(expected) if expected is not None else None)
     assert LABELING_FUNCTIONS["length"]("short") < LABELING_FUNCTIONS["length"]("a much longer prompt " * 3)
@@ -61,10 +64,15 @@ def test_registered_functions_are_applied_and_combined_over_non_abstaining_votes
 def test_learned_weights_recover_which_functions_track_the_truth():
     rng = np.random.default_rng(0)
     y = rng.uniform(0, 1, 2000)
-    outputs = np.stack([y + 0.05 * rng.standard_normal(2000),   # precise
-                        rng.uniform(0, 1, 2000),                 # useless
-                        y + 0.3 * rng.standard_normal(2000)], 1)  # noisy
-    outputs[rng.uniform(size=2000) < 0.3, 2] = np.nan           # and abstains 30% of the time
+    outputs = np.stack(
+        [
+            y + 0.05 * rng.standard_normal(2000),  # precise
+            rng.uniform(0, 1, 2000),  # useless
+            y + 0.3 * rng.standard_normal(2000),
+        ],
+        1,
+    )  # noisy
+    outputs[rng.uniform(size=2000) < 0.3, 2] = np.nan  # and abstains 30% of the time
     w = learn_weights(outputs, y)
     assert w.sum() == pytest.approx(1) and w[0] > 0.8 and w[1] < 0.02 and w[0] > w[2] > w[1]
     combined = combine(outputs, w)
@@ -122,8 +130,9 @@ def test_an_annotation_record_survives_a_kill_and_is_not_paid_twice(tmp_path):
     assert 20 <= done < 300
 
     paid = []
-    scores = annotate([f"prompt {i}" for i in range(300)], lambda t: paid.append(t) or float(len(t)), record,
-                      progress=False)
+    scores = annotate(
+        [f"prompt {i}" for i in range(300)], lambda t: paid.append(t) or float(len(t)), record, progress=False
+    )
     assert len(paid) == 300 - done and len(scores) == 300
     assert all(scores[f"prompt {i}"] == len(f"prompt {i}") for i in range(300))
     assert os.path.getsize(record) > 0 and len(read_record(record)) == 300
@@ -135,7 +144,9 @@ def clustered(n, rng, centers, values):
 
     c = rng.integers(0, len(centers), n)
     X = centers[c] + 0.35 * rng.standard_normal((n, centers.shape[1]))
-    return Inputs({"text": X.astype(np.float32)}, {"text": np.arange(n)}), (values[c] + 0.05 * rng.standard_normal(n))[:, None]
+    return Inputs({"text": X.astype(np.float32)}, {"text": np.arange(n)}), (values[c] + 0.05 * rng.standard_normal(n))[
+        :, None
+    ]
 
 
 @pytest.mark.slow
@@ -159,7 +170,10 @@ def test_self_training_beats_the_labeled_only_head_on_clustered_data():
     assert rounds[1]["n_pseudo"] == 1000 and rounds[1]["n_train"] == 1040  # round 1 of 2 keeps the surest half
     assert result.best_round >= 1 and rounds[result.best_round]["rmse"] < rounds[0]["rmse"]
     self_trained, _ = committee_predict(result.models, test, y.std(0))
-    assert regression_metrics(y_test, self_trained)["rmse"] < 0.95 * regression_metrics(y_test, alone.predict_inputs(test))["rmse"]
+    assert (
+        regression_metrics(y_test, self_trained)["rmse"]
+        < 0.95 * regression_metrics(y_test, alone.predict_inputs(test))["rmse"]
+    )
     assert result.scores.shape == (2000, 1) and ((result.confidence >= 0) & (result.confidence <= 1)).all()
     with pytest.raises(ValueError, match=r"committee \(its disagreement is the confidence\) must be >= 2"):
         self_train(HeadModel(), labeled, y, unlabeled, val, y_val, committee=1)

@@ -39,7 +39,17 @@ __all__ = [
 
 def register_head(name: str, cls: type) -> type:
     """Make ``cls`` the head type called ``name``; returns ``cls``."""
-    for method in ("build", "config", "from_config", "state", "load_state", "state_shapes", "fit", "predict", "check_sides"):
+    for method in (
+        "build",
+        "config",
+        "from_config",
+        "state",
+        "load_state",
+        "state_shapes",
+        "fit",
+        "predict",
+        "check_sides",
+    ):
         if not callable(getattr(cls, method, None)):
             raise ParameterError(f"head type {cls.__name__} has no method {method!r}; see heads.units.base")
     HEAD_TYPES[name] = cls
@@ -48,8 +58,9 @@ def register_head(name: str, cls: type) -> type:
 
 def check_head_name(name, allow_auto: bool = False) -> str:
     if name not in HEAD_TYPES and not (allow_auto and name == "auto"):
-        raise ParameterError(f"unknown head {name!r}; choose one of: {'auto, ' if allow_auto else ''}"
-                             f"{', '.join(HEAD_TYPES)}")
+        raise ParameterError(
+            f"unknown head {name!r}; choose one of: {'auto, ' if allow_auto else ''}{', '.join(HEAD_TYPES)}"
+        )
     return name
 
 

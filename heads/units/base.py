@@ -50,16 +50,29 @@ class TorchHead(Head, nn.Module):
     Subclasses take ``(dim, sides, width, dropout, n_outputs, shared)``; the rest comes from here.
     """
 
-    def __init__(self, dim: int, sides=("text",), width: int = 256, dropout: float = 0.1, n_outputs: int = 1,
-                 shared: bool = True):
+    def __init__(
+        self, dim: int, sides=("text",), width: int = 256, dropout: float = 0.1, n_outputs: int = 1, shared: bool = True
+    ):
         super().__init__()
-        self._config = {"dim": dim, "sides": list(sides), "width": width, "dropout": dropout, "n_outputs": n_outputs,
-                        "shared": shared}
+        self._config = {
+            "dim": dim,
+            "sides": list(sides),
+            "width": width,
+            "dropout": dropout,
+            "n_outputs": n_outputs,
+            "shared": shared,
+        }
 
     @classmethod
     def build(cls, dim: int, sides, n_outputs: int, settings) -> TorchHead:
-        return cls(dim, tuple(sides), width=settings.width, dropout=settings.dropout, n_outputs=n_outputs,
-                   shared=settings.shared)
+        return cls(
+            dim,
+            tuple(sides),
+            width=settings.width,
+            dropout=settings.dropout,
+            n_outputs=n_outputs,
+            shared=settings.shared,
+        )
 
     def config(self) -> dict:
         return dict(self._config)
@@ -89,11 +102,25 @@ class TorchHead(Head, nn.Module):
             self.load_state(type(self).from_config(self.config()).state_dict())
             self.prepare(*to_device(train.tables, train.index, "cpu"), y)
             history = fit_module(
-                self, train.tables, train.index, y, None if val is None else val.index, y_val,
-                val_tables=None if val is None else val.tables, scale=scale, loss=settings.loss, epochs=settings.epochs,
-                lr=settings.lr, weight_decay=settings.weight_decay, batch_size=settings.batch_size,
-                patience=settings.patience, seed=settings.seed, device=device, sample_weight=sample_weight,
-                progress=progress)
+                self,
+                train.tables,
+                train.index,
+                y,
+                None if val is None else val.index,
+                y_val,
+                val_tables=None if val is None else val.tables,
+                scale=scale,
+                loss=settings.loss,
+                epochs=settings.epochs,
+                lr=settings.lr,
+                weight_decay=settings.weight_decay,
+                batch_size=settings.batch_size,
+                patience=settings.patience,
+                seed=settings.seed,
+                device=device,
+                sample_weight=sample_weight,
+                progress=progress,
+            )
         self.to("cpu")
         return history
 

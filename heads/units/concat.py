@@ -18,8 +18,9 @@ class ConcatHead(TorchHead):
     through it once per distinct vector instead of once per row.
     """
 
-    def __init__(self, dim: int, sides=("text",), width: int = 256, dropout: float = 0.1, n_outputs: int = 1,
-                 shared: bool = True):
+    def __init__(
+        self, dim: int, sides=("text",), width: int = 256, dropout: float = 0.1, n_outputs: int = 1, shared: bool = True
+    ):
         super().__init__(dim, sides, width, dropout, n_outputs, shared)
         self.sides, self.shared, self.width = tuple(sides), shared, width
         names = [s for s in self.sides if not (s == "pair" and shared)]

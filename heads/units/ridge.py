@@ -43,7 +43,9 @@ def _parts(sides) -> list[tuple]:
     return parts
 
 
-def fit_ridge(X, y, X_val=None, y_val=None, alphas=RIDGE_ALPHAS, sample_weight=None) -> tuple[np.ndarray, np.ndarray, list[float]]:
+def fit_ridge(
+    X, y, X_val=None, y_val=None, alphas=RIDGE_ALPHAS, sample_weight=None
+) -> tuple[np.ndarray, np.ndarray, list[float]]:
     """Ridge per label on the rows where that label is present, alpha chosen on the validation rows.
 
     All alphas are fitted at once, as one scikit-learn Ridge with a target
@@ -62,7 +64,8 @@ def fit_ridge(X, y, X_val=None, y_val=None, alphas=RIDGE_ALPHAS, sample_weight=N
         Xj = X if keep.all() else X[keep]
         wj = None if sample_weight is None else np.asarray(sample_weight, dtype=float)[keep]
         ridge = Ridge(alpha=candidates, solver="cholesky", copy_X=False).fit(
-            Xj, np.repeat(y[keep, j : j + 1], len(candidates), axis=1), sample_weight=wj)
+            Xj, np.repeat(y[keep, j : j + 1], len(candidates), axis=1), sample_weight=wj
+        )
         ridge_coef = ridge.coef_.reshape(len(candidates), -1)  # scikit-learn drops the axis for a single alpha
         best = 0
         if len(candidates) > 1:

@@ -33,13 +33,22 @@ class TwoTowerHead(TorchHead):
     similarity calibrated to the labels.
     """
 
-    def __init__(self, dim: int, sides=("text", "pair"), width: int = 256, dropout: float = 0.1, n_outputs: int = 1,
-                 shared: bool = True):
+    def __init__(
+        self,
+        dim: int,
+        sides=("text", "pair"),
+        width: int = 256,
+        dropout: float = 0.1,
+        n_outputs: int = 1,
+        shared: bool = True,
+    ):
         super().__init__(dim, sides, width, dropout, n_outputs, shared)
         type(self).check_sides(sides)
         self.sides = tuple(sides)
         self.shared = shared and sides[1] == "pair"  # a condition is another kind of text: its own tower
-        self.towers = nn.ModuleDict({s: Tower(dim, width, dropout) for s in (self.sides[:1] if self.shared else self.sides)})
+        self.towers = nn.ModuleDict(
+            {s: Tower(dim, width, dropout) for s in (self.sides[:1] if self.shared else self.sides)}
+        )
         self.linear = nn.Linear(1, n_outputs)
         self.mlp = nn.Sequential(nn.Linear(1, 16), nn.GELU(), nn.Linear(16, n_outputs))
         nn.init.zeros_(self.mlp[-1].weight)
