@@ -42,9 +42,9 @@ def dist_version(dist: str) -> str:
 def export_home() -> Path:
     """The per-user directory of exported models: ``$EMBEDCACHE_HOME/exports``, else under ``$XDG_CACHE_HOME`` or ``~/.cache``."""
     home = os.environ.get("EMBEDCACHE_HOME")
-    if not home:
-        home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "embedcache"
-    return Path(home) / "exports"
+    if home:
+        return Path(home) / "exports"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "embedcache" / "exports"
 
 
 def cpu_info(field: str) -> str | None:
@@ -346,7 +346,7 @@ def exported(model, source: dict, backend: str, features, calibration: list[str]
         _export_onnx(model, features(["An example sentence to trace the graph.", "Another one."]), onnx_path)
         settings = {}
         if backend == "onnx-int8":
-            settings = _onnx_int8(onnx_path, tmp / "model.int8.onnx", kernel)
+            settings = _onnx_int8(onnx_path, tmp / "model.int8.onnx", kernel or int8_kernel())
             (tmp / "model.int8.onnx").replace(onnx_path)
         elif backend.startswith("openvino"):
             import openvino as ov
@@ -354,7 +354,7 @@ def exported(model, source: dict, backend: str, features, calibration: list[str]
             graph = ov.convert_model(str(onnx_path))
             onnx_path.unlink()
             if backend == "openvino-int8":
-                sample = calibration_sample(calibration)
+                sample = calibration_sample(calibration or [])
                 settings = _openvino_int8(graph, [_one(features([t])) for t in sample], tmp / "model.xml")
                 settings["calibration_sha256"] = hashlib.sha256("\n".join(sample).encode()).hexdigest()
             else:

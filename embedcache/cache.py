@@ -168,7 +168,7 @@ class EmbeddingCache:
         self._starts: list[int] = []  # global row of each indexed shard's first vector
         self._files: list[str] = []  # each indexed shard, relative to the cache directory
         self._next_row = 0
-        self._stamp = None
+        self._stamp: tuple | None = None
         self._part_manifests: dict[
             str, tuple
         ] = {}  # part -> (stat stamp, manifest), so unchanged parts are not re-read
@@ -209,7 +209,7 @@ class EmbeddingCache:
             return
         with writing(home, "creating the part"):
             home.mkdir(parents=True, exist_ok=True)
-        create_json_once(home / MANIFEST, self._new_part_manifest(self.encoder))
+        create_json_once(home / MANIFEST, self._new_part_manifest(self._writer()))
         self._refresh()
 
     def _recreate_part(self, part: str) -> None:
@@ -217,8 +217,14 @@ class EmbeddingCache:
         home = self._dir(part)
         with writing(home, "creating the part"):
             home.mkdir(parents=True, exist_ok=True)
-        create_json_once(home / MANIFEST, self._new_part_manifest(self.encoder))
+        create_json_once(home / MANIFEST, self._new_part_manifest(self._writer()))
         self._refresh()
+
+    def _writer(self) -> Encoder:
+        """The encoder this handle writes with (a handle opened without one never reaches a write)."""
+        if self.encoder is None:
+            raise NotCachedError(f"cache {self.path} was opened without an encoder: it cannot write")
+        return self.encoder
 
     def _new_part_manifest(self, encoder: Encoder) -> dict:
         # A fresh id each time: a compaction retires a part by id, so a part of the same
@@ -766,7 +772,7 @@ class EmbeddingCache:
             if not len(missing):
                 return stats
             # Longest first, as sentence-transformers sorts, so batches pad little.
-            missing = sorted(missing.tolist(), key=lambda i: -len(unique[i]))
+            missing = np.array(sorted(missing.tolist(), key=lambda i: -len(unique[i])), dtype=np.int64)
             step = min(self.shard_size, self.encoder.batch_size * 8)
             truncated_before, unknown_before = self.encoder.truncated, self.encoder.mostly_unknown
             examples_before = len(self.encoder.unknown_examples)
@@ -895,6 +901,7 @@ class EmbeddingCache:
                 with self._mutex:
                     self._forget()  # re-read every manifest and shard's keys
                     rows = None
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     def _read(self, rows: np.ndarray, starts: np.ndarray, files: list[str]) -> np.ndarray:
         """Vectors at global ``rows`` (all present), filled in place shard by shard in row order."""
@@ -945,7 +952,7 @@ class EmbeddingCache:
         """
         self._refresh()
         expected = {"fingerprint": self.fingerprint, "dim": self.dim, "dtype": self.dtype}
-        found = {}  # part -> [(file, reason, damaged: fails its own checks, header: of another fingerprint/dim/dtype)]
+        found: dict[str | None, list[tuple]] = {}  # part -> [(file, reason, damaged, header: of another group)]
         for part, manifest in self._manifests():
             bad = found[part] = []
             for shard in manifest["shards"]:
@@ -1041,11 +1048,15 @@ def _rebuild_directory(home: Path, old: dict, group: tuple | None, part: str | N
                 f"cache {home}: no whole shard to rebuild a manifest from"
                 + (f" ({left_out[0][0]}: {left_out[0][1]})" if left_out else "")
             )
-        rows_by = {}
+        rows_by: dict[tuple, int] = {}
         for _, h in found:
             rows_by[_group(h)] = rows_by.get(_group(h), 0) + h["rows"]
-        group = next((g for g in rows_by if g[0] == old.get("fingerprint")), None) or max(rows_by, key=rows_by.get)
-    listed, copies, seen = [], [], {}
+        group = next((g for g in rows_by if g[0] == old.get("fingerprint")), None) or max(
+            rows_by, key=lambda g: rows_by[g]
+        )
+    listed: list[tuple[str, dict]] = []
+    copies: list[tuple[str, str]] = []
+    seen: dict[str, str] = {}
     for n, h in found:
         if _group(h) != group:
             continue
@@ -1095,15 +1106,17 @@ class _HeldBy:
     once, on first need): what a compaction retires must be, or deleting it would lose texts."""
 
     def __init__(self, path: Path, shards: list[dict]):
-        self.path, self.shards, self.index = path, shards, None
+        self.path, self.shards = path, shards
+        self.index: KeyIndex | None = None
 
     def check(self, files: list[Path], what: str) -> None:
         if self.index is None:
             self.index = KeyIndex()
             for shard in self.shards:
                 self.index.add(read_keys(self.path / shard["file"]), first_row=0)
+        index = self.index
         for file in files:
-            if (self.index.lookup(read_keys(file)) < 0).any():
+            if (index.lookup(read_keys(file)) < 0).any():
                 raise CacheDamagedError(
                     f"cache {self.path}: {MANIFEST} field 'retired' names {what}, but {file.relative_to(self.path)} "
                     "holds texts no live top-level shard holds: retiring it would lose them, so nothing more was "
@@ -1161,7 +1174,10 @@ def _part_names(path: Path) -> list[str]:
 def _reading_order(rel: str) -> tuple:
     """Where a shard comes in reading order: the top level first, then parts by name; by number within each."""
     *part, name = rel.split("/")  # "shard-000001.h5" or "parts/<name>/shard-000001.h5"
-    return (1, part[1]) if part else (0, ""), int(_SHARD_NAME.match(name).group(1))
+    match = _SHARD_NAME.match(name)
+    if match is None:  # every name reaching here passed the manifest's checks
+        raise CacheDamagedError(f"{rel} is not a shard name like 'shard-000001.h5'")
+    return (1, part[1]) if part else (0, ""), int(match.group(1))
 
 
 def _relative(part: str | None, name: str) -> str:
@@ -1183,13 +1199,15 @@ def _part_problem(manifest: dict, name: str, top: dict) -> str | None:
     return None
 
 
-def _check_own(path: Path) -> tuple[dict | None, str | None]:
-    """``(header, problem)`` of a shard file judged by itself; a link or a directory is never opened."""
+def _check_own(path: Path) -> tuple[dict, str | None]:
+    """``(header, problem)`` of a shard file judged by itself; a link or a directory is never opened.  The
+    header is empty where the file could not be read (then the problem says why)."""
     if not os.path.lexists(path):
-        return None, "file is missing"
+        return {}, "file is missing"
     if not _is_plain(path):
-        return None, "is not a plain file (a link or a directory)"
-    return inspect_shard(path)
+        return {}, "is not a plain file (a link or a directory)"
+    h, problem = inspect_shard(path)
+    return h or {}, problem
 
 
 def _is_plain(path: Path) -> bool:

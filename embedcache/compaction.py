@@ -94,7 +94,10 @@ def _copy(cache: EmbeddingCache, keep: list[dict], sources: list, shard_size: in
     for shard in keep:
         seen.add(read_keys(cache.path / shard["file"]), first_row=0)
     attrs = {**cache.shard_attributes(), COMPACTION_ATTR: uuid.uuid4().hex}
-    written, keys_out, vectors_out, pending, dropped = [], [], [], 0, 0
+    written: list[dict] = []
+    keys_out: list[np.ndarray] = []
+    vectors_out: list[np.ndarray] = []
+    pending, dropped = 0, 0
 
     def flush(rows):
         nonlocal keys_out, vectors_out, pending

@@ -178,7 +178,8 @@ def _normalizer(norm: dict[str, str]):
     """
     from tokenizers import Regex, normalizers
 
-    steps, by_output = [], {}
+    steps: list = []
+    by_output: dict[str, list[str]] = {}
     for char, out in norm.items():
         if unicodedata.normalize("NFKC", char) != out:
             by_output.setdefault(out, []).append(char)
@@ -267,7 +268,7 @@ def _convert(source: Path, out: Path) -> None:
             Transformer,
         )
     except ImportError:  # sentence-transformers before 6
-        from sentence_transformers.models import Normalize, Pooling, Transformer
+        from sentence_transformers.models import Normalize, Pooling, Transformer  # type: ignore[no-redef]
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
     bundle = read_bundle(source)

@@ -210,7 +210,7 @@ class SentenceTransformerEncoder(Encoder):
 
     def __init__(
         self,
-        name_or_path: str,
+        name_or_path: str | Path,
         device: str | None = None,
         batch_size: int = 64,
         max_length: int | None = None,
@@ -251,7 +251,7 @@ class SentenceTransformerEncoder(Encoder):
             self.model.max_seq_length = max_length
         self.model.eval()
         self.model.requires_grad_(False)
-        self.max_length = self.model.max_seq_length
+        self.max_length: int = self.model.max_seq_length
         # As sentence-transformers' encode does: without a prompt, the model's default prompt (if it names one).
         default = getattr(self.model, "default_prompt_name", None)
         self._prompt = prompt if prompt is not None else (self.model.prompts.get(default) if default else None)
@@ -313,13 +313,14 @@ class SentenceTransformerEncoder(Encoder):
         # A token covers at least one byte of input, so a text whose UTF-8 length
         # fits in the budget cannot overflow; only the rest pays for a second
         # tokenisation.  The slack of 4 covers special and prefix tokens.
-        budget = self.max_length - 4
+        limit = self.max_length or 0
+        budget = limit - 4
         prompt = self._prompt or ""
         long = [prompt + t for t in texts if len(t.encode("utf-8")) > budget]
         if not long:
             return 0
         ids = self.model.tokenizer(long, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
-        return sum(len(i) > self.max_length for i in ids)
+        return sum(len(i) > limit for i in ids)
 
     def token_ids(self, texts: list[str]):
         tok = self.model.tokenizer
@@ -635,6 +636,7 @@ def load_encoder(name_or_path: str | None = None, device: str | None = None, **k
     factory = _ALIASES.get(name.lower())
     if factory is None and Path(name).exists():
         name = str(Path(name).resolve())
+    encoder: Encoder
     if factory is None:
         encoder = SentenceTransformerEncoder(model_directory(name), device=device, name=name, **kwargs)
     else:
@@ -643,7 +645,7 @@ def load_encoder(name_or_path: str | None = None, device: str | None = None, **k
     # and the backend auto chose rather than "auto", so a rerun elsewhere gives the same vectors.
     encoder.spec = {"name_or_path": name, **{k: v for k, v in kwargs.items() if k not in _NOT_IN_SPEC}}
     if kwargs.get("backend") == "auto":
-        encoder.spec.update(backend=encoder.backend, precision=encoder.precision)
+        encoder.spec.update(backend=getattr(encoder, "backend", None), precision=getattr(encoder, "precision", None))
     return encoder
 
 

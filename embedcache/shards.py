@@ -23,8 +23,8 @@ DTYPES = ("float16", "float32")
 
 def checksum(keys: np.ndarray, vectors: np.ndarray) -> str:
     h = hashlib.sha256()
-    h.update(np.ascontiguousarray(keys, dtype=np.uint8))
-    h.update(np.ascontiguousarray(vectors))
+    h.update(np.ascontiguousarray(keys, dtype=np.uint8).data)
+    h.update(np.ascontiguousarray(vectors).data)
     return h.hexdigest()
 
 
@@ -46,7 +46,7 @@ def write_shard(path: Path, keys: np.ndarray, vectors: np.ndarray, attrs: dict) 
         f.create_dataset("vectors", data=vectors)
         for k, v in {**attrs, "rows": len(vectors), "dim": vectors.shape[1], "sha256": digest}.items():
             f.attrs[k] = v
-    atomic_write_bytes(path, buffer.getbuffer())
+    atomic_write_bytes(path, bytes(buffer.getbuffer()))
     return digest
 
 

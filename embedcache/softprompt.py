@@ -21,7 +21,7 @@ from torch import nn
 try:
     from sentence_transformers.sentence_transformer.modules import Transformer
 except ImportError:  # sentence-transformers before 6
-    from sentence_transformers.models import Transformer
+    from sentence_transformers.models import Transformer  # type: ignore[no-redef]
 
 SOFT_PROMPT_FILE = "soft_prompt.safetensors"
 
@@ -60,9 +60,16 @@ class SoftPromptTransformer(Transformer):
         save_soft_prompt(self.soft_prompt, output_path)
 
     @classmethod
-    def load(cls, model_name_or_path: str, subfolder: str = "", **kwargs) -> SoftPromptTransformer:
+    def load(  # type: ignore[override]  # sentence-transformers' own keywords pass through **kwargs
+        cls, model_name_or_path: str, subfolder: str = "", **kwargs
+    ) -> SoftPromptTransformer:
         module = super().load(model_name_or_path, subfolder=subfolder, **kwargs)
-        module.soft_prompt = nn.Parameter(read_soft_prompt(Path(model_name_or_path) / subfolder), requires_grad=False)
+        prompt = read_soft_prompt(Path(model_name_or_path) / subfolder)
+        if prompt is None:
+            raise FileNotFoundError(
+                f"{Path(model_name_or_path) / subfolder / SOFT_PROMPT_FILE}: the soft prompt is missing"
+            )
+        module.soft_prompt = nn.Parameter(prompt, requires_grad=False)
         return module
 
 
