@@ -320,7 +320,12 @@ def _finetune_parser(sub) -> None:
         "directory: embedcache precompute --model DIR caches its vectors)",
     )
     f.add_argument("--keep-checkpoints", action="store_true", help="keep MODEL_DIR/checkpoints after training")
-    f.add_argument("--resume", action="store_true", help="resume from the last checkpoint in MODEL_DIR/checkpoints")
+    f.add_argument(
+        "--resume",
+        action="store_true",
+        help="resume from the last checkpoint a killed run into MODEL_DIR left "
+        "(kept beside it, in .MODEL_DIR.finetune/, until the run finishes)",
+    )
     _option(f, "--device")
     _run_arguments(f, "print the validation metrics as JSON on the last line")
 

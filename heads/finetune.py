@@ -286,7 +286,7 @@ def _training_arguments(
 
     steps = config.epochs * -(-n_rows // (config.batch_size * encoder.grad_accum))
     return TrainingArguments(
-        output_dir=str(out / "checkpoints"),
+        output_dir=str(work_directory(out) / "checkpoints"),
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=2 * config.batch_size,
         gradient_accumulation_steps=encoder.grad_accum,
@@ -345,8 +345,8 @@ def _train(network, backbone, config, encoder, splits: dict, label_cols, mean, s
     else:  # its log lines as plain numbers, not a dict of quoted strings
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(_plain_progress())
-    checkpoints = sorted((out / "checkpoints").glob("checkpoint-*")) if resume else []
-    trainer.train(resume_from_checkpoint=bool(checkpoints) or None)
+    checkpoints = _checkpoints(out) if resume else []
+    trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
     return trainer
 
 
@@ -365,6 +365,21 @@ def _frozen_cosine(backbone: Backbone, val_texts: dict, y_val: np.ndarray) -> fl
     cosine = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
     value = spearmanr(cosine, y_val[:, 0])[0]
     return None if np.isnan(value) else float(value)
+
+
+def work_directory(out: Path) -> Path:
+    """Where a fine-tuning run into ``out`` keeps its checkpoints and the encoder it stages: beside ``out``, never
+    inside it, so a run killed mid-training leaves the old model directory as it was."""
+    return out.parent / f".{out.name}.finetune"
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    """Checkpoints to resume from, oldest first: the run's own, else those a finished run kept in ``out``."""
+    for where in (work_directory(out) / "checkpoints", out / "checkpoints"):
+        found = sorted(where.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1]))
+        if found:
+            return found
+    return []
 
 
 def _plain_progress():
@@ -428,7 +443,7 @@ def finetune(
     if resume:
         out = Path(out)
         check_not_input(out, inputs, "--out")
-        if out.exists() and not (is_model_directory(out) or (out / "checkpoints").is_dir()):
+        if out.exists() and not (is_model_directory(out) or _checkpoints(out)):
             raise WriteError(
                 f"--out {out} exists and holds neither a model nor checkpoints to resume from; it is "
                 "never replaced: give the model directory of the run to resume"
@@ -476,8 +491,12 @@ def finetune(
     result.save(
         out,
         overwrite=True,
-        move={"encoder": out / ".encoder-new", **({"checkpoints": out / "checkpoints"} if keep_checkpoints else {})},
+        move={
+            "encoder": work_directory(out) / "encoder-new",
+            **({"checkpoints": work_directory(out) / "checkpoints"} if keep_checkpoints else {}),
+        },
     )
+    shutil.rmtree(work_directory(out), ignore_errors=True)  # what training wrote beside the model
     if export_encoder is not None:
         with atomic_directory(export_encoder) as tmp:
             shutil.copytree(out / "encoder", tmp, dirs_exist_ok=True)
@@ -508,7 +527,7 @@ def _result(
         "best_checkpoint_rmse": trainer.state.best_metric,
         "seconds": round(time.perf_counter() - start, 2),
     }
-    staged = out / ".encoder-new"  # moved into the new model directory when it replaces the old one
+    staged = work_directory(out) / "encoder-new"  # moved into the new model directory when it replaces the old one
     shutil.rmtree(staged, ignore_errors=True)
     backbone.save(staged)
     saved = load_encoder(str(staged))  # its fingerprint is what a cache built with the exported encoder records

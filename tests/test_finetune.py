@@ -392,3 +392,63 @@ def test_prompt_tuning_trains_only_a_soft_prompt_that_the_exported_encoder_reads
         != 0
     )
     assert "not both" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_killed_fine_tuning_leaves_the_old_model_as_it_was_and_resumes(files, tiny_bert_dir, tmp_path):
+    import hashlib
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from heads.finetune import finetune
+
+    out, train = tmp_path / "model", pd.read_csv(files / "train.csv")
+    settings = {"head": "concat", "model": str(tiny_bert_dir), "batch_size": 16, "progress": False}
+    finetune(train, "score", {"text": "s1", "pair": "s2"}, out, epochs=1, **settings)
+    before = {p.relative_to(out): hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*") if p.is_file()}
+    work = tmp_path / ".model.finetune"
+    run = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "heads.cli",
+            "finetune",
+            "--data",
+            str(files / "train.csv"),
+            "--text-col",
+            "s1",
+            "--pair-col",
+            "s2",
+            "--label-col",
+            "score",
+            "--model",
+            str(tiny_bert_dir),
+            "--out",
+            str(out),
+            "--batch-size",
+            "16",
+            "--epochs",
+            "40",
+            "--patience",
+            "40",
+            "--overwrite",
+            "--quiet",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not list(work.glob("checkpoints/checkpoint-*/trainer_state.json")) and time.monotonic() < deadline:
+        assert run.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    time.sleep(0.2)  # the checkpoint's other files
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    after = {p.relative_to(out): hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # nothing of the killed run inside the old model directory
+    resumed = finetune(train, "score", {"text": "s1", "pair": "s2"}, out, epochs=3, resume=True, **settings)
+    assert resumed.history_ and not work.exists()
+    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "encoder"}
+    assert HeadModel.load(out).predict(pairs(4, seed=3)).shape == (4, 1)
