@@ -272,6 +272,12 @@ def test_a_fine_tuned_encoder_with_other_weights_is_refused(finetuned, tmp_path,
 # -- exports are verified on load (item 3) ------------------------------------------------------
 
 
+def precompute_onnx(capsys, tmp_path, model):
+    """``embedcache precompute`` of ``tmp_path/in.csv`` with the ONNX backend: (status, stdout, stderr)."""
+    args = ["precompute", tmp_path / "in.csv", "--cache", tmp_path / "c", "--model", model, "--backend", "onnx"]
+    return run(embedcache_main, capsys, *args, "--text-col", "text", "--quiet")
+
+
 @pytest.fixture
 def own_home(tmp_path, monkeypatch):
     monkeypatch.setenv("EMBEDCACHE_HOME", str(tmp_path / "home"))
@@ -305,21 +311,7 @@ def test_a_poisoned_or_damaged_export_is_refused_in_one_line(tiny_bert_dir, tmp_
         load_encoder(str(tiny_bert_dir), backend="onnx")
     (tmp_path / "in.csv").write_text("text\nthe same text\n")
     capsys.readouterr()
-    code, _, err = run(
-        embedcache_main,
-        capsys,
-        "precompute",
-        tmp_path / "in.csv",
-        "--cache",
-        tmp_path / "c",
-        "--model",
-        tiny_bert_dir,
-        "--backend",
-        "onnx",
-        "--text-col",
-        "text",
-        "--quiet",
-    )
+    code, _, err = precompute_onnx(capsys, tmp_path, tiny_bert_dir)
     one_line_error(code, err, str(export))
     assert (
         not (tmp_path / "c" / "manifest.json").exists()
@@ -344,21 +336,7 @@ def test_a_read_only_export_home_is_one_line(tiny_bert_dir, tmp_path, own_home, 
         own_home.parent.chmod(0o500)
     (tmp_path / "in.csv").write_text("text\nhello\n")
     try:
-        code, _, err = run(
-            embedcache_main,
-            capsys,
-            "precompute",
-            tmp_path / "in.csv",
-            "--cache",
-            tmp_path / "c",
-            "--model",
-            tiny_bert_dir,
-            "--backend",
-            "onnx",
-            "--text-col",
-            "text",
-            "--quiet",
-        )
+        code, _, err = precompute_onnx(capsys, tmp_path, tiny_bert_dir)
         one_line_error(code, err, str(own_home))
     finally:
         if os.geteuid() == 0:
