@@ -391,6 +391,78 @@ def _pseudolabel_parser(sub) -> None:
     _run_arguments(w)
 
 
+SELECT_EXAMPLES = """\
+examples:
+  # the 500 prompts to label next: the batch that covers the corpus best, avoiding what is rated already
+  heads select --cache cache/minilm --data prompts.csv --text-col prompt --labeled rated.csv --budget 500 \\
+      --out to_label.csv
+  # every language gets its share of the budget
+  heads select --cache cache/e5 --data replies.csv --text-col response --group-col language --budget 300 \\
+      --out to_label.csv
+
+The output holds id, the text columns, group (with --group-col) and why each row
+was picked; rate it, then train (or pseudolabel) with the rated rows."""
+
+
+def _select_parser(sub) -> None:
+    from .selection import STRATEGIES
+
+    c = _subparser(
+        sub,
+        "select",
+        "choose the rows to label next",
+        "Choose the --budget rows of --data to label next from their cached vectors: diversity (the default) picks "
+        "each row farthest from everything labelled or picked so far; random is the baseline. Rows that nearly "
+        "duplicate a labelled one are never picked.",
+        SELECT_EXAMPLES,
+    )
+    _data_arguments(c)
+    c.add_argument("--labeled", metavar="FILE", help="rows labelled already (same text columns): avoided")
+    c.add_argument("--budget", type=POSITIVE_INT, required=True, metavar="K", help="how many rows to pick")
+    c.add_argument("--strategy", choices=STRATEGIES, default="diversity", help="(default: diversity)")
+    c.add_argument("--group-col", metavar="COL", help="split the budget over this column's values in proportion")
+    c.add_argument(
+        "--skip-above",
+        type=flag_type(check_float, float, low=-1, high=1),
+        default=0.95,
+        metavar="C",
+        help="never pick a row with cosine >= C to a labelled or picked one (default 0.95)",
+    )
+    c.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="(default 0)")
+    _option(c, "--id-col")
+    _out_arguments(c, "CSV", "the rows to label")
+    _run_arguments(c)
+
+
+def select(args) -> dict:
+    from .selection import select as choose
+
+    check_output(args.out, _inputs(args), args.overwrite, "--out")
+    out = choose(
+        _cache(args),
+        _read(args, args.data),
+        _columns(args),
+        args.budget,
+        args.strategy,
+        labeled=_read(args, args.labeled) if args.labeled else None,
+        group_col=args.group_col,
+        skip_above=args.skip_above,
+        seed=args.seed,
+        id_col=args.id_col,
+        paths=(args.data, args.labeled),
+        add_missing=args.add_missing,
+        progress=not args.quiet,
+    )
+    _write_csv(out, args.out)
+    per = (
+        f" ({', '.join(f'{g}: {n}' for g, n in out.group.value_counts().sort_index().items())})"
+        if "group" in out
+        else ""
+    )
+    print(f"{args.strategy}: picked {len(out)} of {args.budget} rows{per}; wrote {args.out}")
+    return {"n": len(out), "strategy": args.strategy, "out": args.out}
+
+
 def _leakage_parser(sub) -> None:
     k = _subparser(
         sub,
@@ -536,6 +608,7 @@ def _parser() -> argparse.ArgumentParser:
         _predict_parsers,
         _finetune_parser,
         _pseudolabel_parser,
+        _select_parser,
         _leakage_parser,
         _serve_parser,
     ):
@@ -876,6 +949,7 @@ def main(argv=None) -> int:
                 "finetune": finetune,
                 "pseudolabel": pseudolabel,
                 "leakage": leakage,
+                "select": select,
                 "serve": serve,
             }[args.command]
         ),

@@ -1,0 +1,145 @@
+"""Choosing what to label next: ``heads select`` picks K rows of an unlabeled table from their cached vectors.
+
+Strategies:
+
+- ``random``: K rows drawn uniformly (the baseline every other strategy must beat);
+- ``diversity``: greedy k-center (farthest-first traversal) on the rows' unit vectors: each pick is the row
+  farthest, in cosine, from everything labelled or picked so far, so the batch covers the corpus and avoids
+  what is labelled already.  The first pick with nothing labelled is random (the seed decides).
+
+Rows whose text nearly duplicates a labelled one (cosine >= ``skip_above``) are never picked, and diversity
+never picks two near-duplicates of each other.  ``group_col`` splits the budget over the values of a column (a language,
+a metric) in proportion to their rows, at least one each while the budget lasts.  The output is a table
+ready to annotate: ``id``, the text columns, ``group`` (with ``group_col``) and ``reason``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from embedcache import InputError, check_choice, check_float, check_int
+
+from .data import load_inputs
+from .pseudolabel import row_vectors
+
+STRATEGIES = ("random", "diversity")
+
+
+def select(
+    cache,
+    data: pd.DataFrame,
+    columns: dict,
+    budget: int,
+    strategy: str = "diversity",
+    labeled: pd.DataFrame | None = None,
+    group_col: str | None = None,
+    skip_above: float = 0.95,
+    seed: int = 0,
+    id_col: str | None = None,
+    paths=("data", "labeled"),
+    add_missing: bool = False,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """The ``budget`` rows of ``data`` to label next (see the module's docstring); deterministic for a ``seed``."""
+    check_choice(strategy, "strategy", STRATEGIES)
+    check_int(budget, "budget")
+    check_float(skip_above, "skip_above", -1, 1)
+    columns = {s: c for s, c in columns.items() if c is not None}
+    if group_col is not None and group_col not in data.columns:
+        raise InputError(f"{paths[0]}: no column {group_col!r}; available columns: {', '.join(map(str, data.columns))}")
+    vectors = _unit(row_vectors(load_inputs(cache, data, columns, paths[0], add_missing, progress)))
+    known = None
+    if labeled is not None and len(labeled):
+        known = _unit(row_vectors(load_inputs(cache, labeled, columns, paths[1], add_missing, progress)))
+    groups = data[group_col].astype(str).to_numpy() if group_col else np.full(len(data), "")
+    rng = np.random.default_rng(seed)
+    picked, reasons = [], []
+    for group, quota in _quotas(groups, budget).items():
+        rows = np.flatnonzero(groups == group)
+        chosen, why = _pick(vectors[rows], known, quota, strategy, skip_above, rng)
+        picked += rows[chosen].tolist()
+        reasons += why
+    if not picked:
+        raise InputError(
+            f"{paths[0]}: every row nearly duplicates a labelled one (cosine >= {skip_above}); nothing to pick"
+        )
+    text_cols = list(
+        dict.fromkeys(c for s, c in columns.items() if s != "template")
+        if not columns.get("template")
+        else _template_fields(columns)
+    )
+    ids = (
+        data[id_col].to_numpy()
+        if id_col
+        else (data["id"].to_numpy() if "id" in data.columns else np.arange(1, len(data) + 1))
+    )
+    out = pd.DataFrame({"id": ids[picked], **{c: data[c].to_numpy()[picked] for c in text_cols}})
+    if group_col:
+        out["group"] = groups[picked]
+    out["reason"] = reasons
+    return out
+
+
+def _template_fields(columns: dict) -> list[str]:
+    from embedcache import template_columns
+
+    fields = list(template_columns(columns["template"]))
+    return list(dict.fromkeys(fields + [c for s, c in columns.items() if s not in ("template", "text")]))
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float32)
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
+def _quotas(groups: np.ndarray, budget: int) -> dict[str, int]:
+    """The budget split over the groups in proportion to their rows (largest remainders), at least one each
+    while the budget lasts, never more than a group's rows."""
+    values, counts = np.unique(groups, return_counts=True)
+    if budget < len(values):
+        order = np.argsort(-counts, kind="stable")[:budget]
+        return {str(values[i]): 1 for i in sorted(order)}
+    share = budget * counts / counts.sum()
+    quota = np.maximum(np.floor(share).astype(int), 1)
+    while quota.sum() > budget:  # the minimum of one pushed it over: take back from the largest
+        quota[np.argmax(quota - share)] -= 1
+    for i in np.argsort(-(share - quota), kind="stable")[: budget - quota.sum()]:
+        quota[i] += 1
+    return {str(v): int(min(q, c)) for v, q, c in zip(values, quota, counts)}
+
+
+def _pick(vectors: np.ndarray, known: np.ndarray | None, quota: int, strategy: str, skip_above: float, rng):
+    """Positions of ``quota`` rows of ``vectors`` and why each was picked."""
+    n = len(vectors)
+    # closeness of each row to the nearest labelled (then picked) row, as a cosine
+    nearest = np.full(n, -np.inf, dtype=np.float32)
+    if known is not None:
+        for start in range(0, len(known), 4096):
+            nearest = np.maximum(nearest, (vectors @ known[start : start + 4096].T).max(axis=1))
+    available = nearest < skip_above
+    chosen, reasons = [], []
+    order = rng.permutation(n) if strategy == "random" else None
+    cursor = 0
+    while len(chosen) < quota and available.any():
+        if strategy == "random":
+            while cursor < n and not available[order[cursor]]:
+                cursor += 1
+            if cursor == n:
+                break
+            i = int(order[cursor])
+            reasons.append("random")
+        elif np.isneginf(nearest[available]).all():  # nothing labelled or picked yet
+            i = int(rng.choice(np.flatnonzero(available)))
+            reasons.append("diversity: first pick (random)")
+        else:
+            candidates = np.flatnonzero(available)
+            i = int(candidates[np.argmin(nearest[candidates])])
+            reasons.append(f"diversity: farthest from labelled and picked rows (cosine {float(nearest[i]):.3f})")
+        chosen.append(i)
+        closeness = vectors @ vectors[i]
+        nearest = np.maximum(nearest, closeness)
+        if strategy == "diversity":  # its near-duplicates are taken with it (random stays a plain draw)
+            available &= closeness < skip_above
+        available[i] = False
+    return np.asarray(chosen, dtype=int), reasons

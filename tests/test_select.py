@@ -1,0 +1,84 @@
+"""heads select: what to label next (issue 25, a first slice: random and diversity, quotas, near-duplicates)."""
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import one_line_error
+from conftest import run as run_command
+
+from embedcache import EmbeddingCache, Encoder
+from heads.cli import main
+from heads.selection import select
+
+CLUSTERS = 5
+
+
+class ClusterEncoder(Encoder):
+    """Texts 'c<k> ...' land near the k-th of 5 orthogonal directions (cosine within a cluster about 0.99)."""
+
+    def __init__(self):
+        super().__init__()
+        self.name, self.dim = "clusters", 16
+
+    def describe(self):
+        return {"backend": "clusters", "dim": self.dim}
+
+    def _encode(self, texts):
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+            out[row] = np.random.default_rng(seed).normal(0, 0.02, self.dim)
+            out[row, int(text[1])] += 1.0
+        return out
+
+
+def corpus(n_per=20):
+    texts = [f"c{k} item {i}" for k in range(CLUSTERS) for i in range(n_per)]
+    return pd.DataFrame({"id": range(len(texts)), "text": texts, "language": ["en"] * 60 + ["hi"] * 30 + ["bn"] * 10})
+
+
+@pytest.fixture
+def cache(tmp_path):
+    store = EmbeddingCache(tmp_path / "c", ClusterEncoder())
+    store.add(corpus().text.tolist())
+    return store
+
+
+def cluster_of(table):
+    return [int(t[1]) for t in table.text]
+
+
+def test_diversity_covers_every_cluster_before_a_second_from_any(cache):
+    five = select(cache, corpus(), {"text": "text"}, 5, "diversity", skip_above=0.999, progress=False)
+    assert sorted(cluster_of(five)) == list(range(CLUSTERS))
+    ten = select(cache, corpus(), {"text": "text"}, 10, "diversity", skip_above=0.999, progress=False)
+    assert sorted(cluster_of(ten)[:CLUSTERS]) == list(range(CLUSTERS))  # in the order picked
+    assert ten.reason.iloc[0].startswith("diversity: first pick") and "farthest" in ten.reason.iloc[1]
+
+
+def test_near_duplicates_of_labelled_rows_are_never_picked(cache):
+    labeled = corpus().iloc[[0]]  # one row of cluster 0: its cluster (cosine > 0.95) counts as labelled
+    picked = select(cache, corpus(), {"text": "text"}, 10, "diversity", labeled=labeled, progress=False)
+    assert 0 not in cluster_of(picked)
+    assert sorted(cluster_of(picked)) == [1, 2, 3, 4]  # then each pick's own near-duplicates are taken too
+
+
+def test_quotas_hold_per_group_and_a_seed_decides(cache):
+    picked = select(cache, corpus(), {"text": "text"}, 10, "random", group_col="language", progress=False)
+    assert picked.group.value_counts().to_dict() == {"en": 6, "hi": 3, "bn": 1}
+    again = select(cache, corpus(), {"text": "text"}, 10, "random", group_col="language", progress=False)
+    other = select(cache, corpus(), {"text": "text"}, 10, "random", group_col="language", seed=1, progress=False)
+    assert picked.equals(again) and not picked.equals(other)
+
+
+def test_the_command_writes_a_table_ready_to_annotate(cache, tmp_path, capsys):
+    corpus().to_csv(tmp_path / "data.csv", index=False)
+    args = ["select", "--cache", cache.path, "--data", tmp_path / "data.csv", "--budget", "4", "--group-col", "language"]
+    code, out, err = run_command(main, capsys, *args, "--out", tmp_path / "to_label.csv", "--json")
+    assert code == 0, err
+    table = pd.read_csv(tmp_path / "to_label.csv")
+    assert list(table.columns) == ["id", "text", "group", "reason"] and len(table) == 4
+    code, _, err = run_command(main, capsys, *args, "--out", tmp_path / "data.csv", "--overwrite")
+    one_line_error(code, err, "is the input --data")
