@@ -75,7 +75,17 @@ def test_quotas_hold_per_group_and_a_seed_decides(cache):
 
 def test_the_command_writes_a_table_ready_to_annotate(cache, tmp_path, capsys):
     corpus().to_csv(tmp_path / "data.csv", index=False)
-    args = ["select", "--cache", cache.path, "--data", tmp_path / "data.csv", "--budget", "4", "--group-col", "language"]
+    args = [
+        "select",
+        "--cache",
+        cache.path,
+        "--data",
+        tmp_path / "data.csv",
+        "--budget",
+        "4",
+        "--group-col",
+        "language",
+    ]
     code, out, err = run_command(main, capsys, *args, "--out", tmp_path / "to_label.csv", "--json")
     assert code == 0, err
     table = pd.read_csv(tmp_path / "to_label.csv")
