@@ -1,6 +1,7 @@
 """Choosing what to label next: ``heads select`` picks K rows of an unlabeled table from their cached vectors.
 
-Strategies:
+Strategies (``random`` is the default until a benchmark shows another beating it: on the quickstart's prompts,
+200 picked by diversity and rated trained a head to Pearson 0.30 on the held-out truth, 200 at random to 0.41):
 
 - ``random``: K rows drawn uniformly (the baseline every other strategy must beat);
 - ``diversity``: greedy k-center (farthest-first traversal) on the rows' unit vectors: each pick is the row
@@ -31,7 +32,7 @@ def select(
     data: pd.DataFrame,
     columns: dict,
     budget: int,
-    strategy: str = "diversity",
+    strategy: str = "random",
     labeled: pd.DataFrame | None = None,
     group_col: str | None = None,
     skip_above: float = 0.95,
