@@ -203,18 +203,11 @@ class EmbeddingCache:
         return self.path if part is None else self.path / PARTS / part
 
     def _open_part(self) -> None:
-        """Create this handle's part when it first writes, unless it exists (a rerun resumes it)."""
+        """Create this handle's part unless it exists (a rerun resumes it): when it first writes, and again
+        under its lock when a compaction merged it into the top level and deleted it meanwhile."""
         home = self._dir(self.part)
         if self.part is None or (home / MANIFEST).exists():
             return
-        with writing(home, "creating the part"):
-            home.mkdir(parents=True, exist_ok=True)
-        create_json_once(home / MANIFEST, self._new_part_manifest(self._writer()))
-        self._refresh()
-
-    def _recreate_part(self, part: str) -> None:
-        """Begin ``part`` afresh (we hold its lock): a compaction merged it into the top level and deleted it."""
-        home = self._dir(part)
         with writing(home, "creating the part"):
             home.mkdir(parents=True, exist_ok=True)
         create_json_once(home / MANIFEST, self._new_part_manifest(self._writer()))
@@ -550,13 +543,8 @@ class EmbeddingCache:
                     "it must be a plain file the cache can create: remove whatever is there"
                 ) from None
         try:
-            if (
-                part is not None
-                and part == self.part
-                and self.encoder is not None
-                and not (self._dir(part) / MANIFEST).exists()
-            ):
-                self._recreate_part(part)  # a compaction merged and deleted it since this handle opened it
+            if part is not None and part == self.part and self.encoder is not None:
+                self._open_part()  # a compaction may have merged and deleted it since this handle opened it
             with writing(writer_path):
                 atomic_write_json(
                     writer_path,

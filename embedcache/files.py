@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import WriteError, os_error_message
+from .trust import inside
 
 
 def fsync_dir(directory: Path) -> None:
@@ -172,12 +173,11 @@ def check_not_input(path, inputs=(), flag: str = "out") -> None:
     for name, source in inputs:
         if source is None:
             continue
-        other = Path(os.path.realpath(source))
-        if real == other or _same(path, Path(source)):
+        if real == Path(os.path.realpath(source)) or _same(path, Path(source)):
             how = "is"
-        elif other in real.parents:
+        elif inside(path, source):
             how = "lies inside"
-        elif real in other.parents:
+        elif inside(source, path):
             how = "contains"
         else:
             continue

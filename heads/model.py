@@ -97,16 +97,23 @@ class PseudoLabelValidationWarning(UserWarning):
     """Validation rows carry pseudo-labels only: the metrics measure agreement with the labeler."""
 
 
+def _pseudo_sources(df: pd.DataFrame) -> pd.Series | None:
+    """The ``source`` column when ``df`` is a table written by heads pseudolabel, else None."""
+    if "source" not in df.columns or "confidence" not in df.columns:
+        return None
+    source = df["source"].astype(str)
+    return source if set(source) <= PSEUDO_SOURCES else None
+
+
 def _only_pseudo_labels(df: pd.DataFrame) -> bool:
-    return "source" in df.columns and "confidence" in df.columns and set(df["source"].astype(str)) == {"data"}
+    source = _pseudo_sources(df)
+    return source is not None and not (source == "labeled").any()
 
 
 def pseudolabel_rows(df: pd.DataFrame) -> np.ndarray | None:
     """Positions of the labelled rows when ``df`` is a table written by heads pseudolabel, else None."""
-    if "source" not in df.columns or "confidence" not in df.columns:
-        return None
-    source = df["source"].astype(str)
-    if not set(source) <= PSEUDO_SOURCES or not (source == "labeled").any():
+    source = _pseudo_sources(df)
+    if source is None or not (source == "labeled").any():
         return None
     return np.flatnonzero((source == "labeled").to_numpy())
 

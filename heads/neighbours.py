@@ -12,7 +12,8 @@ class UnseenConditionWarning(UserWarning):
     """A condition (metric) never seen in training was scored."""
 
 
-def _unit(vectors: np.ndarray) -> np.ndarray:
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, as contiguous float32 (what faiss and cosines here take)."""
     v = np.ascontiguousarray(vectors, dtype=np.float32)
     return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
@@ -21,11 +22,11 @@ def nearest(index_vectors: np.ndarray, query_vectors: np.ndarray, k: int) -> tup
     """Cosine similarities and positions of the ``k`` nearest rows of ``index_vectors`` for each query (exact search)."""
     import faiss
 
-    base = _unit(index_vectors)
+    base = unit_rows(index_vectors)
     index = faiss.IndexFlatIP(base.shape[1])
     index.add(base)
     k = min(k, len(base))
-    return index.search(_unit(query_vectors), k)
+    return index.search(unit_rows(query_vectors), k)
 
 
 def propagate(

@@ -22,6 +22,7 @@ import pandas as pd
 from embedcache import InputError, check_choice, check_float, check_int
 
 from .data import load_inputs
+from .neighbours import unit_rows
 from .pseudolabel import row_vectors
 
 STRATEGIES = ("random", "diversity")
@@ -49,10 +50,10 @@ def select(
     columns = {s: c for s, c in columns.items() if c is not None}
     if group_col is not None and group_col not in data.columns:
         raise InputError(f"{paths[0]}: no column {group_col!r}; available columns: {', '.join(map(str, data.columns))}")
-    vectors = _unit(row_vectors(load_inputs(cache, data, columns, paths[0], add_missing, progress)))
+    vectors = unit_rows(row_vectors(load_inputs(cache, data, columns, paths[0], add_missing, progress)))
     known = None
     if labeled is not None and len(labeled):
-        known = _unit(row_vectors(load_inputs(cache, labeled, columns, paths[1], add_missing, progress)))
+        known = unit_rows(row_vectors(load_inputs(cache, labeled, columns, paths[1], add_missing, progress)))
     groups = data[group_col].astype(str).to_numpy() if group_col else np.full(len(data), "")
     rng = np.random.default_rng(seed)
     picked, reasons = [], []
@@ -87,11 +88,6 @@ def _template_fields(columns: dict) -> list[str]:
 
     fields = list(template_columns(columns["template"]))
     return list(dict.fromkeys(fields + [c for s, c in columns.items() if s not in ("template", "text")]))
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float32)
-    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
 
 def _quotas(groups: np.ndarray, budget: int) -> dict[str, int]:
