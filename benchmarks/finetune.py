@@ -72,7 +72,7 @@ def main() -> None:
         rows.append(
             (
                 f"frozen {head}",
-                100 * spearmanr(model.predict(cache, dev)[:, 0], dev.score)[0],
+                100 * spearmanr(model.predict(cache, dev), dev.score)[0],
                 time.perf_counter() - start,
             )
         )
@@ -99,7 +99,7 @@ def main() -> None:
             progress=False,
         )
         seconds = time.perf_counter() - start
-        rows.append((f"fine-tuned {variant}", 100 * spearmanr(model.predict(None, dev)[:, 0], dev.score)[0], seconds))
+        rows.append((f"fine-tuned {variant}", 100 * spearmanr(model.predict(None, dev), dev.score)[0], seconds))
         print(rows[-1], flush=True)
     best_frozen = max(s for name, s, _ in rows if name.startswith("frozen"))
     print(f"\n### STS-B en: {len(train)} training pairs, {args.epochs} epoch(s), batch {args.batch_size}, {device}\n")

@@ -147,7 +147,7 @@ def accuracy(args) -> None:
                 cache, train, "score", text_col="s1", pair_col="s2", progress=False
             )
             times.append(time.perf_counter() - start)
-            scores[head] = spearmanr(model.predict(cache, dev)[:, 0], dev.score)[0]
+            scores[head] = spearmanr(model.predict(cache, dev), dev.score)[0]
         best = max(scores.values())
         print(
             f"| {enc_name} | {lang} | {100 * cosine:.2f} | {100 * scores['ridge']:.2f} | {100 * scores['concat']:.2f} | "

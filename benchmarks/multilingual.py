@@ -103,7 +103,7 @@ def main() -> None:
                 * spearmanr(
                     HeadModel(head=head, label_range=(0, 5))
                     .fit(cache, train, "score", text_col="s1", pair_col="s2", progress=False)
-                    .predict(cache, dev)[:, 0],
+                    .predict(cache, dev),
                     dev.score,
                 ).statistic
                 for head in ("two-tower", "concat", "ridge")

@@ -83,7 +83,7 @@ def notebook_app(model_dir):
 
     @app.post("/score")
     def score(body: dict):
-        return {"scores": model.predict([item["text"] for item in body["items"]]).tolist()}
+        return {"scores": model.predict([item["text"] for item in body["items"]], squeeze=False).tolist()}
 
     return app
 

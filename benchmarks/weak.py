@@ -51,7 +51,7 @@ COLUMNS = {"text": "s1", "pair": "s2"}
 
 
 def spearman(model_or_pred, cache, dev) -> float:
-    pred = model_or_pred if isinstance(model_or_pred, np.ndarray) else model_or_pred.predict(cache, dev)
+    pred = model_or_pred if isinstance(model_or_pred, np.ndarray) else model_or_pred.predict(cache, dev, squeeze=False)
     return 100 * spearmanr(pred[:, 0], dev.score)[0]
 
 

@@ -477,7 +477,7 @@ def finetune(
             backbone.model = backbone.model.merge_and_unload()
     network.to("cpu").eval()
     result = _result(backbone, unit, sides, config, encoder, columns, label_cols, mean, std, trainer, out, start)
-    result.validate(y_val, result.predict(val_table))  # the way predict will
+    result.validate(y_val, result.predict(val_table, squeeze=False))  # the way predict will
     reached = result.validation_.get("spearman")
     if frozen is not None and reached is not None and reached < frozen:
         warnings.warn(

@@ -411,9 +411,13 @@ class HeadModel:
         interval: float | None = None,
         add_missing=False,
         progress: bool = True,
+        squeeze: bool = True,
     ):
-        """Scores for ``data``: ``(n, n_labels)``; with ``interval=0.9``, ``(scores, lower, upper)`` bounds that
-        hold the truth for at least 90% of rows like the validation rows (split conformal).
+        """Scores for ``data``, shaped as sentence-transformers and SetFit return them: a float for one text,
+        ``(n,)`` for a model of one label, ``(n, n_labels)`` for several (``(n_labels,)`` for one text);
+        ``squeeze=False`` always gives ``(n, n_labels)``.  With ``interval=0.9``, ``(scores, lower, upper)``,
+        bounds shaped like the scores that hold the truth for at least 90% of rows like the validation rows
+        (split conformal).
 
         ``data``: one text, a list of texts, of ``(text, pair)`` / ``(text, condition)`` tuples or of dicts
         (``{"text": ..., "condition": ...}``, or the trained column names), a DataFrame, or a file path;
@@ -426,9 +430,11 @@ class HeadModel:
             data, cache = cache, data
         inputs, _, _ = self._inputs(cache, data, columns, add_missing, conditions, progress)
         scores = self.predict_inputs(inputs)
-        if interval is None:
-            return scores
-        return (scores, *self.bounds(scores, interval))
+        out = [scores] if interval is None else [scores, *self.bounds(scores, interval)]
+        if squeeze:
+            one = isinstance(data, str) and not is_data_file(data)
+            out = [_squeezed(a, one) for a in out]
+        return out[0] if interval is None else tuple(out)
 
     def bounds(self, scores: np.ndarray, interval: float) -> tuple[np.ndarray, np.ndarray]:
         """Lower and upper bounds around ``scores`` holding the truth for at least ``interval`` of rows."""
@@ -455,7 +461,7 @@ class HeadModel:
         df, path = _table(data)
         if id_col is not None and id_col not in df.columns:
             raise InputError(f"{path}: no column {id_col!r}; available columns: {', '.join(map(str, df.columns))}")
-        pred = self.predict(df, cache, columns=columns, add_missing=add_missing, progress=progress)
+        pred = self.predict(df, cache, columns=columns, add_missing=add_missing, progress=progress, squeeze=False)
         names = ["score"] if len(self.labels_) == 1 else self.labels_
         out = {n: pred[:, j] for j, n in enumerate(names)}
         if interval is not None:
@@ -590,6 +596,14 @@ class HeadModel:
         model.directory_, model._own_encoder = None if directory is None else Path(directory), own_encoder
         model.conditions_, model.validation_rows_, model.validation_, model.calibration_ = None, None, None, None
         return model
+
+
+def _squeezed(scores: np.ndarray, one: bool):
+    """``(n, k)`` scores as predict returns them: a label axis only for several labels, a row axis only
+    for several texts (a float for one text and one label)."""
+    if scores.shape[1] == 1:
+        scores = scores[:, 0]
+    return (scores[0].item() if scores.ndim == 1 else scores[0]) if one else scores
 
 
 def _saved_unit(config: dict, tensors: dict, settings: TrainConfig, directory: Path):

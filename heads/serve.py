@@ -196,7 +196,7 @@ class Scorer:
         from the cache are added to ``self.metrics`` once, by the call that did the work."""
         model = self.model
         if self.joint:
-            return model.predict(items)
+            return model.predict(items, squeeze=False)
         before = (self.vectors.encoded, self.vectors.cache_hits)
         try:
             df, path = as_table(items, model.columns_, model.sides_)

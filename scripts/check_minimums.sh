@@ -44,7 +44,7 @@ cache = EmbeddingCache("cache", HashEncoder())
 cache.encode(texts)
 for head in ("concat", "ridge"):
     pred = HeadModel(head=head, epochs=3).fit(cache, df, "score", progress=False).predict(cache, df)
-    assert pred.shape == (60, 1) and np.isfinite(pred).all()
+    assert pred.shape == (60,) and np.isfinite(pred).all()
 X = np.random.default_rng(0).standard_normal((50, 8))
 assert EmbeddingRegressor(epochs=3).fit(X, X[:, 0]).predict(X).shape == (50,)
 model = finetune(pd.DataFrame({"text": ["a b", "c d", "e f", "g h"] * 5, "score": [0.0, 1.0, 2.0, 3.0] * 5}), "score",

@@ -50,5 +50,5 @@ from heads import HeadModel
 model = HeadModel.load(f"{sys.argv[1]}/model")
 reply = "ডাক্তার বললেন প্রতিদিন ওষুধ খেতে হবে।"  # "The doctor said to take the medicine every day."
 for metric in ("talks about health or medicine", "talks about the weather"):
-    print(f"{metric!r}: {model.predict([reply], conditions=[metric])[0, 0]:.1f}")
+    print(f"{metric!r}: {model.predict(reply, conditions=[metric]):.1f}")
 PY

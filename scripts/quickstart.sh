@@ -84,7 +84,7 @@ python - "$work/model" <<'PY'
 import sys
 from heads import HeadModel
 scores, lower, upper = HeadModel.load(sys.argv[1]).predict(["Please explain photosynthesis step by step.", "hi"], interval=0.9)
-print("scores", scores[:, 0].round(3), "lower", lower[:, 0].round(3), "upper", upper[:, 0].round(3))
+print("scores", scores.round(3), "lower", lower.round(3), "upper", upper.round(3))
 PY
 
 echo "== 8. no labels yet: rate 200 prompts with an (offline) annotation function, self-train over the rest, train"

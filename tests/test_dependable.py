@@ -260,7 +260,7 @@ def test_eight_threads_and_two_processes_predict_new_texts_at_once(tiny_setup, t
     for i in range(8):
         np.testing.assert_allclose(got[i], expected[i], rtol=1e-5, atol=1e-6)
     for i in (8, 9):
-        np.testing.assert_allclose(pd.read_csv(tmp / f"out{i}.csv").score, expected[i][:, 0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(pd.read_csv(tmp / f"out{i}.csv").score, expected[i], rtol=1e-5, atol=1e-6)
     final = EmbeddingCache(cache)
     assert final.contains(test.text.tolist()).all() and not final.verify()
     assert len(final) == len(set(word_rows(WORDS[:8]).text) | set(test.text))  # each text stored once
@@ -353,7 +353,7 @@ def test_weights_leave_out_rows_of_weight_zero(tiny_setup):
     model = HeadModel(head="ridge").fit(EmbeddingCache(cache), noisy, "score", weight_col="w", progress=False)
     unweighted = HeadModel(head="ridge").fit(EmbeddingCache(cache), noisy.drop(columns="w"), "score", progress=False)
     truth = test.score.to_numpy()
-    err = lambda m: np.abs(m.predict(EmbeddingCache(cache), test)[:, 0] - truth).mean()
+    err = lambda m: np.abs(m.predict(EmbeddingCache(cache), test) - truth).mean()
     assert err(model) < 0.5 * err(unweighted)
     X = np.random.default_rng(0).standard_normal((200, 6)).astype(np.float32)
     y = X[:, 0] + np.where(np.arange(200) < 100, 0.0, 50.0)
@@ -475,7 +475,7 @@ def test_template_trains_and_is_reused_by_predict(tiny_setup):
         EmbeddingCache(cache), composed, columns={"text": "text", "template": None}
     )
     # the same texts either way (the template is the model's unless overridden)
-    np.testing.assert_allclose(pd.read_csv(tmp / "tp.csv").score, direct[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(pd.read_csv(tmp / "tp.csv").score, direct, rtol=1e-6)
 
 
 def test_precompute_without_model_uses_the_cache_encoder_and_reports_honest_speed(tmp_path, capsys, tiny_bert_dir):

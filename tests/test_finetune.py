@@ -89,7 +89,7 @@ def test_each_head_fine_tunes_and_predicts_through_the_same_commands(
     metrics = run(["evaluate", "--model", str(out), "--data", str(files / "dev.csv"), "--json"], capsys)
     dev = pd.read_csv(files / "dev.csv")
     model = HeadModel.load(out)
-    np.testing.assert_allclose(model.predict(None, dev)[:, 0], predicted.score, atol=1e-6)
+    np.testing.assert_allclose(model.predict(None, dev), predicted.score, atol=1e-6)
     assert metrics["rmse"] == pytest.approx(np.sqrt(((predicted.score - dev.score) ** 2).mean()), rel=1e-5)
 
 
@@ -121,7 +121,7 @@ def test_fine_tuning_learns_a_task_the_random_encoder_knows_nothing_of(tiny_bert
     )
     losses = [e["loss"] for e in model.history_ if "loss" in e]
     assert losses[-1] < 0.5 * losses[0]
-    rmse = np.sqrt(((model.predict(None, dev)[:, 0] - dev.score) ** 2).mean())
+    rmse = np.sqrt(((model.predict(None, dev) - dev.score) ** 2).mean())
     assert rmse < 0.5 * dev.score.std()
 
 
@@ -451,4 +451,4 @@ def test_a_killed_fine_tuning_leaves_the_old_model_as_it_was_and_resumes(files, 
     resumed = finetune(train, "score", {"text": "s1", "pair": "s2"}, out, epochs=3, resume=True, **settings)
     assert resumed.history_ and not work.exists()
     assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "encoder"}
-    assert HeadModel.load(out).predict(pairs(4, seed=3)).shape == (4, 1)
+    assert HeadModel.load(out).predict(pairs(4, seed=3)).shape == (4,)

@@ -81,7 +81,7 @@ def test_fit_takes_template_fields_as_predict_does(tiny_bert):
     )
     assert model.columns_["template"] == "{metric_name}: {response}"
     predicted = model.predict(items[:2])  # the same dicts predict takes
-    assert predicted.shape == (2, 1) and np.isfinite(predicted).all()
+    assert predicted.shape == (2,) and np.isfinite(predicted).all()
 
 
 def test_a_cache_of_another_backend_is_named_in_the_mismatch(tmp_path, tiny_bert):

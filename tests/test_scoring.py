@@ -56,7 +56,7 @@ def test_texts_in_scores_out_without_a_cache(saved):
     by_column = model.predict([{"a": a, "b": b} for a, b in zip(dev.a, dev.b)])
     np.testing.assert_array_equal(as_dicts, plain)
     np.testing.assert_array_equal(by_column, plain)
-    assert model.predict([(dev.a[0], dev.b[0])]).shape == (1, 1)
+    assert model.predict([(dev.a[0], dev.b[0])]).shape == (1,)
     assert len(EmbeddingCache(cache.path)) == before  # texts missing from the cache were encoded, not stored
 
 
@@ -71,7 +71,8 @@ def test_a_single_text_and_conditions(tmp_path, tiny_bert):
         cache, rows, "score", text_col="response", condition_col="metric", progress=False
     )
     one = model.predict("apple river stone cloud", conditions=["harm"])
-    assert one.shape == (1, 1)
+    assert isinstance(one, float)  # one text, one label: a number, as sentence-transformers and SetFit give
+    assert one == pytest.approx(model.predict(["apple river stone cloud"], conditions=["harm"], squeeze=False)[0, 0])
     np.testing.assert_allclose(
         model.predict(rows.response.tolist()[:10], conditions=rows.metric.tolist()[:10]),
         model.predict(rows.head(10), cache),
@@ -97,7 +98,7 @@ def test_intervals_cover_their_share_of_held_out_rows(tmp_path, coverage):
     model = HeadModel(head="ridge", val_fraction=0.3).fit(cache, linear_rows(3000, 0), "y", progress=False)
     test = linear_rows(4000, 1)
     scores, lower, upper = model.predict(test, cache, interval=coverage)
-    inside = ((test.y.to_numpy() >= lower[:, 0]) & (test.y.to_numpy() <= upper[:, 0])).mean()
+    inside = ((test.y.to_numpy() >= lower) & (test.y.to_numpy() <= upper)).mean()
     assert abs(inside - coverage) < 0.03
     assert np.all(lower <= scores) and np.all(scores <= upper)
     # the width is that of the noise's central interval: 2 * 1.28 * 0.5 at 0.8, 2 * 1.64 * 0.5 at 0.9
@@ -195,9 +196,12 @@ def test_fit_on_plain_texts_and_labels_in_memory_or_through_a_new_cache(tmp_path
     conditioned = HeadModel(head="ridge").fit(
         data.a.tolist(), np.stack([labels, -labels], axis=1), conditions=["harm", "help"] * 75, encoder=tiny_bert
     )
-    assert conditioned.labels_ == ["score_0", "score_1"] and conditioned.predict(
-        "apple", conditions=["harm"]
-    ).shape == (1, 2)
+    assert conditioned.labels_ == ["score_0", "score_1"]
+    assert conditioned.predict("apple", conditions=["harm"]).shape == (2,)  # one text: a score per label
+    assert conditioned.predict(["apple", "river"], conditions=["harm", "help"]).shape == (2, 2)
+    scores, lower, upper = conditioned.predict(["apple"] * 3, conditions=["harm"] * 3, interval=0.9)
+    assert scores.shape == lower.shape == upper.shape == (3, 2)
+    assert conditioned.predict("apple", conditions=["harm"], squeeze=False).shape == (1, 2)
     with pytest.raises(ParameterError, match=r"labels has shape \(3,\) for 150 texts"):
         HeadModel().fit(texts, [1, 2, 3], encoder=tiny_bert)
 
