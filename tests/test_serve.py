@@ -152,7 +152,8 @@ def test_a_template_model_takes_its_fields_by_name(tmp_path, tiny_bert):
         assert client.get("/model").json()["fields"] == ["question", "answer", "condition"]
         item = {"question": "what do you like?", "answer": data.answer[0], "condition": data.metric[0]}
         reply = client.post("/score", json={"items": [item]})
-        expected = HeadModel.load(tmp_path / "m").predict(data.head(1), squeeze=False)  # encoded as the server does, not float16
+        # encoded as the server does, not float16
+        expected = HeadModel.load(tmp_path / "m").predict(data.head(1), squeeze=False)
         np.testing.assert_allclose(reply.json()["scores"], expected, atol=1e-6)
         missing = client.post("/score", json={"items": [{"answer": "x", "condition": "harm"}]})
         assert missing.status_code == 422 and "items[0].question: missing" in missing.json()["detail"]
