@@ -41,6 +41,8 @@ def main() -> None:
     ap.add_argument("--train-rows", type=int, help="use the first N training pairs (default: all 5,749)")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--encoder-lr", type=float, help="the encoder's learning rate (default: finetune's)")
+    ap.add_argument("--lr", type=float, help="the head's learning rate (default: finetune's)")
     ap.add_argument(
         "--variants",
         nargs="+",
@@ -96,6 +98,8 @@ def main() -> None:
             prompt_tuning=20 if how == "prompt" else None,
             # the soft prompt learns at the head's rate: 1e-3 is too slow for it, 1e-2 unsettles the head
             **({"lr": 3e-3} if how == "prompt" else {}),
+            **({"lr": args.lr} if args.lr else {}),
+            **({"encoder_lr": args.encoder_lr} if args.encoder_lr else {}),
             progress=False,
         )
         seconds = time.perf_counter() - start

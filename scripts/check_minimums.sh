@@ -14,8 +14,11 @@ import configparser, re, sys
 cfg = configparser.ConfigParser()
 cfg.read(sys.argv[1])
 reqs = cfg["options"]["install_requires"].split() + cfg["options.extras_require"]["finetune"].split()
-# each 'name>=x' becomes 'name==x'; torch stays as installed
-print(" ".join(re.sub(r">=", "==", r) for r in reqs if r.strip() and not r.startswith("torch")))
+# each 'name>=x' becomes 'name==x'; torch stays as installed.  transformers with its hub-kernels extra: the
+# system's newer `kernels` (a dependency of newer transformers) is visible here and breaks transformers 5.0,
+# which declares kernels<0.11; the extra installs the release it was made for.
+pins = [re.sub(r">=", "==", r) for r in reqs if r.strip() and not r.startswith("torch")]
+print(" ".join(re.sub(r"^transformers==", "transformers[hub-kernels]==", p) for p in pins))
 PY
 )
 echo "installing: $pins"
