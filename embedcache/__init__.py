@@ -9,7 +9,7 @@ place and describe an encoder (``resolve_device``, ``model_directory``, ...).
 
 __version__ = "0.1.0"
 
-from .cache import EmbeddingCache
+from .cache import EmbeddingCache, compact
 from .checks import check_choice, check_float, check_int, check_label_range, flag_type
 from .corpus import precompute
 from .encoders import (
@@ -97,6 +97,7 @@ __all__ = [
     "check_model_directory",
     "check_not_input",
     "check_output",
+    "compact",
     "compose",
     "connect_ray",
     "expand_inputs",

@@ -86,11 +86,11 @@ def candidates(device: str) -> list[tuple[str, str]]:
 def _measure(encoder, runtime, texts: list[str]) -> tuple[np.ndarray, float]:
     """Vectors of ``texts`` through ``runtime`` and the best texts/s of two timed passes after a warm-up."""
     encoder.runtime = runtime
-    encoder._encode(texts[:16])
+    encoder.encode_uncounted(texts[:16])
     best = float("inf")
     for _ in range(2):
         began = time.perf_counter()
-        vectors = encoder._encode(texts)
+        vectors = encoder.encode_uncounted(texts)
         best = min(best, time.perf_counter() - began)
     return vectors, len(texts) / best
 
@@ -102,7 +102,7 @@ def choose_backend(encoder, calibration: list[str] | None) -> dict:
 
         return {"backend": "torch", "precision": resolve_precision("auto", encoder.device), "measured": None}
     machine = _machine()
-    source = encoder._source()
+    source = encoder.source()
     path = record_path(source, machine)
     if path.exists():
         record = json.loads(path.read_text())

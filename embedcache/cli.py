@@ -9,10 +9,9 @@ from pathlib import Path
 
 from . import __version__
 from .backends import BACKENDS
-from .cache import LOCK_TIMEOUT, MANIFEST, EmbeddingCache
+from .cache import COMPACT_SHARD_SIZE, LOCK_TIMEOUT, MANIFEST, EmbeddingCache
+from .cache import compact as run_compact
 from .checks import check_float, check_int, flag_type
-from .compaction import COMPACT_SHARD_SIZE
-from .compaction import compact as run_compact
 from .corpus import precompute as run_precompute
 from .encoders import DEFAULT_ENCODER, encoder_aliases, quiet_transformers
 from .errors import run_command

@@ -110,6 +110,11 @@ class Encoder:
             )
         return vectors
 
+    def encode_uncounted(self, texts: list[str]) -> np.ndarray:
+        """The vectors of ``texts`` straight from the backend: nothing counted (truncation, unknown tokens) and
+        no checks; for timing one runtime against another."""
+        return self._encode(list(texts))
+
     def count_truncated(self, texts: list[str]) -> int:
         return 0
 
@@ -276,10 +281,11 @@ class SentenceTransformerEncoder(Encoder):
             self.model.to({"fp16": torch.float16, "bf16": torch.bfloat16}[self.precision])
         self.backend = backend
         self.runtime = load_runtime(
-            self.model, self._source(), backend, self.device, self.precision, self.features, calibration
+            self.model, self.source(), backend, self.device, self.precision, self.features, calibration
         )
 
-    def _source(self) -> dict:
+    def source(self) -> dict:
+        """What the fingerprint is computed from, the runtime aside: weights, tokenizer, modules, settings."""
         return {
             "backend": "sentence-transformers",
             "weights_sha256": self._weights,
@@ -297,14 +303,14 @@ class SentenceTransformerEncoder(Encoder):
         if self.runtime.describe() is not None:
             return {self.fingerprint}
         return {
-            hashlib.sha256(json.dumps({**self._source(), "precision": p}, sort_keys=True).encode()).hexdigest()[:32]
+            hashlib.sha256(json.dumps({**self.source(), "precision": p}, sort_keys=True).encode()).hexdigest()[:32]
             for p in ("fp32", "fp16", "bf16")
         } | {self.fingerprint}
 
     def describe(self) -> dict:
         runtime = self.runtime.describe()
         # The torch backend's description is what it was before backends existed: old caches still match.
-        return self._source() if runtime is None else {**self._source(), "runtime": runtime}
+        return self.source() if runtime is None else {**self.source(), "runtime": runtime}
 
     def features(self, texts: list[str]) -> dict:
         """Tokenizer output for ``texts`` (prompt included), padded to the longest, as torch tensors."""

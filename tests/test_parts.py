@@ -21,9 +21,9 @@ from embedcache import (
     EmbeddingCache,
     FingerprintMismatchError,
     ParameterError,
+    compact,
     load_encoder,
 )
-from embedcache.compaction import compact
 from embedcache.index import text_keys
 from embedcache.ranks import launcher_rank
 

@@ -9,9 +9,8 @@ import pytest
 from conftest import HashEncoder, one_line_error
 from conftest import run as run_command
 
-from embedcache import CacheDamagedError, EmbeddingCache
+from embedcache import CacheDamagedError, EmbeddingCache, compact
 from embedcache.cli import main
-from embedcache.compaction import compact
 
 TOP = [f"top {i}" for i in range(6)]
 PART = [f"part {i}" for i in range(6)]
@@ -103,7 +102,7 @@ def test_a_parts_file_is_one_line(cache_dir, tmp_path, capsys):
 
 def test_a_reader_that_lost_a_race_with_a_compaction_reads_again(cache_dir, monkeypatch):
     """The reader read the old manifests; the compaction commits and deletes the shards before it reads their keys."""
-    import embedcache.cache as cache_module
+    import embedcache.cache.rows as cache_module  # where the index reads a shard's keys
 
     reader = EmbeddingCache(cache_dir)
     reader._refresh()

@@ -11,8 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from embedcache import EmbeddingCache, InputError, load_encoder
-from embedcache.compaction import compact
+from embedcache import EmbeddingCache, InputError, compact, load_encoder
 from heads import HeadModel
 
 ray = pytest.importorskip("ray")

