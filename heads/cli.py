@@ -309,7 +309,8 @@ def _finetune_parser(sub) -> None:
         helps={
             "head": "head type: concat (the default), two-tower, cross (both "
             "texts in one sequence), auto (two-tower for a pair of texts, concat "
-            "otherwise) or a registered type"
+            "otherwise) or a registered type",
+            "batch_size": "rows per step (default: 32; 16 for the cross head)",
         },
     )
     add_arguments(f, FinetuneConfig(), "encoder training")

@@ -36,7 +36,7 @@ from embedcache import (
 )
 
 from .backbone import Backbone
-from .config import FINETUNE_DEFAULTS, FinetuneConfig, TrainConfig
+from .config import FINETUNE_DEFAULTS, FinetuneConfig, TrainConfig, finetune_defaults
 from .data import grouped_split, load_labels, side_texts, sides_of
 from .metrics import NAMES, report
 from .model import HeadModel, check_label_values, label_scaling
@@ -237,7 +237,7 @@ def _configs(
             f"{', '.join(n for n, c in _torch_heads())}), got {config.head!r}"
         )
     head_type(config.head).check_sides(sides)
-    return config, encoder
+    return finetune_defaults(config, encoder)
 
 
 def _torch_heads():
