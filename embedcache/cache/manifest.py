@@ -20,8 +20,8 @@ import uuid
 from pathlib import Path
 
 from .. import __version__
-from ..encoders import Encoder
-from ..errors import CacheDamagedError
+from ..encoders import Encoder, spec_difference
+from ..errors import CacheDamagedError, FingerprintMismatchError
 from ..shards import DTYPES
 from .layout import ENCODER_ATTR, FORMAT, MANIFEST, PART_NAME, SHARD_NAME, part_dir
 
@@ -80,6 +80,18 @@ def shard_attributes(manifest: dict) -> dict:
         "created": time.time(),
         ENCODER_ATTR: json.dumps(record, sort_keys=True),
     }
+
+
+def check_encoder(manifest: dict, path: Path, encoder: Encoder) -> None:
+    """FingerprintMismatchError, naming what differs, unless ``encoder`` made the vectors of the cache at
+    ``path`` whose top-level manifest is ``manifest``."""
+    if encoder.fingerprint != manifest["fingerprint"]:
+        differ = spec_difference(manifest["encoder"].get("load"), encoder.spec, ("the cache", "the encoder"))
+        raise FingerprintMismatchError(
+            f"cache {path} was built by encoder {manifest['encoder']['name']!r} "
+            f"(fingerprint {manifest['fingerprint']}), but the given encoder is {encoder.name!r} "
+            f"(fingerprint {encoder.fingerprint}); they differ in: {differ}; use another cache directory for it"
+        )
 
 
 def rebuild_hint(path: Path) -> str:

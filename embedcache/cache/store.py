@@ -19,36 +19,30 @@ killed at any instant leaves a cache that opens and holds whole shards only.
 from __future__ import annotations
 
 import os
-import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from ..encoders import Encoder, load_encoder, spec_difference
+from ..encoders import Encoder, load_encoder
 from ..errors import (
     EncoderError,
-    FingerprintMismatchError,
     NotCachedError,
     ParameterError,
 )
 from ..files import create_json_once, writing
 from ..index import text_keys
-from ..shards import DTYPES, read_keys, read_vectors
 from . import integrity
 from .layout import (
     MANIFEST,
-    PART_NAME,
     part_dir,
 )
 from .lock import LOCK_TIMEOUT, WriteLock
-from .manifest import merged_unknown, new_part_manifest, read_manifest, shard_attributes
+from .manifest import check_encoder, new_part_manifest, shard_attributes
+from .reader import Reader
 from .recovery import tidy
-from .rows import RowIndex, Vanished, read_rows
-from .view import ManifestView, backend_description, create_if_missing
-from .writer import ShardWriter, encode_into
+from .view import backend_description, check_arguments, create_if_missing
+from .writer import ShardWriter, encode_in_batches, encode_into, new_stats
 
 
 class EmbeddingCache:
@@ -84,18 +78,11 @@ class EmbeddingCache:
         self.shard_size = shard_size
         self.lock_timeout = lock_timeout
         self.part = part
-        self._mutex = threading.RLock()  # the in-memory index and encoder, shared by this handle's threads
-        if dtype is not None and dtype not in DTYPES:
-            raise ParameterError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
-            raise ParameterError(f"shard_size must be a whole number >= 1, got {shard_size!r}")
-        if part is not None and not (isinstance(part, str) and PART_NAME.match(part)):
-            raise ParameterError(f"part must be a name of letters, digits and '_.-' (at most 100), got {part!r}")
-        if part is not None and encoder is None:
-            raise ParameterError(f"part={part!r} names where this handle writes: pass the encoder that writes it")
+        check_arguments(encoder, dtype, shard_size, part)
         create_if_missing(self.path, encoder, dtype or "float16")
-        self._rows = RowIndex()  # keys -> rows of the shards indexed so far
-        self._view = ManifestView(self.path)  # the manifests as last read
+        self._reader = Reader(self.path)  # the manifests as last read and the key index
+        self._mutex = self._reader.mutex  # guards them and the encoder, for this handle's threads
+        self._view = self._reader.view
         self._refresh()
         if dtype is not None and dtype != self.dtype:
             raise ParameterError(f"cache {self.path} stores {self.dtype}, but dtype={dtype!r} was asked for")
@@ -104,13 +91,10 @@ class EmbeddingCache:
 
     # -- manifests ------------------------------------------------------------
 
-    def _dir(self, part: str | None) -> Path:
-        return part_dir(self.path, part)
-
     def _open_part(self) -> None:
         """Create this handle's part unless it exists (a rerun resumes it): when it first writes, and again
         under its lock when a compaction merged it into the top level and deleted it meanwhile."""
-        home = self._dir(self.part)
+        home = part_dir(self.path, self.part)
         if self.part is None or (home / MANIFEST).exists():
             return
         with writing(home, "creating the part"):
@@ -124,51 +108,16 @@ class EmbeddingCache:
             raise NotCachedError(f"cache {self.path} was opened without an encoder: it cannot write")
         return self.encoder
 
-    def _read_manifest(self, part: str | None = None) -> dict:
-        return read_manifest(self.path, part, None if part is None else self._manifest)
-
     def _refresh(self) -> None:
         """Re-read the manifests other processes replaced since we last looked, and find new parts."""
-        with self._mutex:
-            self._view.refresh()
+        self._reader.refresh()
 
     @property
     def _manifest(self) -> dict:
         return self._view.top
 
-    def _manifests(self) -> list[tuple[str | None, dict]]:
-        return self._view.manifests()
-
-    def _sync_index(self) -> None:
-        """Bring the key index up to date with the manifests, reading keys of new shards only (hold ``_mutex``).
-
-        When an indexed shard went away (a repair or a compaction) the index is rebuilt.  A shard
-        deleted between reading the manifest and its keys (a compaction committed meanwhile) sends
-        it back to the manifests, which no longer list it.
-        """
-        expected = {"fingerprint": self.fingerprint, "dim": self.dim, "dtype": self.dtype}
-        for attempt in range(6):
-            self._refresh()
-            try:
-                return self._rows.sync(self.path, self._view.listed(), expected, attempt == 5, self._view.shard_path)
-            except Vanished:
-                self._forget()  # read every manifest and shard again
-                time.sleep(0.01 * attempt)
-
-    def _forget(self) -> None:
-        """Drop the index and every manifest read (hold ``_mutex``): the next sync starts from the files."""
-        self._rows.forget()
-        self._view.forget()
-
     def _check_encoder(self, encoder: Encoder) -> None:
-        if encoder.fingerprint != self.fingerprint:
-            raise FingerprintMismatchError(
-                f"cache {self.path} was built by encoder {self._manifest['encoder']['name']!r} "
-                f"(fingerprint {self.fingerprint}), but the given encoder is {encoder.name!r} "
-                f"(fingerprint {encoder.fingerprint}); they differ in: "
-                f"{spec_difference(self.encoder_spec, encoder.spec, ('the cache', 'the encoder'))}; "
-                "use another cache directory for it"
-            )
+        check_encoder(self._manifest, self.path, encoder)
 
     # -- properties -----------------------------------------------------------
 
@@ -201,9 +150,7 @@ class EmbeddingCache:
 
     def knows(self, quick_key: str | None) -> bool:
         """Whether an encoder with this ``encoders.quick_key`` was verified to match this cache."""
-        return quick_key is not None and any(
-            quick_key in m["encoder"].get("quick_keys", []) for _, m in self._manifests()
-        )
+        return self._view.knows(quick_key)
 
     def remember(self, quick_key: str | None) -> None:
         """Record that this cache's own encoder (checked by fingerprint) has ``quick_key``."""
@@ -239,9 +186,7 @@ class EmbeddingCache:
 
     def __len__(self) -> int:
         """The number of distinct texts cached (a text two parts both hold counts once)."""
-        with self._mutex:
-            self._sync_index()
-            return len(self._rows)
+        return len(self._reader)
 
     def __repr__(self) -> str:
         return f"EmbeddingCache({str(self.path)!r}, encoder={self.encoder_name!r}, rows={len(self)}, dim={self.dim})"
@@ -256,7 +201,6 @@ class EmbeddingCache:
         """What the manifests say, without reading a shard: ``rows`` counts stored vectors, a text
         two parts both hold twice (``len(cache)`` counts distinct texts)."""
         self._refresh()
-        listed = self._view.listed()
         return {
             "path": str(self.path),
             "fingerprint": self.fingerprint,
@@ -264,10 +208,7 @@ class EmbeddingCache:
             "backend": self.backend,
             "dim": self.dim,
             "dtype": self.dtype,
-            "rows": sum(s["rows"] for _, s in listed),
-            "shards": len(listed),
-            "parts": len(self._view.parts),
-            "bytes": sum((self.path / rel).stat().st_size for rel, _ in listed if (self.path / rel).exists()),
+            **self._view.sizes(),
         }
 
     # -- writing --------------------------------------------------------------
@@ -292,14 +233,7 @@ class EmbeddingCache:
         return shard_attributes(self._manifest)
 
     def _shard_writer(self) -> ShardWriter:
-        return ShardWriter(self.path, self.part, self.dtype, self.shard_attributes(), self._written)
-
-    def _written(self, rel: str, keys: np.ndarray) -> None:
-        # The index was synced under the lock we hold: extend it with the keys in
-        # memory instead of reading the new shard back.
-        with self._mutex:
-            self._rows.append([(rel, keys)])
-            self._refresh()
+        return ShardWriter(self.path, self.part, self.dtype, self.shard_attributes(), self._reader.appended)
 
     def add(self, texts, progress: bool = False) -> dict:
         """Encode and store the texts not cached yet; return counts.
@@ -313,27 +247,15 @@ class EmbeddingCache:
         return self._add(unique, keys, len(texts), progress)
 
     def _add(self, unique: list[str], keys: np.ndarray, n_texts: int, progress: bool) -> dict:
-        def counts(missing):
-            return {
-                "rows": n_texts,
-                "unique": len(unique),
-                "cached": len(unique) - len(missing),
-                "encoded": 0,
-                "truncated": 0,
-                "encode_seconds": 0.0,
-                "mostly_unknown": 0,
-                "unknown_examples": [],
-            }
-
         absent = int((self._lookup_keys(keys) < 0).sum())
         if not absent:  # nothing to write: no lock (a read-only cache stays usable)
-            return counts([])
+            return new_stats(n_texts, len(unique), 0)
         if self.encoder is None:
             raise NotCachedError(f"{absent} texts are not in cache {self.path}, and it was opened without an encoder")
         self._open_part()
         with self._write_lock(self.part):
             missing = np.flatnonzero(self._lookup_keys(keys) < 0)  # again: another writer may have added some
-            stats = counts(missing)
+            stats = new_stats(n_texts, len(unique), len(missing))
             if len(missing):
                 encode_into(self._shard_writer(), self.encoder, unique, keys, missing, self.shard_size, stats, progress)
                 self._refresh()
@@ -342,10 +264,7 @@ class EmbeddingCache:
     def unknown_report(self) -> dict:
         """Texts of this cache that were mostly tokens its encoder does not know, and the languages it covers."""
         self._refresh()
-        return {
-            **merged_unknown(m.get("unknown") for _, m in self._manifests()),
-            "languages": self._manifest["encoder"].get("languages"),
-        }
+        return self._view.unknown_report()
 
     def encode(self, texts, progress: bool = False) -> np.ndarray:
         """``(n, dim)`` float32 vectors of ``texts`` in input order, encoding only what is missing."""
@@ -357,9 +276,7 @@ class EmbeddingCache:
     # -- reading --------------------------------------------------------------
 
     def _lookup_keys(self, keys: np.ndarray) -> np.ndarray:
-        with self._mutex:
-            self._sync_index()
-            return self._rows.lookup(keys)
+        return self._reader.lookup(keys)
 
     def _lookup(self, texts) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Row of each distinct text (-1 where absent), the map back to ``texts``, the distinct texts."""
@@ -394,30 +311,14 @@ class EmbeddingCache:
         if len(present):
             out[present] = self._vectors(keys[present], rows[present])
         encoder = self.encoder or self.load_encoder()
-        batches = range(0, len(missing), encoder.batch_size * 8)
-        for start in tqdm(batches, disable=not progress, unit="batch", desc=f"encoding texts not in {self.path.name}"):
-            chunk = missing[start : start + encoder.batch_size * 8]
-            # rounded as if stored, so a text scores the same before and after it is cached
-            out[chunk] = encoder.encode([unique[i] for i in chunk]).astype(self.dtype)
+        # rounded as if stored, so a text scores the same before and after it is cached
+        out[missing] = encode_in_batches(encoder, [unique[i] for i in missing], progress, self.path.name).astype(
+            self.dtype
+        )
         return out[inverse]
 
     def _vectors(self, keys: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-        """Vectors of ``keys`` (all cached), at ``rows`` when the caller looked them up already.  A
-        compaction may delete a shard between the lookup and the read: then the index is rebuilt from the
-        new manifests and the keys looked up and read once more."""
-        for attempt in (0, 1):
-            with self._mutex:
-                rows = self._lookup_keys(keys) if rows is None else rows
-                starts, files = np.asarray(self._rows.starts), list(self._rows.files)
-            try:
-                return read_rows(self.path, rows, starts, files, self.dim)
-            except FileNotFoundError:
-                if attempt:
-                    raise
-                with self._mutex:
-                    self._forget()  # re-read every manifest and shard's keys
-                    rows = None
-        raise AssertionError("unreachable: the second attempt returns or raises")
+        return self._reader.vectors(keys, rows)
 
     def iter_shards(self):
         """Yield ``(keys, vectors)`` per shard, vectors in the stored dtype: one shard in memory at a time.
@@ -425,54 +326,24 @@ class EmbeddingCache:
         Each text comes once: where parts hold copies of a text, the rows a reader would
         not use (every copy but the first) are left out.
         """
-        with self._mutex:
-            self._refresh()
-            copies = bool(self._view.parts)  # only writers of many parts store a text twice
-            if copies:
-                self._sync_index()
-                shards = list(zip(self._rows.starts, self._rows.files))
-            else:  # nothing to leave out: no index needed
-                shards = [(None, rel) for rel, _ in self._view.listed()]
-        for start, rel in shards:
-            path = self._view.shard_path(rel)
-            keys, vectors = read_keys(path), read_vectors(path)
-            if copies:
-                with self._mutex:
-                    own = self._rows.owned(keys, start)
-                keys, vectors = keys[own], vectors[own]
-            yield keys, vectors
+        return self._reader.iter_shards()
 
     # -- integrity ------------------------------------------------------------
 
     def verify(self, repair: bool = False) -> list[tuple[str, str, str]]:
         """Check every listed shard of the top level and of every part; return ``(file, reason, action)``
-        for each bad one, ``file`` relative to the cache directory.
-
-        A shard is damaged when it cannot be read or its content does not match its
-        own checksum; it disagrees when it is whole but its fingerprint, dimension,
-        dtype, rows or checksum differ from its manifest.  With ``repair=True``
-        damaged shards are deleted and disagreeing ones dropped from their manifest and
-        kept on disk (``action`` says which); the next run recomputes their texts.
-        When every shard of a manifest disagrees the same way the manifest is the
-        suspect: repair refuses and suggests ``rebuild``.
-        """
+        for each bad one, ``file`` relative to the cache directory.  ``repair=True`` deletes damaged shards
+        and drops disagreeing ones from their manifest, keeping the file (see ``embedcache.cache.integrity``)."""
         self._refresh()
         expected = {"fingerprint": self.fingerprint, "dim": self.dim, "dtype": self.dtype}
-        out = integrity.verify(self.path, self._manifests(), expected, repair, self.lock_timeout)
+        out = integrity.verify(self.path, self._view.manifests(), expected, repair, self.lock_timeout)
         self._refresh()
         return out
 
     @classmethod
     def rebuild(cls, path) -> dict:
-        """Write new manifests from the shards' own records; delete nothing.
-
-        For a manifest that is lost or damaged.  The cache keeps the fingerprint of the
-        old manifest where it can be read and some shard has it, else the one most
-        shards (by rows) have; whole shards of that fingerprint are listed, the others
-        are reported and left on disk.  A part whose manifest is lost or damaged is
-        rebuilt the same way, with the cache's fingerprint.  Returns ``{"listed",
-        "left_out", "rows", "fingerprint"}``, files relative to the cache directory.
-        """
+        """Write new manifests from the shards' own records, for a manifest lost or damaged; delete nothing.
+        Returns ``{"listed", "left_out", "rows", "fingerprint", "parts"}`` (see ``embedcache.cache.integrity``)."""
         return integrity.rebuild(path)
 
 

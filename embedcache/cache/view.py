@@ -8,10 +8,23 @@ import stat
 from pathlib import Path
 
 from ..encoders import Encoder
-from ..errors import CacheDamagedError, CacheError, CacheNotFoundError
+from ..errors import CacheDamagedError, CacheError, CacheNotFoundError, ParameterError
 from ..files import check_not_input, create_json_once, writing
-from .layout import MANIFEST, other_files, part_dir, part_names, reading_order, relative, shard_files, stamp
-from .manifest import new_manifest, read_manifest, rebuild_hint, retired_part_ids
+from ..shards import DTYPES
+from .layout import MANIFEST, PART_NAME, other_files, part_dir, part_names, reading_order, relative, shard_files, stamp
+from .manifest import merged_unknown, new_manifest, read_manifest, rebuild_hint, retired_part_ids
+
+
+def check_arguments(encoder: Encoder | None, dtype: str | None, shard_size: int, part: str | None) -> None:
+    """ParameterError naming the first argument of ``EmbeddingCache`` that is out of bounds."""
+    if dtype is not None and dtype not in DTYPES:
+        raise ParameterError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+        raise ParameterError(f"shard_size must be a whole number >= 1, got {shard_size!r}")
+    if part is not None and not (isinstance(part, str) and PART_NAME.match(part)):
+        raise ParameterError(f"part must be a name of letters, digits and '_.-' (at most 100), got {part!r}")
+    if part is not None and encoder is None:
+        raise ParameterError(f"part={part!r} names where this handle writes: pass the encoder that writes it")
 
 
 def create_if_missing(path: Path, encoder: Encoder | None, dtype: str) -> None:
@@ -95,6 +108,29 @@ class ManifestView:
         """Every listed shard as ``(path relative to the cache, its record)``, in reading order."""
         listed = [(relative(part, s["file"]), s) for part, m in self.manifests() for s in m["shards"]]
         return sorted(listed, key=lambda item: reading_order(item[0]))
+
+    def sizes(self) -> dict:
+        """``rows`` (stored vectors: a text two parts both hold counts twice), ``shards``, ``parts``, ``bytes``."""
+        listed = self.listed()
+        return {
+            "rows": sum(s["rows"] for _, s in listed),
+            "shards": len(listed),
+            "parts": len(self.parts),
+            "bytes": sum((self.path / rel).stat().st_size for rel, _ in listed if (self.path / rel).exists()),
+        }
+
+    def knows(self, quick_key: str | None) -> bool:
+        """Whether an encoder with this ``encoders.quick_key`` was verified to match the cache."""
+        return quick_key is not None and any(
+            quick_key in m["encoder"].get("quick_keys", []) for _, m in self.manifests()
+        )
+
+    def unknown_report(self) -> dict:
+        """Texts mostly of tokens the encoder does not know, over every manifest, and the languages it covers."""
+        return {
+            **merged_unknown(m.get("unknown") for _, m in self.manifests()),
+            "languages": self.top["encoder"].get("languages"),
+        }
 
     def shard_path(self, rel: str) -> Path:
         """The path of a listed shard: a plain file in its directory, never a link out of it."""

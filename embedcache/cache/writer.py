@@ -54,6 +54,31 @@ class ShardWriter:
         atomic_write_json(self.home / MANIFEST, manifest)
 
 
+def new_stats(n_texts: int, unique: int, missing: int) -> dict:
+    """What ``add`` reports before encoding: ``rows`` given, ``unique``, ``cached``; the rest counts up."""
+    return {
+        "rows": n_texts,
+        "unique": unique,
+        "cached": unique - missing,
+        "encoded": 0,
+        "truncated": 0,
+        "encode_seconds": 0.0,
+        "mostly_unknown": 0,
+        "unknown_examples": [],
+    }
+
+
+def encode_in_batches(encoder: Encoder, texts: list[str], progress: bool, name: str) -> np.ndarray:
+    """Vectors of ``texts`` in memory, stored nowhere, with a bar per batch of ``8 * batch_size``."""
+    step = encoder.batch_size * 8
+    out = np.empty((len(texts), encoder.dim), dtype=np.float32)
+    for start in tqdm(
+        range(0, len(texts), step), disable=not progress, unit="batch", desc=f"encoding texts not in {name}"
+    ):
+        out[start : start + step] = encoder.encode(texts[start : start + step])
+    return out
+
+
 def encode_into(
     writer: ShardWriter,
     encoder: Encoder,
