@@ -39,7 +39,7 @@ from scipy.stats import spearmanr
 from stsb import read_sts
 
 from embedcache import EmbeddingCache, load_encoder, model_directory
-from embedcache.backends import cpu_has_bf16
+from embedcache.encoders.runtimes import cpu_has_bf16
 
 CPU_ROWS = [
     ("torch", "fp32"),

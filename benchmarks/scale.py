@@ -37,7 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pandas as pd
 
 from embedcache import EmbeddingCache
-from embedcache.backends import cpu_info
+from embedcache.encoders.runtimes import cpu_info
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "stsb-multi-mt"
 COMMAND = [sys.executable, "-m", "embedcache.cli"]

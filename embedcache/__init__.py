@@ -7,8 +7,6 @@ same way (``read_table``, ``check_columns``, ``template_columns``, ...) and to
 place and describe an encoder (``resolve_device``, ``model_directory``, ...).
 """
 
-__version__ = "0.1.0"
-
 from .cache import EmbeddingCache, compact
 from .checks import check_choice, check_float, check_int, check_label_range, flag_type
 from .corpus import precompute
@@ -63,6 +61,7 @@ from .inputs import (
 )
 from .ray import connect_ray, expand_inputs, map_with_actors, ray_arguments
 from .trust import UnsafeModelError, check_model_directory, inside
+from .version import __version__ as __version__
 
 __all__ = [
     "FORMATS",

@@ -7,16 +7,16 @@ import json
 import sys
 from pathlib import Path
 
-from . import __version__
-from .backends import BACKENDS
 from .cache import COMPACT_SHARD_SIZE, LOCK_TIMEOUT, MANIFEST, EmbeddingCache
 from .cache import compact as run_compact
 from .checks import check_float, check_int, flag_type
 from .corpus import precompute as run_precompute
 from .encoders import DEFAULT_ENCODER, encoder_aliases, quiet_transformers
+from .encoders.runtimes import BACKENDS
 from .errors import run_command
 from .inputs import FORMATS
 from .ray import ray_arguments
+from .version import __version__
 
 PRECOMPUTE_EXAMPLES = """\
 examples:

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from embedcache import EmbeddingCache, load_encoder
-from embedcache.batching import prefetch, token_batches
 from embedcache.cli import main
+from embedcache.encoders.runtimes.batching import prefetch, token_batches
 
 SENTENCES = (Path(__file__).parent / "data" / "sentences.txt").read_text().splitlines()
 EXPORTED = ["onnx", "onnx-int8", "openvino", "openvino-int8"]
@@ -91,9 +91,9 @@ def test_each_backend_runs_the_embedded_model_offline_close_to_fp32(
     assert encoder.fingerprint != minilm.fingerprint
     assert encoder.spec == {"name_or_path": "minilm", "backend": backend}  # no texts in what a cache records
     # A second load reuses the export (exporting again would fail here) and has the same fingerprint.
-    import embedcache.backends
+    import embedcache.encoders.runtimes.export
 
-    monkeypatch.setattr(embedcache.backends, "_export_onnx", lambda *a: pytest.fail("exported twice"))
+    monkeypatch.setattr(embedcache.encoders.runtimes.export, "_export_onnx", lambda *a: pytest.fail("exported twice"))
     again = load_encoder("minilm", backend=backend)
     assert again.fingerprint == encoder.fingerprint
     if backend == "onnx-int8":  # activation scales are set per batch: a text's vector moves a little with its batch
@@ -127,9 +127,9 @@ def test_auto_picks_a_backend_close_to_fp32_and_records_it(minilm, fp32_vectors,
     assert all(m["texts_per_s"] <= winner["texts_per_s"] for m in measured.values() if m["mean_cosine"] >= 0.99)
     assert cosines(encoder.encode(SENTENCES), fp32_vectors).mean() >= 0.99
     # Recorded for this machine: the next auto load measures nothing.
-    import embedcache.autobackend
+    import embedcache.encoders.runtimes.auto
 
-    monkeypatch.setattr(embedcache.autobackend, "_measure", lambda *a: pytest.fail("measured again"))
+    monkeypatch.setattr(embedcache.encoders.runtimes.auto, "_measure", lambda *a: pytest.fail("measured again"))
     again = load_encoder("minilm", backend="auto")
     assert again.fingerprint == encoder.fingerprint
     assert list((export_home.parent / "auto").glob("*.json"))

@@ -65,9 +65,9 @@ def test_hindi_and_bengali_translations_rank_above_unrelated_sentences(e5):
 
 @pytest.mark.slow
 def test_the_conversion_is_made_once_and_the_fingerprint_is_stable(e5, monkeypatch):
-    import embedcache.e5small
+    import embedcache.encoders.e5small
 
-    monkeypatch.setattr(embedcache.e5small, "_convert", lambda *a: pytest.fail("converted twice"))
+    monkeypatch.setattr(embedcache.encoders.e5small, "_convert", lambda *a: pytest.fail("converted twice"))
     again = load_encoder("multilingual-e5-small")
     assert again.fingerprint == e5.fingerprint
     assert again.prompt == "query: " and again.spec == {"name_or_path": "multilingual-e5-small"}

@@ -84,7 +84,7 @@ def test_a_cache_reloads_the_encoder_that_built_it(tmp_path, tiny_bert_dir):
 def test_a_registered_encoder_gets_a_model_directory_and_a_quick_key(tmp_path, monkeypatch):
     import shutil
 
-    import embedcache.encoders as encoders
+    import embedcache.encoders.registry as encoders
     from embedcache import model_directory, register_encoder
     from embedcache.encoders import quick_key
 

@@ -19,10 +19,10 @@ import time
 import uuid
 from pathlib import Path
 
-from .. import __version__
 from ..encoders import Encoder, spec_difference
 from ..errors import CacheDamagedError, FingerprintMismatchError
 from ..shards import DTYPES
+from ..version import __version__
 from .layout import ENCODER_ATTR, FORMAT, MANIFEST, PART_NAME, SHARD_NAME, part_dir
 
 HEX = re.compile(r"^[0-9a-f]{64}$")

@@ -24,19 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import (
-    TorchRuntime,
-    calibration_sample,
-    cpu_cores,
-    cpu_flags,
-    cpu_has_bf16,
-    cpu_info,
-    dist_version,
-    export_home,
-    load_runtime,
-)
-from .errors import ParameterError
-from .files import atomic_write_json
+from ...errors import ParameterError
+from ...files import atomic_write_json
+from ..device import resolve_precision
+from .export import calibration_sample, export_home
+from .machine import cpu_cores, cpu_flags, cpu_has_bf16, cpu_info, dist_version
+from .sessions import TorchRuntime, load_runtime
 
 MIN_COSINE = 0.99
 TIMED_TEXTS = 300
@@ -98,8 +91,6 @@ def _measure(encoder, runtime, texts: list[str]) -> tuple[np.ndarray, float]:
 def choose_backend(encoder, calibration: list[str] | None) -> dict:
     """Pick ``encoder``'s backend and precision (its model still fp32 torch) on this machine; return the record."""
     if encoder.device != "cpu":
-        from .encoders import resolve_precision
-
         return {"backend": "torch", "precision": resolve_precision("auto", encoder.device), "measured": None}
     machine = _machine()
     source = encoder.source()

@@ -1,7 +1,6 @@
-"""Where a sentence-transformers model runs: torch, or an export to ONNX Runtime or OpenVINO (fp32 or int8).
+"""Exports of a sentence-transformers model to ONNX Runtime or OpenVINO (fp32 or int8).
 
-A runtime takes one batch of tokenizer output (NumPy arrays, padded to the
-batch's longest text) and returns its sentence embeddings.  The exports are made
+The exports are made
 once from the torch model, offline, with what installs beside our stack
 (``torch.onnx.export``, ``onnxruntime.quantization``, ``openvino.convert_model``
 and NNCF: optimum pins older transformers), into the per-user directory
@@ -15,182 +14,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from .errors import EncoderError, MissingDependencyError, ParameterError
-from .files import atomic_directory, hash_files, writing
+from ...errors import EncoderError, MissingDependencyError, ParameterError
+from ...files import atomic_directory, hash_files, writing
+from .machine import dist_version, export_home, int8_kernel
 
 BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
 EXPORT_FORMAT = 1  # bump when the export procedure changes what it writes
 CALIBRATION_TEXTS = 300  # texts NNCF collects activation ranges on (its default subset size)
-
-
-def dist_version(dist: str) -> str:
-    from importlib import metadata
-
-    try:
-        return ".".join(metadata.version(dist).split(".")[:2])
-    except metadata.PackageNotFoundError:
-        return "absent"
-
-
-def export_home() -> Path:
-    """The per-user directory of exported models: ``$EMBEDCACHE_HOME/exports``, else under ``$XDG_CACHE_HOME`` or ``~/.cache``."""
-    home = os.environ.get("EMBEDCACHE_HOME")
-    if home:
-        return Path(home) / "exports"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "embedcache" / "exports"
-
-
-def cpu_info(field: str) -> str | None:
-    """A field of /proc/cpuinfo (``flags``, ``model name``; ARM names its flags ``Features``), None where unknown."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.split(":", 1)[0].strip() == field:
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (Linux), empty where unknown."""
-    return set((cpu_info("flags") or cpu_info("Features") or "").split())
-
-
-def int8_kernel(flags: set[str] | None = None, machine: str | None = None) -> str:
-    """The int8 kernel family this CPU runs best, as sentence-transformers names its quantization configs."""
-    flags = cpu_flags() if flags is None else flags
-    if (machine or platform.machine()).lower() in ("arm64", "aarch64"):
-        return "arm64"
-    if "avx512_vnni" in flags or "amx_int8" in flags:
-        return "avx512_vnni"
-    if "avx512f" in flags:
-        return "avx512"
-    return "avx2"
-
-
-def cpu_has_bf16(flags: set[str] | None = None) -> bool:
-    """Whether bf16 matrix products run natively here (avx512_bf16 or AMX), i.e. faster than fp32."""
-    flags = cpu_flags() if flags is None else flags
-    return bool({"avx512_bf16", "amx_bf16"} & flags)
-
-
-def cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-class TorchRuntime:
-    """The sentence-transformers model itself, on its device; batches are pinned and copied without blocking on a GPU."""
-
-    name = "torch"
-
-    def __init__(self, model, device: str) -> None:
-        self.model = model
-        self.device = device
-        self.gpu = str(device).startswith("cuda")
-
-    def host(self, batch: dict) -> dict:
-        """Tensors ready to copy: pinned on a GPU machine (this runs in the producer thread)."""
-        import torch
-
-        tensors = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
-        if self.gpu:
-            tensors = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in tensors.items()}
-        return tensors
-
-    def __call__(self, batch: dict) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            features = {
-                k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
-            }
-            out = self.model(features)["sentence_embedding"]
-            # Half-precision vectors come back as they are (half the bytes over the bus), widened here.
-            return out.to("cpu").float().numpy()
-
-    def describe(self) -> dict | None:
-        return None  # the model's own description says it all
-
-
-class OnnxRuntime:
-    """An ONNX export run by ONNX Runtime on the CPU, with every core."""
-
-    def __init__(self, directory: Path, name: str, source: str | None = None) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = cpu_cores()
-        self.name = name
-        self.export = read_export(directory, name, source)
-        self.session = ort.InferenceSession(str(directory / "model.onnx"), options, providers=["CPUExecutionProvider"])
-        self.inputs = [i.name for i in self.session.get_inputs()]
-
-    def host(self, batch: dict) -> dict:
-        return {k: batch[k] for k in self.inputs}
-
-    def __call__(self, batch: dict) -> np.ndarray:
-        return self.session.run(None, batch)[0]
-
-    def describe(self) -> dict:
-        return {
-            "backend": self.name,
-            "export_sha256": self.export["sha256"],
-            "int8": self.export.get("int8"),
-            "versions": {"onnxruntime": dist_version("onnxruntime")},
-        }
-
-
-class OpenVinoRuntime:
-    """An OpenVINO export compiled for the CPU; ``precision`` is the inference precision of its float operations."""
-
-    def __init__(self, directory: Path, name: str, precision: str, source: str | None = None) -> None:
-        import openvino as ov
-
-        self.name = name
-        self.precision = precision
-        self.export = read_export(directory, name, source)
-        core = ov.Core()
-        model = core.read_model(str(directory / "model.xml"))
-        self.compiled = core.compile_model(
-            model,
-            "CPU",
-            {
-                "PERFORMANCE_HINT": "LATENCY",
-                "INFERENCE_NUM_THREADS": cpu_cores(),
-                "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}[precision],
-            },
-        )
-        self.inputs = [i.get_any_name() for i in self.compiled.inputs]
-
-    def host(self, batch: dict) -> dict:
-        return {k: batch[k] for k in self.inputs}
-
-    def __call__(self, batch: dict) -> np.ndarray:
-        return self.compiled(batch)[0]
-
-    def describe(self) -> dict:
-        return {
-            "backend": self.name,
-            "export_sha256": self.export["sha256"],
-            "int8": self.export.get("int8"),
-            "inference_precision": self.precision,
-            "versions": {"openvino": dist_version("openvino"), "nncf": dist_version("nncf")},
-        }
-
-
-# -- exports ---------------------------------------------------------------------------------------
-
-
 _VERIFIED: dict[str, tuple] = {}  # export directory -> stamp of its files when their hash last matched (this process)
 
 
@@ -382,32 +218,3 @@ def calibration_sample(texts: list[str]) -> list[str]:
 
 def _one(features: dict) -> dict:
     return {k: v.numpy() for k, v in features.items() if hasattr(v, "numpy")}
-
-
-def load_runtime(
-    model, source: dict, backend: str, device: str, precision: str, features, calibration: list[str] | None
-):
-    """The runtime for ``backend``; exports run on the CPU only."""
-    if backend not in BACKENDS:
-        raise ParameterError(f"backend must be one of {', '.join(BACKENDS)} or 'auto', got {backend!r}")
-    if backend == "torch":
-        return TorchRuntime(model, device)
-    if device != "cpu":
-        raise ParameterError(
-            f"backend {backend!r} runs on the CPU; on device {device!r} use backend 'torch' "
-            "(bf16 or fp16 by default on a GPU)"
-        )
-    if precision == "fp16" or (precision == "bf16" and not backend.startswith("openvino")):
-        raise ParameterError(
-            f"backend {backend!r} runs in fp32{' or bf16' if backend.startswith('openvino') else ''}, "
-            f"got precision {precision!r}"
-        )
-    if any(getattr(module, "include_prompt", True) is False for module in model):
-        raise EncoderError(
-            "this model leaves the prompt out of its pooling, which the exported backends do not "
-            "reproduce; use backend 'torch'"
-        )
-    directory = exported(model, source, backend, features, calibration)
-    if backend.startswith("onnx"):
-        return OnnxRuntime(directory, backend, source["weights_sha256"])
-    return OpenVinoRuntime(directory, backend, precision, source["weights_sha256"])

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import EncoderError, MissingDependencyError
-from .files import atomic_directory, hash_files
+from ..errors import EncoderError, MissingDependencyError
+from ..files import atomic_directory, hash_files
 
 E5_NAME = "multilingual-e5-small"
 QUERY_PROMPT = "query: "  # e5's prefix for symmetric tasks (similarity, regression); "passage: " for documents
@@ -240,7 +240,7 @@ def _bundle_id(path: Path, size: int, mtime_ns: int) -> str:
 
 def converted_directory() -> Path:
     """The sentence-transformers directory of the bundled model, converted on first use (atomically)."""
-    from .backends import export_home
+    from .runtimes import export_home
 
     source = bundled_weights()
     target = (
@@ -259,7 +259,7 @@ def _convert(source: Path, out: Path) -> None:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from .encoders import quiet_sentence_transformers
+    from .transformer import quiet_sentence_transformers
 
     try:
         from sentence_transformers.sentence_transformer.modules import (
