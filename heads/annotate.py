@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from embedcache import text_keys
+from embedcache.toolkit import text_keys
 
 
 class AnnotationError(RuntimeError):

@@ -17,15 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embedcache import (
-    InputError,
-    ParameterError,
-    check_model_directory,
-    model_directory,
-    read_soft_prompt,
-    save_soft_prompt,
-    with_soft_prompt,
-)
+from embedcache import InputError, ParameterError, model_directory
+from embedcache.toolkit import check_model_directory, read_soft_prompt, save_soft_prompt, with_soft_prompt
 
 POOLING = ("mean", "cls", "max")
 

@@ -17,17 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from embedcache import (
-    EmbeddingCache,
-    InputError,
-    atomic_file,
-    check_not_input,
-    connect_ray,
-    expand_inputs,
-    map_with_actors,
-    read_table,
-    writing,
-)
+from embedcache import EmbeddingCache, InputError, read_table
+from embedcache.toolkit import atomic_file, check_not_input, connect_ray, expand_inputs, map_with_actors, writing
 
 from .model import HeadModel
 

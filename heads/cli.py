@@ -8,11 +8,9 @@ import math
 import sys
 import time
 
-from embedcache import (
+from embedcache import EmbeddingCache, InputError, __version__, read_table
+from embedcache.toolkit import (
     FORMATS,
-    EmbeddingCache,
-    InputError,
-    __version__,
     atomic_file,
     check_float,
     check_int,
@@ -21,7 +19,6 @@ from embedcache import (
     flag_type,
     quiet_transformers,
     ray_arguments,
-    read_table,
     run_command,
 )
 

@@ -12,16 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from embedcache import (
-    EmbeddingCache,
-    Encoder,
-    InputError,
-    ParameterError,
-    bad_rows,
-    check_columns,
-    compose,
-    template_columns,
-)
+from embedcache import EmbeddingCache, Encoder, InputError, ParameterError
+from embedcache.toolkit import bad_rows, check_columns, compose, template_columns
 
 SIDES = ("text", "pair", "condition")
 
@@ -217,7 +209,8 @@ def as_table(data, columns: dict, sides, conditions=None) -> tuple[pd.DataFrame,
     dicts keyed by ``text``/``pair``/``condition`` or by the trained column (template field) names.
     ``conditions``: one condition per row, for a list of texts.
     """
-    from embedcache import read_table, table_source
+    from embedcache import read_table
+    from embedcache.toolkit import table_source
 
     if isinstance(data, pd.DataFrame):
         df = data
@@ -236,7 +229,7 @@ def is_data_file(data) -> bool:
     """A ``pathlib.Path``, or a string naming an existing data file (any other string is a text)."""
     from pathlib import Path
 
-    from embedcache import FORMATS
+    from embedcache.toolkit import FORMATS
 
     return isinstance(data, Path) or (
         isinstance(data, str) and Path(data).suffix.lower() in FORMATS and Path(data).is_file()

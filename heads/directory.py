@@ -18,7 +18,8 @@ from pathlib import Path
 
 from safetensors.torch import save as save_tensors
 
-from embedcache import EmbedcacheError, ParameterError, atomic_directory, check_output
+from embedcache import EmbedcacheError, ParameterError
+from embedcache.toolkit import atomic_directory, check_output
 
 from .config import TrainConfig
 

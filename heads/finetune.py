@@ -25,15 +25,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from embedcache import (
-    MissingDependencyError,
-    ParameterError,
-    WriteError,
-    atomic_directory,
-    check_not_input,
-    check_output,
-    is_model_directory,
-)
+from embedcache import MissingDependencyError, ParameterError, WriteError
+from embedcache.toolkit import atomic_directory, check_not_input, check_output, is_model_directory
 
 from .backbone import Backbone
 from .config import FINETUNE_DEFAULTS, FinetuneConfig, TrainConfig, finetune_defaults
@@ -161,7 +154,7 @@ def _trainer_class():
 
 def _precision(precision: str, device: str) -> dict:
     """The TrainingArguments flag for embedcache's choice of precision (auto: bf16 or fp16 on a GPU, fp32 elsewhere)."""
-    from embedcache import resolve_precision
+    from embedcache.toolkit import resolve_precision
 
     chosen = resolve_precision(precision, device)
     return {} if chosen == "fp32" else {chosen: True}
@@ -434,7 +427,7 @@ def finetune(
         raise MissingDependencyError(
             "heads finetune needs accelerate (and peft for --lora): pip install -e '.[finetune]'"
         ) from e
-    from embedcache import resolve_device
+    from embedcache.toolkit import resolve_device
 
     columns = {s: c for s, c in columns.items() if c is not None}
     config, encoder = _configs(config, encoder, settings, sides_of(columns))

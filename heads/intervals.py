@@ -16,7 +16,8 @@ import math
 
 import numpy as np
 
-from embedcache import ParameterError, check_float
+from embedcache import ParameterError
+from embedcache.toolkit import check_float
 
 GRID = np.linspace(0, 1, 1001)
 

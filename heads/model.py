@@ -24,11 +24,13 @@ from embedcache import (
     InputError,
     ParameterError,
     UnknownTokensWarning,
+    read_table,
+)
+from embedcache.toolkit import (
     check_columns,
     check_label_range,
     first_rows,
     inside,
-    read_table,
     resolve_device,
     spec_difference,
     table_source,

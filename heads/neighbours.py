@@ -71,7 +71,7 @@ def leakage_report(
     """
     import pandas as pd
 
-    from embedcache import check_float
+    from embedcache.toolkit import check_float
 
     from .data import embed, side_texts
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from embedcache import WriteError, atomic_file, writing
+from embedcache import WriteError
+from embedcache.toolkit import atomic_file, writing
 
 
 def plot_names(labels: list[str], metrics: dict) -> list[str]:

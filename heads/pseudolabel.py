@@ -12,10 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from embedcache import (
-    EmbeddingCache,
-    InputError,
-    ParameterError,
+from embedcache import EmbeddingCache, InputError, ParameterError
+from embedcache.toolkit import (
     check_choice,
     check_columns,
     check_float,

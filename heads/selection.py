@@ -19,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from embedcache import InputError, check_choice, check_float, check_int
+from embedcache import InputError
+from embedcache.toolkit import check_choice, check_float, check_int
 
 from .data import load_inputs
 from .neighbours import unit_rows
@@ -84,7 +85,7 @@ def select(
 
 
 def _template_fields(columns: dict) -> list[str]:
-    from embedcache import template_columns
+    from embedcache.toolkit import template_columns
 
     fields = list(template_columns(columns["template"]))
     return list(dict.fromkeys(fields + [c for s, c in columns.items() if s not in ("template", "text")]))

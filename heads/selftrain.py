@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from embedcache import InputError, check_choice, check_int
+from embedcache import InputError
+from embedcache.toolkit import check_choice, check_int
 
 from .data import Inputs
 from .metrics import NAMES, report

@@ -26,14 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from embedcache import (
-    EmbeddingCache,
-    Encoder,
-    InputError,
-    MissingDependencyError,
-    ParameterError,
-    template_columns,
-)
+from embedcache import EmbeddingCache, Encoder, InputError, MissingDependencyError, ParameterError
+from embedcache.toolkit import template_columns
 
 from .data import as_table, embed, load_inputs
 from .model import HeadModel

@@ -7,13 +7,9 @@ from filelock import FileLock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from embedcache import (
-    CacheLockedError,
-    EmbeddingCache,
-    FingerprintMismatchError,
-    text_keys,
-)
+from embedcache import CacheLockedError, EmbeddingCache, FingerprintMismatchError
 from embedcache.index import KeyIndex
+from embedcache.toolkit import text_keys
 
 
 def test_encode_returns_vectors_in_input_order_and_encodes_each_text_once(tmp_path, hash_encoder):

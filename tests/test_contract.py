@@ -3,22 +3,33 @@
 import ast
 from pathlib import Path
 
+import pytest
+
 import embedcache
+from embedcache import toolkit
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_heads_imports_only_names_embedcache_exports():
+    """heads uses the user API (``embedcache.__all__``) and the toolkit (``embedcache.toolkit.__all__``), nothing else."""
+    allowed = {"embedcache": {*embedcache.__all__, "__version__"}, "embedcache.toolkit": set(toolkit.__all__)}
     used = []
     for path in sorted((ROOT / "heads").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "embedcache":
                 used += [(path.name, node.module, alias.name) for alias in node.names]
             elif isinstance(node, ast.Import):
-                used += [(path.name, alias.name, "") for alias in node.names if alias.name.startswith("embedcache.")]
-    assert used, "heads builds on embedcache"
-    outside = [u for u in used if u[1] != "embedcache" or (u[2] not in embedcache.__all__ and u[2] != "__version__")]
-    assert not outside, f"heads reaches past embedcache.__all__: {outside}"
+                used += [(path.name, alias.name, "") for alias in node.names if alias.name.startswith("embedcache")]
+    assert {m for _, m, _ in used} == set(allowed), "heads builds on both"
+    outside = [u for u in used if u[2] not in allowed.get(u[1], ())]
+    assert not outside, f"heads reaches past embedcache's API and toolkit: {outside}"
+
+
+def test_the_top_level_is_the_user_api_and_old_names_still_resolve():
+    assert len(embedcache.__all__) <= 25 and not set(embedcache.__all__) & set(toolkit.__all__)
+    with pytest.warns(DeprecationWarning, match="embedcache.toolkit.read_table|embedcache.toolkit.writing"):
+        assert embedcache.writing is toolkit.writing  # code written against 0.1 keeps working, told where to look
 
 
 def test_embedcache_never_imports_heads():
@@ -36,6 +47,7 @@ def test_embedcache_never_imports_heads():
 
 def test_every_exported_name_exists():
     missing = [n for n in embedcache.__all__ if not hasattr(embedcache, n)]
+    missing += [n for n in toolkit.__all__ if not hasattr(toolkit, n)]
     assert not missing
 
 

@@ -8,7 +8,8 @@ import pytest
 from conftest import HashEncoder
 from conftest import run as run_command
 
-from embedcache import EmbeddingCache, FingerprintMismatchError, spec_difference
+from embedcache import EmbeddingCache, FingerprintMismatchError
+from embedcache.toolkit import spec_difference
 from heads import HeadModel
 from heads.cli import main
 from heads.labeling import resolve

@@ -10,8 +10,9 @@ import pytest
 from conftest import HashEncoder, one_line_error
 from conftest import run as run_command
 
-from embedcache import EmbeddingCache, WriteError, check_output
+from embedcache import EmbeddingCache, WriteError
 from embedcache.cli import main as embedcache_main
+from embedcache.toolkit import check_output
 from heads.cli import main
 
 N = 60
