@@ -11,11 +11,11 @@ from .cache import COMPACT_SHARD_SIZE, LOCK_TIMEOUT, MANIFEST, EmbeddingCache
 from .cache import compact as run_compact
 from .checks import check_float, check_int, flag_type
 from .corpus import precompute as run_precompute
+from .corpus.ray_data import ray_arguments
 from .encoders import DEFAULT_ENCODER, encoder_aliases, quiet_transformers
 from .encoders.runtimes import BACKENDS
 from .errors import run_command
 from .inputs import FORMATS
-from .ray import ray_arguments
 from .version import __version__
 
 PRECOMPUTE_EXAMPLES = """\
@@ -263,7 +263,7 @@ def precompute(args) -> dict:
 
 
 def ray_precompute(args, template) -> dict:
-    from .ray import precompute as on_ray
+    from .corpus.ray_data import precompute as on_ray
 
     stats = on_ray(
         args.inputs,

@@ -6,6 +6,7 @@ Ray helpers, encoder placement and descriptions, soft-prompt files.
 """
 
 from .checks import check_choice, check_float, check_int, check_label_range, flag_type
+from .corpus.ray_data import connect_ray, expand_inputs, map_with_actors, ray_arguments
 from .encoders import quiet_transformers, resolve_device, resolve_precision, spec_difference, unknown_warning
 from .errors import run_command
 from .files import (
@@ -20,7 +21,6 @@ from .files import (
 )
 from .index import text_keys
 from .inputs import FORMATS, bad_rows, check_columns, compose, first_rows, table_source, template_columns
-from .ray import connect_ray, expand_inputs, map_with_actors, ray_arguments
 from .trust import check_model_directory, inside
 
 __all__ = [

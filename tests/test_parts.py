@@ -24,8 +24,8 @@ from embedcache import (
     compact,
     load_encoder,
 )
+from embedcache.corpus import launcher_rank
 from embedcache.index import text_keys
-from embedcache.ranks import launcher_rank
 
 ROOT = Path(__file__).resolve().parents[1]
 

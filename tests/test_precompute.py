@@ -359,14 +359,14 @@ def test_a_killed_precompute_leaves_a_whole_cache_and_a_rerun_completes_it(tmp_p
 def test_a_rerun_with_nothing_new_skips_loading_the_model_but_notices_new_weights(tmp_path, capsys, monkeypatch):
     from conftest import make_tiny_bert
 
-    import embedcache.corpus
+    import embedcache.corpus.local
 
     model_dir = make_tiny_bert(tmp_path / "bert")
     data = write(ROWS, tmp_path / "rows.csv")
     args = ["precompute", data, "--cache", tmp_path / "c", "--model", model_dir, "--text-col", "prompt", "--json"]
     assert run(capsys, *args)[1]["encoded"] == 3
     with monkeypatch.context() as m:
-        m.setattr(embedcache.corpus, "load_encoder", lambda *a, **k: pytest.fail("the model was loaded"))
+        m.setattr(embedcache.corpus.local, "load_encoder", lambda *a, **k: pytest.fail("the model was loaded"))
         s = run(capsys, *args)[1]
         assert (s["cached"], s["encoded"]) == (3, 0)
         # the same from Python: the command's summary, the same shortcut

@@ -83,7 +83,7 @@ def _part_shards(cache: Path) -> int:
 
 @pytest.mark.slow
 def test_ray_precompute_with_an_actor_killed_mid_run_then_batch_scoring(local_ray, corpus, tmp_path, tiny_bert_dir):
-    from embedcache.ray import precompute
+    from embedcache.corpus.ray_data import precompute
 
     root, texts = corpus
     cache = tmp_path / "c"
@@ -181,7 +181,7 @@ def test_actors_that_would_hold_every_cpu_are_refused_naming_the_flag(local_ray,
     """2 actors of 1 CPU on this 2-CPU cluster used to hang forever (no CPU left to read the inputs); the default
     sizing (the test above, with no CPU flag) leaves one free."""
     from embedcache import ParameterError
-    from embedcache.ray import actor_cpus, precompute
+    from embedcache.corpus.ray_data import actor_cpus, precompute
 
     root, _ = corpus
     started = time.monotonic()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ParameterError
+from ..errors import ParameterError
 
 
 @dataclass(frozen=True)
@@ -60,15 +60,13 @@ def launcher_rank(rank: int | None = None, world_size: int | None = None, env=No
         found = Rank(
             rank, world_size, _int(env, "LOCAL_RANK") or _int(env, "SLURM_LOCALID") or 0, "--rank/--world-size"
         )
-    elif _int(env, "WORLD_SIZE") is not None:
-        found = Rank(
-            _int(env, "RANK") or 0, _int(env, "WORLD_SIZE"), _int(env, "LOCAL_RANK") or 0, "torchrun (RANK, WORLD_SIZE)"
-        )
+    elif (world := _int(env, "WORLD_SIZE")) is not None:
+        found = Rank(_int(env, "RANK") or 0, world, _int(env, "LOCAL_RANK") or 0, "torchrun (RANK, WORLD_SIZE)")
     else:
         task, tasks, sources = 0, 1, []
-        if _int(env, "SLURM_ARRAY_TASK_COUNT") is not None:
+        if (count := _int(env, "SLURM_ARRAY_TASK_COUNT")) is not None:
             task = (_int(env, "SLURM_ARRAY_TASK_ID") or 0) - (_int(env, "SLURM_ARRAY_TASK_MIN") or 0)
-            tasks = _int(env, "SLURM_ARRAY_TASK_COUNT")
+            tasks = count
             sources.append("SLURM_ARRAY_TASK_ID/COUNT")
         step = _int(env, "SLURM_STEP_NUM_TASKS")  # set by srun for its tasks; a batch script alone has none
         procid = _int(env, "SLURM_PROCID") or 0

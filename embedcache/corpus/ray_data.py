@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from .cache import MANIFEST, EmbeddingCache
-from .checks import check_float, check_int, flag_type
-from .corpus import encoder_options, recorded_encoder
-from .encoders import load_encoder
-from .errors import EmbedcacheError, InputError, MissingDependencyError, ParameterError
-from .inputs import FORMATS, texts_from_table
+from ..cache import MANIFEST, EmbeddingCache
+from ..checks import check_float, check_int, flag_type
+from ..encoders import load_encoder
+from ..errors import EmbedcacheError, InputError, MissingDependencyError, ParameterError
+from ..inputs import FORMATS, texts_from_table
+from .local import encoder_options, recorded_encoder
 
 
 def ray_arguments(p) -> None:

@@ -12,12 +12,12 @@ import time
 import warnings
 from pathlib import Path
 
-from .cache import LOCK_TIMEOUT, MANIFEST, EmbeddingCache
-from .encoders import load_encoder, quick_key, unknown_warning
-from .errors import CacheError, InputError, TruncatedTextsWarning, UnknownTokensWarning
-from .files import check_not_input
-from .index import text_keys
-from .inputs import first_rows, read_table, texts_from_table
+from ..cache import LOCK_TIMEOUT, MANIFEST, EmbeddingCache
+from ..encoders import load_encoder, quick_key, unknown_warning
+from ..errors import CacheError, InputError, TruncatedTextsWarning, UnknownTokensWarning
+from ..files import check_not_input
+from ..index import text_keys
+from ..inputs import first_rows, read_table, texts_from_table
 from .ranks import launcher_rank
 
 
@@ -56,7 +56,7 @@ def precompute(
     (``TruncatedTextsWarning``, ``UnknownTokensWarning``) naming where they are.
 
     ``rank``/``world_size`` (default: from the launcher's environment, see
-    ``embedcache.ranks.launcher_rank``) make this process encode only its slice of the
+    ``embedcache.corpus.ranks.launcher_rank``) make this process encode only its slice of the
     distinct texts into its own part of the cache, on GPU ``local_rank % device_count``
     when there are GPUs; the summary then also holds rank, world_size, part and
     slice (distinct texts of this rank).  ``lock_timeout``: seconds to wait while another process writes
