@@ -1,4 +1,4 @@
-"""Precompute on a Ray cluster with Ray Data (extra ``ray``): ``embedcache.ray.precompute``, ``--ray``.
+"""Precompute on a Ray cluster with Ray Data (extra ``ray``): ``embedcache.corpus.ray_data.precompute``, ``--ray``.
 
 Ray Data reads the inputs (Parquet, CSV, TSV, JSON Lines) in parallel blocks,
 composes each row's texts, and streams them through a pool of encoder actors
