@@ -31,7 +31,7 @@ from stsb import read_sts  # this folder is first on sys.path when a benchmark r
 
 from embedcache import EmbeddingCache, load_encoder
 from heads import HeadModel
-from heads.finetune import finetune
+from heads.finetuning.finetune import finetune
 
 COLUMNS = {"text": "s1", "pair": "s2"}
 

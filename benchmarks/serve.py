@@ -91,7 +91,7 @@ def notebook_app(model_dir):
 def run_server(kind: str, model_dir: str, port_file: str, max_seconds: float, wait_ms: float) -> None:
     import uvicorn
 
-    from heads.serve import ServeConfig, create_app
+    from heads.serving.serve import ServeConfig, create_app
 
     app = (
         notebook_app(model_dir)
@@ -192,7 +192,7 @@ def main() -> None:
         return
     import torch
 
-    from heads.serve import ServeConfig
+    from heads.serving.serve import ServeConfig
 
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, no GPU"

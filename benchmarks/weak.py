@@ -44,8 +44,8 @@ from stsb import read_sts  # this folder is first on sys.path when a benchmark r
 from embedcache import EmbeddingCache, load_encoder
 from heads import HeadModel
 from heads.data import load_inputs
-from heads.pseudolabel import pseudolabel
-from heads.selftrain import committee_predict
+from heads.labels.pseudolabel import pseudolabel
+from heads.labels.selftrain import committee_predict
 
 COLUMNS = {"text": "s1", "pair": "s2"}
 
@@ -228,7 +228,7 @@ def lf_functions(word_count: bool = False):
 def lf_table(args) -> None:
     from scipy.stats import pearsonr
 
-    from heads.pseudolabel import label_with_functions
+    from heads.labels.pseudolabel import label_with_functions
 
     data = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "emobank"
     train, dev = (

@@ -23,9 +23,9 @@ from embedcache.toolkit import (
 )
 
 from .config import FINETUNE_DEFAULTS, FinetuneConfig, TrainConfig, add_arguments, from_arguments
+from .labels.pseudolabel import METHODS
+from .labels.selftrain import SELECT
 from .model import HeadModel
-from .pseudolabel import METHODS
-from .selftrain import SELECT
 
 EXAMPLES = """\
 examples:
@@ -88,7 +88,7 @@ examples:
   # then: heads train --cache cache/minilm --data pseudo.csv --text-col prompt --label-col score --out models/q
 
 A labeling function is a plain function text -> score or None (no opinion):
-    from heads.labeling import labeling_function
+    from heads.labels.labeling import labeling_function
     @labeling_function("mentions_audience")
     def mentions_audience(text):
         return 0.9 if " for a " in text.lower() else None
@@ -181,8 +181,8 @@ def _run_arguments(p, json_help: str = "print a JSON summary as the last line") 
         action="append",
         default=[],
         metavar="MODULE",
-        help="a module or .py file to import first: your own head types (heads.units.register_head) "
-        "or labeling functions (heads.labeling.labeling_function)",
+        help="a module or .py file to import first: your own head types (heads.head_types.register_head) "
+        "or labeling functions (heads.labels.labeling.labeling_function)",
     )
 
 
@@ -403,7 +403,7 @@ was picked; rate it, then train (or pseudolabel) with the rated rows."""
 
 
 def _select_parser(sub) -> None:
-    from .selection import STRATEGIES
+    from .labels.selection import STRATEGIES
 
     c = _subparser(
         sub,
@@ -438,7 +438,7 @@ def _select_parser(sub) -> None:
 
 
 def select(args) -> dict:
-    from .selection import select as choose
+    from .labels.selection import select as choose
 
     check_output(args.out, _inputs(args), args.overwrite, "--out")
     out = choose(
@@ -503,7 +503,7 @@ POST /score takes {"items": [...], "interval": C}; each item has the fields the 
 
 
 def _serve_parser(sub) -> None:
-    from .serve import ServeConfig
+    from .serving.serve import ServeConfig
 
     defaults = ServeConfig()
     s = _subparser(
@@ -575,8 +575,8 @@ def _serve_parser(sub) -> None:
 
 
 def serve(args) -> dict:
-    from .serve import ServeConfig
-    from .serve import serve as run_server
+    from .serving.serve import ServeConfig
+    from .serving.serve import serve as run_server
 
     run_server(
         args.model,
@@ -687,7 +687,7 @@ def train(args) -> dict:
 
 def predict(args) -> dict:
     if args.ray is not None:
-        from .batch_scoring import score_files
+        from .serving.batch_scoring import score_files
 
         summary = score_files(
             args.model,
@@ -765,7 +765,7 @@ def evaluate(args) -> dict:
 
 
 def finetune(args) -> dict:
-    from .finetune import finetune as run_finetune
+    from .finetuning.finetune import finetune as run_finetune
 
     start = time.perf_counter()
     model = run_finetune(
@@ -794,7 +794,7 @@ def finetune(args) -> dict:
 
 
 def pseudolabel(args) -> dict:
-    from .pseudolabel import pseudolabel as score_rows
+    from .labels.pseudolabel import pseudolabel as score_rows
 
     check_output(args.out, _inputs(args), args.overwrite, "--out")
     method = args.method or ("self-train" if args.labeled else "lf")

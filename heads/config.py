@@ -85,7 +85,7 @@ class TrainConfig:
 
     def check(self, zero_lr: bool = False) -> TrainConfig:
         """Every field within its allowed values (ParameterError naming it); ``zero_lr`` allows lr = 0."""
-        from .units import check_head_name
+        from .head_types import check_head_name
 
         check_head_name(self.head, allow_auto=True)
         return check_fields(self, zero_lr)

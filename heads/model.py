@@ -1,9 +1,9 @@
-"""HeadModel: a head (a unit from ``heads.units``) over a source of vectors, trained on a table of texts and labels.
+"""HeadModel: a head (a unit from ``heads.head_types``) over a source of vectors, trained on a table of texts and labels.
 
 The vectors come from an embedcache cache (a frozen head) or from the model's
 own encoder (a fine-tuned one; through a cache built with it when one is
 given).  The head is any registered type; this class knows none by name.  A
-saved model is a directory (see ``heads.directory``): ``config.json`` (head
+saved model is a directory (see ``heads.model_files``): ``config.json`` (head
 type and its config, training settings, columns, label scaling, the encoder's
 fingerprint, validation metrics, library versions) and ``model.safetensors``.
 """
@@ -49,11 +49,11 @@ from .data import (
     plain_table,
     sides_of,
 )
-from .directory import ModelError, check_shapes, read_model, write_model
+from .head_types import check_head_name, head_type, resolve_head
 from .intervals import half_widths, interval_report, residual_quantiles
 from .metrics import report
+from .model_files import ModelError, check_shapes, read_model, write_model
 from .neighbours import UnseenConditionWarning, warn_unseen_conditions
-from .units import check_head_name, head_type, resolve_head
 
 PSEUDO_SOURCES = {"labeled", "data"}  # the source column of a heads pseudolabel table
 
@@ -322,7 +322,7 @@ class HeadModel:
                     "or library versions): the directory was altered; fine-tune again"
                 )
             if head_type(self.head_).joint:
-                from .backbone import Backbone
+                from .finetuning.backbone import Backbone
 
                 self._own_encoder = Backbone.from_directory(path).to(resolve_device(self.device))
             else:

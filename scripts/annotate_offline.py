@@ -27,9 +27,9 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])  # run as a script from a
 import pandas as pd
 
 from embedcache import read_table
-from heads.annotate import annotate
 from heads.data import column_texts
-from heads.labeling import apply, combine
+from heads.labels.annotate import annotate
+from heads.labels.labeling import apply, combine
 
 
 def local_judge(text: str) -> float:

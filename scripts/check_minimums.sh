@@ -38,7 +38,7 @@ import heads
 from conftest import HashEncoder, make_tiny_bert
 from embedcache import EmbeddingCache
 from heads import EmbeddingRegressor, HeadModel
-from heads.finetune import finetune
+from heads.finetuning.finetune import finetune
 
 print({d: metadata.version(d) for d in ("torch", "numpy", "scikit-learn", "transformers", "sentence-transformers", "pandas", "h5py")})
 texts = [f"text {i}" for i in range(60)]

@@ -29,7 +29,7 @@ from embedcache import (
 from embedcache.cli import main as embedcache_main
 from heads import EmbeddingRegressor, HeadModel
 from heads.cli import main as heads_main
-from heads.labeling import LABELING_FUNCTIONS, apply, combine, learn_weights
+from heads.labels.labeling import LABELING_FUNCTIONS, apply, combine, learn_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = [

@@ -77,7 +77,7 @@ def test_the_conversion_is_made_once_and_the_fingerprint_is_stable(e5, monkeypat
 def test_e5_fine_tunes_and_its_export_encodes_as_it_trained(e5, tmp_path):
     """Hindi and Bengali through heads finetune: the prompt e5 was converted with travels into the export."""
     pytest.importorskip("accelerate")
-    from heads.finetune import finetune
+    from heads.finetuning.finetune import finetune
 
     n = len(PAIRS)
     rows = [

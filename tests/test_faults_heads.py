@@ -192,14 +192,14 @@ def test_other_commands_refuse_out_of_range_flags(capsys, args, words):
 
 KILL_WHILE_SAVING = """
 import json, os, signal, sys
-import heads.directory
+import heads.model_files
 
 real = json.dumps
 def dumps(obj, *a, **k):  # the config is written after the weights: die in between
     if isinstance(obj, dict) and "weights_sha256" in obj:
         os.kill(os.getpid(), signal.SIGKILL)
     return real(obj, *a, **k)
-heads.directory.json.dumps = dumps
+heads.model_files.json.dumps = dumps
 from heads.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -8,8 +8,8 @@ import pytest
 
 from embedcache import EmbeddingCache, load_encoder
 from heads import HeadModel
-from heads.backbone import Backbone
 from heads.cli import main
+from heads.finetuning.backbone import Backbone
 
 WORDS = ["apple", "banana", "cherry", "dog", "cat", "horse", "red", "blue"]
 
@@ -95,7 +95,7 @@ def test_each_head_fine_tunes_and_predicts_through_the_same_commands(
 
 def test_fine_tuning_learns_a_task_the_random_encoder_knows_nothing_of(tiny_bert_dir, tmp_path):
     """Whether a sentence names an animal: the random encoder and head learn it together."""
-    from heads.finetune import finetune
+    from heads.finetuning.finetune import finetune
 
     rng = np.random.default_rng(0)
 
@@ -169,7 +169,7 @@ def test_exported_encoder_gives_the_training_vectors_and_a_cache_of_its_own(file
 
 
 def test_warm_start_begins_from_the_frozen_head(files, tiny_bert_dir, tiny_bert, tmp_path, capsys):
-    from heads.finetune import finetune
+    from heads.finetuning.finetune import finetune
 
     train, dev = pd.read_csv(files / "train.csv"), pd.read_csv(files / "dev.csv")
     cache = EmbeddingCache(tmp_path / "cache", tiny_bert)
@@ -402,7 +402,7 @@ def test_a_killed_fine_tuning_leaves_the_old_model_as_it_was_and_resumes(files, 
     import sys
     import time
 
-    from heads.finetune import finetune
+    from heads.finetuning.finetune import finetune
 
     out, train = tmp_path / "model", pd.read_csv(files / "train.csv")
     settings = {"head": "concat", "model": str(tiny_bert_dir), "batch_size": 16, "progress": False}

@@ -462,7 +462,7 @@ def test_pseudolabel_spreads_a_few_labels_and_its_output_trains_a_head(cache, tm
 def test_pseudolabel_with_labeling_functions_imported_from_a_file(cache, tmp_path, capsys):
     (tmp_path / "my_lfs.py").write_text(
         textwrap.dedent("""
-        from heads.labeling import labeling_function
+        from heads.labels.labeling import labeling_function
 
         @labeling_function("test_mentions_food")
         def mentions_food(text):
@@ -492,7 +492,7 @@ def test_pseudolabel_with_labeling_functions_imported_from_a_file(cache, tmp_pat
     try:
         assert main(args) == 0
     finally:
-        from heads.labeling import LABELING_FUNCTIONS
+        from heads.labels.labeling import LABELING_FUNCTIONS
 
         LABELING_FUNCTIONS.pop("test_mentions_food", None)
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

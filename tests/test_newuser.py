@@ -12,9 +12,9 @@ from embedcache import EmbeddingCache, FingerprintMismatchError
 from embedcache.toolkit import spec_difference
 from heads import HeadModel
 from heads.cli import main
-from heads.labeling import resolve
+from heads.labels.labeling import resolve
+from heads.labels.pseudolabel import label_with_functions
 from heads.model import PseudoLabelValidationWarning
-from heads.pseudolabel import label_with_functions
 
 RNG = np.random.default_rng(0)
 GOOD, BAD = ["clear", "specific", "detailed", "precise"], ["vague", "lazy", "short", "messy"]
@@ -103,7 +103,7 @@ def test_heads_pseudolabel_prints_what_a_constant_vote_says(tmp_path, capsys):
     pd.DataFrame({"prompt": texts[:40], "score": y[:40]}).to_csv(tmp_path / "rated.csv", index=False)
     pd.DataFrame({"prompt": texts}).to_csv(tmp_path / "all.csv", index=False)
     (tmp_path / "lfs.py").write_text(
-        "from heads.labeling import labeling_function\n"
+        "from heads.labels.labeling import labeling_function\n"
         "@labeling_function('mentions_clear')\n"
         "def mentions_clear(text):\n    return 0.9 if 'clear' in text.split() else None\n"
     )
@@ -182,7 +182,7 @@ def test_serve_names_conditions_it_never_saw(conditioned):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
-    from heads.serve import create_app
+    from heads.serving.serve import create_app
 
     with TestClient(create_app(conditioned / "m")) as client:
         seen = client.post("/score", json={"items": [{"text": "reply 1 clear", "condition": "harm"}]}).json()
@@ -228,8 +228,8 @@ def test_evaluate_groups_by_several_columns_and_plots_them_sorted(conditioned, t
 
 
 def test_fine_tuning_knows_the_frozen_cosine_it_must_beat(tiny_bert_dir):
-    from heads.backbone import Backbone
-    from heads.finetune import _frozen_cosine
+    from heads.finetuning.backbone import Backbone
+    from heads.finetuning.finetune import _frozen_cosine
 
     backbone = Backbone.from_directory(str(tiny_bert_dir))
     words = ["apple", "river", "stone", "cloud", "music", "paper"]

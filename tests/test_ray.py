@@ -162,7 +162,7 @@ def test_ray_precompute_with_an_actor_killed_mid_run_then_batch_scoring(local_ra
 
 
 def test_batch_scoring_refuses_two_inputs_that_would_share_an_output(tmp_path):
-    from heads.batch_scoring import score_files
+    from heads.serving.batch_scoring import score_files
 
     for d in ("a", "b"):
         (tmp_path / d).mkdir()

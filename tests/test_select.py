@@ -10,7 +10,7 @@ from conftest import run as run_command
 
 from embedcache import EmbeddingCache, Encoder
 from heads.cli import main
-from heads.selection import select
+from heads.labels.selection import select
 
 CLUSTERS = 5
 

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from embedcache import EmbeddingCache
 from heads import HeadModel
 from heads.cli import main
-from heads.serve import Batcher, ServeConfig, create_app
+from heads.serving.serve import Batcher, ServeConfig, create_app
 
 WORDS = [
     "apple",

@@ -15,7 +15,7 @@ httpx = pytest.importorskip("httpx")
 
 from embedcache import EmbeddingCache
 from heads import HeadModel
-from heads.serve import Batcher, ServeConfig, create_app
+from heads.serving.serve import Batcher, ServeConfig, create_app
 
 WORDS = ["apple", "river", "stone", "cloud", "music", "paper", "garden", "window"]
 

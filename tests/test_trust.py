@@ -133,7 +133,7 @@ def test_precompute_and_a_manifest_naming_such_a_directory_run_nothing(st_dir, t
 
 
 def test_the_finetune_backbone_refuses_it_too(st_dir, tmp_path):
-    from heads.backbone import Backbone
+    from heads.finetuning.backbone import Backbone
 
     d = shutil.copytree(st_dir, tmp_path / "m")
     marker = tmp_path / "payload-ran"
@@ -148,7 +148,7 @@ def finetuned(tmp_path_factory, tiny_bert_dir):
     """A fine-tuned concat model (tiny BERT, one epoch) and a data file it scores."""
     import pandas as pd
 
-    from heads.finetune import finetune
+    from heads.finetuning.finetune import finetune
 
     work = tmp_path_factory.mktemp("ft")
     data = pd.DataFrame({"text": [f"text number {i}" for i in range(40)], "score": [i % 3 / 2 for i in range(40)]})

@@ -19,7 +19,7 @@ NEAREST_HEAD = '''
 import numpy as np
 import torch
 
-from heads.units import register_head
+from heads.head_types import register_head
 
 
 class NearestHead:

@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from heads.annotate import AnnotationError, annotate, read_record
-from heads.labeling import (
+from heads.labels.annotate import AnnotationError, annotate, read_record
+from heads.labels.labeling import (
     LABELING_FUNCTIONS,
     apply,
     combine,
@@ -112,7 +112,7 @@ def test_an_annotation_record_survives_a_kill_and_is_not_paid_twice(tmp_path):
     record = tmp_path / "record.jsonl"
     script = textwrap.dedent(f"""
         import time
-        from heads.annotate import annotate
+        from heads.labels.annotate import annotate
         def slow(text):
             time.sleep(0.02)
             return float(len(text))
@@ -153,8 +153,8 @@ def clustered(n, rng, centers, values):
 def test_self_training_beats_the_labeled_only_head_on_clustered_data():
     """40 labels over 8 clusters, 2,000 unlabeled points: the clusters are there to be learned from the unlabeled rows."""
     from heads import HeadModel
+    from heads.labels.selftrain import committee_predict, self_train
     from heads.metrics import regression_metrics
-    from heads.selftrain import committee_predict, self_train
 
     rng = np.random.default_rng(1)
     centers, values = rng.standard_normal((8, 32)), rng.uniform(0, 1, 8)

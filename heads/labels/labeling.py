@@ -10,7 +10,7 @@ quality on 0-1 and are examples to copy more than a finished judge.
 puts the result on the labels' scale; ``learn_ridge`` fits a ridge regression
 from the outputs (and whether each function voted) to the labels instead.
 
-    from heads.labeling import labeling_function
+    from heads.labels.labeling import labeling_function
 
     @labeling_function("mentions_audience")
     def mentions_audience(text):

@@ -29,9 +29,9 @@ import numpy as np
 from embedcache import EmbeddingCache, Encoder, InputError, MissingDependencyError, ParameterError
 from embedcache.toolkit import template_columns
 
-from .data import as_table, embed, load_inputs
-from .model import HeadModel
-from .units import head_type
+from ..data import as_table, embed, load_inputs
+from ..head_types import head_type
+from ..model import HeadModel
 
 API_KEY_VARIABLE = "EMBEDCACHE_API_KEY"
 
@@ -175,7 +175,7 @@ class Scorer:
         values = sorted({item["condition"] for item in items if "condition" in item} - set(trained or ()))
         if not trained or not values or self.vectors is None:
             return []
-        from .neighbours import nearest
+        from ..neighbours import nearest
 
         if self._trained is None:
             self._trained = self.vectors.encode(list(trained))
@@ -528,7 +528,7 @@ def serve(
         # encoder) can starve that thread for many seconds, and uvicorn's 5 s default then kills and restarts
         # workers that are merely slow to start, over and over.
         uvicorn.run(
-            "heads.serve:app_from_environment",
+            "heads.serving.serve:app_from_environment",
             factory=True,
             host=host,
             port=port,

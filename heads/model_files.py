@@ -109,7 +109,7 @@ def _bad(where, field, expected, value):
 
 def check_config(config, where) -> None:
     """A model's config.json: every field the model needs, of the right type and range (ModelError naming it)."""
-    from .units import HEAD_TYPES
+    from .head_types import HEAD_TYPES
 
     if not isinstance(config, dict):
         _bad(where, "(top level)", "a JSON object", config)

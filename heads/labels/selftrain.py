@@ -20,9 +20,9 @@ from tqdm.auto import tqdm
 from embedcache import InputError
 from embedcache.toolkit import check_choice, check_int
 
-from .data import Inputs
-from .metrics import NAMES, report
-from .model import HeadModel
+from ..data import Inputs
+from ..metrics import NAMES, report
+from ..model import HeadModel
 
 SELECT = {"rmse": -1, "mae": -1, "pearson": 1, "spearman": 1, "r2": 1}  # +1: higher is better
 

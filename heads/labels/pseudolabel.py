@@ -23,7 +23,7 @@ from embedcache.toolkit import (
     template_columns,
 )
 
-from .data import (
+from ..data import (
     Inputs,
     column_texts,
     grouped_split,
@@ -31,6 +31,8 @@ from .data import (
     load_labels,
     template_texts,
 )
+from ..model import HeadModel, check_label_values
+from ..neighbours import propagate
 from .labeling import (
     affine_map,
     apply,
@@ -42,8 +44,6 @@ from .labeling import (
     ridge_combine,
     ridge_weights,
 )
-from .model import HeadModel, check_label_values
-from .neighbours import propagate
 from .selftrain import self_train
 
 METHODS = ("lf", "knn", "self-train")

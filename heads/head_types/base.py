@@ -14,7 +14,7 @@ A head type is a class with:
 
 ``Head`` gives the defaults of the last two; ``TorchHead`` everything else for a torch module.
 
-Registering the class under a name (``heads.units.register_head``) is all it takes for
+Registering the class under a name (``heads.head_types.register_head``) is all it takes for
 ``HeadModel``, ``heads train``, ``heads predict`` and saving and loading to use it.
 """
 

@@ -28,13 +28,13 @@ from torch import nn
 from embedcache import MissingDependencyError, ParameterError, WriteError
 from embedcache.toolkit import atomic_directory, check_not_input, check_output, is_model_directory
 
+from ..config import FINETUNE_DEFAULTS, FinetuneConfig, TrainConfig, finetune_defaults
+from ..data import grouped_split, load_labels, side_texts, sides_of
+from ..head_types import TorchHead, head_type, resolve_head
+from ..metrics import NAMES, report
+from ..model import HeadModel, check_label_values, label_scaling
+from ..train import LOSS_FUNCTIONS, seeded
 from .backbone import Backbone
-from .config import FINETUNE_DEFAULTS, FinetuneConfig, TrainConfig, finetune_defaults
-from .data import grouped_split, load_labels, side_texts, sides_of
-from .metrics import NAMES, report
-from .model import HeadModel, check_label_values, label_scaling
-from .train import LOSS_FUNCTIONS, seeded
-from .units import TorchHead, head_type, resolve_head
 
 # what heads finetune trains when not told otherwise: a few epochs suffice for a pretrained encoder
 
@@ -234,7 +234,7 @@ def _configs(
 
 
 def _torch_heads():
-    from .units import HEAD_TYPES
+    from ..head_types import HEAD_TYPES
 
     return [(n, c) for n, c in HEAD_TYPES.items() if issubclass(c, TorchHead)]
 

@@ -51,7 +51,7 @@ def register_head(name: str, cls: type) -> type:
         "check_sides",
     ):
         if not callable(getattr(cls, method, None)):
-            raise ParameterError(f"head type {cls.__name__} has no method {method!r}; see heads.units.base")
+            raise ParameterError(f"head type {cls.__name__} has no method {method!r}; see heads.head_types.base")
     HEAD_TYPES[name] = cls
     return cls
 

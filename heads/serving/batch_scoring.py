@@ -20,7 +20,7 @@ import pandas as pd
 from embedcache import EmbeddingCache, InputError, read_table
 from embedcache.toolkit import atomic_file, check_not_input, connect_ray, expand_inputs, map_with_actors, writing
 
-from .model import HeadModel
+from ..model import HeadModel
 
 
 class _ScoringActor:

@@ -22,8 +22,8 @@ import pandas as pd
 from embedcache import InputError
 from embedcache.toolkit import check_choice, check_float, check_int
 
-from .data import load_inputs
-from .neighbours import unit_rows
+from ..data import load_inputs
+from ..neighbours import unit_rows
 from .pseudolabel import row_vectors
 
 STRATEGIES = ("random", "diversity")
