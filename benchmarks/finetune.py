@@ -69,13 +69,13 @@ def main() -> None:
     for head in ("concat", "two-tower"):
         start = time.perf_counter()
         model = HeadModel(head=head, label_range=(0, 5)).fit(
-            cache, train, "score", text_col="s1", pair_col="s2", progress=False
+            train, "score", cache=cache, text_col="s1", pair_col="s2", progress=False
         )
         model.save(work / f"frozen-{head}")
         rows.append(
             (
                 f"frozen {head}",
-                100 * spearmanr(model.predict(cache, dev), dev.score)[0],
+                100 * spearmanr(model.predict(dev, cache=cache), dev.score)[0],
                 time.perf_counter() - start,
             )
         )
@@ -105,7 +105,7 @@ def main() -> None:
             progress=False,
         )
         seconds = time.perf_counter() - start
-        rows.append((f"fine-tuned {variant}", 100 * spearmanr(model.predict(None, dev), dev.score)[0], seconds))
+        rows.append((f"fine-tuned {variant}", 100 * spearmanr(model.predict(dev), dev.score)[0], seconds))
         print(rows[-1], flush=True)
     best_frozen = max(s for name, s, _ in rows if name.startswith("frozen"))
     batch = args.batch_size or "finetune's default"

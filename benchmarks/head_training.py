@@ -144,10 +144,10 @@ def accuracy(args) -> None:
         for head in ("ridge", "concat", "two-tower"):
             start = time.perf_counter()
             model = HeadModel(head=head, label_range=(0, 5)).fit(
-                cache, train, "score", text_col="s1", pair_col="s2", progress=False
+                train, "score", cache=cache, text_col="s1", pair_col="s2", progress=False
             )
             times.append(time.perf_counter() - start)
-            scores[head] = spearmanr(model.predict(cache, dev), dev.score)[0]
+            scores[head] = spearmanr(model.predict(dev, cache=cache), dev.score)[0]
         best = max(scores.values())
         print(
             f"| {enc_name} | {lang} | {100 * cosine:.2f} | {100 * scores['ridge']:.2f} | {100 * scores['concat']:.2f} | "

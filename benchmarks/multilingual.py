@@ -102,8 +102,8 @@ def main() -> None:
                 head: 100
                 * spearmanr(
                     HeadModel(head=head, label_range=(0, 5))
-                    .fit(cache, train, "score", text_col="s1", pair_col="s2", progress=False)
-                    .predict(cache, dev),
+                    .fit(train, "score", cache=cache, text_col="s1", pair_col="s2", progress=False)
+                    .predict(dev, cache=cache),
                     dev.score,
                 ).statistic
                 for head in ("two-tower", "concat", "ridge")

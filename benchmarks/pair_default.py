@@ -44,8 +44,10 @@ def main() -> None:
             part = train.iloc[order[:size]]
             scores = {}
             for head in ("auto", "concat"):
-                model = HeadModel(head=head).fit(cache, part, "score", text_col="s1", pair_col="s2", progress=False)
-                scores[head] = model.evaluate(cache, dev)[0]["spearman"] * 100
+                model = HeadModel(head=head).fit(
+                    part, "score", cache=cache, text_col="s1", pair_col="s2", progress=False
+                )
+                scores[head] = model.evaluate(dev, cache=cache)[0]["spearman"] * 100
             rows.append((lang, name, size or len(train), base, scores["auto"], scores["concat"]))
             print(
                 f"{lang} {size or len(train)}: cosine {base:.2f} auto {scores['auto']:.2f} concat {scores['concat']:.2f}",

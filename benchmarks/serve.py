@@ -67,7 +67,9 @@ def train(work: Path) -> Path:
     texts = prompts(400, 0)
     data = pd.DataFrame({"text": texts, "quality": [min(1.0, len(t) / 80) for t in texts]})
     cache = EmbeddingCache(work / "cache", load_encoder())
-    HeadModel(head="concat", epochs=5).fit(cache, data, "quality", progress=False).save(work / "model", overwrite=True)
+    HeadModel(head="concat", epochs=5).fit(data, "quality", cache=cache, progress=False).save(
+        work / "model", overwrite=True
+    )
     return work / "model"
 
 

@@ -51,7 +51,11 @@ COLUMNS = {"text": "s1", "pair": "s2"}
 
 
 def spearman(model_or_pred, cache, dev) -> float:
-    pred = model_or_pred if isinstance(model_or_pred, np.ndarray) else model_or_pred.predict(cache, dev, squeeze=False)
+    pred = (
+        model_or_pred
+        if isinstance(model_or_pred, np.ndarray)
+        else model_or_pred.predict(dev, cache=cache, squeeze=False)
+    )
     return 100 * spearmanr(pred[:, 0], dev.score)[0]
 
 
@@ -62,7 +66,7 @@ def run(alias: str, args) -> None:
 
     def head(data):
         return HeadModel(head=args.head, label_range=(0, 5)).fit(
-            cache, data, "score", text_col="s1", pair_col="s2", progress=False
+            data, "score", cache=cache, text_col="s1", pair_col="s2", progress=False
         )
 
     start = time.perf_counter()

@@ -714,8 +714,8 @@ def predict(args) -> dict:
     model = HeadModel.load(args.model)
     df = _read(args, args.data)
     out = model.predict_table(
-        _cache(args),
         df,
+        _cache(args),
         _columns(args),
         id_col=args.id_col,
         decimals=args.round,
@@ -731,8 +731,8 @@ def predict(args) -> dict:
 def evaluate(args) -> dict:
     model = HeadModel.load(args.model)
     metrics, y, pred, _ = model.evaluate(
-        _cache(args),
         _read(args, args.data),
+        _cache(args),
         args.label_col,
         _columns(args),
         add_missing=args.add_missing,

@@ -153,6 +153,7 @@ class HeadModel:
         label_cols, ...)``, the order before, still works.  ``options``: see ``fit_table``.
         """
         if isinstance(data, EmbeddingCache):  # the order before: fit(cache, table, label_cols, ...)
+            _warn_old_order("fit(cache, table, label_cols)", "fit(table, label_cols, cache=cache)")
             return self.fit_table(data, labels, *table_form, **options)
         if table_form:
             raise ParameterError("give the options of fit by name (text_col=..., val_data=...)")
@@ -429,6 +430,7 @@ class HeadModel:
         embedcache 0.1, still works.  ``progress``: bars while texts are encoded.
         """
         if data is None or isinstance(data, EmbeddingCache):  # the 0.1 order: predict(cache or None, data)
+            _warn_old_order("predict(cache, data)", "predict(data, cache=cache)")
             data, cache = cache, data
         inputs, _, _ = self._inputs(cache, data, columns, add_missing, conditions, progress)
         scores = self.predict_inputs(inputs)
@@ -448,8 +450,8 @@ class HeadModel:
 
     def predict_table(
         self,
-        cache: EmbeddingCache | None,
         data,
+        cache: EmbeddingCache | None = None,
         columns=None,
         id_col=None,
         decimals=None,
@@ -459,7 +461,11 @@ class HeadModel:
     ) -> pd.DataFrame:
         """Predictions as a table: ``id`` (from ``id_col``, else an ``id`` column, else the row number) and
         ``score`` (a column per label when there are several), with ``lower`` and ``upper`` for an
-        ``interval``, rounded to ``decimals`` when given."""
+        ``interval``, rounded to ``decimals`` when given.  ``predict_table(cache, data)``, the order before,
+        still works, with a FutureWarning."""
+        if data is None or isinstance(data, EmbeddingCache):
+            _warn_old_order("predict_table(cache, data)", "predict_table(data, cache=cache)")
+            data, cache = cache, data
         df, path = _table(data)
         if id_col is not None and id_col not in df.columns:
             raise InputError(f"{path}: no column {id_col!r}; available columns: {', '.join(map(str, df.columns))}")
@@ -482,8 +488,8 @@ class HeadModel:
 
     def evaluate(
         self,
-        cache: EmbeddingCache | None,
         data,
+        cache: EmbeddingCache | None = None,
         label_cols=None,
         columns=None,
         add_missing=False,
@@ -495,7 +501,11 @@ class HeadModel:
 
         With ``group_col`` (a column or a list of them), ``metrics["per_group"]`` holds the metrics per value of
         that column (a language, a source), or per combination of values (``"hi / harm"``) of several.  With ``interval``, ``metrics["interval"]`` holds the empirical coverage and
-        mean width of the model's intervals at that level."""
+        mean width of the model's intervals at that level.  ``evaluate(cache, data)``, the order before, still
+        works, with a FutureWarning."""
+        if data is None or isinstance(data, EmbeddingCache):
+            _warn_old_order("evaluate(cache, data)", "evaluate(data, cache=cache)")
+            data, cache = cache, data
         df, path = _table(data)
         y = load_labels(df, list(label_cols or self.labels_), path)
         group_cols = [group_col] if isinstance(group_col, str) else list(group_col or [])
@@ -598,6 +608,19 @@ class HeadModel:
         model.directory_, model._own_encoder = None if directory is None else Path(directory), own_encoder
         model.conditions_, model.validation_rows_, model.validation_, model.calibration_ = None, None, None, None
         return model
+
+
+class ArgumentOrderWarning(FutureWarning):
+    """A HeadModel method called with the cache first, the order of embedcache 0.1: data comes first now."""
+
+
+def _warn_old_order(old: str, new: str) -> None:
+    # FutureWarning: shown to users (once per calling line, Python's default), unlike a DeprecationWarning
+    warnings.warn(
+        f"HeadModel.{old} is the order of embedcache 0.1; write HeadModel.{new} (the old order keeps working)",
+        ArgumentOrderWarning,
+        stacklevel=3,
+    )
 
 
 def _squeezed(scores: np.ndarray, one: bool):

@@ -46,7 +46,7 @@ df = pd.DataFrame({"text": texts, "score": np.arange(60.0) % 7})
 cache = EmbeddingCache("cache", HashEncoder())
 cache.encode(texts)
 for head in ("concat", "ridge"):
-    pred = HeadModel(head=head, epochs=3).fit(cache, df, "score", progress=False).predict(cache, df)
+    pred = HeadModel(head=head, epochs=3).fit(df, "score", cache=cache, progress=False).predict(df, cache=cache)
     assert pred.shape == (60,) and np.isfinite(pred).all()
 X = np.random.default_rng(0).standard_normal((50, 8))
 assert EmbeddingRegressor(epochs=3).fit(X, X[:, 0]).predict(X).shape == (50,)

@@ -220,7 +220,7 @@ def test_eight_threads_and_two_processes_predict_new_texts_at_once(tiny_setup, t
     tmp, cache, test = tiny_setup
     model = HeadModel.load(tmp / "model")
     chunks = [test.iloc[i::10].reset_index(drop=True) for i in range(10)]
-    expected = [model.predict(EmbeddingCache(cache), c) for c in chunks]  # one at a time, nothing written
+    expected = [model.predict(c, cache=EmbeddingCache(cache)) for c in chunks]  # one at a time, nothing written
     for i in (8, 9):
         chunks[i].to_csv(tmp / f"chunk{i}.csv", index=False)
     procs = [
@@ -251,7 +251,7 @@ def test_eight_threads_and_two_processes_predict_new_texts_at_once(tiny_setup, t
 
     def run(i):
         handle = shared if i % 2 else EmbeddingCache(cache)
-        return model.predict(handle, chunks[i], add_missing=True)
+        return model.predict(chunks[i], cache=handle, add_missing=True)
 
     with ThreadPoolExecutor(8) as pool:
         got = list(pool.map(run, range(8)))
@@ -350,10 +350,12 @@ def test_weights_leave_out_rows_of_weight_zero(tiny_setup):
     _, cache, test = tiny_setup
     clean = word_rows(WORDS[:8])
     noisy = pd.concat([clean.assign(w=1.0), clean.assign(score=-clean.score * 3, w=0.0, text=clean.text + " !")])
-    model = HeadModel(head="ridge").fit(EmbeddingCache(cache), noisy, "score", weight_col="w", progress=False)
-    unweighted = HeadModel(head="ridge").fit(EmbeddingCache(cache), noisy.drop(columns="w"), "score", progress=False)
+    model = HeadModel(head="ridge").fit(noisy, "score", cache=EmbeddingCache(cache), weight_col="w", progress=False)
+    unweighted = HeadModel(head="ridge").fit(
+        noisy.drop(columns="w"), "score", cache=EmbeddingCache(cache), progress=False
+    )
     truth = test.score.to_numpy()
-    err = lambda m: np.abs(m.predict(EmbeddingCache(cache), test) - truth).mean()
+    err = lambda m: np.abs(m.predict(test, cache=EmbeddingCache(cache)) - truth).mean()
     assert err(model) < 0.5 * err(unweighted)
     X = np.random.default_rng(0).standard_normal((200, 6)).astype(np.float32)
     y = X[:, 0] + np.where(np.arange(200) < 100, 0.0, 50.0)
@@ -361,7 +363,7 @@ def test_weights_leave_out_rows_of_weight_zero(tiny_setup):
     assert np.abs(weighted.predict(X[:100]) - y[:100]).mean() < 1.0
     with pytest.raises(ValueError, match="column 'w': expected a finite weight >= 0"):
         HeadModel(head="ridge").fit(
-            EmbeddingCache(cache), noisy.assign(w=-1.0), "score", weight_col="w", progress=False
+            noisy.assign(w=-1.0), "score", cache=EmbeddingCache(cache), weight_col="w", progress=False
         )
 
 
@@ -400,7 +402,7 @@ def test_unknown_tokens_are_counted_and_precompute_and_train_warn(tmp_path, caps
     assert re.search(r"d\.csv row [3-8], column 'response': '", err) and "it covers: ar, de, en" in err
     with pytest.warns(UserWarning, match="mostly tokens encoder 'use-multilingual' does not know"):
         HeadModel(head="ridge").fit(
-            EmbeddingCache(tmp_path / "c"), tmp_path / "d.csv", "score", text_col="response", progress=False
+            tmp_path / "d.csv", "score", cache=EmbeddingCache(tmp_path / "c"), text_col="response", progress=False
         )
 
 
@@ -411,14 +413,14 @@ def test_unseen_conditions_are_named_with_the_nearest_trained_one(tiny_setup):
         columns=["response", "metric", "score"],
     )
     model = HeadModel(head="ridge").fit(
-        EmbeddingCache(cache), data, "score", text_col="response", condition_col="metric", progress=False
+        data, "score", cache=EmbeddingCache(cache), text_col="response", condition_col="metric", progress=False
     )
     with pytest.warns(
         UserWarning,
         match=r"1 condition\(s\) never seen in training .*'harmful' \(nearest trained: '(harm|help)', "
         r"cosine -?\d\.\d\d\)",
     ):
-        model.predict(EmbeddingCache(cache), data.assign(metric=["harmful", "help"] * (len(data) // 2)))
+        model.predict(data.assign(metric=["harmful", "help"] * (len(data) // 2)), cache=EmbeddingCache(cache))
 
 
 def test_template_trains_and_is_reused_by_predict(tiny_setup):
@@ -472,7 +474,7 @@ def test_template_trains_and_is_reused_by_predict(tiny_setup):
     )
     composed = df.assign(text="[U] " + df.user + "\n[R] " + df.reply)
     direct = HeadModel.load(tmp / "tm").predict(
-        EmbeddingCache(cache), composed, columns={"text": "text", "template": None}
+        composed, cache=EmbeddingCache(cache), columns={"text": "text", "template": None}
     )
     # the same texts either way (the template is the model's unless overridden)
     np.testing.assert_allclose(pd.read_csv(tmp / "tp.csv").score, direct, rtol=1e-6)
@@ -613,11 +615,14 @@ def test_a_pair_task_without_a_head_gets_the_two_tower_head(tiny_setup):
     _, cache, _ = tiny_setup
     pairs = pd.DataFrame({"a": word_rows(WORDS[:6]).text, "b": word_rows(WORDS[2:8]).text, "score": np.arange(30) % 5})
     assert (
-        HeadModel(epochs=2).fit(EmbeddingCache(cache), pairs, "score", text_col="a", pair_col="b", progress=False).head_
+        HeadModel(epochs=2)
+        .fit(pairs, "score", cache=EmbeddingCache(cache), text_col="a", pair_col="b", progress=False)
+        .head_
         == "two-tower"
     )
     assert (
-        HeadModel(epochs=2).fit(EmbeddingCache(cache), pairs, "score", text_col="a", progress=False).head_ == "concat"
+        HeadModel(epochs=2).fit(pairs, "score", cache=EmbeddingCache(cache), text_col="a", progress=False).head_
+        == "concat"
     )
 
 

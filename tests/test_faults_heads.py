@@ -121,7 +121,7 @@ def test_the_python_api_refuses_the_same_values_before_encoding_anything(setup, 
         ({"label_range": (1, 0)}, "label_range must be two finite numbers with lo < hi"),
     ):
         with pytest.raises(ParameterError, match=words.replace("(", r"\(")):
-            HeadModel(**params).fit(cache, TRAIN, "score", progress=False)
+            HeadModel(**params).fit(TRAIN, "score", cache=cache, progress=False)
     assert encoder.calls == [] and len(cache) == 0
 
 
@@ -227,7 +227,7 @@ def test_a_train_killed_while_saving_over_a_model_leaves_the_old_model_whole(set
         )
         == 0
     )
-    before, preds = tree(model), HeadModel.load(model).predict(EmbeddingCache(setup / "c"), TRAIN)
+    before, preds = tree(model), HeadModel.load(model).predict(TRAIN, cache=EmbeddingCache(setup / "c"))
     done = subprocess.run(
         [
             sys.executable,
@@ -255,7 +255,7 @@ def test_a_train_killed_while_saving_over_a_model_leaves_the_old_model_whole(set
     )
     assert done.returncode == -9, done.stderr.decode()[-2000:]
     assert tree(model) == before  # the old model, untouched
-    np.testing.assert_array_equal(HeadModel.load(model).predict(EmbeddingCache(setup / "c"), TRAIN), preds)
+    np.testing.assert_array_equal(HeadModel.load(model).predict(TRAIN, cache=EmbeddingCache(setup / "c")), preds)
     assert (
         main(
             [
@@ -286,7 +286,7 @@ def test_weights_that_do_not_match_the_config_never_load(setup, tmp_path):
     HeadModel.load(setup / "model").save(model)
     other = tmp_path / "other"
     HeadModel(head="ridge").fit(
-        EmbeddingCache(setup / "c"), TRAIN.assign(score=TRAIN.score[::-1].to_numpy()), "score", progress=False
+        TRAIN.assign(score=TRAIN.score[::-1].to_numpy()), "score", cache=EmbeddingCache(setup / "c"), progress=False
     ).save(other)
     (model / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())  # new weights, old config
     with pytest.raises(ModelError, match="does not match the checksum.*weights_sha256"):
@@ -370,7 +370,9 @@ def test_a_tampered_config_is_one_line_naming_the_field(setup, capsys, tmp_path,
 
 def test_a_huge_width_in_a_concat_config_is_refused_without_allocating_it(setup, tmp_path):
     model = tmp_path / "m"
-    HeadModel(head="concat", epochs=1).fit(EmbeddingCache(setup / "c"), TRAIN, "score", progress=False).save(model)
+    HeadModel(head="concat", epochs=1).fit(TRAIN, "score", cache=EmbeddingCache(setup / "c"), progress=False).save(
+        model
+    )
     config = json.loads((model / "config.json").read_text())
     config["params"]["width"] = 10**9  # 1.5 TB of weights if it were built
     (model / "config.json").write_text(json.dumps(config))

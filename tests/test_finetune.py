@@ -89,7 +89,7 @@ def test_each_head_fine_tunes_and_predicts_through_the_same_commands(
     metrics = run(["evaluate", "--model", str(out), "--data", str(files / "dev.csv"), "--json"], capsys)
     dev = pd.read_csv(files / "dev.csv")
     model = HeadModel.load(out)
-    np.testing.assert_allclose(model.predict(None, dev), predicted.score, atol=1e-6)
+    np.testing.assert_allclose(model.predict(dev), predicted.score, atol=1e-6)
     assert metrics["rmse"] == pytest.approx(np.sqrt(((predicted.score - dev.score) ** 2).mean()), rel=1e-5)
 
 
@@ -121,7 +121,7 @@ def test_fine_tuning_learns_a_task_the_random_encoder_knows_nothing_of(tiny_bert
     )
     losses = [e["loss"] for e in model.history_ if "loss" in e]
     assert losses[-1] < 0.5 * losses[0]
-    rmse = np.sqrt(((model.predict(None, dev) - dev.score) ** 2).mean())
+    rmse = np.sqrt(((model.predict(dev) - dev.score) ** 2).mean())
     assert rmse < 0.5 * dev.score.std()
 
 
@@ -161,10 +161,10 @@ def test_exported_encoder_gives_the_training_vectors_and_a_cache_of_its_own(file
     cache = EmbeddingCache(tmp_path / "cache", encoder)
     cache.add(dev.s1.tolist() + dev.s2.tolist(), progress=False)
     np.testing.assert_allclose(
-        model.predict(cache, dev), model.predict(None, dev), atol=1e-3
+        model.predict(dev, cache=cache), model.predict(dev), atol=1e-3
     )  # the cache keeps float16
     other = EmbeddingCache(tmp_path / "other", load_encoder(str(tiny_bert_dir)))
-    np.testing.assert_allclose(model.predict(other, dev), model.predict(None, dev), atol=1e-5)
+    np.testing.assert_allclose(model.predict(dev, cache=other), model.predict(dev), atol=1e-5)
     assert len(other) == 0  # not written to: its vectors are not the fine-tuned encoder's
 
 
@@ -174,7 +174,7 @@ def test_warm_start_begins_from_the_frozen_head(files, tiny_bert_dir, tiny_bert,
     train, dev = pd.read_csv(files / "train.csv"), pd.read_csv(files / "dev.csv")
     cache = EmbeddingCache(tmp_path / "cache", tiny_bert)
     frozen = HeadModel(head="two-tower", epochs=5).fit(
-        cache, train, "score", text_col="s1", pair_col="s2", progress=False
+        train, "score", cache=cache, text_col="s1", pair_col="s2", progress=False
     )
     frozen.save(tmp_path / "frozen")
     # with nothing learned (both rates 0) the fine-tuned model is the frozen head on the same encoder
@@ -192,7 +192,7 @@ def test_warm_start_begins_from_the_frozen_head(files, tiny_bert_dir, tiny_bert,
         progress=False,
     )
     np.testing.assert_allclose(
-        warm.predict(None, dev), frozen.predict(cache, dev), atol=2e-3
+        warm.predict(dev), frozen.predict(dev, cache=cache), atol=2e-3
     )  # the cache keeps float16
     with pytest.raises(ValueError, match="is a 'two-tower' head; fine-tuning a 'concat' head needs a 'concat' one"):
         finetune(
@@ -251,7 +251,7 @@ def test_a_frozen_head_without_its_cache_encodes_with_the_encoder_it_records(fil
 
     cache = EmbeddingCache(tmp_path / "cache", tiny_bert)
     train = pd.read_csv(files / "train.csv")
-    HeadModel(head="ridge").fit(cache, train, "score", text_col="s1", pair_col="s2", progress=False).save(
+    HeadModel(head="ridge").fit(train, "score", cache=cache, text_col="s1", pair_col="s2", progress=False).save(
         tmp_path / "ridge"
     )
     with_cache = run(
@@ -270,7 +270,7 @@ def test_a_frozen_head_without_its_cache_encodes_with_the_encoder_it_records(fil
     without = run(["evaluate", "--model", str(tmp_path / "ridge"), "--data", str(files / "dev.csv"), "--json"], capsys)
     assert without["rmse"] == pytest.approx(with_cache["rmse"], abs=1e-3)  # the cache keeps float16
     custom = EmbeddingCache(tmp_path / "custom", HashEncoder(dim=8))  # an encoder no config can reload
-    HeadModel(head="ridge").fit(custom, train, "score", text_col="s1", pair_col="s2", progress=False).save(
+    HeadModel(head="ridge").fit(train, "score", cache=custom, text_col="s1", pair_col="s2", progress=False).save(
         tmp_path / "hash"
     )
     assert main(["evaluate", "--model", str(tmp_path / "hash"), "--data", str(files / "dev.csv")]) == 1

@@ -40,8 +40,8 @@ TRAIN, TEST = topic_rows(FOOD[:7], SPORT[:7]), topic_rows(FOOD[7:], SPORT[7:])  
 
 @pytest.mark.parametrize("head", ["concat", "ridge"])
 def test_one_text_to_score_generalises_to_unseen_words(cache, head):
-    model = HeadModel(head=head, label_range=(0, 1)).fit(cache, TRAIN, "food", progress=False)
-    pred = model.predict(cache, TEST)
+    model = HeadModel(head=head, label_range=(0, 1)).fit(TRAIN, "food", cache=cache, progress=False)
+    pred = model.predict(TEST, cache=cache)
     assert pred.min() >= 0 and pred.max() <= 1
     assert pred[TEST.food == 1].mean() > pred[TEST.food == 0].mean() + 0.4
 
@@ -58,12 +58,14 @@ def condition_rows(words_food, words_sport, conditions):
 @pytest.mark.slow
 def test_text_and_condition_to_score_with_an_unseen_condition(cache, head):
     train = condition_rows(FOOD[:7], SPORT[:7], [("talks about food", True), ("talks about sport", False)])
-    model = HeadModel(head=head).fit(cache, train, "score", text_col="response", condition_col="metric", progress=False)
+    model = HeadModel(head=head).fit(
+        train, "score", cache=cache, text_col="response", condition_col="metric", progress=False
+    )
     assert set(model.validation_["per_condition"]) == {"talks about food", "talks about sport"}
     test = condition_rows(FOOD[7:], SPORT[7:], [("talks about food", True), ("talks about sport", False)])
-    metrics, _, _, _ = model.evaluate(cache, test)
+    metrics, _, _, _ = model.evaluate(test, cache=cache)
     assert metrics["spearman"] > 0.5
-    unseen = model.predict(cache, test.assign(metric="mentions something to eat"))
+    unseen = model.predict(test.assign(metric="mentions something to eat"), cache=cache)
     assert unseen.shape == (len(test),) and np.isfinite(unseen).all()
 
 
@@ -78,18 +80,18 @@ def test_pair_to_score(cache, head):
         return pd.DataFrame(rows, columns=["a", "b", "sim"])
 
     model = HeadModel(head=head).fit(
-        cache, pairs(FOOD[:7] + SPORT[:7]), "sim", text_col="a", pair_col="b", progress=False
+        pairs(FOOD[:7] + SPORT[:7]), "sim", cache=cache, text_col="a", pair_col="b", progress=False
     )
-    metrics, _, _, _ = model.evaluate(cache, pairs(FOOD[7:] + SPORT[7:]))
+    metrics, _, _, _ = model.evaluate(pairs(FOOD[7:] + SPORT[7:]), cache=cache)
     assert metrics["spearman"] > 0.7
 
 
 def test_several_labels_with_missing_values_masked(cache):
     df = TRAIN.assign(sport=1 - TRAIN.food)
     df.loc[::3, "sport"] = np.nan  # a third of the second label is unknown
-    model = HeadModel(epochs=20).fit(cache, df, ["food", "sport"], progress=False)
+    model = HeadModel(epochs=20).fit(df, ["food", "sport"], cache=cache, progress=False)
     assert set(model.validation_["per_label"]) == {"food", "sport"}
-    pred = model.predict(cache, TEST)
+    pred = model.predict(TEST, cache=cache)
     assert pred.shape == (len(TEST), 2)
     assert np.corrcoef(pred[:, 0], pred[:, 1])[0, 1] < -0.8
 
@@ -98,37 +100,39 @@ def test_several_labels_with_missing_values_masked(cache):
 def test_save_load_reproduces_predictions_exactly(cache, tmp_path, head):
     df = condition_rows(FOOD[:3], SPORT[:3], [("talks about food", True), ("talks about sport", False)])
     model = HeadModel(head=head, epochs=3).fit(
-        cache, df, "score", text_col="response", condition_col="metric", progress=False
+        df, "score", cache=cache, text_col="response", condition_col="metric", progress=False
     )
     model.save(tmp_path / "m")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["encoder"]["fingerprint"] == cache.fingerprint and config["validation"]["n"] > 0
     loaded = HeadModel.load(tmp_path / "m")
-    np.testing.assert_array_equal(loaded.predict(cache, df), model.predict(cache, df))
+    np.testing.assert_array_equal(loaded.predict(df, cache=cache), model.predict(df, cache=cache))
 
 
 def test_a_fixed_seed_gives_identical_models(cache):
-    a = HeadModel(epochs=3, seed=7).fit(cache, TRAIN, "food", progress=False).predict(cache, TEST)
-    b = HeadModel(epochs=3, seed=7).fit(cache, TRAIN, "food", progress=False).predict(cache, TEST)
-    c = HeadModel(epochs=3, seed=8).fit(cache, TRAIN, "food", progress=False).predict(cache, TEST)
+    a = HeadModel(epochs=3, seed=7).fit(TRAIN, "food", cache=cache, progress=False).predict(TEST, cache=cache)
+    b = HeadModel(epochs=3, seed=7).fit(TRAIN, "food", cache=cache, progress=False).predict(TEST, cache=cache)
+    c = HeadModel(epochs=3, seed=8).fit(TRAIN, "food", cache=cache, progress=False).predict(TEST, cache=cache)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
 
 
 def test_validation_split_keeps_each_text_on_one_side(cache):
     df = condition_rows(FOOD[:5], SPORT[:5], [("food?", True), ("sport?", False), ("eating?", True)])
-    model = HeadModel(epochs=1).fit(cache, df, "score", text_col="response", condition_col="metric", progress=False)
+    model = HeadModel(epochs=1).fit(
+        df, "score", cache=cache, text_col="response", condition_col="metric", progress=False
+    )
     # every held-out text brings all 3 of its metrics: rows per condition are equal
     counts = {c: m["score"]["n"] for c, m in model.validation_["per_condition"].items()}
     assert len(set(counts.values())) == 1 and model.validation_["n"] == 3 * counts["food?"]
 
 
 def test_a_model_refuses_a_cache_of_another_encoder(cache, tmp_path, tiny_bert):
-    model = HeadModel(head="ridge").fit(cache, TRAIN, "food", progress=False)
+    model = HeadModel(head="ridge").fit(TRAIN, "food", cache=cache, progress=False)
     other = EmbeddingCache(tmp_path / "other", tiny_bert)
     with pytest.raises(FingerprintMismatchError) as err:
-        model.predict(other, TEST)
+        model.predict(TEST, cache=other)
     assert cache.fingerprint in str(err.value) and tiny_bert.fingerprint in str(err.value)
 
 
@@ -148,7 +152,7 @@ def test_a_model_refuses_a_cache_of_another_encoder(cache, tmp_path, tiny_bert):
 )
 def test_bad_training_data_is_a_clear_error(cache, change, message):
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        HeadModel().fit(cache, change(TRAIN), "food", progress=False)
+        HeadModel().fit(change(TRAIN), "food", cache=cache, progress=False)
 
 
 def test_unknown_head_lists_the_choices():
@@ -456,7 +460,7 @@ def test_pseudolabel_spreads_a_few_labels_and_its_output_trains_a_head(cache, tm
         == 0
     )
     model = HeadModel.load(tmp_path / "model")
-    assert ((model.predict(cache, TEST) > 0.5) == (TEST.food > 0.5)).mean() > 0.8
+    assert ((model.predict(TEST, cache=cache) > 0.5) == (TEST.food > 0.5)).mean() > 0.8
 
 
 def test_pseudolabel_with_labeling_functions_imported_from_a_file(cache, tmp_path, capsys):

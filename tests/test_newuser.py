@@ -70,7 +70,7 @@ def test_training_on_pseudo_labels_alone_warns_that_validation_is_agreement(tmp_
     cache = EmbeddingCache(tmp_path / "c", HashEncoder())
     cache.add(texts)
     with pytest.warns(PseudoLabelValidationWarning, match="agreement with the labeler"):
-        model = HeadModel(head="ridge").fit(cache, table, "score", text_col="prompt", progress=False)
+        model = HeadModel(head="ridge").fit(table, "score", cache=cache, text_col="prompt", progress=False)
     assert "labeler" in model.validation_rows_
 
 
@@ -172,9 +172,9 @@ def conditioned(tmp_path_factory, tiny_bert):
     data = pd.DataFrame(rows)
     data.to_csv(root / "data.csv", index=False)
     cache = EmbeddingCache(root / "c", tiny_bert)
-    HeadModel(head="ridge").fit(cache, data, "score", text_col="text", condition_col="metric", progress=False).save(
-        root / "m"
-    )
+    HeadModel(head="ridge").fit(
+        data, "score", cache=cache, text_col="text", condition_col="metric", progress=False
+    ).save(root / "m")
     return root
 
 

@@ -117,11 +117,11 @@ def test_ray_precompute_with_an_actor_killed_mid_run_then_batch_scoring(local_ra
 
     # Batch scoring: a head trained on the cache scores each file into its own Parquet file.
     labels = pd.DataFrame({"prompt": texts[:400], "y": [i % 7 / 7 for i in range(400)]})
-    model = HeadModel(head="ridge").fit(EmbeddingCache(cache), labels, "y", text_col="prompt", progress=False)
+    model = HeadModel(head="ridge").fit(labels, "y", cache=EmbeddingCache(cache), text_col="prompt", progress=False)
     model.save(tmp_path / "m")
     (tmp_path / "scores").mkdir()
     first = root / "part-0.parquet"
-    model.predict_table(None, pd.read_parquet(first), interval=0.9).to_parquet(tmp_path / "scores" / "part-0.parquet")
+    model.predict_table(pd.read_parquet(first), interval=0.9).to_parquet(tmp_path / "scores" / "part-0.parquet")
 
     from heads.cli import main
 
@@ -155,7 +155,7 @@ def test_ray_precompute_with_an_actor_killed_mid_run_then_batch_scoring(local_ra
         path = root / f"part-{k}.parquet"
         got = pd.read_parquet(tmp_path / "scores" / f"part-{k}.parquet")
         assert list(got.columns) == ["id", "score", "lower", "upper"] and len(got) == ROWS
-        want = model.predict_table(None, pd.read_parquet(path), interval=0.9)
+        want = model.predict_table(pd.read_parquet(path), interval=0.9)
         np.testing.assert_array_equal(got["id"], want["id"])
         np.testing.assert_allclose(got["score"], want["score"], atol=1e-4)
     assert not list((tmp_path / "scores").glob(".tmp-*"))  # no half-written file

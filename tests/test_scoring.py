@@ -39,7 +39,7 @@ def saved(tmp_path_factory, tiny_bert):
     """A frozen ridge head on pairs, saved; the cache built with the tiny BERT (its directory is in the config)."""
     root = tmp_path_factory.mktemp("scoring")
     cache = EmbeddingCache(root / "cache", tiny_bert)
-    HeadModel(head="ridge").fit(cache, pairs(200, 0), "score", text_col="a", pair_col="b", progress=False).save(
+    HeadModel(head="ridge").fit(pairs(200, 0), "score", cache=cache, text_col="a", pair_col="b", progress=False).save(
         root / "m"
     )
     return root / "m", cache
@@ -68,7 +68,7 @@ def test_a_single_text_and_conditions(tmp_path, tiny_bert):
     rows["score"] = [float(("apple" in r) + 2 * (m == "harm")) for r, m in zip(rows.response, rows.metric)]
     cache = EmbeddingCache(tmp_path / "c", tiny_bert)
     model = HeadModel(head="ridge").fit(
-        cache, rows, "score", text_col="response", condition_col="metric", progress=False
+        rows, "score", cache=cache, text_col="response", condition_col="metric", progress=False
     )
     one = model.predict("apple river stone cloud", conditions=["harm"])
     assert isinstance(one, float)  # one text, one label: a number, as sentence-transformers and SetFit give
@@ -95,7 +95,7 @@ def linear_rows(n, seed, dim=16):
 @pytest.mark.parametrize("coverage", [0.8, 0.9])
 def test_intervals_cover_their_share_of_held_out_rows(tmp_path, coverage):
     cache = EmbeddingCache(tmp_path / "c", HashEncoder(dim=16))
-    model = HeadModel(head="ridge", val_fraction=0.3).fit(cache, linear_rows(3000, 0), "y", progress=False)
+    model = HeadModel(head="ridge", val_fraction=0.3).fit(linear_rows(3000, 0), "y", cache=cache, progress=False)
     test = linear_rows(4000, 1)
     scores, lower, upper = model.predict(test, cache, interval=coverage)
     inside = ((test.y.to_numpy() >= lower) & (test.y.to_numpy() <= upper)).mean()
@@ -174,7 +174,7 @@ def test_predict_and_evaluate_commands_give_intervals(tmp_path, capsys):
 
 def test_an_interval_needs_validation_residuals(tmp_path):
     cache = EmbeddingCache(tmp_path / "c", HashEncoder(dim=16))
-    model = HeadModel(head="ridge").fit(cache, linear_rows(100, 0), "y", progress=False)
+    model = HeadModel(head="ridge").fit(linear_rows(100, 0), "y", cache=cache, progress=False)
     with pytest.raises(ParameterError, match="interval must be a finite number > 0 and < 1"):
         model.predict(linear_rows(5, 1), cache, interval=1.5)
     with pytest.raises(ParameterError, match="10 validation rows cannot give a 0.99 interval"):
@@ -274,3 +274,26 @@ def test_evaluate_reports_metrics_per_group(tmp_path, capsys):
         == 1
     )
     assert "no column 'language'" in capsys.readouterr().err
+
+
+def test_one_argument_order_data_first_and_the_old_order_still_works_with_a_warning(tmp_path):
+    from heads.model import ArgumentOrderWarning
+
+    cache = EmbeddingCache(tmp_path / "c", HashEncoder(dim=16))
+    train, test = linear_rows(300, 0), linear_rows(50, 1)
+    model = HeadModel(head="ridge").fit(train, "y", cache=cache, progress=False)
+    with pytest.warns(ArgumentOrderWarning, match=r"fit\(table, label_cols, cache=cache\)"):
+        old = HeadModel(head="ridge").fit(cache, train, "y", progress=False)
+    np.testing.assert_array_equal(old.predict(test, cache=cache), model.predict(test, cache=cache))
+    for method in ("predict", "predict_table", "evaluate"):
+        new_result = getattr(model, method)(test, cache=cache)
+        with pytest.warns(ArgumentOrderWarning, match=rf"{method}\(data, cache=cache\)"):
+            old_result = getattr(model, method)(cache, test)
+        if method == "evaluate":
+            new_result, old_result = new_result[0], old_result[0]
+        if method == "predict_table":
+            pd.testing.assert_frame_equal(new_result, old_result)
+        elif method == "evaluate":
+            assert new_result == old_result
+        else:
+            np.testing.assert_array_equal(new_result, old_result)

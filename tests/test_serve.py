@@ -54,7 +54,7 @@ def served(tmp_path_factory, tiny_bert):
     cache = EmbeddingCache(root / "cache", tiny_bert)
     train = rows(200, 0)
     HeadModel(head="ridge").fit(
-        cache, train, "score", text_col="response", condition_col="metric", progress=False
+        train, "score", cache=cache, text_col="response", condition_col="metric", progress=False
     ).save(root / "m")
     return root
 

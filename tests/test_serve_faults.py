@@ -26,7 +26,7 @@ def model_dir(tmp_path_factory, tiny_bert):
     rng = np.random.default_rng(0)
     texts = [" ".join(rng.choice(WORDS, 3)) for _ in range(80)]
     train = pd.DataFrame({"text": texts, "score": [float("apple" in t) for t in texts]})
-    HeadModel(head="ridge").fit(EmbeddingCache(root / "cache", tiny_bert), train, "score", progress=False).save(
+    HeadModel(head="ridge").fit(train, "score", cache=EmbeddingCache(root / "cache", tiny_bert), progress=False).save(
         root / "m"
     )
     return root / "m"

@@ -117,7 +117,7 @@ def test_a_new_head_type_trains_saves_loads_and_predicts_through_the_cli(nearest
     assert len(pred) == len(data) and np.isclose(pred.score, data.score, atol=1e-6).sum() >= len(data) - 4
     loaded = HeadModel.load(tmp_path / "m")
     assert type(loaded.unit_).__name__ == "NearestHead" and loaded.unit_.n_rows == config["head_config"]["n_rows"]
-    np.testing.assert_allclose(loaded.predict(EmbeddingCache(tmp_path / "c"), data), pred.score)
+    np.testing.assert_allclose(loaded.predict(data, cache=EmbeddingCache(tmp_path / "c")), pred.score)
 
 
 def test_an_unknown_head_type_in_a_saved_model_is_a_clear_error(nearest_head, tmp_path, capsys):
@@ -173,7 +173,7 @@ def test_models_saved_before_the_head_units_still_load_and_predict_the_same(head
     model = HeadModel.load(SAVED / head)
     assert model.head_ == head and model.config == TrainConfig.from_dict(config["params"])
     data = pd.DataFrame({"text": texts[:5], "pair": texts[40:45]})
-    np.testing.assert_allclose(model.predict(cache, data), np.loadtxt(SAVED / head / "expected.txt"), rtol=1e-6)
+    np.testing.assert_allclose(model.predict(data, cache=cache), np.loadtxt(SAVED / head / "expected.txt"), rtol=1e-6)
 
 
 def test_training_leaves_the_callers_random_state_alone(tmp_path):
@@ -186,7 +186,7 @@ def test_training_leaves_the_callers_random_state_alone(tmp_path):
     expected_torch, expected_numpy = torch.rand(3), np.random.rand(3)
     torch.manual_seed(123)
     np.random.seed(123)
-    HeadModel(head="concat", epochs=2, seed=5).fit(cache, data, "score", progress=False)
+    HeadModel(head="concat", epochs=2, seed=5).fit(data, "score", cache=cache, progress=False)
     np.testing.assert_array_equal(torch.rand(3), expected_torch)
     np.testing.assert_array_equal(np.random.rand(3), expected_numpy)
 

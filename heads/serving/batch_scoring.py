@@ -35,8 +35,8 @@ class _ScoringActor:
         for path in batch["path"]:
             began = time.perf_counter()
             table = self.model.predict_table(
-                self.cache,
                 read_table(path, header=self.header),
+                self.cache,
                 self.columns,
                 id_col=self.id_col,
                 decimals=self.decimals,
