@@ -12,10 +12,11 @@ from .cache import compact as run_compact
 from .checks import check_float, check_int, flag_type
 from .corpus import precompute as run_precompute
 from .corpus.ray_data import ray_arguments
-from .encoders import DEFAULT_ENCODER, encoder_aliases, quiet_transformers
+from .encoders import DEFAULT_ENCODER, PRECISIONS, encoder_aliases, quiet_transformers
 from .encoders.runtimes import BACKENDS
 from .errors import run_command
 from .inputs import FORMATS
+from .shards import DTYPES
 from .version import __version__
 
 PRECOMPUTE_EXAMPLES = """\
@@ -109,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--precision",
         default="auto",
-        choices=["auto", "fp32", "fp16", "bf16"],
+        choices=PRECISIONS,
         help="compute precision (default auto: bf16/fp16 on a GPU, fp32 on the CPU)",
     )
     p.add_argument(
@@ -121,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
         "and keeps the fastest with mean cosine >= 0.99; see embedcache info for what a cache used",
     )
     p.add_argument("--normalize", action="store_true", help="L2-normalise the vectors")
-    p.add_argument("--dtype", choices=["float16", "float32"], help="storage dtype of a new cache (default float16)")
+    p.add_argument("--dtype", choices=DTYPES, help="storage dtype of a new cache (default float16)")
     p.add_argument(
         "--shard-size",
         type=flag_type(check_int),

@@ -20,6 +20,11 @@ from .errors import WriteError, os_error_message
 from .trust import inside
 
 
+def json_sha256(value) -> str:
+    """The SHA-256 (hex) of a JSON value written with sorted keys: the one way we hash a description."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
 def fsync_dir(directory: Path) -> None:
     """Make a rename inside ``directory`` durable."""
     fd = os.open(directory, os.O_RDONLY)

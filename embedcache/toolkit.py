@@ -7,7 +7,15 @@ Ray helpers, encoder placement and descriptions, soft-prompt files.
 
 from .checks import check_choice, check_float, check_int, check_label_range, flag_type
 from .corpus.ray_data import connect_ray, expand_inputs, map_with_actors, ray_arguments
-from .encoders import quiet_transformers, resolve_device, resolve_precision, spec_difference, unknown_warning
+from .encoders import (
+    PRECISIONS,
+    installed_version,
+    quiet_transformers,
+    resolve_device,
+    resolve_precision,
+    spec_difference,
+    unknown_warning,
+)
 from .errors import run_command
 from .files import (
     atomic_directory,
@@ -25,6 +33,7 @@ from .trust import check_model_directory, inside
 
 __all__ = [
     "FORMATS",
+    "PRECISIONS",
     "atomic_directory",
     "atomic_file",
     "atomic_write_bytes",
@@ -44,6 +53,7 @@ __all__ = [
     "first_rows",
     "flag_type",
     "inside",
+    "installed_version",
     "is_model_directory",
     "map_with_actors",
     "quiet_transformers",

@@ -11,10 +11,9 @@ import argparse
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from embedcache import ParameterError
-from embedcache.toolkit import check_choice, check_float, check_int, check_label_range, flag_type
+from embedcache.toolkit import PRECISIONS, check_choice, check_float, check_int, check_label_range, flag_type
 
 LOSSES = ("mse", "huber", "l1")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def setting(default, help: str, check=None, convert=int, **bounds):

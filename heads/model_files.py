@@ -13,13 +13,12 @@ import json
 import math
 import os
 import platform
-from importlib import metadata
 from pathlib import Path
 
 from safetensors.torch import save as save_tensors
 
 from embedcache import EmbedcacheError, ParameterError
-from embedcache.toolkit import atomic_directory, check_output
+from embedcache.toolkit import atomic_directory, check_output, installed_version
 
 from .config import TrainConfig
 
@@ -31,13 +30,10 @@ class ModelError(EmbedcacheError, ValueError):
 
 
 def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for dist in ("embedcache", "torch", "numpy", "scikit-learn", "safetensors", "sentence-transformers"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    """Python's version and those of the libraries a model was trained with (the ones installed)."""
+    dists = ("embedcache", "torch", "numpy", "scikit-learn", "safetensors", "sentence-transformers")
+    found = {d: installed_version(d) for d in dists}
+    return {"python": platform.python_version(), **{d: v for d, v in found.items() if v != "absent"}}
 
 
 def write_model(directory, config: dict, tensors: dict, overwrite: bool = False, move: dict | None = None) -> Path:

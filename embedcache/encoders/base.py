@@ -20,6 +20,8 @@ from importlib import metadata
 
 import numpy as np
 
+from ..files import json_sha256
+
 
 def installed_version(dist: str) -> str:
     """The full installed version of a distribution, ``absent`` where it is not installed."""
@@ -73,8 +75,7 @@ class Encoder:
 
     @property
     def fingerprint(self) -> str:
-        blob = json.dumps(self.describe(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:32]
+        return json_sha256(self.describe())[:32]
 
     def fingerprints(self) -> set[str]:
         """Fingerprints this encoder's vectors may have been recorded under (its own; a model also at the
@@ -154,10 +155,10 @@ def hash_state_dict(module) -> str:
 def hash_tokenizer(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
-        return hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()
+        return json_sha256(tokenizer.get_vocab())
     # Calling the tokenizer stores its last truncation and padding settings in this
     # JSON; they are per call, not part of the tokenizer, so leave them out.
     tok = json.loads(backend.to_str())
     tok.pop("truncation", None)
     tok.pop("padding", None)
-    return hashlib.sha256(json.dumps(tok, sort_keys=True).encode()).hexdigest()
+    return json_sha256(tok)

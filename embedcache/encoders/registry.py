@@ -6,12 +6,11 @@ are: a registered alias gets a model directory and a quick key like the built-in
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import json_sha256
 from .base import Encoder, installed_version
 from .device import gpu_visible
 from .hub import hub_snapshot
@@ -151,7 +150,7 @@ def quick_key(name_or_path: str | None = None, device: str | None = None, **kwar
         "kwargs": {k: v for k, v in kwargs.items() if k not in _NOT_IN_SPEC},
         "versions": {d: installed_version(d) for d in dists},
     }
-    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+    return json_sha256(blob)
 
 
 def spec_difference(a: dict | None, b: dict | None, what=("the model", "the cache")) -> str:

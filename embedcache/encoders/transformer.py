@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from contextlib import contextmanager
@@ -13,9 +11,10 @@ import numpy as np
 
 from ..checks import check_choice, check_int
 from ..errors import ParameterError
+from ..files import json_sha256
 from ..trust import SOFT_PROMPT_TYPE, check_model_directory
 from .base import Encoder, hash_state_dict, hash_tokenizer
-from .device import resolve_device, resolve_precision
+from .device import PRECISIONS, resolve_device, resolve_precision
 from .runtimes import BACKENDS, dist_version, load_runtime
 from .runtimes.batching import prefetch, token_batches
 
@@ -120,10 +119,7 @@ class SentenceTransformerEncoder(Encoder):
     def fingerprints(self) -> set[str]:
         if self.runtime.describe() is not None:
             return {self.fingerprint}
-        return {
-            hashlib.sha256(json.dumps({**self.source(), "precision": p}, sort_keys=True).encode()).hexdigest()[:32]
-            for p in ("fp32", "fp16", "bf16")
-        } | {self.fingerprint}
+        return {json_sha256({**self.source(), "precision": p})[:32] for p in PRECISIONS[1:]} | {self.fingerprint}
 
     def describe(self) -> dict:
         runtime = self.runtime.describe()

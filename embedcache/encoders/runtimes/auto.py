@@ -15,7 +15,6 @@ in half precision: the exports run on the CPU.
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib.util
 import json
 import platform
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import ParameterError
-from ...files import atomic_write_json
+from ...files import atomic_write_json, json_sha256
 from ..device import resolve_precision
 from .export import calibration_sample, export_home
 from .machine import cpu_cores, cpu_flags, cpu_has_bf16, cpu_info, dist_version
@@ -53,11 +52,7 @@ def record_path(source: dict, machine: dict) -> Path:
         "max_length": source["max_length"],
         "machine": machine,
     }
-    return (
-        export_home().parent
-        / "auto"
-        / f"{hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:20]}.json"
-    )
+    return export_home().parent / "auto" / f"{json_sha256(blob)[:20]}.json"
 
 
 def candidates(device: str) -> list[tuple[str, str]]:

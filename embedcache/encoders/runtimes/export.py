@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import EncoderError, MissingDependencyError, ParameterError
-from ...files import atomic_directory, hash_files, writing
+from ...files import atomic_directory, hash_files, json_sha256, writing
 from .machine import dist_version, export_home, int8_kernel
 
 BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
@@ -149,7 +149,7 @@ def export_key(source: dict, backend: str, kernel: str | None) -> str:
         "format": EXPORT_FORMAT,
         "versions": {d: dist_version(d) for d in ("torch", *tools)},
     }
-    return f"{backend}-{hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:20]}"
+    return f"{backend}-{json_sha256(blob)[:20]}"
 
 
 def exported(model, source: dict, backend: str, features, calibration: list[str] | None) -> Path:
