@@ -15,12 +15,14 @@ import os
 import platform
 from pathlib import Path
 
+import torch
 from safetensors.torch import save as save_tensors
 
 from embedcache import EmbedcacheError, ParameterError
 from embedcache.toolkit import atomic_directory, check_output, installed_version
 
 from .config import TrainConfig
+from .head_types import head_type
 
 REQUIRED = ("head", "params", "dim", "sides", "columns", "labels", "label_mean", "label_std", "encoder")
 
@@ -181,3 +183,62 @@ def _check_head_config(config: dict, where) -> None:
                 f"{where}: field 'head_config' has {key} {json.dumps(head[key])[:40]}, but field 'params' "
                 f"has {json.dumps(value)[:40]}: the fields do not belong together; train the model again"
             )
+
+
+def saved_unit(config: dict, tensors: dict, settings: TrainConfig, directory: Path):
+    """The trained head of a saved model, its tensors' shapes checked against its config before any is allocated."""
+    dim, sides, n_outputs = config["dim"], tuple(config["sides"]), len(config["labels"])
+    kind = head_type(config["head"])
+    with torch.device("meta"):  # shapes only: a tampered width must not allocate terabytes
+        built = kind.build(dim, sides, n_outputs, settings).config()
+        # the model's own fields (dim, sides, labels) are the truth; models saved before head_config have none
+        saved = config.get("head_config") or {"alphas": config.get("ridge_alphas")}
+        head_config = {k: v for k, v in {**built, **saved}.items() if k in built}
+        head_config.update(dim=dim, sides=list(sides), n_outputs=n_outputs)
+        try:
+            unit = kind.from_config(head_config)  # on the meta device: load_state allocates it, drawing nothing random
+        except (TypeError, ValueError, KeyError) as e:
+            raise ModelError(
+                f"{directory / 'config.json'}: field 'head_config' does not build a {config['head']!r} "
+                f"head ({e}); train the model again"
+            ) from None
+        expected = unit.state_shapes()
+    check_shapes(tensors, expected, directory, config, head_config)
+    return unit.load_state(tensors)
+
+
+def model_config(model) -> dict:
+    """What ``config.json`` records of a trained model (see the module docstring)."""
+    return {
+        "head": model.head_,
+        "head_config": model.unit_.config(),
+        "params": model.params(),
+        "conditions": getattr(model, "conditions_", None),
+        "validation_rows": getattr(model, "validation_rows_", None),
+        "dim": int(model.dim_),
+        "sides": list(model.sides_),
+        "columns": model.columns_,
+        "labels": model.labels_,
+        "label_mean": model.mean_.tolist(),
+        "label_std": model.std_.tolist(),
+        "encoder": model.encoder_,
+        "validation": model.validation_,
+        "history": model.history_,
+        "finetuned": getattr(model, "finetuned_", None),
+        "calibration": getattr(model, "calibration_", None),
+    }
+
+
+def trained_fields(config: dict) -> dict:
+    """The keyword arguments of ``HeadModel.from_trained`` that a read ``config.json`` gives."""
+    return {
+        "sides": tuple(config["sides"]),
+        "dim": config["dim"],
+        "columns": config["columns"],
+        "labels": config["labels"],
+        "mean": config["label_mean"],
+        "std": config["label_std"],
+        "encoder": config["encoder"],
+        "history": config.get("history", []),
+        "finetuned": config.get("finetuned"),
+    }

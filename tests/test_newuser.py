@@ -14,7 +14,7 @@ from heads import HeadModel
 from heads.cli import main
 from heads.labels.labeling import resolve
 from heads.labels.pseudolabel import label_with_functions
-from heads.model import PseudoLabelValidationWarning
+from heads.training_rows import PseudoLabelValidationWarning
 
 RNG = np.random.default_rng(0)
 GOOD, BAD = ["clear", "specific", "detailed", "precise"], ["vague", "lazy", "short", "messy"]

@@ -32,8 +32,9 @@ from ..config import FINETUNE_DEFAULTS, FinetuneConfig, TrainConfig, finetune_de
 from ..data import grouped_split, load_labels, side_texts, sides_of
 from ..head_types import TorchHead, head_type, resolve_head
 from ..metrics import NAMES, report
-from ..model import HeadModel, check_label_values, label_scaling
+from ..model import HeadModel
 from ..train import LOSS_FUNCTIONS, seeded
+from ..training_rows import check_label_values, label_scaling
 from .backbone import Backbone
 
 # what heads finetune trains when not told otherwise: a few epochs suffice for a pretrained encoder

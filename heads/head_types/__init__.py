@@ -74,3 +74,15 @@ def resolve_head(head: str, sides) -> str:
     if head != "auto":
         return head
     return "two-tower" if "pair" in sides and "condition" not in sides else "concat"
+
+
+def check_frozen_head(head: str, sides) -> str:
+    """The head type ``head`` resolves to for ``sides``, refused (ParameterError) where it cannot train on cached
+    vectors (a head that reads both texts in one sequence needs the encoder) or cannot read those sides."""
+    name = resolve_head(head, sides)
+    if head_type(name).joint:
+        raise ParameterError(
+            f"the {name} head reads both texts in one sequence through the encoder: train it with heads finetune"
+        )
+    head_type(name).check_sides(sides)
+    return name

@@ -31,8 +31,9 @@ from ..data import (
     load_labels,
     template_texts,
 )
-from ..model import HeadModel, check_label_values
+from ..model import HeadModel
 from ..neighbours import propagate
+from ..training_rows import check_label_values
 from .labeling import (
     affine_map,
     apply,

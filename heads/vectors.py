@@ -1,0 +1,114 @@
+"""Where a model's vectors come from: a cache of its encoder's vectors, the encoder its ``config.json`` records,
+or (fine-tuned) its own ``encoder/`` directory; every one checked by fingerprint before a vector is used."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from embedcache import EmbeddingCache, FingerprintMismatchError, ParameterError
+from embedcache.toolkit import inside, resolve_device, spec_difference
+
+from .model_files import ModelError
+
+
+def open_source(cache, encoder):
+    """A cache (opened, or built with ``encoder`` where the directory is new) or an encoder."""
+    from embedcache import CacheNotFoundError, Encoder, load_encoder
+
+    if isinstance(cache, EmbeddingCache):
+        return cache
+    if encoder is not None and not isinstance(encoder, Encoder):
+        encoder = load_encoder(encoder)
+    if cache is None:
+        return encoder if encoder is not None else load_encoder()
+    try:
+        return EmbeddingCache(cache, encoder)
+    except CacheNotFoundError:
+        return EmbeddingCache(cache, encoder or load_encoder())
+
+
+def encoder_record(source) -> dict:
+    """What a model keeps of the encoder of its vectors: fingerprint, name and how to load it again."""
+    if isinstance(source, EmbeddingCache):
+        return {"fingerprint": source.fingerprint, "name": source.encoder_name, "load": source.encoder_spec}
+    return {"fingerprint": source.fingerprint, "name": source.name, "load": source.spec}
+
+
+def mismatch_error(record: dict, found: str) -> FingerprintMismatchError:
+    return FingerprintMismatchError(
+        f"the model was trained on vectors of encoder {record['name']!r} (fingerprint {record['fingerprint']}), "
+        f"but {found}"
+    )
+
+
+def usable_cache(record: dict, finetuned: dict | None, cache: EmbeddingCache | None) -> bool:
+    """Whether ``cache`` holds the vectors of the recorded encoder.  A frozen head's cache must: another
+    encoder's is refused, naming what differs.  A fine-tuned model may be given a cache of the base encoder
+    (it then encodes with its own)."""
+    if cache is None:
+        return False
+    if finetuned is None and cache.fingerprint != record["fingerprint"]:
+        differ = spec_difference(record.get("load"), cache.encoder_spec)
+        raise mismatch_error(
+            record,
+            f"cache {cache.path} holds encoder {cache.encoder_name!r} (fingerprint {cache.fingerprint}); they "
+            f"differ in: {differ}; use a cache built with the model's encoder",
+        )
+    return cache.fingerprint == record["fingerprint"]
+
+
+def load_recorded_encoder(record: dict, finetuned: dict | None, directory: Path | None, joint: bool, device=None):
+    """The encoder of a model's vectors: a fine-tuned model's own (its ``encoder/`` directory; a Backbone for
+    a head that reads two texts as one sequence), else the encoder ``record`` names, checked against the
+    recorded fingerprint."""
+    from embedcache import load_encoder
+
+    if finetuned is not None:
+        path = finetuned_encoder_path(directory, finetuned)
+        encoder = load_encoder(path)  # its fingerprint is checked before a vector of it is used
+        if record["fingerprint"] not in encoder.fingerprints():
+            raise mismatch_error(
+                record,
+                f"its encoder {path} now has fingerprint {encoder.fingerprint} (other weights or library "
+                "versions): the directory was altered; fine-tune again",
+            )
+        if joint:
+            from .finetuning.backbone import Backbone
+
+            return Backbone.from_directory(path).to(resolve_device(device))
+        return encoder
+    spec = record.get("load")
+    if spec is None:
+        raise ParameterError(
+            f"the model was trained on vectors of a custom encoder ({record['name']!r}) "
+            "it cannot load: pass the cache of those vectors (cache=..., --cache DIR)"
+        )
+    encoder = load_encoder(device=device, **spec)
+    if encoder.fingerprint != record["fingerprint"]:
+        raise mismatch_error(
+            record,
+            f"loading it now gives fingerprint {encoder.fingerprint} (other weights or library "
+            "versions); pass the cache of the training vectors (cache=..., --cache DIR)",
+        )
+    return encoder
+
+
+def finetuned_encoder_path(directory: Path | None, finetuned: dict) -> str:
+    """The fine-tuned encoder's directory: a plain folder inside the model directory, nothing else."""
+    if directory is None:
+        raise ModelError("a fine-tuned model in memory has no encoder directory: save it, or give its encoder")
+    where = directory / "config.json"
+    name = finetuned.get("encoder") if isinstance(finetuned, dict) else None
+    if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise ModelError(
+            f"{where}: field 'finetuned.encoder' must name a folder inside the model directory, "
+            f"found {json.dumps(name)[:60]}; fine-tune again"
+        )
+    path = directory / name
+    if path.is_symlink() or not path.is_dir() or not inside(path, directory):
+        raise ModelError(
+            f"{where}: field 'finetuned.encoder' names {path}, which is not a folder inside the "
+            "model directory; fine-tune again"
+        )
+    return str(path)
