@@ -56,7 +56,7 @@ THIRD_PARTY_PRIVATE = {
     ("embedcache/encoders/use.py", "self.model._tokenizer"),  # the USE package keeps its tokenizer there
     ("embedcache/encoders/use.py", "tok._unk_id"),  # ... and its unknown token's id
     ("heads/estimator.py", "_check_sample_weight"),  # scikit-learn's own sample-weight check
-    ("heads/finetuning/finetune.py", "super()._get_train_sampler"),  # the transformers Trainer hook we override
+    ("heads/finetuning/trainer.py", "super()._get_train_sampler"),  # the transformers Trainer hook we override
     ("heads/model.py", "model._own_encoder"),  # HeadModel's own attribute, set by its classmethod
 }
 
