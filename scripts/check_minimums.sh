@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 import heads
-from conftest import HashEncoder, make_tiny_bert
+from helpers import HashEncoder, make_tiny_bert
 from embedcache import EmbeddingCache
 from heads import EmbeddingRegressor, HeadModel
 from heads.finetuning.finetune import finetune

@@ -82,6 +82,7 @@ def fp32_vectors(minilm):
 
 @pytest.mark.parametrize("backend", EXPORTED)
 @pytest.mark.slow
+@pytest.mark.export
 def test_each_backend_runs_the_embedded_model_offline_close_to_fp32(
     backend, minilm, fp32_vectors, export_home, monkeypatch
 ):
@@ -114,6 +115,7 @@ def test_int8_calibration_comes_from_the_caller(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.export
 def test_auto_picks_a_backend_close_to_fp32_and_records_it(minilm, fp32_vectors, export_home, monkeypatch):
     encoder = load_encoder("minilm", backend="auto", calibration=SENTENCES)
     choice = encoder.choice

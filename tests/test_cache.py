@@ -2,8 +2,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import HashEncoder
 from filelock import FileLock
+from helpers import HashEncoder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

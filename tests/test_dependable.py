@@ -202,7 +202,7 @@ def test_a_writer_waits_for_the_lock_and_names_who_holds_it(tmp_path, hash_encod
     # another process: named by its pid and host
     script = (
         f"import sys, time; sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
-        "from conftest import HashEncoder\nfrom embedcache import EmbeddingCache\n"
+        "from helpers import HashEncoder\nfrom embedcache import EmbeddingCache\n"
         f"c = EmbeddingCache({str(tmp_path / 'c')!r}, HashEncoder())\n"
         "with c._write_lock():\n    print('held', flush=True)\n    time.sleep(3)\n"
     )
@@ -665,6 +665,7 @@ def test_the_readme_weak_supervision_commands_run_as_written(tmp_path, minilm):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_the_quickstart_runs_from_any_directory(tmp_path):
     run = subprocess.run(
         ["bash", str(ROOT / "scripts" / "quickstart.sh"), "out"],

@@ -107,6 +107,7 @@ def test_e5_fine_tunes_and_its_export_encodes_as_it_trained(e5, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_the_multilingual_example_scores_bengali_it_never_trained_on(tmp_path):
     import re
     import subprocess

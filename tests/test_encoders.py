@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from conftest import make_tiny_bert
+from helpers import make_tiny_bert
 from sentence_transformers import SentenceTransformer
 
 from embedcache import EmbeddingCache, load_encoder
@@ -70,7 +70,7 @@ def test_use_multilingual_is_offline_and_places_translations_together():
 
 
 def test_a_cache_reloads_the_encoder_that_built_it(tmp_path, tiny_bert_dir):
-    from conftest import HashEncoder
+    from helpers import HashEncoder
 
     built = load_encoder(str(tiny_bert_dir), max_length=16, batch_size=8)
     EmbeddingCache(tmp_path / "t", built).add(["some text"])

@@ -64,7 +64,7 @@ def test_label_range_conditions_and_a_3d_layout():
 
 
 def test_texts_go_through_the_cache_in_a_pipeline(tmp_path):
-    from conftest import HashEncoder
+    from helpers import HashEncoder
 
     from embedcache import EmbeddingCache
     from heads import EmbeddingRegressor, EmbeddingTransformer

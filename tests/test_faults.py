@@ -14,8 +14,8 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import HashEncoder, mount_tmpfs, one_line_error
-from conftest import run as run_command
+from helpers import HashEncoder, mount_tmpfs, one_line_error
+from helpers import run as run_command
 
 from embedcache import (
     CacheDamagedError,
@@ -276,8 +276,8 @@ def tmpfs(tmp_path):
 FILL = """
 import sys
 sys.path.insert(0, {tests!r})
-from conftest import HashEncoder, mount_tmpfs, one_line_error
-from conftest import run as run_command
+from helpers import HashEncoder, mount_tmpfs, one_line_error
+from helpers import run as run_command
 from embedcache import EmbeddingCache, EmbedcacheError
 try:
     cache = EmbeddingCache({path!r}, HashEncoder(dim=64), shard_size=200)

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import HashEncoder, mount_tmpfs, one_line_error
-from conftest import run as run_command
 from filelock import FileLock
+from helpers import HashEncoder, mount_tmpfs, one_line_error
+from helpers import run as run_command
 
 from embedcache import EmbeddingCache, ParameterError
 from heads.cli import main

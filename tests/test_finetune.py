@@ -11,6 +11,8 @@ from heads import HeadModel
 from heads.cli import main
 from heads.finetuning.backbone import Backbone
 
+pytestmark = pytest.mark.finetune  # the fine-tuning tests
+
 WORDS = ["apple", "banana", "cherry", "dog", "cat", "horse", "red", "blue"]
 
 
@@ -247,7 +249,7 @@ def test_bad_input_names_the_file_and_column(files, tiny_bert_dir, tmp_path, cap
 
 
 def test_a_frozen_head_without_its_cache_encodes_with_the_encoder_it_records(files, tiny_bert, tmp_path, capsys):
-    from conftest import HashEncoder
+    from helpers import HashEncoder
 
     cache = EmbeddingCache(tmp_path / "cache", tiny_bert)
     train = pd.read_csv(files / "train.csv")

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import HashEncoder
-from conftest import run as run_command
+from helpers import HashEncoder
+from helpers import run as run_command
 
 from embedcache import EmbeddingCache, FingerprintMismatchError
 from embedcache.toolkit import spec_difference

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import HashEncoder, one_line_error
-from conftest import run as run_command
+from helpers import HashEncoder, one_line_error
+from helpers import run as run_command
 
 from embedcache import EmbeddingCache, WriteError
 from embedcache.cli import main as embedcache_main

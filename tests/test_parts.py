@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import HashEncoder
+from helpers import HashEncoder
 
 from embedcache import (
     CacheDamagedError,

@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import run_json
 
 from embedcache import EmbeddingCache, load_encoder
 from embedcache.cli import main
@@ -26,15 +27,7 @@ ROWS = pd.DataFrame(
 
 
 def run(capsys, *args):
-    """Run the CLI in this process; return (exit code, last stdout line as JSON or None, stderr)."""
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    lines = out.strip().splitlines()
-    try:
-        summary = json.loads(lines[-1]) if lines else None
-    except json.JSONDecodeError:
-        summary = None
-    return code, summary, err
+    return run_json(main, capsys, *args)
 
 
 def write(df, path):
@@ -357,7 +350,7 @@ def test_a_killed_precompute_leaves_a_whole_cache_and_a_rerun_completes_it(tmp_p
 
 
 def test_a_rerun_with_nothing_new_skips_loading_the_model_but_notices_new_weights(tmp_path, capsys, monkeypatch):
-    from conftest import make_tiny_bert
+    from helpers import make_tiny_bert
 
     import embedcache.corpus.local
 

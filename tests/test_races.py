@@ -6,8 +6,8 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import HashEncoder, one_line_error
-from conftest import run as run_command
+from helpers import HashEncoder, one_line_error
+from helpers import run as run_command
 
 from embedcache import CacheDamagedError, EmbeddingCache, compact
 from embedcache.cli import main

@@ -15,6 +15,7 @@ from embedcache import EmbeddingCache, InputError, compact, load_encoder
 from heads import HeadModel
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray
 
 N_FILES, ROWS = 8, 2500
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import HashEncoder
+from helpers import HashEncoder
 
 from embedcache import EmbeddingCache, ParameterError
 from heads import HeadModel

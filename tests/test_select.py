@@ -5,8 +5,8 @@ import hashlib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import one_line_error
-from conftest import run as run_command
+from helpers import one_line_error
+from helpers import run as run_command
 
 from embedcache import EmbeddingCache, Encoder
 from heads.cli import main

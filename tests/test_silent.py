@@ -7,9 +7,9 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import HashEncoder, one_line_error
-from conftest import run as run_command
 from filelock import FileLock
+from helpers import HashEncoder, one_line_error
+from helpers import run as run_command
 
 from embedcache import EmbeddingCache, InputError, read_table
 from embedcache.cli import main as embedcache_main

@@ -6,11 +6,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers import one_line_error, run
 from safetensors.torch import save_file
 
 from embedcache import EmbeddingCache, EncoderError, UnsafeModelError, load_encoder
 from embedcache.cli import main as embedcache_main
-from tests.conftest import one_line_error, run
 
 PAYLOAD = "import pathlib\npathlib.Path({marker!r}).write_text('ran')\n"
 
@@ -291,7 +291,7 @@ def _only_export(home):
 
 @pytest.mark.parametrize("damage", ["foreign", "truncated", "garbage-record", "added-file"])
 def test_a_poisoned_or_damaged_export_is_refused_in_one_line(tiny_bert_dir, tmp_path, own_home, capsys, damage):
-    from tests.conftest import make_tiny_bert
+    from helpers import make_tiny_bert
 
     honest = load_encoder(str(tiny_bert_dir), backend="onnx").encode(["the same text"])
     export = _only_export(own_home)
@@ -327,7 +327,7 @@ def test_a_read_only_export_home_is_one_line(tiny_bert_dir, tmp_path, own_home, 
     import os
 
     if os.geteuid() == 0:
-        from tests.conftest import mount_tmpfs
+        from helpers import mount_tmpfs
 
         own_home.parent.mkdir(parents=True)
         mount_tmpfs(own_home.parent, "size=1m,ro")

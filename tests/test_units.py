@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import HashEncoder
+from helpers import HashEncoder
 
 from embedcache import EmbeddingCache
 from heads import HEAD_TYPES, HeadModel, TrainConfig
