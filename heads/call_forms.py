@@ -15,12 +15,12 @@ class ArgumentOrderWarning(FutureWarning):
     """A HeadModel method called with the cache first, the order of embedcache 0.1: data comes first now."""
 
 
-def warn_old_order(old: str, new: str) -> None:
+def warn_old_order(old: str, new: str, stacklevel: int = 3) -> None:
     # FutureWarning: shown to users (once per calling line, Python's default), unlike a DeprecationWarning
     warnings.warn(
         f"HeadModel.{old} is the order of embedcache 0.1; write HeadModel.{new} (the old order keeps working)",
         ArgumentOrderWarning,
-        stacklevel=3,
+        stacklevel=stacklevel,
     )
 
 
@@ -55,3 +55,14 @@ def group_values(df: pd.DataFrame, group_col, path) -> list[str] | None:
         return None
     check_columns(df, group_cols, path)
     return df[group_cols].astype(str).agg(" / ".join, axis=1).tolist()
+
+
+def data_first(data, cache, method: str):
+    """``(data, cache)`` of a call written ``method(data, cache=...)``, or in 0.1's order ``method(cache, data)``
+    (a cache or None first), which warns once per calling line."""
+    from embedcache import EmbeddingCache
+
+    if data is None or isinstance(data, EmbeddingCache):
+        warn_old_order(f"{method}(cache, data)", f"{method}(data, cache=cache)", stacklevel=4)
+        return cache, data
+    return data, cache

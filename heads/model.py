@@ -22,13 +22,11 @@ from embedcache.toolkit import (
     resolve_device,
 )
 
-from .call_forms import ArgumentOrderWarning, group_values, score_table, squeezed, warn_old_order
+from .call_forms import ArgumentOrderWarning, data_first, group_values, score_table, squeezed, warn_old_order
 from .config import TrainConfig
 from .data import (
     Inputs,
-    as_table,
     is_data_file,
-    joint_inputs,
     load_inputs,
     load_labels,
     plain_table,
@@ -37,8 +35,8 @@ from .data import (
 from .head_types import check_frozen_head, check_head_name, head_type, resolve_head
 from .intervals import half_widths, interval_report, residual_quantiles
 from .metrics import report
-from .model_files import ModelError, model_config, read_model, saved_unit, trained_fields, write_model
-from .neighbours import UnseenConditionWarning, warn_unseen_conditions
+from .model_files import ModelError, load_model, model_config, write_model
+from .neighbours import UnseenConditionWarning
 from .training_rows import (
     label_scaling,
     labelled_table,
@@ -47,19 +45,15 @@ from .training_rows import (
     table_of,
     warn_unknown,
 )
-from .vectors import encoder_record, load_recorded_encoder, open_source, usable_cache
+from .vectors import encoder_record, load_recorded_encoder, open_source, prediction_inputs, usable_cache
 
 __all__ = ["ArgumentOrderWarning", "HeadModel", "ModelError", "UnknownTokensWarning", "UnseenConditionWarning"]
 
 
 class HeadModel:
-    """A regression head over cached embeddings.
-
-    ``HeadModel(head="concat", epochs=10)`` or ``HeadModel(TrainConfig(...))``: the
-    settings (see ``TrainConfig``) are kept as given in ``config``; fitted state
-    ends in ``_``: ``head_`` is the head type trained (``auto`` resolved: two-tower
-    for pairs, concat otherwise) and ``unit_`` the trained head.
-    """
+    """A regression head over cached embeddings.  ``HeadModel(head="concat", epochs=10)`` or ``HeadModel(TrainConfig(
+    ...))``: the settings are kept as given in ``config``; fitted state ends in ``_``: ``head_`` is the head type
+    trained (``auto`` resolved: two-tower for pairs, concat otherwise) and ``unit_`` the trained head."""
 
     def __init__(self, config: TrainConfig | None = None, device=None, **settings):
         config = config or TrainConfig()
@@ -113,14 +107,9 @@ class HeadModel:
         progress=True,
     ) -> HeadModel:
         """Train on ``data`` (a DataFrame or a file) with vectors from ``source`` (a cache or an encoder).
-
-        ``template`` composes the text from columns (``'{system}\\n{prompt}'``) instead of
-        ``text_col``.  A table written by heads pseudolabel validates on its labelled
-        rows only (``validation_rows_`` says so): the teacher's own scores would
-        flatter any model.  ``weight_col`` or ``sample_weight`` weights each row's
-        loss.  Texts missing from a cache are encoded in memory (``add_missing``
-        stores them).
-        """
+        ``template`` composes the text from columns (``'{system}\\n{prompt}'``) instead of ``text_col``; a heads
+        pseudolabel table validates on its labelled rows only (``validation_rows_`` says so); ``weight_col`` or
+        ``sample_weight`` weights each row's loss; ``add_missing`` stores texts missing from a cache."""
         self.config.check()
         label_cols = [label_cols] if isinstance(label_cols, str) else list(label_cols)
         self.columns_ = {
@@ -218,25 +207,6 @@ class HeadModel:
             return cache
         return self.own_encoder()
 
-    def _inputs(
-        self, cache, data, columns=None, add_missing=False, conditions=None, progress: bool = True
-    ) -> tuple[Inputs, pd.DataFrame, str]:
-        for side in ("pair", "condition"):
-            given = (columns or {}).get(side)
-            if given is not None and side not in self.sides_:
-                raise ParameterError(
-                    f"the model reads {', '.join(self.sides_)} only, not a {side}: leave out the "
-                    f"{side} column ({given!r}, --{side}-col) or train a model that reads one"
-                )
-        columns = {**self.columns_, **{k: v for k, v in (columns or {}).items() if v is not None}}
-        df, path = as_table(data, columns, self.sides_, conditions)
-        source = self.vector_source(cache)
-        if head_type(self.head_).joint:  # both texts in one sequence: nothing to cache per text
-            return joint_inputs(source, df, columns, path, progress), df, path
-        inputs = load_inputs(source, df, columns, path, add_missing, progress)
-        warn_unseen_conditions(getattr(self, "conditions_", None), source, inputs)
-        return inputs, df, path
-
     def predict(
         self,
         data,
@@ -262,10 +232,8 @@ class HeadModel:
         first use.  ``columns`` overrides the trained column names.  ``predict(cache, data)``, the order of
         embedcache 0.1, still works.  ``progress``: bars while texts are encoded.
         """
-        if data is None or isinstance(data, EmbeddingCache):  # the 0.1 order: predict(cache or None, data)
-            warn_old_order("predict(cache, data)", "predict(data, cache=cache)")
-            data, cache = cache, data
-        inputs, _, _ = self._inputs(cache, data, columns, add_missing, conditions, progress)
+        data, cache = data_first(data, cache, "predict")
+        inputs = prediction_inputs(self, cache, data, columns, add_missing, conditions, progress)
         scores = self.predict_inputs(inputs)
         out = [scores] if interval is None else [scores, *self.bounds(scores, interval)]
         if squeeze:
@@ -296,9 +264,7 @@ class HeadModel:
         ``score`` (a column per label when there are several), with ``lower`` and ``upper`` for an
         ``interval``, rounded to ``decimals`` when given.  ``predict_table(cache, data)``, the order before,
         still works, with a FutureWarning."""
-        if data is None or isinstance(data, EmbeddingCache):
-            warn_old_order("predict_table(cache, data)", "predict_table(data, cache=cache)")
-            data, cache = cache, data
+        data, cache = data_first(data, cache, "predict_table")
         df, path = table_of(data)
         if id_col is not None and id_col not in df.columns:
             raise InputError(f"{path}: no column {id_col!r}; available columns: {', '.join(map(str, df.columns))}")
@@ -322,12 +288,10 @@ class HeadModel:
         ``group_col`` (one column or several): ``metrics["per_group"]`` per value (``"hi"``) or combination
         (``"hi / harm"``).  ``interval``: ``metrics["interval"]``, the coverage and mean width of the model's
         intervals at that level.  ``evaluate(cache, data)``, the order before, works with a FutureWarning."""
-        if data is None or isinstance(data, EmbeddingCache):
-            warn_old_order("evaluate(cache, data)", "evaluate(data, cache=cache)")
-            data, cache = cache, data
+        data, cache = data_first(data, cache, "evaluate")
         df, path = table_of(data)
         y = load_labels(df, list(label_cols or self.labels_), path)
-        inputs, _, _ = self._inputs(cache, df, columns, add_missing, progress=progress)
+        inputs = prediction_inputs(self, cache, df, columns, add_missing, progress=progress)
         pred = self.predict_inputs(inputs)
         groups = group_values(df, group_col, path)
         metrics = report(y, pred, list(label_cols or self.labels_), inputs.condition_values, groups)
@@ -349,19 +313,7 @@ class HeadModel:
     @classmethod
     def load(cls, directory) -> HeadModel:
         """Load a saved model; a missing, damaged or inconsistent file is a ModelError naming the file and field."""
-        directory = Path(directory)
-        config, tensors = read_model(directory)
-        settings = TrainConfig.from_dict(config["params"])
-        model = cls.from_trained(
-            settings,
-            config["head"],
-            saved_unit(config, tensors, settings, directory),
-            directory=directory,
-            **trained_fields(config),
-        )
-        model.conditions_, model.validation_rows_ = config.get("conditions"), config.get("validation_rows")
-        model.validation_, model.calibration_ = config.get("validation"), config.get("calibration")
-        return model
+        return load_model(cls, directory)
 
     @classmethod
     def from_trained(

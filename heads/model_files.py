@@ -242,3 +242,16 @@ def trained_fields(config: dict) -> dict:
         "history": config.get("history", []),
         "finetuned": config.get("finetuned"),
     }
+
+
+def load_model(cls, directory):
+    """A ``cls`` (HeadModel) from a saved directory; a missing, damaged or inconsistent file is a ModelError
+    naming the file and field."""
+    directory = Path(directory)
+    config, tensors = read_model(directory)
+    settings = TrainConfig.from_dict(config["params"])
+    unit = saved_unit(config, tensors, settings, directory)
+    model = cls.from_trained(settings, config["head"], unit, directory=directory, **trained_fields(config))
+    model.conditions_, model.validation_rows_ = config.get("conditions"), config.get("validation_rows")
+    model.validation_, model.calibration_ = config.get("validation"), config.get("calibration")
+    return model

@@ -9,7 +9,10 @@ from pathlib import Path
 from embedcache import EmbeddingCache, FingerprintMismatchError, ParameterError
 from embedcache.toolkit import inside, resolve_device, spec_difference
 
+from .data import as_table, joint_inputs, load_inputs
+from .head_types import head_type
 from .model_files import ModelError
+from .neighbours import warn_unseen_conditions
 
 
 def open_source(cache, encoder):
@@ -112,3 +115,23 @@ def finetuned_encoder_path(directory: Path | None, finetuned: dict) -> str:
             "model directory; fine-tune again"
         )
     return str(path)
+
+
+def prediction_inputs(model, cache, data, columns=None, add_missing=False, conditions=None, progress: bool = True):
+    """The inputs ``model`` scores for ``data``: its columns (``columns`` overrides them), its vectors from
+    ``cache`` or its own encoder, warning of conditions never seen in training."""
+    for side in ("pair", "condition"):
+        given = (columns or {}).get(side)
+        if given is not None and side not in model.sides_:
+            raise ParameterError(
+                f"the model reads {', '.join(model.sides_)} only, not a {side}: leave out the "
+                f"{side} column ({given!r}, --{side}-col) or train a model that reads one"
+            )
+    columns = {**model.columns_, **{k: v for k, v in (columns or {}).items() if v is not None}}
+    df, path = as_table(data, columns, model.sides_, conditions)
+    source = model.vector_source(cache)
+    if head_type(model.head_).joint:  # both texts in one sequence: nothing to cache per text
+        return joint_inputs(source, df, columns, path, progress)
+    inputs = load_inputs(source, df, columns, path, add_missing, progress)
+    warn_unseen_conditions(getattr(model, "conditions_", None), source, inputs)
+    return inputs
