@@ -52,6 +52,6 @@ X = np.random.default_rng(0).standard_normal((50, 8))
 assert EmbeddingRegressor(epochs=3).fit(X, X[:, 0]).predict(X).shape == (50,)
 model = finetune(pd.DataFrame({"text": ["a b", "c d", "e f", "g h"] * 5, "score": [0.0, 1.0, 2.0, 3.0] * 5}), "score",
                  {"text": "text"}, "ft", head="concat", model=str(make_tiny_bert(Path("bert"))), epochs=1, progress=False)
-assert np.isfinite(model.predict(None, pd.DataFrame({"text": ["a b"]}))).all()
+assert np.isfinite(model.predict(pd.DataFrame({"text": ["a b"]}))).all()
 print(f"minimum versions: ok (heads {heads.__version__})")
 PY

@@ -2,11 +2,15 @@
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from embedcache import Encoder
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+TEST_DATA = ROOT / "tests" / "data"
 
 
 class HashEncoder(Encoder):

@@ -1,14 +1,12 @@
 """The heads package builds on embedcache's exported names only, so embedcache's internals can change freely."""
 
 import ast
-from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 import embedcache
 from embedcache import toolkit
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_heads_imports_only_names_embedcache_exports():

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import ROOT
 
 from embedcache import (
     CacheLockedError,
@@ -31,7 +32,6 @@ from heads import EmbeddingRegressor, HeadModel
 from heads.cli import main as heads_main
 from heads.labels.labeling import LABELING_FUNCTIONS, apply, combine, learn_weights
 
-ROOT = Path(__file__).resolve().parents[1]
 WORDS = [
     "apple",
     "river",

@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import HashEncoder, mount_tmpfs, one_line_error
+from helpers import ROOT, HashEncoder, mount_tmpfs, one_line_error
 from helpers import run as run_command
 
 from embedcache import (
@@ -292,7 +292,7 @@ except EmbedcacheError as e:
 def test_a_full_disk_is_one_clear_error_never_a_crash_and_the_cache_stays_whole(tmpfs, size):
     where = tmpfs(size)
     done = subprocess.run(
-        [sys.executable, "-c", FILL.format(tests=str(Path(__file__).parent), path=str(where / "c"))],
+        [sys.executable, "-c", FILL.format(tests=str(ROOT / "tests"), path=str(where / "c"))],
         check=False,
         capture_output=True,
         text=True,

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -26,8 +25,6 @@ from embedcache import (
 )
 from embedcache.corpus import launcher_rank
 from embedcache.index import text_keys
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class ShiftedEncoder(HashEncoder):

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import ROOT
 
 from embedcache import EmbeddingCache, load_encoder
 from heads import HeadModel
@@ -281,9 +282,8 @@ def test_a_frozen_head_without_its_cache_encodes_with_the_encoder_it_records(fil
 
 @pytest.mark.slow
 def test_minilm_fine_tunes_on_a_few_hundred_sts_pairs(minilm, tmp_path, capsys):
-    from pathlib import Path
 
-    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb-multi-mt" / "stsb-en-train.csv"
+    data = ROOT.parent / "shared" / "data" / "stsb-multi-mt" / "stsb-en-train.csv"
     if not data.exists():
         pytest.skip(f"{data} not present")
     df = pd.read_csv(data, header=None, names=["s1", "s2", "score"], nrows=300)

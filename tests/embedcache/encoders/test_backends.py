@@ -2,10 +2,10 @@
 
 import itertools
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import TEST_DATA
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,7 +13,7 @@ from embedcache import EmbeddingCache, load_encoder
 from embedcache.cli import main
 from embedcache.encoders.runtimes.batching import prefetch, token_batches
 
-SENTENCES = (Path(__file__).parent / "data" / "sentences.txt").read_text().splitlines()
+SENTENCES = (TEST_DATA / "sentences.txt").read_text().splitlines()
 EXPORTED = ["onnx", "onnx-int8", "openvino", "openvino-int8"]
 
 
