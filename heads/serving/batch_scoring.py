@@ -12,6 +12,7 @@ an actor that dies and gives its file to it again.
 
 from __future__ import annotations
 
+import glob
 import time
 from pathlib import Path
 
@@ -112,5 +113,17 @@ def score_files(
             progress=progress,
         )
         summary["rows"] = int(done["rows"].sum())
+        _remove_orphans([output_of(out, p) for p in todo])
     summary["seconds"] = round(time.perf_counter() - began, 3)
     return summary
+
+
+def _remove_orphans(outputs: list[Path]) -> None:
+    """Delete the temporary files that writers killed mid-write left beside ``outputs`` (an actor lost and its
+    file scored again by another): every output is whole now, so what is left of theirs is litter."""
+    for output in outputs:
+        if not output.exists():
+            continue
+        for tmp in output.parent.glob(f".tmp-{glob.escape(output.name)}-*"):
+            if tmp.is_file() and not tmp.is_symlink():
+                tmp.unlink(missing_ok=True)

@@ -123,6 +123,8 @@ def test_ray_precompute_with_an_actor_killed_mid_run_then_batch_scoring(local_ra
     (tmp_path / "scores").mkdir()
     first = root / "part-0.parquet"
     model.predict_table(pd.read_parquet(first), interval=0.9).to_parquet(tmp_path / "scores" / "part-0.parquet")
+    # what a writer killed mid-write leaves (whether this run's kill lands mid-write is chance): cleared at the end
+    (tmp_path / "scores" / ".tmp-part-1.parquet-99999").write_bytes(b"half a file")
 
     from heads.cli import main
 
