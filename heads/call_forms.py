@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from embedcache import EmbeddingCache
 from embedcache.toolkit import check_columns
 
 
@@ -60,8 +61,6 @@ def group_values(df: pd.DataFrame, group_col, path) -> list[str] | None:
 def data_first(data, cache, method: str):
     """``(data, cache)`` of a call written ``method(data, cache=...)``, or in 0.1's order ``method(cache, data)``
     (a cache or None first), which warns once per calling line."""
-    from embedcache import EmbeddingCache
-
     if data is None or isinstance(data, EmbeddingCache):
         warn_old_order(f"{method}(cache, data)", f"{method}(data, cache=cache)", stacklevel=4)
         return cache, data

@@ -6,7 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from embedcache import EmbeddingCache, FingerprintMismatchError, ParameterError
+from embedcache import (
+    CacheNotFoundError,
+    EmbeddingCache,
+    Encoder,
+    FingerprintMismatchError,
+    ParameterError,
+    load_encoder,
+)
 from embedcache.toolkit import inside, resolve_device, spec_difference
 
 from .data import as_table, joint_inputs, load_inputs
@@ -17,8 +24,6 @@ from .neighbours import warn_unseen_conditions
 
 def open_source(cache, encoder):
     """A cache (opened, or built with ``encoder`` where the directory is new) or an encoder."""
-    from embedcache import CacheNotFoundError, Encoder, load_encoder
-
     if isinstance(cache, EmbeddingCache):
         return cache
     if encoder is not None and not isinstance(encoder, Encoder):
@@ -65,8 +70,6 @@ def load_recorded_encoder(record: dict, finetuned: dict | None, directory: Path 
     """The encoder of a model's vectors: a fine-tuned model's own (its ``encoder/`` directory; a Backbone for
     a head that reads two texts as one sequence), else the encoder ``record`` names, checked against the
     recorded fingerprint."""
-    from embedcache import load_encoder
-
     if finetuned is not None:
         path = finetuned_encoder_path(directory, finetuned)
         encoder = load_encoder(path)  # its fingerprint is checked before a vector of it is used
