@@ -23,12 +23,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import CacheDamagedError, ParameterError
-from ..files import atomic_write_json
 from ..index import KeyIndex
 from ..shards import checksum, read_keys, read_vectors, write_shard
-from .layout import COMPACTION_ATTR, MANIFEST, next_shard_name, part_dir
+from .layout import COMPACTION_ATTR, next_shard_name, part_dir
 from .lock import WriteLock, try_lock
-from .manifest import merged_quick_keys, merged_unknown, read_manifest
+from .manifest import Manifest, Retired, ShardRecord, Unknown, read_manifest, write_manifest
 from .recovery import retire, tidy
 from .store import EmbeddingCache
 
@@ -61,18 +60,16 @@ def compact(path, shard_size: int = COMPACT_SHARD_SIZE, progress: bool = False) 
             live = set(cache.parts)  # what the parts hold now that their writers cannot add to them
             top = read_manifest(cache.path)
             parts = {name: read_manifest(cache.path, name, top) for name in held if name in live}
-            keep = [s for s in top["shards"] if s["rows"] >= shard_size]
-            small = [s for s in top["shards"] if s["rows"] < shard_size]
-            sources = [(None, s) for s in small] + [(name, s) for name, m in parts.items() for s in m["shards"]]
+            keep = [s for s in top.shards if s.rows >= shard_size]
+            small = [s for s in top.shards if s.rows < shard_size]
+            sources = [(None, s) for s in small] + [(name, s) for name, m in parts.items() for s in m.shards]
             if parts or len(small) > 1:
                 written, dropped = _copy(cache, keep, sources, shard_size, progress)
-                top["shards"] = keep + written
+                top.shards = keep + written
                 _carry_records(top, parts.values())
-                top["retired"] = {
-                    "shards": [s["file"] for s in small],
-                    "parts": [{"name": name, "id": m["part"]["id"]} for name, m in parts.items()],
-                }
-                atomic_write_json(cache.path / MANIFEST, top)  # the commit
+                retired_parts = tuple(m.part for m in parts.values() if m.part is not None)  # every part has one
+                top.retired = Retired(tuple(s.file for s in small), retired_parts)
+                write_manifest(cache.path, None, top)  # the commit
                 retire(cache.path, held)
             else:
                 parts, dropped = {}, 0
@@ -93,13 +90,13 @@ def compact(path, shard_size: int = COMPACT_SHARD_SIZE, progress: bool = False) 
     }
 
 
-def _copy(cache: EmbeddingCache, keep: list[dict], sources: list, shard_size: int, progress: bool):
+def _copy(cache: EmbeddingCache, keep: list[ShardRecord], sources: list, shard_size: int, progress: bool):
     """Write every text of ``sources`` not in ``keep`` or earlier sources, once, into new top-level shards."""
     seen = KeyIndex()
     for shard in keep:
-        seen.add(read_keys(cache.path / shard["file"]), first_row=0)
+        seen.add(read_keys(cache.path / shard.file), first_row=0)
     attrs = {**cache.shard_attributes(), COMPACTION_ATTR: uuid.uuid4().hex}
-    written: list[dict] = []
+    written: list[ShardRecord] = []
     keys_out: list[np.ndarray] = []
     vectors_out: list[np.ndarray] = []
     pending, dropped = 0, 0
@@ -109,13 +106,13 @@ def _copy(cache: EmbeddingCache, keep: list[dict], sources: list, shard_size: in
         keys, vectors = np.concatenate(keys_out), np.concatenate(vectors_out)
         name = next_shard_name(cache.path)
         digest = write_shard(cache.path / name, keys[:rows], vectors[:rows], attrs)
-        written.append({"file": name, "rows": rows, "sha256": digest})
+        written.append(ShardRecord(name, rows, digest))
         keys_out, vectors_out, pending = [keys[rows:]], [vectors[rows:]], pending - rows
 
     for part, shard in tqdm(sources, disable=not progress, unit="shard", desc=f"compacting {cache.path.name}"):
-        path = part_dir(cache.path, part) / shard["file"]
+        path = part_dir(cache.path, part) / shard.file
         keys, vectors = read_keys(path), read_vectors(path)
-        if checksum(keys, vectors) != shard["sha256"]:  # never copy damage into the shards that replace it
+        if checksum(keys, vectors) != shard.sha256:  # never copy damage into the shards that replace it
             raise CacheDamagedError(
                 f"cache {cache.path}: {Path(path).relative_to(cache.path)} does not match its "
                 f"checksum; nothing was changed: run 'embedcache verify {cache.path} --repair' first"
@@ -132,12 +129,10 @@ def _copy(cache: EmbeddingCache, keep: list[dict], sources: list, shard_size: in
     return written, dropped
 
 
-def _carry_records(top: dict, parts) -> None:
+def _carry_records(top: Manifest, parts) -> None:
     """Keep what the merged parts' manifests recorded besides shards: texts mostly of unknown tokens, and
     the quick keys of encoders verified to match."""
-    unknown = merged_unknown([top.get("unknown"), *(m.get("unknown") for m in parts)])
-    if unknown["mostly_unknown"]:
-        top["unknown"] = unknown
-    keys = merged_quick_keys(top["encoder"].get("quick_keys", []), *(m["encoder"].get("quick_keys", []) for m in parts))
-    if keys:
-        top["encoder"]["quick_keys"] = keys
+    unknown = Unknown.merged([top.unknown, *(m.unknown for m in parts)])
+    if unknown.mostly_unknown:
+        top.unknown = unknown
+    top.encoder = top.encoder.with_quick_keys(*(m.encoder.quick_keys for m in parts))

@@ -18,32 +18,40 @@ from ..shards import header_problem
 from .layout import MANIFEST, PARTS, check_own, group, is_plain, part_dir, part_names, read_json, relative, shard_files
 from .lock import LOCK_TIMEOUT, WriteLock
 from .manifest import (
+    EncoderRecord,
+    Manifest,
+    ShardRecord,
+    encoder_problem,
     encoder_record,
     manifest_problem,
-    part_problem,
     read_manifest,
     rebuilt_manifest,
+    write_manifest,
 )
 
 
 def verify(
-    path: Path, manifests: list[tuple[str | None, dict]], expected: dict, repair: bool, timeout: float = LOCK_TIMEOUT
+    path: Path,
+    manifests: list[tuple[str | None, Manifest]],
+    expected: dict,
+    repair: bool,
+    timeout: float = LOCK_TIMEOUT,
 ) -> list[tuple[str, str, str]]:
     """Check every shard the ``(part, manifest)`` pairs list against ``expected`` (fingerprint, dim, dtype);
     return ``(file, reason, action)`` per bad one.  See ``EmbeddingCache.verify``."""
     found: dict[str | None, list[tuple]] = {}  # part -> [(file, reason, damaged, header: of another group)]
     for part, manifest in manifests:
         bad = found[part] = []
-        for shard in manifest["shards"]:
-            h, problem = check_own(part_dir(path, part) / shard["file"])
+        for shard in manifest.shards:
+            h, problem = check_own(part_dir(path, part) / shard.file)
             if problem:
-                bad.append((shard["file"], problem, True, False))
+                bad.append((shard.file, problem, True, False))
                 continue
-            problem = header_problem(h, {**expected, "rows": shard["rows"], "sha256": shard["sha256"]})
+            problem = header_problem(h, {**expected, "rows": shard.rows, "sha256": shard.sha256})
             if problem:
-                bad.append((shard["file"], problem, False, group(h) != tuple(expected.values())))
+                bad.append((shard.file, problem, False, group(h) != tuple(expected.values())))
         header = [b for b in bad if b[3]]
-        if repair and header and len(header) == len(manifest["shards"]):
+        if repair and header and len(header) == len(manifest.shards):
             raise CacheDamagedError(
                 f"cache {path}: every shard disagrees with {relative(part, MANIFEST)} "
                 f"({relative(part, header[0][0])}: {header[0][1]}): its header looks damaged, so nothing was "
@@ -57,8 +65,8 @@ def verify(
         with WriteLock(path, part, timeout):
             names = {b[0] for b in bad}
             manifest = read_manifest(path, part)
-            manifest["shards"] = [s for s in manifest["shards"] if s["file"] not in names]
-            atomic_write_json(part_dir(path, part) / MANIFEST, manifest)
+            manifest.shards = [s for s in manifest.shards if s.file not in names]
+            write_manifest(path, part, manifest)
             for name, reason, damaged, _ in bad:
                 file = part_dir(path, part) / name
                 if damaged and is_plain(file):  # never a link, a directory or what is not there
@@ -81,8 +89,7 @@ def rebuild(path) -> dict:
         parts = []
         for name in part_names(path):
             part_old = read_json(path / PARTS / name / MANIFEST)
-            top = {"fingerprint": group_[0], "dim": group_[1], "dtype": group_[2]}
-            if part_old and not manifest_problem(part_old) and not part_problem(part_old, name, top):
+            if part_old and not manifest_problem(part_old) and not Manifest.from_json(part_old).misfit(name, group_):
                 continue  # whole: its own writer keeps it
             with WriteLock(path, name):
                 part_listed, part_left, _ = rebuild_directory(path / PARTS / name, part_old, group_, name)
@@ -128,11 +135,13 @@ def rebuild_directory(home: Path, old: dict, group_: tuple | None, part: str | N
         for n, h in found
         if n not in names
     ]
-    encoder = old.get("encoder") if old.get("fingerprint") == group_[0] else None
-    if not (isinstance(encoder, dict) and isinstance(encoder.get("name"), str)):
-        encoder = encoder_record([h for _, h in listed]) if listed else {"name": "unknown", "load": None}
-    shards = [{"file": n, "rows": h["rows"], "sha256": h["sha256"]} for n, h in listed]
-    manifest = rebuilt_manifest(group_, encoder, shards, [n for n, _ in left_out], part)
+    kept = old.get("encoder") if old.get("fingerprint") == group_[0] else None
+    if kept is not None and not encoder_problem(kept):
+        encoder = EncoderRecord.from_json(kept)
+    else:
+        encoder = encoder_record([h for _, h in listed]) if listed else EncoderRecord("unknown")
+    shards = [ShardRecord(n, h["rows"], h["sha256"]) for n, h in listed]
+    manifest = rebuilt_manifest(group_, encoder, shards, [n for n, _ in left_out], part).to_json()
     problem = manifest_problem(manifest)
     if problem:
         raise CacheDamagedError(f"cache {home}: the shards' own records do not make a valid manifest: {problem}")

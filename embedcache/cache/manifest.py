@@ -1,7 +1,7 @@
-"""The manifest of a cache directory or of a part: its schema, its checks, how it is read, and the merge rules
-for what manifests record besides shards (texts mostly of unknown tokens, encoders' quick keys).
+"""The manifest of a cache directory or of a part: a typed record, its checks, how it is read and written, and
+the merge rules for what manifests record besides shards (texts mostly of unknown tokens, quick keys).
 
-A manifest is a JSON object::
+On disk a manifest is a JSON object::
 
     {"format": "embedcache-1", "fingerprint": "...", "dim": 384, "dtype": "float16",
      "encoder": {"name": ..., "load": {...} or null, "description": ..., "languages": ..., "quick_keys": [...]},
@@ -9,6 +9,9 @@ A manifest is a JSON object::
      "unknown": {"mostly_unknown": 3, "examples": [...]},        # optional
      "retired": {"shards": [...], "parts": [{"name", "id"}]},    # optional: what a committed compaction replaced
      "part": {"name": "rank-00001-of-00004", "id": "..."}}       # a part's only
+
+In memory it is a ``Manifest``: ``Manifest.from_json`` checks every field (the error names it) and
+``to_json`` writes it back, keeping any field a newer version added.
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ import json
 import re
 import time
 import uuid
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from ..encoders import Encoder, spec_difference
 from ..errors import CacheDamagedError, FingerprintMismatchError
+from ..files import atomic_write_json
 from ..shards import DTYPES
 from ..version import __version__
 from .layout import ENCODER_ATTR, FORMAT, MANIFEST, PART_NAME, SHARD_NAME, part_dir
@@ -30,68 +36,245 @@ QUICK_KEYS_KEPT = 16  # the quick keys a manifest remembers, newest last
 UNKNOWN_EXAMPLES_KEPT = 5
 
 
-def new_manifest(encoder: Encoder, dtype: str) -> dict:
-    """The manifest of a new, empty cache written by ``encoder`` in ``dtype``."""
-    return {
-        "format": FORMAT,
-        "fingerprint": encoder.fingerprint,
-        "encoder": {
-            "name": encoder.name,
-            "load": encoder.spec,
-            "description": encoder.describe(),
-            "languages": list(encoder.languages) if encoder.languages else None,
-        },
-        "dim": encoder.dim,
-        "dtype": dtype,
-        "shards": [],
-        "created_with": f"embedcache {__version__}",
-    }
+@dataclass(frozen=True)
+class ShardRecord:
+    """A whole shard a manifest lists: its file name in the directory, its rows and checksum."""
+
+    file: str
+    rows: int
+    sha256: str
+
+    def to_json(self) -> dict:
+        return {"file": self.file, "rows": self.rows, "sha256": self.sha256}
 
 
-def new_part_manifest(encoder: Encoder, dtype: str, name: str) -> dict:
-    """The manifest of a new part.  A fresh id each time: a compaction retires a part by id, so a part of
-    the same name begun after it is never mistaken for the one it copied."""
-    return {**new_manifest(encoder, dtype), "part": {"name": name, "id": uuid.uuid4().hex}}
+@dataclass(frozen=True)
+class PartRecord:
+    """Which writer's part a manifest is (``name``), and which life of it (``id``, new each time it is begun)."""
+
+    name: str
+    id: str
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "id": self.id}
 
 
-def rebuilt_manifest(group: tuple, encoder: dict, shards: list[dict], left_out: list[str], part: str | None) -> dict:
-    """A manifest written from the shards' own records (``group``: fingerprint, dim, dtype)."""
-    manifest = {
-        "format": FORMAT,
-        "fingerprint": group[0],
-        "encoder": encoder,
-        "dim": group[1],
-        "dtype": group[2],
-        "created_with": f"embedcache {__version__}",
-        "rebuilt": {"at": time.time(), "shards_left_out": left_out},
-        "shards": shards,
-    }
-    if part is not None:
-        manifest["part"] = {"name": part, "id": uuid.uuid4().hex}
-    return manifest
+@dataclass(frozen=True)
+class Unknown:
+    """Texts that were mostly tokens the encoder does not know: how many, and a few of them."""
 
+    mostly_unknown: int = 0
+    examples: tuple[str, ...] = ()
 
-def shard_attributes(manifest: dict) -> dict:
-    """The attributes every shard of a cache carries, so a lost manifest can be rebuilt from shards."""
-    record = {k: v for k, v in manifest["encoder"].items() if k != "quick_keys"}
-    return {
-        "fingerprint": manifest["fingerprint"],
-        "encoder": manifest["encoder"]["name"],
-        "created": time.time(),
-        ENCODER_ATTR: json.dumps(record, sort_keys=True),
-    }
-
-
-def check_encoder(manifest: dict, path: Path, encoder: Encoder) -> None:
-    """FingerprintMismatchError, naming what differs, unless ``encoder`` made the vectors of the cache at
-    ``path`` whose top-level manifest is ``manifest``."""
-    if encoder.fingerprint != manifest["fingerprint"]:
-        differ = spec_difference(manifest["encoder"].get("load"), encoder.spec, ("the cache", "the encoder"))
-        raise FingerprintMismatchError(
-            f"cache {path} was built by encoder {manifest['encoder']['name']!r} "
-            f"(fingerprint {manifest['fingerprint']}), but the given encoder is {encoder.name!r} "
-            f"(fingerprint {encoder.fingerprint}); they differ in: {differ}; use another cache directory for it"
+    @classmethod
+    def merged(cls, records) -> Unknown:
+        """One record from several (``None`` entries count as empty): the merge rule, written once."""
+        seen = [r for r in records if r]
+        return cls(
+            sum(r.mostly_unknown for r in seen), tuple(e for r in seen for e in r.examples)[:UNKNOWN_EXAMPLES_KEPT]
         )
+
+    def to_json(self) -> dict:
+        return {"mostly_unknown": self.mostly_unknown, "examples": list(self.examples)}
+
+
+@dataclass(frozen=True)
+class Retired:
+    """What a committed compaction replaced and the next writer of the top level deletes."""
+
+    shards: tuple[str, ...] = ()
+    parts: tuple[PartRecord, ...] = ()
+
+    def to_json(self) -> dict:
+        return {"shards": list(self.shards), "parts": [p.to_json() for p in self.parts]}
+
+
+@dataclass(frozen=True)
+class EncoderRecord:
+    """What a manifest keeps of the encoder of its vectors: its name, how to load it again (None: a custom
+    encoder), where and how it ran, its languages, and the quick keys found to match it."""
+
+    name: str
+    load: dict | None = None
+    description: dict | None = None
+    languages: tuple[str, ...] | None = None
+    quick_keys: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, encoder: Encoder) -> EncoderRecord:
+        languages = tuple(encoder.languages) if encoder.languages else None
+        return cls(encoder.name, encoder.spec, encoder.describe(), languages)
+
+    @classmethod
+    def from_json(cls, d: dict) -> EncoderRecord:
+        languages = d.get("languages")
+        return cls(
+            d["name"],
+            d.get("load"),
+            d.get("description"),
+            tuple(languages) if isinstance(languages, list) else None,
+            tuple(d.get("quick_keys") or ()),
+        )
+
+    def with_quick_keys(self, *lists) -> EncoderRecord:
+        """This record knowing the quick keys of ``lists`` too: each once, the newest ``QUICK_KEYS_KEPT``."""
+        keys = list(dict.fromkeys(k for keys in (self.quick_keys, *lists) for k in keys))[-QUICK_KEYS_KEPT:]
+        return replace(self, quick_keys=tuple(keys))
+
+    def to_json(self, quick_keys: bool = True) -> dict:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "load": self.load,
+            "description": self.description,
+            "languages": list(self.languages) if self.languages is not None else None,
+        }
+        if quick_keys and self.quick_keys:
+            out["quick_keys"] = list(self.quick_keys)
+        return out
+
+
+KNOWN_FIELDS = {"format", "fingerprint", "encoder", "dim", "dtype", "shards", "created_with"}
+KNOWN_FIELDS |= {"unknown", "retired", "part", "rebuilt"}
+
+
+@dataclass
+class Manifest:
+    """The manifest of the top level (``part`` None) or of a part, as a typed record."""
+
+    fingerprint: str
+    encoder: EncoderRecord
+    dim: int
+    dtype: str
+    shards: list[ShardRecord] = field(default_factory=list)
+    created_with: str | None = None
+    unknown: Unknown | None = None
+    retired: Retired | None = None
+    part: PartRecord | None = None
+    rebuilt: dict | None = None
+    extra: dict = field(default_factory=dict)  # fields a newer version wrote: kept as they are
+
+    @classmethod
+    def new(cls, encoder: Encoder, dtype: str, part: str | None = None) -> Manifest:
+        """The manifest of a new, empty cache (or part) written by ``encoder`` in ``dtype``.  A part gets a
+        fresh id each time: a compaction retires a part by id, so a part of the same name begun after it is
+        never mistaken for the one it copied."""
+        return cls(
+            encoder.fingerprint,
+            EncoderRecord.of(encoder),
+            encoder.dim,
+            dtype,
+            created_with=f"embedcache {__version__}",
+            part=None if part is None else new_part(part),
+        )
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Manifest:
+        """The manifest a JSON document holds; ValueError naming the field when it is not a valid one."""
+        problem = manifest_problem(obj)
+        if problem:
+            raise ValueError(problem)
+        unknown, retired, part = obj.get("unknown"), obj.get("retired"), obj.get("part")
+        return cls(
+            obj["fingerprint"],
+            EncoderRecord.from_json(obj["encoder"]),
+            obj["dim"],
+            obj["dtype"],
+            [ShardRecord(s["file"], s["rows"], s["sha256"]) for s in obj["shards"]],
+            obj.get("created_with"),
+            Unknown(unknown["mostly_unknown"], tuple(unknown["examples"])) if unknown else None,
+            Retired(tuple(retired["shards"]), tuple(PartRecord(p["name"], p["id"]) for p in retired["parts"]))
+            if retired is not None
+            else None,
+            PartRecord(part["name"], part["id"])
+            if isinstance(part, dict) and "name" in part and "id" in part
+            else None,
+            obj.get("rebuilt"),
+            {k: v for k, v in obj.items() if k not in KNOWN_FIELDS},
+        )
+
+    def to_json(self) -> dict:
+        out: dict[str, Any] = {
+            "format": FORMAT,
+            "fingerprint": self.fingerprint,
+            "encoder": self.encoder.to_json(),
+            "dim": self.dim,
+            "dtype": self.dtype,
+            "shards": [s.to_json() for s in self.shards],
+        }
+        if self.created_with is not None:
+            out["created_with"] = self.created_with
+        if self.rebuilt is not None:
+            out["rebuilt"] = self.rebuilt
+        for name, record in (("unknown", self.unknown), ("retired", self.retired), ("part", self.part)):
+            if record is not None:
+                out[name] = record.to_json()
+        return {**out, **self.extra}
+
+    @property
+    def group(self) -> tuple:
+        """``(fingerprint, dim, dtype)``: what every shard and part of the cache shares."""
+        return self.fingerprint, self.dim, self.dtype
+
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in self.shards)
+
+    def retired_part_ids(self) -> set[str]:
+        """The ids of the parts a committed compaction copied and whose deletion is pending."""
+        return {p.id for p in self.retired.parts} if self.retired else set()
+
+    def misfit(self, name: str, group: tuple) -> str | None:
+        """What makes this manifest unfit for part ``name`` of a cache of ``group`` (fingerprint, dim, dtype)."""
+        if self.part is None or self.part.name != name:
+            found = json.dumps(self.part.to_json() if self.part else None)
+            return f"field 'part' must be an object with 'name' {name!r} and a string 'id', found {found[:60]}"
+        for label, mine, theirs in zip(("fingerprint", "dim", "dtype"), self.group, group):
+            if mine != theirs:
+                return (
+                    f"the part's {label} {mine!r} differs from the cache's {theirs!r}: a part must be "
+                    "written by the cache's own encoder"
+                )
+        return None
+
+    def shard_attributes(self) -> dict:
+        """The attributes every shard of the cache carries, so a lost manifest can be rebuilt from shards."""
+        return {
+            "fingerprint": self.fingerprint,
+            "encoder": self.encoder.name,
+            "created": time.time(),
+            ENCODER_ATTR: json.dumps(self.encoder.to_json(quick_keys=False), sort_keys=True),
+        }
+
+    def check_encoder(self, path: Path, encoder: Encoder) -> None:
+        """FingerprintMismatchError, naming what differs, unless ``encoder`` made the vectors of the cache at
+        ``path`` whose top-level manifest this is."""
+        if encoder.fingerprint != self.fingerprint:
+            differ = spec_difference(self.encoder.load, encoder.spec, ("the cache", "the encoder"))
+            raise FingerprintMismatchError(
+                f"cache {path} was built by encoder {self.encoder.name!r} "
+                f"(fingerprint {self.fingerprint}), but the given encoder is {encoder.name!r} "
+                f"(fingerprint {encoder.fingerprint}); they differ in: {differ}; use another cache directory for it"
+            )
+
+
+def new_part(name: str) -> PartRecord:
+    return PartRecord(name, uuid.uuid4().hex)
+
+
+def rebuilt_manifest(
+    group: tuple, encoder: EncoderRecord, shards: list[ShardRecord], left_out: list[str], part: str | None
+) -> Manifest:
+    """A manifest written from the shards' own records (``group``: fingerprint, dim, dtype)."""
+    return Manifest(
+        group[0],
+        encoder,
+        group[1],
+        group[2],
+        shards,
+        created_with=f"embedcache {__version__}",
+        rebuilt={"at": time.time(), "shards_left_out": left_out},
+        part=None if part is None else new_part(part),
+    )
 
 
 def rebuild_hint(path: Path) -> str:
@@ -101,93 +284,86 @@ def rebuild_hint(path: Path) -> str:
     )
 
 
-def read_manifest(path: Path, part: str | None = None, top: dict | None = None) -> dict:
+def read_manifest(path: Path, part: str | None = None, top: Manifest | None = None) -> Manifest:
     """The checked manifest of the top level (None) or of a part of the cache at ``path``; a part's must fit
     the top level's (``top``, read from disk when not given).  A damaged one raises CacheDamagedError."""
     file = part_dir(path, part) / MANIFEST
     try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
+        obj = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise CacheDamagedError(f"cannot read {file}: {e}; {rebuild_hint(path)}") from None
-    problem = manifest_problem(manifest)
-    if not problem and part is not None:
-        problem = part_problem(manifest, part, top if top is not None else read_manifest(path))
-    if problem:
-        raise CacheDamagedError(f"{file}: {problem}; {rebuild_hint(path)}")
+    try:
+        manifest = Manifest.from_json(obj)
+    except ValueError as e:
+        raise CacheDamagedError(f"{file}: {e}; {rebuild_hint(path)}") from None
+    if part is not None:
+        problem = manifest.misfit(part, (top if top is not None else read_manifest(path)).group)
+        if problem:
+            raise CacheDamagedError(f"{file}: {problem}; {rebuild_hint(path)}")
     return manifest
 
 
-def retired_part_ids(top: dict) -> set[str]:
-    """The ids of the parts a committed compaction copied and whose deletion is pending."""
-    return {r["id"] for r in (top.get("retired") or {}).get("parts", [])}
+def write_manifest(path: Path, part: str | None, manifest: Manifest) -> None:
+    """Replace the manifest of the top level (None) or of a part atomically (the caller holds its lock)."""
+    atomic_write_json(part_dir(path, part) / MANIFEST, manifest.to_json())
 
 
-# -- merge rules: written once, used by writers, readers and compaction -------------------------------------
-
-
-def merged_unknown(records) -> dict:
-    """One record of texts mostly of unknown tokens from several (``None`` entries count as empty)."""
-    seen = [r for r in records if r]
-    return {
-        "mostly_unknown": sum(r["mostly_unknown"] for r in seen),
-        "examples": [e for r in seen for e in r["examples"]][:UNKNOWN_EXAMPLES_KEPT],
-    }
-
-
-def merged_quick_keys(*lists) -> list[str]:
-    """Quick keys of several manifests (or new ones), each once, the newest ``QUICK_KEYS_KEPT``."""
-    return list(dict.fromkeys(k for keys in lists for k in keys))[-QUICK_KEYS_KEPT:]
-
-
-def encoder_record(headers: list[dict]) -> dict:
+def encoder_record(headers: list[dict]) -> EncoderRecord:
     """The encoder record of a manifest, from the newest shard that kept one (older shards keep only the name)."""
     for h in sorted(headers, key=lambda h: -float(h.get("created", 0))):
         try:
             record = json.loads(h[ENCODER_ATTR])
-            if isinstance(record, dict) and isinstance(record.get("name"), str):
-                return record
+            if isinstance(record, dict) and not encoder_problem(record):
+                return EncoderRecord.from_json(record)
         except (KeyError, TypeError, ValueError):
             continue
-    return {"name": str(headers[0].get("encoder", "unknown")), "load": None, "description": None, "languages": None}
+    return EncoderRecord(str(headers[0].get("encoder", "unknown")))
 
 
-# -- checks ---------------------------------------------------------------------------------------------------
+# -- checks of the JSON document ---------------------------------------------------------------------------------
 
 
 def _whole(v, low=1) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= low
 
 
+def _strings(v) -> bool:
+    return isinstance(v, list) and all(isinstance(s, str) for s in v)
+
+
+def encoder_problem(v) -> str | None:
+    """What is wrong with an encoder record, naming the field; None when it is valid."""
+    if not (isinstance(v, dict) and isinstance(v.get("name"), str)):
+        return "an object with a string 'name'"
+    for name, ok, expected in (
+        ("load", lambda x: isinstance(x, (dict, type(None))), "an object or null"),
+        ("description", lambda x: isinstance(x, (dict, type(None))), "an object or null"),
+        ("languages", lambda x: x is None or _strings(x), "a list of strings or null"),
+        ("quick_keys", _strings, "a list of strings"),
+    ):
+        if name in v and not ok(v[name]):
+            return f"an object whose {name!r} is {expected}"
+    return None
+
+
 def manifest_problem(m) -> str | None:
-    """What is wrong with a manifest, naming the field; None when it is valid."""
+    """What is wrong with a manifest document, naming the field; None when it is valid."""
     if not isinstance(m, dict):
         return f"expected a JSON object, found {type(m).__name__}"
 
-    def field(name, ok, expected):
+    wanted = {  # field -> what it must be, None where it is
+        "format": None if m.get("format") == FORMAT else repr(FORMAT),
+        "fingerprint": None if isinstance(m.get("fingerprint"), str) and m["fingerprint"] else "a non-empty string",
+        "encoder": encoder_problem(m.get("encoder")),
+        "dim": None if _whole(m.get("dim")) else "a whole number >= 1",
+        "dtype": None if m.get("dtype") in DTYPES else f"one of {', '.join(DTYPES)}",
+        "shards": None if isinstance(m.get("shards"), list) else "a list",
+    }
+    for name, want in wanted.items():
         if name not in m:
             return f"field {name!r} is missing"
-        value = m[name]
-        if not ok(value):
-            return f"field {name!r} must be {expected}, found {type(value).__name__} {json.dumps(value)[:40]}"
-        return None
-
-    checks = [
-        field("format", lambda v: v == FORMAT, f"{FORMAT!r}"),
-        field("fingerprint", lambda v: isinstance(v, str) and v != "", "a non-empty string"),
-        field(
-            "encoder",
-            lambda v: (
-                isinstance(v, dict) and isinstance(v.get("name"), str) and isinstance(v.get("load"), (dict, type(None)))
-            ),
-            "an object with a string 'name'",
-        ),
-        field("dim", _whole, "a whole number >= 1"),
-        field("dtype", lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"),
-        field("shards", lambda v: isinstance(v, list), "a list"),
-    ]
-    problem = next((c for c in checks if c), None)
-    if problem:
-        return problem
+        if want:
+            return f"field {name!r} must be {want}, found {type(m[name]).__name__} {json.dumps(m[name])[:40]}"
     seen = set()
     for i, shard in enumerate(m["shards"]):
         where = f"shards[{i}]"
@@ -203,6 +379,19 @@ def manifest_problem(m) -> str | None:
             return f"{where}.rows must be a whole number >= 1, found {json.dumps(shard['rows'])}"
         if not isinstance(shard["sha256"], str) or not HEX.match(shard["sha256"]):
             return f"{where}.sha256 must be 64 hex digits, found {json.dumps(shard['sha256'])[:70]}"
+    unknown = m.get("unknown")
+    if unknown is not None and not (
+        isinstance(unknown, dict) and _whole(unknown.get("mostly_unknown"), 0) and _strings(unknown.get("examples"))
+    ):
+        return (
+            "field 'unknown' must be an object with a whole number 'mostly_unknown' and a list of strings "
+            f"'examples', found {json.dumps(unknown)[:60]}"
+        )
+    part = m.get("part")
+    if "part" in m and not (
+        isinstance(part, dict) and isinstance(part.get("name"), str) and isinstance(part.get("id"), str)
+    ):
+        return f"field 'part' must be an object with a string 'name' and a string 'id', found {json.dumps(part)[:60]}"
     return retired_problem(m.get("retired"), seen)
 
 
@@ -231,18 +420,4 @@ def retired_problem(retired, live=frozenset()) -> str | None:
             and isinstance(record.get("id"), str)
         ):
             return f"{expected}, found part {json.dumps(record)[:60]}"
-    return None
-
-
-def part_problem(manifest: dict, name: str, top: dict) -> str | None:
-    """What makes a part's (valid) manifest unfit for the cache whose top-level manifest is ``top``."""
-    record = manifest.get("part")
-    if not (isinstance(record, dict) and record.get("name") == name and isinstance(record.get("id"), str)):
-        return f"field 'part' must be an object with 'name' {name!r} and a string 'id', found {json.dumps(record)[:60]}"
-    for field in ("fingerprint", "dim", "dtype"):
-        if manifest[field] != top[field]:
-            return (
-                f"the part's {field} {manifest[field]!r} differs from the cache's {top[field]!r}: a part must be "
-                "written by the cache's own encoder"
-            )
     return None

@@ -46,7 +46,7 @@ class Reader:
             for attempt in range(6):
                 self.view.refresh()
                 top = self.view.top
-                expected = {"fingerprint": top["fingerprint"], "dim": top["dim"], "dtype": top["dtype"]}
+                expected = {"fingerprint": top.fingerprint, "dim": top.dim, "dtype": top.dtype}
                 try:
                     return self.rows.sync(self.path, self.view.listed(), expected, attempt == 5, self.view.shard_path)
                 except Vanished:
@@ -80,7 +80,7 @@ class Reader:
                 rows = self.lookup(keys) if rows is None else rows
                 starts, files = np.asarray(self.rows.starts), list(self.rows.files)
             try:
-                return read_rows(self.path, rows, starts, files, self.view.top["dim"])
+                return read_rows(self.path, rows, starts, files, self.view.top.dim)
             except FileNotFoundError:
                 if attempt:
                     raise

@@ -11,18 +11,17 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import uuid
+from dataclasses import replace
 from pathlib import Path
 
 from filelock import FileLock
 
 from ..errors import CacheDamagedError
-from ..files import atomic_write_json
 from ..index import KeyIndex
 from ..shards import read_keys
 from .layout import COMPACTION_ATTR, MANIFEST, SHARD_NAME, check_own, group, is_plain, part_dir, read_json, relative
 from .lock import try_lock
-from .manifest import read_manifest, retired_part_ids
+from .manifest import Retired, ShardRecord, new_part, read_manifest, write_manifest
 
 logger = logging.getLogger("embedcache.cache")
 
@@ -41,14 +40,14 @@ def tidy(path: Path, part: str | None) -> None:
     if part is None:
         retire(path)
     manifest = read_manifest(path, part)
-    if part is not None and manifest["part"]["id"] in retired_part_ids(read_manifest(path)):
+    if part is not None and manifest.part is not None and manifest.part.id in read_manifest(path).retired_part_ids():
         # a compaction copied this part and was killed before deleting it: begin it afresh
         shutil.rmtree(home)
         home.mkdir()
-        kept = {k: v for k, v in manifest.items() if k != "unknown"}  # counted in the top level now
-        manifest = {**kept, "shards": [], "part": {"name": part, "id": uuid.uuid4().hex}}
-        atomic_write_json(home / MANIFEST, manifest)
-    listed = {s["file"] for s in manifest["shards"]}
+        # its unknown texts are counted in the top level now
+        manifest = replace(manifest, shards=[], unknown=None, part=new_part(part))
+        write_manifest(path, part, manifest)
+    listed = {s.file for s in manifest.shards}
     adopted = []
     for p in sorted(home.iterdir()):
         if p.name.startswith(".tmp-") and not p.is_dir():
@@ -58,17 +57,17 @@ def tidy(path: Path, part: str | None) -> None:
             if not problem and h.get(COMPACTION_ATTR):
                 p.unlink()  # a copy made by a compaction that was killed before it committed
                 continue
-            if not problem and group(h) != (manifest["fingerprint"], manifest["dim"], manifest["dtype"]):
+            if not problem and group(h) != manifest.group:
                 problem = "it belongs to fingerprint {!r}, dim {}, {}".format(*group(h))
             if problem:
                 logger.warning(
                     "cache %s: left %s alone: not listed in the manifest and %s", path, relative(part, p.name), problem
                 )
                 continue
-            manifest["shards"].append({"file": p.name, "rows": h["rows"], "sha256": h["sha256"]})
+            manifest.shards.append(ShardRecord(p.name, h["rows"], h["sha256"]))
             adopted.append(p.name)
     if adopted:
-        atomic_write_json(home / MANIFEST, manifest)
+        write_manifest(path, part, manifest)
         logger.warning(
             "cache %s: adopted %d whole shard(s) a killed writer had not listed: %s",
             path,
@@ -86,26 +85,26 @@ def retire(path: Path, held: dict[str, FileLock] | None = None) -> None:
     """
     held = held or {}
     manifest = read_manifest(path)
-    retired = manifest.get("retired")
+    retired = manifest.retired
     if not retired:
         return
-    held_by_top = HeldBy(path, manifest["shards"])
-    for name in retired["shards"]:
+    held_by_top = HeldBy(path, manifest.shards)
+    for name in retired.shards:
         if is_plain(path / name):
             held_by_top.check([path / name], f"shard {name}")
             (path / name).unlink()
     left = []
-    for record in retired["parts"]:
-        home = part_dir(path, record["name"])
+    for record in retired.parts:
+        home = part_dir(path, record.name)
         try:
             current = json.loads((home / MANIFEST).read_text(encoding="utf-8"))["part"]["id"]
         except (OSError, ValueError, KeyError, TypeError):
-            current = record["id"]  # no manifest (deleted first by an earlier try): the directory is still ours
-        if current != record["id"] or not home.exists():
+            current = record.id  # no manifest (deleted first by an earlier try): the directory is still ours
+        if current != record.id or not home.exists():
             continue  # gone, or begun afresh under the same name since
         if home.is_symlink() or not home.is_dir():
             raise CacheDamagedError(
-                f"cache {path}: retired part {record['name']} is not a plain directory; nothing was deleted: move it away"
+                f"cache {path}: retired part {record.name} is not a plain directory; nothing was deleted: move it away"
             )
         listed = read_json(home / MANIFEST).get("shards")  # what the compaction copied (none: deleted already)
         if isinstance(listed, list):
@@ -114,29 +113,26 @@ def retire(path: Path, held: dict[str, FileLock] | None = None) -> None:
                 for s in listed
                 if isinstance(s, dict) and isinstance(s.get("file"), str) and SHARD_NAME.match(s["file"])
             ]
-            held_by_top.check([f for f in files if is_plain(f)], f"part {record['name']}")
-        lock = held.get(record["name"]) or try_lock(path, record["name"])
+            held_by_top.check([f for f in files if is_plain(f)], f"part {record.name}")
+        lock = held.get(record.name) or try_lock(path, record.name)
         if lock is None:
             left.append(record)
             continue
         try:
             shutil.rmtree(home)
         finally:
-            if lock is not held.get(record["name"]):
+            if lock is not held.get(record.name):
                 lock.release()
     manifest = read_manifest(path)
-    if left:
-        manifest["retired"] = {"shards": [], "parts": left}
-    else:
-        manifest.pop("retired", None)
-    atomic_write_json(path / MANIFEST, manifest)
+    manifest.retired = Retired(parts=tuple(left)) if left else None
+    write_manifest(path, None, manifest)
 
 
 class HeldBy:
     """Whether the texts of shard files are all held by the listed top-level ``shards`` (their keys are read
     once, on first need): what a compaction retires must be, or deleting it would lose texts."""
 
-    def __init__(self, path: Path, shards: list[dict]):
+    def __init__(self, path: Path, shards: list[ShardRecord]):
         self.path, self.shards = path, shards
         self.index: KeyIndex | None = None
 
@@ -144,7 +140,7 @@ class HeldBy:
         if self.index is None:
             self.index = KeyIndex()
             for shard in self.shards:
-                self.index.add(read_keys(self.path / shard["file"]), first_row=0)
+                self.index.add(read_keys(self.path / shard.file), first_row=0)
         index = self.index
         for file in files:
             if (index.lookup(read_keys(file)) < 0).any():

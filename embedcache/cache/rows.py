@@ -17,6 +17,7 @@ from ..errors import CacheDamagedError
 from ..index import KeyIndex
 from ..shards import read_checked, read_vectors
 from .layout import reading_order
+from .manifest import ShardRecord
 
 
 class Vanished(Exception):
@@ -39,7 +40,7 @@ class RowIndex:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def sync(self, path: Path, listed: list[tuple[str, dict]], expected: dict, last: bool, shard_path) -> None:
+    def sync(self, path: Path, listed: list[tuple[str, ShardRecord]], expected: dict, last: bool, shard_path) -> None:
         """Index the shards of ``listed`` (relative path, record; in reading order) not indexed yet, checking
         each header against ``expected``; start over when an indexed shard is no longer listed.  A listed
         shard that is gone raises ``Vanished`` (unless ``last``): the caller re-reads the manifests."""
@@ -54,7 +55,7 @@ class RowIndex:
             # the checksum of every vector only by verify.
             file = shard_path(rel)
             try:
-                new.append((rel, read_checked(file, {**expected, "rows": shard["rows"]})))
+                new.append((rel, read_checked(file, {**expected, "rows": shard.rows})))
             except Exception as e:  # noqa: BLE001 -- a missing or damaged file: h5py raises OSError, KeyError, ...
                 if not last and not os.path.lexists(file):
                     raise Vanished(rel) from None

@@ -38,7 +38,7 @@ from .layout import (
     part_dir,
 )
 from .lock import LOCK_TIMEOUT, WriteLock
-from .manifest import check_encoder, new_part_manifest, shard_attributes
+from .manifest import Manifest
 from .reader import Reader
 from .recovery import tidy
 from .view import backend_description, check_arguments, create_if_missing
@@ -99,7 +99,7 @@ class EmbeddingCache:
             return
         with writing(home, "creating the part"):
             home.mkdir(parents=True, exist_ok=True)
-        create_json_once(home / MANIFEST, new_part_manifest(self._writer(), self.dtype, self.part))
+        create_json_once(home / MANIFEST, Manifest.new(self._writer(), self.dtype, self.part).to_json())
         self._refresh()
 
     def _writer(self) -> Encoder:
@@ -113,34 +113,34 @@ class EmbeddingCache:
         self._reader.refresh()
 
     @property
-    def _manifest(self) -> dict:
+    def _manifest(self) -> Manifest:
         return self._view.top
 
     def _check_encoder(self, encoder: Encoder) -> None:
-        check_encoder(self._manifest, self.path, encoder)
+        self._manifest.check_encoder(self.path, encoder)
 
     # -- properties -----------------------------------------------------------
 
     @property
     def fingerprint(self) -> str:
-        return self._manifest["fingerprint"]
+        return self._manifest.fingerprint
 
     @property
     def dim(self) -> int:
-        return self._manifest["dim"]
+        return self._manifest.dim
 
     @property
     def dtype(self) -> str:
-        return self._manifest["dtype"]
+        return self._manifest.dtype
 
     @property
     def encoder_name(self) -> str:
-        return self._manifest["encoder"]["name"]
+        return self._manifest.encoder.name
 
     @property
     def encoder_spec(self) -> dict | None:
         """``load_encoder(**spec)`` arguments that rebuild the cache's encoder; None for a custom one."""
-        return self._manifest["encoder"].get("load")
+        return self._manifest.encoder.load
 
     @property
     def parts(self) -> list[str]:
@@ -195,7 +195,7 @@ class EmbeddingCache:
     def backend(self) -> str:
         """Where the encoder ran and in what precision, e.g. ``torch fp32`` or ``openvino-int8 (int8 weights, fp32
         float operations)``."""
-        return backend_description(self._manifest["encoder"])
+        return backend_description(self._manifest.encoder)
 
     def info(self) -> dict:
         """What the manifests say, without reading a shard: ``rows`` counts stored vectors, a text
@@ -230,7 +230,7 @@ class EmbeddingCache:
 
     def shard_attributes(self) -> dict:
         """The attributes every shard of this cache carries, so a lost manifest can be rebuilt from shards."""
-        return shard_attributes(self._manifest)
+        return self._manifest.shard_attributes()
 
     def _shard_writer(self) -> ShardWriter:
         return ShardWriter(self.path, self.part, self.dtype, self.shard_attributes(), self._reader.appended)

@@ -12,7 +12,7 @@ from ..errors import CacheDamagedError, CacheError, CacheNotFoundError, Paramete
 from ..files import check_not_input, create_json_once, writing
 from ..shards import DTYPES
 from .layout import MANIFEST, PART_NAME, other_files, part_dir, part_names, reading_order, relative, shard_files, stamp
-from .manifest import merged_unknown, new_manifest, read_manifest, rebuild_hint, retired_part_ids
+from .manifest import EncoderRecord, Manifest, ShardRecord, Unknown, read_manifest, rebuild_hint
 
 
 def check_arguments(encoder: Encoder | None, dtype: str | None, shard_size: int, part: str | None) -> None:
@@ -53,11 +53,13 @@ def create_if_missing(path: Path, encoder: Encoder | None, dtype: str) -> None:
     with writing(path, "creating the cache"):
         path.mkdir(parents=True, exist_ok=True)
     # Many ranks may start at once: exactly one creates it, with no lock to share.
-    create_json_once(path / MANIFEST, new_manifest(encoder, dtype))
+    create_json_once(path / MANIFEST, Manifest.new(encoder, dtype).to_json())
 
 
 class ManifestView:
     """The top-level manifest and the live parts' manifests of the cache at ``path``, as last refreshed."""
+
+    top: Manifest  # set by the first refresh
 
     def __init__(self, path: Path):
         self.path = path
@@ -66,8 +68,10 @@ class ManifestView:
     def forget(self) -> None:
         """Drop every manifest read: the next refresh reads them all again."""
         self._stamp: tuple | None = None
-        self._seen: dict[str, tuple] = {}  # part -> (stat stamp, manifest), so unchanged parts are not re-read
-        self.parts: dict[str, dict] = {}  # the live parts, by name
+        self._seen: dict[
+            str, tuple[tuple, Manifest]
+        ] = {}  # part -> (stat stamp, manifest), so unchanged parts are not re-read
+        self.parts: dict[str, Manifest] = {}  # the live parts, by name
 
     def refresh(self) -> None:
         """Re-read the manifests other processes replaced since we last looked, and find new parts."""
@@ -75,8 +79,8 @@ class ManifestView:
         if now != self._stamp:
             self.top = read_manifest(self.path)
             self._stamp = now
-        retired_ids = retired_part_ids(self.top)
-        retired_names = {r["name"] for r in (self.top.get("retired") or {}).get("parts", [])}
+        retired_ids = self.top.retired_part_ids()
+        retired_names = {p.name for p in self.top.retired.parts} if self.top.retired else set()
         parts = {}
         for name in part_names(self.path):
             home = part_dir(self.path, name)
@@ -96,24 +100,25 @@ class ManifestView:
                     if (home / MANIFEST).exists():
                         raise
                     continue  # deleted since its stamp was taken: a compaction merged it
-            if seen[1]["part"]["id"] not in retired_ids:
+            part = seen[1].part
+            if part is not None and part.id not in retired_ids:
                 parts[name] = seen[1]
         self.parts = parts
 
-    def manifests(self) -> list[tuple[str | None, dict]]:
+    def manifests(self) -> list[tuple[str | None, Manifest]]:
         """``(part, manifest)`` of the top level (part None) and of each live part, in reading order."""
         return [(None, self.top), *self.parts.items()]
 
-    def listed(self) -> list[tuple[str, dict]]:
+    def listed(self) -> list[tuple[str, ShardRecord]]:
         """Every listed shard as ``(path relative to the cache, its record)``, in reading order."""
-        listed = [(relative(part, s["file"]), s) for part, m in self.manifests() for s in m["shards"]]
+        listed = [(relative(part, s.file), s) for part, m in self.manifests() for s in m.shards]
         return sorted(listed, key=lambda item: reading_order(item[0]))
 
     def sizes(self) -> dict:
         """``rows`` (stored vectors: a text two parts both hold counts twice), ``shards``, ``parts``, ``bytes``."""
         listed = self.listed()
         return {
-            "rows": sum(s["rows"] for _, s in listed),
+            "rows": sum(s.rows for _, s in listed),
             "shards": len(listed),
             "parts": len(self.parts),
             "bytes": sum((self.path / rel).stat().st_size for rel, _ in listed if (self.path / rel).exists()),
@@ -121,15 +126,13 @@ class ManifestView:
 
     def knows(self, quick_key: str | None) -> bool:
         """Whether an encoder with this ``encoders.quick_key`` was verified to match the cache."""
-        return quick_key is not None and any(
-            quick_key in m["encoder"].get("quick_keys", []) for _, m in self.manifests()
-        )
+        return quick_key is not None and any(quick_key in m.encoder.quick_keys for _, m in self.manifests())
 
     def unknown_report(self) -> dict:
         """Texts mostly of tokens the encoder does not know, over every manifest, and the languages it covers."""
         return {
-            **merged_unknown(m.get("unknown") for _, m in self.manifests()),
-            "languages": self.top["encoder"].get("languages"),
+            **Unknown.merged(m.unknown for _, m in self.manifests()).to_json(),
+            "languages": list(self.top.encoder.languages) if self.top.encoder.languages else None,
         }
 
     def shard_path(self, rel: str) -> Path:
@@ -148,10 +151,10 @@ class ManifestView:
         return path
 
 
-def backend_description(encoder_record: dict) -> str:
+def backend_description(encoder_record: EncoderRecord) -> str:
     """Where a cache's encoder ran and in what precision, e.g. ``torch fp32`` or ``openvino-int8 (int8
     weights, fp32 float operations)``, from the manifest's encoder record."""
-    described = encoder_record.get("description")
+    described = encoder_record.description
     if not described:
         return "unknown (a cache rebuilt from its shards, or a custom encoder)"
     runtime = described.get("runtime") or {}

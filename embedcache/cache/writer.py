@@ -17,10 +17,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..encoders import Encoder
-from ..files import atomic_write_json
 from ..shards import write_shard
-from .layout import MANIFEST, next_shard_name, part_dir, relative
-from .manifest import merged_quick_keys, merged_unknown, read_manifest
+from .layout import next_shard_name, part_dir, relative
+from .manifest import ShardRecord, Unknown, read_manifest, write_manifest
 
 
 class ShardWriter:
@@ -36,22 +35,22 @@ class ShardWriter:
         name = next_shard_name(self.home)
         digest = write_shard(self.home / name, keys, vectors.astype(self.dtype), self.attributes)
         manifest = read_manifest(self.path, self.part)
-        manifest["shards"].append({"file": name, "rows": len(keys), "sha256": digest})
-        atomic_write_json(self.home / MANIFEST, manifest)
+        manifest.shards.append(ShardRecord(name, len(keys), digest))
+        write_manifest(self.path, self.part, manifest)
         if self.on_shard is not None:
             self.on_shard(relative(self.part, name), keys)
 
     def record_unknown(self, count: int, examples: list[str]) -> None:
         """Add to the manifest's count of texts that were mostly tokens the encoder does not know."""
         manifest = read_manifest(self.path, self.part)
-        manifest["unknown"] = merged_unknown([manifest.get("unknown"), {"mostly_unknown": count, "examples": examples}])
-        atomic_write_json(self.home / MANIFEST, manifest)
+        manifest.unknown = Unknown.merged([manifest.unknown, Unknown(count, tuple(examples))])
+        write_manifest(self.path, self.part, manifest)
 
     def record_quick_key(self, quick_key: str) -> None:
         """Remember that the cache's own encoder (checked by fingerprint) has ``quick_key``."""
         manifest = read_manifest(self.path, self.part)
-        manifest["encoder"]["quick_keys"] = merged_quick_keys(manifest["encoder"].get("quick_keys", []), [quick_key])
-        atomic_write_json(self.home / MANIFEST, manifest)
+        manifest.encoder = manifest.encoder.with_quick_keys([quick_key])
+        write_manifest(self.path, self.part, manifest)
 
 
 def new_stats(n_texts: int, unique: int, missing: int) -> dict:

@@ -190,6 +190,9 @@ def test_repair_deletes_a_damaged_shard_but_keeps_a_whole_one_the_manifest_disag
         (lambda m: m["shards"][1].update(sha256="xyz"), "shards[1].sha256 must be 64 hex digits"),
         (lambda m: m.pop("dim"), "field 'dim' is missing"),
         (lambda m: [m], "expected a JSON object, found list"),
+        (lambda m: m.update(unknown={"mostly_unknown": "3"}), "field 'unknown' must be an object"),
+        (lambda m: m["encoder"].update(quick_keys="abc"), "'quick_keys' is a list of strings"),
+        (lambda m: m.update(part=7), "field 'part' must be an object"),
     ],
 )
 def test_a_malformed_manifest_is_one_line_naming_the_field(cache_dir, capsys, change, words):
@@ -199,6 +202,16 @@ def test_a_malformed_manifest_is_one_line_naming_the_field(cache_dir, capsys, ch
         code, _, err = run(capsys, *args)
         one_line_error(code, err, words)
     assert snapshot(cache_dir) == before
+
+
+def test_a_field_a_newer_version_wrote_survives_every_rewrite_of_the_manifest(cache_dir):
+    edit_manifest(cache_dir, lambda m: m.update(layers={"kept": [1, 2]}))
+    cache = EmbeddingCache(cache_dir, HashEncoder(), shard_size=10)
+    cache.add([f"new text {i}" for i in range(25)])  # three shards, each a rewrite of the manifest
+    cache.remember("quick-1")
+    manifest = json.loads((cache_dir / "manifest.json").read_text())
+    assert manifest["layers"] == {"kept": [1, 2]}
+    assert manifest["encoder"]["quick_keys"] == ["quick-1"] and len(manifest["shards"]) == 6
 
 
 def test_a_foreign_shard_under_a_listed_name_is_refused_on_read_and_by_verify(cache_dir, capsys):
