@@ -368,7 +368,7 @@ def main(argv=None) -> int:
         return status
     if args.json:
         print(json.dumps(result))
-    return 0 if result.get("ok", True) else 1
+    return 0 if not isinstance(result, dict) or result.get("ok", True) else 1
 
 
 if __name__ == "__main__":

@@ -281,7 +281,7 @@ def texts_from_table(df: pd.DataFrame, path, text_cols=(), template: str | None 
             )
         skip.update(bad)
     keep = [i for i in range(len(df)) if i not in skip]
-    texts = []
+    texts: list = []
     for column in text_cols:
         values = df[column].tolist()
         texts.extend(values[i] for i in keep)

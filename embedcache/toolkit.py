@@ -9,6 +9,7 @@ from .checks import check_choice, check_float, check_int, check_label_range, fla
 from .corpus.ray_data import connect_ray, expand_inputs, map_with_actors, ray_arguments
 from .encoders import (
     PRECISIONS,
+    RecordedEncoder,
     installed_version,
     quiet_transformers,
     resolve_device,
@@ -34,6 +35,7 @@ from .trust import check_model_directory, inside
 __all__ = [
     "FORMATS",
     "PRECISIONS",
+    "RecordedEncoder",
     "atomic_directory",
     "atomic_file",
     "atomic_write_bytes",

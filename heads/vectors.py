@@ -10,11 +10,10 @@ from embedcache import (
     CacheNotFoundError,
     EmbeddingCache,
     Encoder,
-    FingerprintMismatchError,
     ParameterError,
     load_encoder,
 )
-from embedcache.toolkit import inside, resolve_device, spec_difference
+from embedcache.toolkit import RecordedEncoder, inside, resolve_device, spec_difference
 
 from .data import as_table, joint_inputs, load_inputs
 from .head_types import head_type
@@ -36,18 +35,18 @@ def open_source(cache, encoder):
         return EmbeddingCache(cache, encoder or load_encoder())
 
 
+MODEL_RECORDS = "the model was trained on vectors of"
+
+
 def encoder_record(source) -> dict:
     """What a model keeps of the encoder of its vectors: fingerprint, name and how to load it again."""
-    if isinstance(source, EmbeddingCache):
-        return {"fingerprint": source.fingerprint, "name": source.encoder_name, "load": source.encoder_spec}
-    return {"fingerprint": source.fingerprint, "name": source.name, "load": source.spec}
+    recorded = source.recorded_encoder if isinstance(source, EmbeddingCache) else RecordedEncoder.of(source)
+    return recorded.to_json()
 
 
-def mismatch_error(record: dict, found: str) -> FingerprintMismatchError:
-    return FingerprintMismatchError(
-        f"the model was trained on vectors of encoder {record['name']!r} (fingerprint {record['fingerprint']}), "
-        f"but {found}"
-    )
+def recorded(record: dict) -> RecordedEncoder:
+    """The encoder a model's ``config.json`` records, with the model's words for its errors."""
+    return RecordedEncoder.from_json(record, MODEL_RECORDS, "the model")
 
 
 def usable_cache(record: dict, finetuned: dict | None, cache: EmbeddingCache | None) -> bool:
@@ -58,8 +57,7 @@ def usable_cache(record: dict, finetuned: dict | None, cache: EmbeddingCache | N
         return False
     if finetuned is None and cache.fingerprint != record["fingerprint"]:
         differ = spec_difference(record.get("load"), cache.encoder_spec)
-        raise mismatch_error(
-            record,
+        raise recorded(record).mismatch(
             f"cache {cache.path} holds encoder {cache.encoder_name!r} (fingerprint {cache.fingerprint}); they "
             f"differ in: {differ}; use a cache built with the model's encoder",
         )
@@ -70,33 +68,19 @@ def load_recorded_encoder(record: dict, finetuned: dict | None, directory: Path 
     """The encoder of a model's vectors: a fine-tuned model's own (its ``encoder/`` directory; a Backbone for
     a head that reads two texts as one sequence), else the encoder ``record`` names, checked against the
     recorded fingerprint."""
-    if finetuned is not None:
-        path = finetuned_encoder_path(directory, finetuned)
-        encoder = load_encoder(path)  # its fingerprint is checked before a vector of it is used
-        if record["fingerprint"] not in encoder.fingerprints():
-            raise mismatch_error(
-                record,
-                f"its encoder {path} now has fingerprint {encoder.fingerprint} (other weights or library "
-                "versions): the directory was altered; fine-tune again",
-            )
-        if joint:
-            from .finetuning.backbone import Backbone
+    if finetuned is None:
+        return recorded(record).load(device, "pass the cache of the training vectors (cache=..., --cache DIR)")
+    path = finetuned_encoder_path(directory, finetuned)
+    encoder = load_encoder(path)  # its fingerprint is checked before a vector of it is used
+    if record["fingerprint"] not in encoder.fingerprints():
+        raise recorded(record).mismatch(
+            f"its encoder {path} now has fingerprint {encoder.fingerprint} (other weights or library "
+            "versions): the directory was altered; fine-tune again",
+        )
+    if joint:
+        from .finetuning.backbone import Backbone
 
-            return Backbone.from_directory(path).to(resolve_device(device))
-        return encoder
-    spec = record.get("load")
-    if spec is None:
-        raise ParameterError(
-            f"the model was trained on vectors of a custom encoder ({record['name']!r}) "
-            "it cannot load: pass the cache of those vectors (cache=..., --cache DIR)"
-        )
-    encoder = load_encoder(device=device, **spec)
-    if encoder.fingerprint != record["fingerprint"]:
-        raise mismatch_error(
-            record,
-            f"loading it now gives fingerprint {encoder.fingerprint} (other weights or library "
-            "versions); pass the cache of the training vectors (cache=..., --cache DIR)",
-        )
+        return Backbone.from_directory(path).to(resolve_device(device))
     return encoder
 
 

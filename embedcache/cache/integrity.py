@@ -18,8 +18,8 @@ from ..shards import header_problem
 from .layout import MANIFEST, PARTS, check_own, group, is_plain, part_dir, part_names, read_json, relative, shard_files
 from .lock import LOCK_TIMEOUT, WriteLock
 from .manifest import (
-    EncoderRecord,
     Manifest,
+    ManifestEncoder,
     ShardRecord,
     encoder_problem,
     encoder_record,
@@ -137,9 +137,9 @@ def rebuild_directory(home: Path, old: dict, group_: tuple | None, part: str | N
     ]
     kept = old.get("encoder") if old.get("fingerprint") == group_[0] else None
     if kept is not None and not encoder_problem(kept):
-        encoder = EncoderRecord.from_json(kept)
+        encoder = ManifestEncoder.from_json(kept)
     else:
-        encoder = encoder_record([h for _, h in listed]) if listed else EncoderRecord("unknown")
+        encoder = encoder_record([h for _, h in listed]) if listed else ManifestEncoder("unknown")
     shards = [ShardRecord(n, h["rows"], h["sha256"]) for n, h in listed]
     manifest = rebuilt_manifest(group_, encoder, shards, [n for n, _ in left_out], part).to_json()
     problem = manifest_problem(manifest)

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..encoders import Encoder, spec_difference
-from ..errors import CacheDamagedError, FingerprintMismatchError
+from ..encoders import Encoder
+from ..errors import CacheDamagedError
 from ..files import atomic_write_json
 from ..shards import DTYPES
 from ..version import __version__
@@ -90,7 +90,7 @@ class Retired:
 
 
 @dataclass(frozen=True)
-class EncoderRecord:
+class ManifestEncoder:
     """What a manifest keeps of the encoder of its vectors: its name, how to load it again (None: a custom
     encoder), where and how it ran, its languages, and the quick keys found to match it."""
 
@@ -101,12 +101,12 @@ class EncoderRecord:
     quick_keys: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, encoder: Encoder) -> EncoderRecord:
+    def of(cls, encoder: Encoder) -> ManifestEncoder:
         languages = tuple(encoder.languages) if encoder.languages else None
         return cls(encoder.name, encoder.spec, encoder.describe(), languages)
 
     @classmethod
-    def from_json(cls, d: dict) -> EncoderRecord:
+    def from_json(cls, d: dict) -> ManifestEncoder:
         languages = d.get("languages")
         return cls(
             d["name"],
@@ -116,7 +116,7 @@ class EncoderRecord:
             tuple(d.get("quick_keys") or ()),
         )
 
-    def with_quick_keys(self, *lists) -> EncoderRecord:
+    def with_quick_keys(self, *lists) -> ManifestEncoder:
         """This record knowing the quick keys of ``lists`` too: each once, the newest ``QUICK_KEYS_KEPT``."""
         keys = list(dict.fromkeys(k for keys in (self.quick_keys, *lists) for k in keys))[-QUICK_KEYS_KEPT:]
         return replace(self, quick_keys=tuple(keys))
@@ -142,7 +142,7 @@ class Manifest:
     """The manifest of the top level (``part`` None) or of a part, as a typed record."""
 
     fingerprint: str
-    encoder: EncoderRecord
+    encoder: ManifestEncoder
     dim: int
     dtype: str
     shards: list[ShardRecord] = field(default_factory=list)
@@ -160,7 +160,7 @@ class Manifest:
         never mistaken for the one it copied."""
         return cls(
             encoder.fingerprint,
-            EncoderRecord.of(encoder),
+            ManifestEncoder.of(encoder),
             encoder.dim,
             dtype,
             created_with=f"embedcache {__version__}",
@@ -176,7 +176,7 @@ class Manifest:
         unknown, retired, part = obj.get("unknown"), obj.get("retired"), obj.get("part")
         return cls(
             obj["fingerprint"],
-            EncoderRecord.from_json(obj["encoder"]),
+            ManifestEncoder.from_json(obj["encoder"]),
             obj["dim"],
             obj["dtype"],
             [ShardRecord(s["file"], s["rows"], s["sha256"]) for s in obj["shards"]],
@@ -245,24 +245,13 @@ class Manifest:
             ENCODER_ATTR: json.dumps(self.encoder.to_json(quick_keys=False), sort_keys=True),
         }
 
-    def check_encoder(self, path: Path, encoder: Encoder) -> None:
-        """FingerprintMismatchError, naming what differs, unless ``encoder`` made the vectors of the cache at
-        ``path`` whose top-level manifest this is."""
-        if encoder.fingerprint != self.fingerprint:
-            differ = spec_difference(self.encoder.load, encoder.spec, ("the cache", "the encoder"))
-            raise FingerprintMismatchError(
-                f"cache {path} was built by encoder {self.encoder.name!r} "
-                f"(fingerprint {self.fingerprint}), but the given encoder is {encoder.name!r} "
-                f"(fingerprint {encoder.fingerprint}); they differ in: {differ}; use another cache directory for it"
-            )
-
 
 def new_part(name: str) -> PartRecord:
     return PartRecord(name, uuid.uuid4().hex)
 
 
 def rebuilt_manifest(
-    group: tuple, encoder: EncoderRecord, shards: list[ShardRecord], left_out: list[str], part: str | None
+    group: tuple, encoder: ManifestEncoder, shards: list[ShardRecord], left_out: list[str], part: str | None
 ) -> Manifest:
     """A manifest written from the shards' own records (``group``: fingerprint, dim, dtype)."""
     return Manifest(
@@ -308,16 +297,16 @@ def write_manifest(path: Path, part: str | None, manifest: Manifest) -> None:
     atomic_write_json(part_dir(path, part) / MANIFEST, manifest.to_json())
 
 
-def encoder_record(headers: list[dict]) -> EncoderRecord:
+def encoder_record(headers: list[dict]) -> ManifestEncoder:
     """The encoder record of a manifest, from the newest shard that kept one (older shards keep only the name)."""
     for h in sorted(headers, key=lambda h: -float(h.get("created", 0))):
         try:
             record = json.loads(h[ENCODER_ATTR])
             if isinstance(record, dict) and not encoder_problem(record):
-                return EncoderRecord.from_json(record)
+                return ManifestEncoder.from_json(record)
         except (KeyError, TypeError, ValueError):
             continue
-    return EncoderRecord(str(headers[0].get("encoder", "unknown")))
+    return ManifestEncoder(str(headers[0].get("encoder", "unknown")))
 
 
 # -- checks of the JSON document ---------------------------------------------------------------------------------

@@ -24,9 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..encoders import Encoder, load_encoder
+from ..encoders import Encoder, RecordedEncoder
 from ..errors import (
-    EncoderError,
     NotCachedError,
     ParameterError,
 )
@@ -117,7 +116,7 @@ class EmbeddingCache:
         return self._view.top
 
     def _check_encoder(self, encoder: Encoder) -> None:
-        self._manifest.check_encoder(self.path, encoder)
+        self.recorded_encoder.check(encoder, "use another cache directory for it")
 
     # -- properties -----------------------------------------------------------
 
@@ -141,6 +140,14 @@ class EmbeddingCache:
     def encoder_spec(self) -> dict | None:
         """``load_encoder(**spec)`` arguments that rebuild the cache's encoder; None for a custom one."""
         return self._manifest.encoder.load
+
+    @property
+    def recorded_encoder(self) -> RecordedEncoder:
+        """The encoder of this cache's vectors as its manifest records it (load it again with ``.load()``)."""
+        m = self._manifest
+        return RecordedEncoder(
+            m.fingerprint, m.encoder.name, m.encoder.load, f"cache {self.path} was built by", "the cache"
+        )
 
     @property
     def parts(self) -> list[str]:
@@ -169,14 +176,7 @@ class EmbeddingCache:
             return self._load_encoder(device, **kwargs)
 
     def _load_encoder(self, device, **kwargs) -> Encoder:
-        spec = self.encoder_spec
-        if spec is None:
-            raise EncoderError(
-                f"cache {self.path} does not record how to load its encoder {self.encoder_name!r} "
-                "(it was built by a custom Encoder); pass that encoder to EmbeddingCache"
-            )
-        encoder = load_encoder(device=device, **spec, **kwargs)
-        self._check_encoder(encoder)
+        encoder = self.recorded_encoder.load(device, "pass that encoder to EmbeddingCache", **kwargs)
         self.encoder = encoder
         return encoder
 

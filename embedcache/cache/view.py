@@ -12,7 +12,7 @@ from ..errors import CacheDamagedError, CacheError, CacheNotFoundError, Paramete
 from ..files import check_not_input, create_json_once, writing
 from ..shards import DTYPES
 from .layout import MANIFEST, PART_NAME, other_files, part_dir, part_names, reading_order, relative, shard_files, stamp
-from .manifest import EncoderRecord, Manifest, ShardRecord, Unknown, read_manifest, rebuild_hint
+from .manifest import Manifest, ManifestEncoder, ShardRecord, Unknown, read_manifest, rebuild_hint
 
 
 def check_arguments(encoder: Encoder | None, dtype: str | None, shard_size: int, part: str | None) -> None:
@@ -151,7 +151,7 @@ class ManifestView:
         return path
 
 
-def backend_description(encoder_record: EncoderRecord) -> str:
+def backend_description(encoder_record: ManifestEncoder) -> str:
     """Where a cache's encoder ran and in what precision, e.g. ``torch fp32`` or ``openvino-int8 (int8
     weights, fp32 float operations)``, from the manifest's encoder record."""
     described = encoder_record.description

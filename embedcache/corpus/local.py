@@ -118,7 +118,7 @@ def precompute(
         }
     if stats["truncated"]:
         warnings.warn(
-            f"{stats['truncated']} texts were longer than {store.encoder.max_length} tokens and were truncated",
+            f"{stats['truncated']} texts were longer than {getattr(store.encoder, 'max_length', None)} tokens and were truncated",
             TruncatedTextsWarning,
             stacklevel=2,
         )
@@ -155,12 +155,7 @@ def recorded_encoder(cache: EmbeddingCache | None, model: str | None, options: d
     records it, unless ``model`` is given (None: the default encoder)."""
     if model is not None or cache is None:
         return model, options
-    spec = cache.encoder_spec
-    if spec is None:
-        raise CacheError(
-            f"cache {cache.path} was built by a custom encoder ({cache.encoder_name!r}) it cannot reload; pass --model"
-        )
-    return spec["name_or_path"], {**{k: v for k, v in spec.items() if k != "name_or_path"}, **options}
+    return cache.recorded_encoder.model_and_options("pass --model", **options)
 
 
 def _device_of(local_rank: int) -> str | None:

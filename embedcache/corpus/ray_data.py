@@ -153,7 +153,7 @@ class _EncodingActor:
 
 def _unwrap(error: BaseException) -> BaseException:
     """The EmbedcacheError a Ray task raised, out of Ray's wrappers; else ``error`` itself."""
-    seen = error
+    seen: BaseException | None = error
     while seen is not None:
         if isinstance(seen, EmbedcacheError):
             return seen

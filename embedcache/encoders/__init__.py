@@ -9,6 +9,7 @@ network wait), ``registry`` (aliases, ``register_encoder``, ``load_encoder``,
 
 from .base import UNKNOWN_SHARE, Encoder, installed_version, unknown_warning
 from .device import PRECISIONS, resolve_device, resolve_precision
+from .record import RecordedEncoder
 from .registry import (
     DEFAULT_ENCODER,
     EncoderRecord,
@@ -34,6 +35,7 @@ __all__ = [
     "USE_LANGUAGES",
     "Encoder",
     "EncoderRecord",
+    "RecordedEncoder",
     "SentenceTransformerEncoder",
     "USEEncoder",
     "encoder_aliases",

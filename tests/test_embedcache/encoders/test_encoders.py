@@ -81,6 +81,26 @@ def test_a_cache_reloads_the_encoder_that_built_it(tmp_path, tiny_bert_dir):
         EmbeddingCache(tmp_path / "h").load_encoder()
 
 
+def test_a_recorded_encoder_that_now_loads_with_another_fingerprint_is_refused_naming_the_cache(
+    tmp_path, tiny_bert_dir
+):
+    import json
+
+    from embedcache import FingerprintMismatchError
+
+    built = load_encoder(str(tiny_bert_dir), max_length=16, batch_size=8)
+    cache = EmbeddingCache(tmp_path / "t", built)
+    recorded = cache.recorded_encoder
+    assert recorded.fingerprint == built.fingerprint and recorded.spec == built.spec
+    manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    manifest["encoder"]["load"]["max_length"] = 12  # as if the record and the weights no longer agreed
+    (tmp_path / "t" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(FingerprintMismatchError) as err:
+        EmbeddingCache(tmp_path / "t").load_encoder()
+    message = str(err.value)
+    assert f"cache {tmp_path / 't'} was built by encoder" in message and "loading it now gives fingerprint" in message
+
+
 def test_a_registered_encoder_gets_a_model_directory_and_a_quick_key(tmp_path, monkeypatch):
     import shutil
 
