@@ -69,7 +69,7 @@ def load_recorded_encoder(record: dict, finetuned: dict | None, directory: Path 
     a head that reads two texts as one sequence), else the encoder ``record`` names, checked against the
     recorded fingerprint."""
     if finetuned is None:
-        return recorded(record).load(device, "pass the cache of the training vectors (cache=..., --cache DIR)")
+        return recorded(record).load(device, "pass the cache of those vectors (cache=..., --cache DIR)")
     path = finetuned_encoder_path(directory, finetuned)
     encoder = load_encoder(path)  # its fingerprint is checked before a vector of it is used
     if record["fingerprint"] not in encoder.fingerprints():

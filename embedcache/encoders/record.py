@@ -44,9 +44,7 @@ class RecordedEncoder:
     def require_spec(self, otherwise: str) -> dict:
         """The ``load_encoder`` arguments; EncoderError saying ``otherwise`` (what to do) for a custom encoder."""
         if self.spec is None:
-            raise EncoderError(
-                f"{self.owner} a custom Encoder ({self.name!r}), which it does not record how to load: {otherwise}"
-            )
+            raise EncoderError(f"{self.owner} a custom Encoder ({self.name!r}) it cannot load: {otherwise}")
         return self.spec
 
     def model_and_options(self, otherwise: str, **options) -> tuple[str, dict]:
