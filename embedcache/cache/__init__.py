@@ -9,7 +9,7 @@ manifests, ``rows`` the in-memory index, ``integrity`` verify and rebuild,
 from .compaction import COMPACT_SHARD_SIZE, compact
 from .layout import MANIFEST
 from .lock import LOCK_TIMEOUT
-from .manifest import manifest_problem
+from .schema import manifest_problem
 from .store import EmbeddingCache
 
 __all__ = ["COMPACT_SHARD_SIZE", "LOCK_TIMEOUT", "MANIFEST", "EmbeddingCache", "compact", "manifest_problem"]

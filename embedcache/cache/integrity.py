@@ -21,13 +21,12 @@ from .manifest import (
     Manifest,
     ManifestEncoder,
     ShardRecord,
-    encoder_problem,
     encoder_record,
-    manifest_problem,
     read_manifest,
     rebuilt_manifest,
     write_manifest,
 )
+from .schema import encoder_problem, manifest_problem
 
 
 def verify(
