@@ -20,6 +20,7 @@ from importlib import metadata
 
 import numpy as np
 
+from ..errors import EncoderError
 from ..files import json_sha256
 
 
@@ -88,14 +89,45 @@ class Encoder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         with self._calls:
-            self.truncated += self.count_truncated(texts)
-            self._count_unknown([t for t in texts if not t.isascii() or _LONG_WORD.search(t)])
+            self._count(texts)
             vectors = np.asarray(self._encode(texts), dtype=np.float32)
-        if vectors.shape != (len(texts), self.dim):
-            raise RuntimeError(
-                f"encoder {self.name!r} returned shape {vectors.shape}, expected {(len(texts), self.dim)}"
-            )
+        self._check_shape(vectors, (len(texts), self.dim))
         return vectors
+
+    def encode_layers(self, texts: list[str], layers: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """``(vectors, layer_vectors)`` of ``texts`` from one forward pass: the ``(n, dim)`` sentence vectors, as
+        ``encode`` gives them, and the ``(n, len(layers), dim)`` attention-masked means of the hidden states
+        ``layers`` (0: the embeddings' output), float32.  EncoderError where the encoder cannot give them."""
+        problem = self.layers_problem()
+        if problem:
+            raise EncoderError(f"encoder {self.name!r} cannot give layer vectors: {problem}")
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), np.float32), np.zeros((0, len(layers), self.dim), np.float32)
+        with self._calls:
+            self._count(texts)
+            vectors, means = self._encode_layers(texts, tuple(layers))
+        self._check_shape(vectors, (len(texts), self.dim))
+        self._check_shape(means, (len(texts), len(layers), self.dim))
+        return vectors, means
+
+    @property
+    def layer_count(self) -> int | None:
+        """How many hidden states layer vectors can be taken from (the embeddings' output and each layer);
+        None where the encoder has none."""
+        return None
+
+    def layers_problem(self) -> str | None:
+        """Why this encoder cannot give layer vectors, in words; None where it can."""
+        return "it is not a transformer run by torch (USE and custom encoders give the sentence vector only)"
+
+    def _count(self, texts: list[str]) -> None:
+        self.truncated += self.count_truncated(texts)
+        self._count_unknown([t for t in texts if not t.isascii() or _LONG_WORD.search(t)])
+
+    def _check_shape(self, array: np.ndarray, expected: tuple) -> None:
+        if array.shape != expected:
+            raise RuntimeError(f"encoder {self.name!r} returned shape {array.shape}, expected {expected}")
 
     def encode_uncounted(self, texts: list[str]) -> np.ndarray:
         """The vectors of ``texts`` straight from the backend: nothing counted (truncation, unknown tokens) and
@@ -134,6 +166,9 @@ class Encoder:
         }
 
     def _encode(self, texts: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def _encode_layers(self, texts: list[str], layers: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
     def __repr__(self) -> str:

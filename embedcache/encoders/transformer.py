@@ -165,13 +165,37 @@ class SentenceTransformerEncoder(Encoder):
                 batch = {k: np.ascontiguousarray(v[idx, cut]) for k, v in arrays.items()}
                 yield offset + idx, self.runtime.host({**batch, **rest})
 
+    @property
+    def layer_count(self) -> int | None:
+        config = getattr(getattr(self.model[0], "auto_model", None), "config", None)
+        layers = getattr(config, "num_hidden_layers", None)
+        return layers + 1 if isinstance(layers, int) else None
+
+    def layers_problem(self) -> str | None:
+        if self.layer_count is None:
+            return "its first module is not a transformer with hidden states"
+        if self.backend != "torch":
+            return f"backend {self.backend!r} runs an export that gives the sentence vector only; use backend 'torch'"
+        return None
+
     def _encode(self, texts: list[str]) -> np.ndarray:
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        batches = self.batches(texts)
-        if self.overlap:
-            batches = prefetch(batches)
-        for positions, batch in batches:
+        for positions, batch in self._batches(texts):
             out[positions] = self.runtime(batch)
+        return self._normalized(out)
+
+    def _encode_layers(self, texts: list[str], layers: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        means = np.empty((len(texts), len(layers), self.dim), dtype=np.float32)
+        for positions, batch in self._batches(texts):
+            out[positions], means[positions] = self.runtime.with_layers(batch, layers)
+        return self._normalized(out), means
+
+    def _batches(self, texts: list[str]):
+        batches = self.batches(texts)
+        return prefetch(batches) if self.overlap else batches
+
+    def _normalized(self, out: np.ndarray) -> np.ndarray:
         if self.normalize:
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out

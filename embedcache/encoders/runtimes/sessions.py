@@ -31,16 +31,36 @@ class TorchRuntime:
             tensors = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in tensors.items()}
         return tensors
 
+    def on_device(self, batch: dict) -> dict:
+        import torch
+
+        return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
     def __call__(self, batch: dict) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
-            features = {
-                k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
-            }
-            out = self.model(features)["sentence_embedding"]
+            out = self.model(self.on_device(batch))["sentence_embedding"]
             # Half-precision vectors come back as they are (half the bytes over the bus), widened here.
             return out.to("cpu").float().numpy()
+
+    def with_layers(self, batch: dict, layers: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """The sentence vectors and, from the same forward pass, the masked means of the hidden states
+        ``layers`` (see ``embedcache.encoders.layers``)."""
+        import torch
+
+        from ..layers import masked_means
+
+        config = self.model[0].auto_model.config
+        before = config.output_hidden_states
+        config.output_hidden_states = True  # the encoder runs one call at a time: no other call sees this
+        try:
+            with torch.inference_mode():
+                features = self.model(self.on_device(batch))
+                means = masked_means(features["all_layer_embeddings"], features["attention_mask"], layers)
+                return features["sentence_embedding"].to("cpu").float().numpy(), means.to("cpu").numpy()
+        finally:
+            config.output_hidden_states = before
 
     def describe(self) -> dict | None:
         return None  # the model's own description says it all
