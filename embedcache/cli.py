@@ -12,7 +12,7 @@ from .cache import compact as run_compact
 from .checks import check_float, check_int, flag_type
 from .corpus import precompute as run_precompute
 from .corpus.ray_data import ray_arguments
-from .encoders import DEFAULT_ENCODER, PRECISIONS, encoder_aliases, quiet_transformers
+from .encoders import DEFAULT_ENCODER, PRECISIONS, describe_layers, encoder_aliases, quiet_transformers
 from .encoders.runtimes import BACKENDS
 from .errors import run_command
 from .inputs import FORMATS
@@ -122,6 +122,14 @@ def _parser() -> argparse.ArgumentParser:
         "and keeps the fastest with mean cosine >= 0.99; see embedcache info for what a cache used",
     )
     p.add_argument("--normalize", action="store_true", help="L2-normalise the vectors")
+    p.add_argument(
+        "--layers",
+        metavar="SPEC",
+        help="also store each text's layer vectors, the means of these hidden states from the same forward "
+        "pass (torch backend): 'all', 'last:K' or indices like '0,3,6' (0 is the embeddings' output). Heads "
+        "trained with --features layers read them; they cost n_layers x the disk of the sentence vector. A new "
+        "cache only: an existing one keeps the layers it was built with",
+    )
     p.add_argument("--dtype", choices=DTYPES, help="storage dtype of a new cache (default float16)")
     p.add_argument(
         "--shard-size",
@@ -242,6 +250,7 @@ def precompute(args) -> dict:
         rank=args.rank,
         world_size=args.world_size,
         lock_timeout=args.lock_timeout,
+        layers=args.layers,
     )
     speed = f", {stats['texts_per_s']} texts/s encoding" if stats["encoded"] else ""
     if "part" in stats:
@@ -253,6 +262,7 @@ def precompute(args) -> dict:
         f"{stats['rows']} rows, {stats['texts']} texts, {stats['unique']} unique: {stats['cached']} already cached, "
         f"{stats['encoded']} encoded, {stats['skipped']} rows skipped, in {stats['seconds']:.1f} s{speed}; "
         f"{stats['cache']} holds {stats['cache_rows']} vectors ({stats['backend']})"
+        + (f" and their layer vectors (layers {describe_layers(stats['layers'])})" if stats["layers"] else "")
     )
     if "auto" in stats:
         timed = ", ".join(
@@ -286,6 +296,7 @@ def ray_precompute(args, template) -> dict:
         precision=args.precision,
         normalize=args.normalize,
         backend=args.backend,
+        layers=args.layers,
     )
     print(
         f"{stats['texts']} texts on Ray ({stats['workers']} actors, {len(stats['parts'])} parts): {stats['cached']} "
@@ -351,7 +362,7 @@ def info(args) -> dict:
     info = EmbeddingCache(args.cache).info()
     if not args.json:
         for key, value in info.items():
-            print(f"{key:12s} {value}")
+            print(f"{key:14s} {describe_layers(value) if key == 'layers' else value}")
     return info
 
 

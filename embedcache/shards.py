@@ -2,7 +2,9 @@
 
 A shard holds ``keys`` (n, 16) uint8 and ``vectors`` (n, dim) float16 or
 float32, with attributes for the fingerprint, dimension, row count and a
-SHA-256 checksum over both datasets.  Shards are immutable once renamed into
+SHA-256 checksum over every dataset.  A cache of layer vectors adds ``layers``
+(n, n_layers, dim) float16 and an attribute ``layers`` naming the hidden states
+they are the means of.  Shards are immutable once renamed into
 place: a reader never sees a half-written one.
 """
 
@@ -21,14 +23,21 @@ KEY_BYTES = 16
 DTYPES = ("float16", "float32")
 
 
-def checksum(keys: np.ndarray, vectors: np.ndarray) -> str:
+LAYER_DTYPE = "float16"
+
+
+def checksum(keys: np.ndarray, vectors: np.ndarray, layers: np.ndarray | None = None) -> str:
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(keys, dtype=np.uint8).data)
     h.update(np.ascontiguousarray(vectors).data)
+    if layers is not None:
+        h.update(np.ascontiguousarray(layers).data)
     return h.hexdigest()
 
 
-def write_shard(path: Path, keys: np.ndarray, vectors: np.ndarray, attrs: dict) -> str:
+def write_shard(
+    path: Path, keys: np.ndarray, vectors: np.ndarray, attrs: dict, layers: np.ndarray | None = None
+) -> str:
     """Write a shard atomically and return its checksum.
 
     The HDF5 file is built in memory and written by plain file writes to a
@@ -39,11 +48,21 @@ def write_shard(path: Path, keys: np.ndarray, vectors: np.ndarray, attrs: dict) 
     """
     if keys.shape != (len(vectors), KEY_BYTES) or keys.dtype != np.uint8:
         raise ValueError(f"keys must be ({len(vectors)}, {KEY_BYTES}) uint8, got {keys.shape} {keys.dtype}")
-    digest = checksum(keys, vectors)
+    named = attrs.get("layers")
+    if named is None or layers is None:
+        if named is not None or layers is not None:
+            raise ValueError(f"layer vectors and the attribute naming their layers come together (layers {named})")
+    elif layers.shape != (len(vectors), len(named), vectors.shape[1]):
+        raise ValueError(f"layer vectors of shape {layers.shape} for layers {named} and {vectors.shape} vectors")
+    else:
+        layers = layers.astype(LAYER_DTYPE)
+    digest = checksum(keys, vectors, layers)
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as f:
         f.create_dataset("keys", data=keys)
         f.create_dataset("vectors", data=vectors)
+        if layers is not None:
+            f.create_dataset("layers", data=layers)
         for k, v in {**attrs, "rows": len(vectors), "dim": vectors.shape[1], "sha256": digest}.items():
             f.attrs[k] = v
     atomic_write_bytes(path, bytes(buffer.getbuffer()))
@@ -55,14 +74,14 @@ def read_keys(path: Path) -> np.ndarray:
         return f["keys"][...]
 
 
-def read_vectors(path: Path, rows: np.ndarray | None = None) -> np.ndarray:
-    """All vectors of a shard, or those at the sorted ``rows``.
+def read_vectors(path: Path, rows: np.ndarray | None = None, dataset: str = "vectors") -> np.ndarray:
+    """All vectors of a shard (``dataset="layers"``: its layer vectors), or those at the sorted ``rows``.
 
     Reading the span between the first and last wanted row and indexing in
     memory is much faster than HDF5 point selection, and bounded by one shard.
     """
     with h5py.File(path, "r") as f:
-        ds = f["vectors"]
+        ds = f[dataset]
         if rows is None:
             return ds[...]
         lo, hi = int(rows[0]), int(rows[-1]) + 1
@@ -76,13 +95,18 @@ def _plain(value):
 def header(f: h5py.File) -> dict:
     """A shard's attributes and the shapes and dtypes of its datasets, without reading the data."""
     keys, vectors = f["keys"], f["vectors"]
-    return {
+    out = {
         **{k: _plain(v) for k, v in f.attrs.items()},
         "keys_shape": keys.shape,
         "keys_dtype": str(keys.dtype),
         "shape": vectors.shape,
         "dtype": str(vectors.dtype),
     }
+    if "layers" in out:
+        out["layers"] = tuple(int(i) for i in np.atleast_1d(out["layers"]))
+    if "layers" in f:
+        out["layers_shape"], out["layers_dtype"] = f["layers"].shape, str(f["layers"].dtype)
+    return out
 
 
 def header_problem(h: dict, expected: dict | None = None) -> str | None:
@@ -98,12 +122,22 @@ def header_problem(h: dict, expected: dict | None = None) -> str | None:
         return (
             f"its attributes (rows {h.get('rows')!r}, dim {h.get('dim')!r}) do not describe its {rows} x {dim} vectors"
         )
+    named = h.get("layers")
+    if ("layers_shape" in h) != (named is not None):
+        return "its layer vectors and the attribute naming their layers must come together; one is missing"
+    if named is not None and (h["layers_shape"] != (rows, len(named), dim) or h["layers_dtype"] != LAYER_DTYPE):
+        return (
+            f"layer vectors have shape {h['layers_shape']} {h['layers_dtype']}, expected "
+            f"({rows}, {len(named)}, {dim}) {LAYER_DTYPE}"
+        )
     if expected is None:
         return None
     if h.get("fingerprint") != expected["fingerprint"]:
         return f"fingerprint {h.get('fingerprint')!r} differs from the cache's {expected['fingerprint']!r}"
     if dim != expected["dim"] or h["dtype"] != expected["dtype"]:
         return f"holds {h['dtype']} vectors of dimension {dim}, the cache {expected['dtype']} of dimension {expected['dim']}"
+    if "layers" in expected and named != expected["layers"]:
+        return f"holds layer vectors of layers {_layers(named)}, the cache of layers {_layers(expected['layers'])}"
     if "rows" in expected and rows != expected["rows"]:
         return f"holds {rows} rows, the manifest says {expected['rows']}"
     if "sha256" in expected and h["sha256"] != expected["sha256"]:
@@ -132,9 +166,13 @@ def inspect_shard(path: Path) -> tuple[dict | None, str | None]:
             problem = header_problem(h)
             if problem:
                 return h, problem
-            digest = checksum(f["keys"][...], f["vectors"][...])
+            digest = checksum(f["keys"][...], f["vectors"][...], f["layers"][...] if "layers" in f else None)
     except Exception as e:  # noqa: BLE001 -- h5py raises OSError, KeyError and others on damaged files
         return None, f"cannot be read ({type(e).__name__}: {e})"
     if digest != h["sha256"]:
         return h, f"checksum mismatch: content {digest[:16]}... does not match its own record {h['sha256'][:16]}..."
     return h, None
+
+
+def _layers(layers) -> str:
+    return "none" if layers is None else ", ".join(map(str, layers))

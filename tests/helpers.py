@@ -96,3 +96,28 @@ def run_json(main, capsys, *args):
     except json.JSONDecodeError:
         summary = None
     return code, summary, err
+
+
+def transformers_layer_means(encoder, texts):
+    """``(n, n_layers, dim)``: every hidden state of ``encoder``'s model as transformers itself gives it
+    (``output_hidden_states``), mean-pooled over each text's tokens; the reference for layer vectors."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from embedcache import model_directory
+
+    directory = model_directory(encoder.spec["name_or_path"])
+    tokenizer, model = AutoTokenizer.from_pretrained(directory), AutoModel.from_pretrained(directory).eval()
+    default = encoder.model.default_prompt_name  # as sentence-transformers' encode: the model's default prompt
+    prompt = encoder.spec.get("prompt") or (encoder.model.prompts.get(default) if default else "") or ""
+    batch = tokenizer(
+        [prompt + t for t in texts], padding=True, truncation=True, max_length=encoder.max_length, return_tensors="pt"
+    )
+    with torch.no_grad():
+        states = model(**batch, output_hidden_states=True).hidden_states
+    mask = batch["attention_mask"][..., None].float()
+    return torch.stack([(h * mask).sum(1) / mask.sum(1) for h in states], 1).numpy()
+
+
+def min_cosine(a, b) -> float:
+    return float(((a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)).min())

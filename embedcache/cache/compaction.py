@@ -99,20 +99,26 @@ def _copy(cache: EmbeddingCache, keep: list[ShardRecord], sources: list, shard_s
     written: list[ShardRecord] = []
     keys_out: list[np.ndarray] = []
     vectors_out: list[np.ndarray] = []
+    layers_out: list[np.ndarray] = []  # of a cache that stores layer vectors
     pending, dropped = 0, 0
 
     def flush(rows):
-        nonlocal keys_out, vectors_out, pending
+        nonlocal keys_out, vectors_out, layers_out, pending
         keys, vectors = np.concatenate(keys_out), np.concatenate(vectors_out)
+        layers = np.concatenate(layers_out) if layers_out else None
         name = next_shard_name(cache.path)
-        digest = write_shard(cache.path / name, keys[:rows], vectors[:rows], attrs)
+        digest = write_shard(
+            cache.path / name, keys[:rows], vectors[:rows], attrs, None if layers is None else layers[:rows]
+        )
         written.append(ShardRecord(name, rows, digest))
         keys_out, vectors_out, pending = [keys[rows:]], [vectors[rows:]], pending - rows
+        layers_out = [] if layers is None else [layers[rows:]]
 
     for part, shard in tqdm(sources, disable=not progress, unit="shard", desc=f"compacting {cache.path.name}"):
         path = part_dir(cache.path, part) / shard.file
         keys, vectors = read_keys(path), read_vectors(path)
-        if checksum(keys, vectors) != shard.sha256:  # never copy damage into the shards that replace it
+        layers = read_vectors(path, dataset="layers") if cache.layers is not None else None
+        if checksum(keys, vectors, layers) != shard.sha256:  # never copy damage into the shards that replace it
             raise CacheDamagedError(
                 f"cache {cache.path}: {Path(path).relative_to(cache.path)} does not match its "
                 f"checksum; nothing was changed: run 'embedcache verify {cache.path} --repair' first"
@@ -121,6 +127,8 @@ def _copy(cache: EmbeddingCache, keep: list[ShardRecord], sources: list, shard_s
         dropped += int((~new).sum())
         keys_out.append(keys[new])
         vectors_out.append(vectors[new])
+        if layers is not None:
+            layers_out.append(layers[new])
         pending += int(new.sum())
         while pending >= shard_size:
             flush(shard_size)

@@ -31,6 +31,7 @@ PARTS = "parts"  # one directory per writer of many: its own manifest and shards
 LOCK = ".lock"
 WRITER = ".writer.json"  # who holds the write lock: pid, host, since (for the message of a writer that waits)
 FORMAT = "embedcache-1"
+FORMAT_LAYERS = "embedcache-2"  # a cache that also stores layer vectors: older versions refuse it, never extend it
 SHARD_NAME = re.compile(r"^shard-(\d{6,})\.h5$")
 PART_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 COMPACTION_ATTR = "compaction"  # on shards a compaction wrote: unlisted, they are copies of an uncommitted one
@@ -134,5 +135,5 @@ def check_own(path: Path) -> tuple[dict, str | None]:
 
 
 def group(h: dict) -> tuple:
-    """What a shard must share with a cache to belong to it: fingerprint, dim, dtype."""
-    return h.get("fingerprint"), h["shape"][1], h["dtype"]
+    """What a shard must share with a cache to belong to it: fingerprint, dim, dtype, layers (None: none)."""
+    return h.get("fingerprint"), h["shape"][1], h["dtype"], h.get("layers")

@@ -27,7 +27,7 @@ from ..encoders import Encoder
 from ..errors import CacheDamagedError
 from ..files import atomic_write_json
 from ..version import __version__
-from .layout import ENCODER_ATTR, FORMAT, MANIFEST, part_dir
+from .layout import ENCODER_ATTR, FORMAT, FORMAT_LAYERS, MANIFEST, part_dir
 from .schema import encoder_problem, manifest_problem
 
 QUICK_KEYS_KEPT = 16  # the quick keys a manifest remembers, newest last
@@ -132,7 +132,7 @@ class ManifestEncoder:
 
 
 KNOWN_FIELDS = {"format", "fingerprint", "encoder", "dim", "dtype", "shards", "created_with"}
-KNOWN_FIELDS |= {"unknown", "retired", "part", "rebuilt"}
+KNOWN_FIELDS |= {"unknown", "retired", "part", "rebuilt", "layers"}
 
 
 @dataclass
@@ -149,10 +149,13 @@ class Manifest:
     retired: Retired | None = None
     part: PartRecord | None = None
     rebuilt: dict | None = None
+    layers: tuple[int, ...] | None = None  # the hidden states whose means each text has besides its vector
     extra: dict = field(default_factory=dict)  # fields a newer version wrote: kept as they are
 
     @classmethod
-    def new(cls, encoder: Encoder, dtype: str, part: str | None = None) -> Manifest:
+    def new(
+        cls, encoder: Encoder, dtype: str, part: str | None = None, layers: tuple[int, ...] | None = None
+    ) -> Manifest:
         """The manifest of a new, empty cache (or part) written by ``encoder`` in ``dtype``.  A part gets a
         fresh id each time: a compaction retires a part by id, so a part of the same name begun after it is
         never mistaken for the one it copied."""
@@ -163,6 +166,7 @@ class Manifest:
             dtype,
             created_with=f"embedcache {__version__}",
             part=None if part is None else new_part(part),
+            layers=layers,
         )
 
     @classmethod
@@ -187,12 +191,13 @@ class Manifest:
             if isinstance(part, dict) and "name" in part and "id" in part
             else None,
             obj.get("rebuilt"),
+            tuple(obj["layers"]) if "layers" in obj else None,
             {k: v for k, v in obj.items() if k not in KNOWN_FIELDS},
         )
 
     def to_json(self) -> dict:
         out: dict[str, Any] = {
-            "format": FORMAT,
+            "format": FORMAT if self.layers is None else FORMAT_LAYERS,
             "fingerprint": self.fingerprint,
             "encoder": self.encoder.to_json(),
             "dim": self.dim,
@@ -203,6 +208,8 @@ class Manifest:
             out["created_with"] = self.created_with
         if self.rebuilt is not None:
             out["rebuilt"] = self.rebuilt
+        if self.layers is not None:
+            out["layers"] = list(self.layers)
         for name, record in (("unknown", self.unknown), ("retired", self.retired), ("part", self.part)):
             if record is not None:
                 out[name] = record.to_json()
@@ -210,8 +217,8 @@ class Manifest:
 
     @property
     def group(self) -> tuple:
-        """``(fingerprint, dim, dtype)``: what every shard and part of the cache shares."""
-        return self.fingerprint, self.dim, self.dtype
+        """``(fingerprint, dim, dtype, layers)``: what every shard and part of the cache shares."""
+        return self.fingerprint, self.dim, self.dtype, self.layers
 
     @property
     def rows(self) -> int:
@@ -222,11 +229,11 @@ class Manifest:
         return {p.id for p in self.retired.parts} if self.retired else set()
 
     def misfit(self, name: str, group: tuple) -> str | None:
-        """What makes this manifest unfit for part ``name`` of a cache of ``group`` (fingerprint, dim, dtype)."""
+        """What makes this manifest unfit for part ``name`` of a cache of ``group`` (``Manifest.group``)."""
         if self.part is None or self.part.name != name:
             found = json.dumps(self.part.to_json() if self.part else None)
             return f"field 'part' must be an object with 'name' {name!r} and a string 'id', found {found[:60]}"
-        for label, mine, theirs in zip(("fingerprint", "dim", "dtype"), self.group, group):
+        for label, mine, theirs in zip(("fingerprint", "dim", "dtype", "layers"), self.group, group):
             if mine != theirs:
                 return (
                     f"the part's {label} {mine!r} differs from the cache's {theirs!r}: a part must be "
@@ -236,12 +243,13 @@ class Manifest:
 
     def shard_attributes(self) -> dict:
         """The attributes every shard of the cache carries, so a lost manifest can be rebuilt from shards."""
-        return {
+        attributes = {
             "fingerprint": self.fingerprint,
             "encoder": self.encoder.name,
             "created": time.time(),
             ENCODER_ATTR: json.dumps(self.encoder.to_json(quick_keys=False), sort_keys=True),
         }
+        return attributes if self.layers is None else {**attributes, "layers": list(self.layers)}
 
 
 def new_part(name: str) -> PartRecord:
@@ -251,7 +259,7 @@ def new_part(name: str) -> PartRecord:
 def rebuilt_manifest(
     group: tuple, encoder: ManifestEncoder, shards: list[ShardRecord], left_out: list[str], part: str | None
 ) -> Manifest:
-    """A manifest written from the shards' own records (``group``: fingerprint, dim, dtype)."""
+    """A manifest written from the shards' own records (``group``: fingerprint, dim, dtype, layers)."""
     return Manifest(
         group[0],
         encoder,
@@ -261,6 +269,7 @@ def rebuilt_manifest(
         created_with=f"embedcache {__version__}",
         rebuilt={"at": time.time(), "shards_left_out": left_out},
         part=None if part is None else new_part(part),
+        layers=group[3],
     )
 
 

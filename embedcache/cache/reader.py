@@ -46,7 +46,7 @@ class Reader:
             for attempt in range(6):
                 self.view.refresh()
                 top = self.view.top
-                expected = {"fingerprint": top.fingerprint, "dim": top.dim, "dtype": top.dtype}
+                expected = {"fingerprint": top.fingerprint, "dim": top.dim, "dtype": top.dtype, "layers": top.layers}
                 try:
                     return self.rows.sync(self.path, self.view.listed(), expected, attempt == 5, self.view.shard_path)
                 except Vanished:
@@ -71,7 +71,7 @@ class Reader:
             self.rows.append([(rel, keys)])
             self.view.refresh()
 
-    def vectors(self, keys: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    def vectors(self, keys: np.ndarray, rows: np.ndarray | None = None, dataset: str = "vectors") -> np.ndarray:
         """Vectors of ``keys`` (all cached), at ``rows`` when the caller looked them up already.  A
         compaction may delete a shard between the lookup and the read: then the index is rebuilt from the
         new manifests and the keys looked up and read once more."""
@@ -80,7 +80,9 @@ class Reader:
                 rows = self.lookup(keys) if rows is None else rows
                 starts, files = np.asarray(self.rows.starts), list(self.rows.files)
             try:
-                return read_rows(self.path, rows, starts, files, self.view.top.dim)
+                top = self.view.top
+                shape = (top.dim,) if dataset == "vectors" else (len(top.layers or ()), top.dim)
+                return read_rows(self.path, rows, starts, files, shape, dataset)
             except FileNotFoundError:
                 if attempt:
                     raise

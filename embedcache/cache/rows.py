@@ -97,12 +97,15 @@ class RowIndex:
         return self.keys.lookup(keys) == start + np.arange(len(keys))
 
 
-def read_rows(path: Path, rows: np.ndarray, starts: np.ndarray, files: list[str], dim: int) -> np.ndarray:
-    """Vectors at global ``rows`` (all present), filled in place shard by shard in row order."""
-    out = np.empty((len(rows), dim), dtype=np.float32)
+def read_rows(
+    path: Path, rows: np.ndarray, starts: np.ndarray, files: list[str], shape: tuple, dataset: str = "vectors"
+) -> np.ndarray:
+    """Vectors (``shape`` each) of ``dataset`` at global ``rows`` (all present), filled in place shard by shard
+    in row order."""
+    out = np.empty((len(rows), *shape), dtype=np.float32)
     order = np.argsort(rows, kind="stable")
     shard_of = np.searchsorted(starts, rows[order], side="right") - 1
     bounds = np.flatnonzero(np.diff(shard_of)) + 1
     for sel, s in zip(np.split(order, bounds), shard_of[np.r_[0, bounds]] if len(order) else []):
-        out[sel] = read_vectors(path / files[s], rows[sel] - starts[s])
+        out[sel] = read_vectors(path / files[s], rows[sel] - starts[s], dataset)
     return out

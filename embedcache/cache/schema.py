@@ -11,7 +11,7 @@ import json
 import re
 
 from ..shards import DTYPES
-from .layout import FORMAT, PART_NAME, SHARD_NAME
+from .layout import FORMAT, FORMAT_LAYERS, PART_NAME, SHARD_NAME
 
 HEX = re.compile(r"^[0-9a-f]{64}$")
 
@@ -45,7 +45,9 @@ def manifest_problem(m) -> str | None:
         return f"expected a JSON object, found {type(m).__name__}"
 
     wanted = {  # field -> what it must be, None where it is
-        "format": None if m.get("format") == FORMAT else repr(FORMAT),
+        "format": None
+        if m.get("format") == (FORMAT_LAYERS if "layers" in m else FORMAT)
+        else (f"{FORMAT_LAYERS!r} (it lists layers)" if "layers" in m else repr(FORMAT)),
         "fingerprint": None if isinstance(m.get("fingerprint"), str) and m["fingerprint"] else "a non-empty string",
         "encoder": encoder_problem(m.get("encoder")),
         "dim": None if _whole(m.get("dim")) else "a whole number >= 1",
@@ -72,6 +74,11 @@ def manifest_problem(m) -> str | None:
             return f"{where}.rows must be a whole number >= 1, found {json.dumps(shard['rows'])}"
         if not isinstance(shard["sha256"], str) or not HEX.match(shard["sha256"]):
             return f"{where}.sha256 must be 64 hex digits, found {json.dumps(shard['sha256'])[:70]}"
+    layers = m.get("layers")
+    if "layers" in m and not (
+        isinstance(layers, list) and layers and all(_whole(i, 0) for i in layers) and layers == sorted(set(layers))
+    ):
+        return f"field 'layers' must be a non-empty list of increasing layer indices, found {json.dumps(layers)[:60]}"
     unknown = m.get("unknown")
     if unknown is not None and not (
         isinstance(unknown, dict) and _whole(unknown.get("mostly_unknown"), 0) and _strings(unknown.get("examples"))

@@ -24,13 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..encoders import Encoder, RecordedEncoder
+from ..encoders import Encoder, RecordedEncoder, describe_layers
 from ..errors import (
     NotCachedError,
     ParameterError,
 )
 from ..files import create_json_once, writing
 from ..index import text_keys
+from ..shards import LAYER_DTYPE
 from . import integrity
 from .layout import (
     MANIFEST,
@@ -40,7 +41,7 @@ from .lock import LOCK_TIMEOUT, WriteLock
 from .manifest import Manifest
 from .reader import Reader
 from .recovery import tidy
-from .view import backend_description, check_arguments, create_if_missing
+from .view import backend_description, check_arguments, create_if_missing, wanted_layers
 from .writer import ShardWriter, encode_in_batches, encode_into, new_stats
 
 
@@ -71,20 +72,29 @@ class EmbeddingCache:
         shard_size: int = 20_000,
         lock_timeout: float = LOCK_TIMEOUT,
         part: str | None = None,
+        layers=None,
     ):
         self.path = Path(path)
         self.encoder = encoder
         self.shard_size = shard_size
         self.lock_timeout = lock_timeout
         self.part = part
+        self.layers_asked = layers
         check_arguments(encoder, dtype, shard_size, part)
-        create_if_missing(self.path, encoder, dtype or "float16")
+        wanted = wanted_layers(encoder, layers)
+        create_if_missing(self.path, encoder, dtype or "float16", wanted)
         self._reader = Reader(self.path)  # the manifests as last read and the key index
         self._mutex = self._reader.mutex  # guards them and the encoder, for this handle's threads
         self._view = self._reader.view
         self._refresh()
         if dtype is not None and dtype != self.dtype:
             raise ParameterError(f"cache {self.path} stores {self.dtype}, but dtype={dtype!r} was asked for")
+        if wanted is not None and wanted != self.layers:
+            raise ParameterError(
+                f"cache {self.path} stores layer vectors of layers {describe_layers(self.layers)}, but "
+                f"layers={layers!r} asks for {describe_layers(wanted)}: a cache keeps one set of layers for every "
+                "text; use another cache directory for these"
+            )
         if encoder is not None:
             self._check_encoder(encoder)
 
@@ -98,7 +108,8 @@ class EmbeddingCache:
             return
         with writing(home, "creating the part"):
             home.mkdir(parents=True, exist_ok=True)
-        create_json_once(home / MANIFEST, Manifest.new(self._writer(), self.dtype, self.part).to_json())
+        manifest = Manifest.new(self._writer(), self.dtype, self.part, self.layers)
+        create_json_once(home / MANIFEST, manifest.to_json())
         self._refresh()
 
     def _writer(self) -> Encoder:
@@ -131,6 +142,12 @@ class EmbeddingCache:
     @property
     def dtype(self) -> str:
         return self._manifest.dtype
+
+    @property
+    def layers(self) -> tuple[int, ...] | None:
+        """The hidden states (0: the embeddings' output) whose mean vectors each text has besides its sentence
+        vector (``get(texts, features="layers")``); None for a cache of sentence vectors only."""
+        return self._manifest.layers
 
     @property
     def encoder_name(self) -> str:
@@ -208,6 +225,7 @@ class EmbeddingCache:
             "backend": self.backend,
             "dim": self.dim,
             "dtype": self.dtype,
+            "layers": list(self.layers) if self.layers is not None else None,
             **self._view.sizes(),
         }
 
@@ -266,12 +284,14 @@ class EmbeddingCache:
         self._refresh()
         return self._view.unknown_report()
 
-    def encode(self, texts, progress: bool = False) -> np.ndarray:
-        """``(n, dim)`` float32 vectors of ``texts`` in input order, encoding only what is missing."""
+    def encode(self, texts, progress: bool = False, features: str = "final") -> np.ndarray:
+        """``(n, dim)`` float32 vectors of ``texts`` in input order, encoding only what is missing
+        (``features="layers"``: their ``(n, n_layers, dim)`` layer vectors, see ``get``)."""
+        dataset = self._dataset(features)
         texts = list(texts)
         unique, inverse, keys = _distinct(texts)
         self._add(unique, keys, len(texts), progress)
-        return self._vectors(keys[inverse])
+        return self._vectors(keys[inverse], dataset=dataset)
 
     # -- reading --------------------------------------------------------------
 
@@ -288,37 +308,52 @@ class EmbeddingCache:
         rows, inverse, _ = self._lookup(texts)
         return (rows >= 0)[inverse]
 
-    def get(self, texts, encode_missing: bool = False, progress: bool = False) -> np.ndarray:
+    def get(self, texts, encode_missing: bool = False, progress: bool = False, features: str = "final") -> np.ndarray:
         """``(n, dim)`` float32 vectors of ``texts`` in input order; never writes.
 
+        ``features="layers"``: the ``(n, n_layers, dim)`` layer vectors instead (the means of
+        the hidden states ``cache.layers``), for a cache built with ``layers=``.
         Texts not in the cache raise NotCachedError (a KeyError) saying how many, or with
         ``encode_missing=True`` are encoded in memory by the cache's encoder
         (loaded from the manifest on first need) and not stored: ``encode()``
         is the call that stores them.
         """
+        dataset = self._dataset(features)
         unique, inverse, keys = _distinct(list(texts))
         rows = self._lookup_keys(keys)
         missing = np.flatnonzero(rows < 0)
-        if not len(missing):
-            return self._vectors(keys[inverse], rows[inverse])  # in input order: one copy of the vectors, not two
+        if not len(missing):  # in input order: one copy of the vectors, not two
+            return self._vectors(keys[inverse], rows[inverse], dataset)
         if not encode_missing:
             raise NotCachedError(
                 f"{len(missing)} of {len(unique)} distinct texts are not in cache {self.path} "
                 f"(first: {unique[missing[0]][:60]!r}); add them with cache.encode() or embedcache precompute"
             )
-        out = np.empty((len(unique), self.dim), dtype=np.float32)
+        layers = self.layers if dataset == "layers" else None
+        shape = (len(unique), self.dim) if layers is None else (len(unique), len(layers), self.dim)
+        out = np.empty(shape, dtype=np.float32)
         present = np.flatnonzero(rows >= 0)
         if len(present):
-            out[present] = self._vectors(keys[present], rows[present])
+            out[present] = self._vectors(keys[present], rows[present], dataset)
         encoder = self.encoder or self.load_encoder()
+        new = encode_in_batches(encoder, [unique[i] for i in missing], progress, self.path.name, layers)
         # rounded as if stored, so a text scores the same before and after it is cached
-        out[missing] = encode_in_batches(encoder, [unique[i] for i in missing], progress, self.path.name).astype(
-            self.dtype
-        )
+        out[missing] = new.astype(self.dtype if layers is None else LAYER_DTYPE)
         return out[inverse]
 
-    def _vectors(self, keys: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-        return self._reader.vectors(keys, rows)
+    def _dataset(self, features: str) -> str:
+        """The shard dataset ``features`` reads: ``vectors`` (``"final"``) or ``layers``."""
+        if features not in ("final", "layers"):
+            raise ParameterError(f"features must be 'final' or 'layers', got {features!r}")
+        if features == "layers" and self.layers is None:
+            raise ParameterError(
+                f"cache {self.path} stores sentence vectors only, no layer vectors: build a cache with them "
+                f"(embedcache precompute --layers all, or EmbeddingCache(..., layers='all')) in another directory"
+            )
+        return "vectors" if features == "final" else "layers"
+
+    def _vectors(self, keys: np.ndarray, rows: np.ndarray | None = None, dataset: str = "vectors") -> np.ndarray:
+        return self._reader.vectors(keys, rows, dataset)
 
     def iter_shards(self):
         """Yield ``(keys, vectors)`` per shard, vectors in the stored dtype: one shard in memory at a time.
@@ -335,7 +370,7 @@ class EmbeddingCache:
         for each bad one, ``file`` relative to the cache directory.  ``repair=True`` deletes damaged shards
         and drops disagreeing ones from their manifest, keeping the file (see ``embedcache.cache.integrity``)."""
         self._refresh()
-        expected = {"fingerprint": self.fingerprint, "dim": self.dim, "dtype": self.dtype}
+        expected = {"fingerprint": self.fingerprint, "dim": self.dim, "dtype": self.dtype, "layers": self.layers}
         out = integrity.verify(self.path, self._view.manifests(), expected, repair, self.lock_timeout)
         self._refresh()
         return out

@@ -7,7 +7,7 @@ import os
 import stat
 from pathlib import Path
 
-from ..encoders import Encoder
+from ..encoders import Encoder, resolve_layers
 from ..errors import CacheDamagedError, CacheError, CacheNotFoundError, ParameterError
 from ..files import check_not_input, create_json_once, writing
 from ..shards import DTYPES
@@ -27,7 +27,19 @@ def check_arguments(encoder: Encoder | None, dtype: str | None, shard_size: int,
         raise ParameterError(f"part={part!r} names where this handle writes: pass the encoder that writes it")
 
 
-def create_if_missing(path: Path, encoder: Encoder | None, dtype: str) -> None:
+def wanted_layers(encoder: Encoder | None, layers) -> tuple[int, ...] | None:
+    """The layer indices ``layers`` (``EmbeddingCache``'s argument) names for ``encoder``; None for None."""
+    if layers is None:
+        return None
+    if encoder is None:
+        raise ParameterError(f"layers={layers!r} says which layer vectors a writer stores: pass the encoder")
+    problem = encoder.layers_problem()
+    if problem or encoder.layer_count is None:
+        raise ParameterError(f"layers={layers!r}: encoder {encoder.name!r} cannot give layer vectors: {problem}")
+    return resolve_layers(layers, encoder.layer_count)
+
+
+def create_if_missing(path: Path, encoder: Encoder | None, dtype: str, layers: tuple[int, ...] | None) -> None:
     """Create a cache at ``path`` written by ``encoder`` unless one is there.  Refused: a file, a directory of
     shards without a manifest (rebuild it), one holding other files, a system directory; with no encoder,
     a missing cache is CacheNotFoundError."""
@@ -53,7 +65,7 @@ def create_if_missing(path: Path, encoder: Encoder | None, dtype: str) -> None:
     with writing(path, "creating the cache"):
         path.mkdir(parents=True, exist_ok=True)
     # Many ranks may start at once: exactly one creates it, with no lock to share.
-    create_json_once(path / MANIFEST, Manifest.new(encoder, dtype).to_json())
+    create_json_once(path / MANIFEST, Manifest.new(encoder, dtype, layers=layers).to_json())
 
 
 class ManifestView:
@@ -117,11 +129,14 @@ class ManifestView:
     def sizes(self) -> dict:
         """``rows`` (stored vectors: a text two parts both hold counts twice), ``shards``, ``parts``, ``bytes``."""
         listed = self.listed()
+        rows = sum(s.rows for _, s in listed)
+        size = sum((self.path / rel).stat().st_size for rel, _ in listed if (self.path / rel).exists())
         return {
-            "rows": sum(s.rows for _, s in listed),
+            "rows": rows,
             "shards": len(listed),
             "parts": len(self.parts),
-            "bytes": sum((self.path / rel).stat().st_size for rel, _ in listed if (self.path / rel).exists()),
+            "bytes": size,
+            "bytes_per_text": round(size / rows) if rows else None,
         }
 
     def knows(self, quick_key: str | None) -> bool:

@@ -29,11 +29,13 @@ class ShardWriter:
     def __init__(self, path: Path, part: str | None, dtype: str, attributes: dict, on_shard: Callable | None = None):
         self.path, self.part, self.dtype, self.attributes, self.on_shard = path, part, dtype, attributes, on_shard
         self.home = part_dir(path, part)
+        layers = attributes.get("layers")
+        self.layers: tuple[int, ...] | None = None if layers is None else tuple(layers)  # also stored per text
 
-    def write(self, keys: np.ndarray, vectors: np.ndarray) -> None:
-        """One new shard of ``keys`` and ``vectors``, then the manifest listing it."""
+    def write(self, keys: np.ndarray, vectors: np.ndarray, layers: np.ndarray | None = None) -> None:
+        """One new shard of ``keys``, ``vectors`` (and layer vectors), then the manifest listing it."""
         name = next_shard_name(self.home)
-        digest = write_shard(self.home / name, keys, vectors.astype(self.dtype), self.attributes)
+        digest = write_shard(self.home / name, keys, vectors.astype(self.dtype), self.attributes, layers)
         manifest = read_manifest(self.path, self.part)
         manifest.shards.append(ShardRecord(name, len(keys), digest))
         write_manifest(self.path, self.part, manifest)
@@ -67,14 +69,19 @@ def new_stats(n_texts: int, unique: int, missing: int) -> dict:
     }
 
 
-def encode_in_batches(encoder: Encoder, texts: list[str], progress: bool, name: str) -> np.ndarray:
-    """Vectors of ``texts`` in memory, stored nowhere, with a bar per batch of ``8 * batch_size``."""
+def encode_in_batches(
+    encoder: Encoder, texts: list[str], progress: bool, name: str, layers: tuple[int, ...] | None = None
+) -> np.ndarray:
+    """Vectors of ``texts`` (with ``layers``: their layer vectors) in memory, stored nowhere, with a bar per
+    batch of ``8 * batch_size``."""
     step = encoder.batch_size * 8
-    out = np.empty((len(texts), encoder.dim), dtype=np.float32)
+    shape = (len(texts), encoder.dim) if layers is None else (len(texts), len(layers), encoder.dim)
+    out = np.empty(shape, dtype=np.float32)
     for start in tqdm(
         range(0, len(texts), step), disable=not progress, unit="batch", desc=f"encoding texts not in {name}"
     ):
-        out[start : start + step] = encoder.encode(texts[start : start + step])
+        batch = texts[start : start + step]
+        out[start : start + step] = encoder.encode(batch) if layers is None else encoder.encode_layers(batch, layers)[1]
     return out
 
 
@@ -97,25 +104,38 @@ def encode_into(
     examples_before = len(encoder.unknown_examples)
     pending_keys: list[np.ndarray] = []
     pending_vecs: list[np.ndarray] = []
+    pending_layers: list[np.ndarray] = []  # of a cache that stores layer vectors
     pending = 0
+
+    def flush(rows: int) -> None:
+        nonlocal pending_keys, pending_vecs, pending_layers, pending
+        k, v = np.concatenate(pending_keys), np.concatenate(pending_vecs)
+        lay = np.concatenate(pending_layers) if pending_layers else None
+        pending_keys, pending_vecs, pending = [k[rows:]], [v[rows:]], pending - rows
+        pending_layers = [lay[rows:]] if lay is not None else []
+        writer.write(k[:rows], v[:rows], lay[:rows] if lay is not None else None)
+
     bar = tqdm(total=len(missing), disable=not progress, unit="text", desc=f"encoding into {writer.path.name}")
     try:
         for start in range(0, len(missing), step):
             idx = missing[start : start + step]
             began = time.perf_counter()
-            pending_vecs.append(encoder.encode([texts[i] for i in idx]))
+            if writer.layers is None:
+                pending_vecs.append(encoder.encode([texts[i] for i in idx]))
+            else:  # one forward pass gives both
+                vectors, means = encoder.encode_layers([texts[i] for i in idx], writer.layers)
+                pending_vecs.append(vectors)
+                pending_layers.append(means.astype(np.float16))
             stats["encode_seconds"] += time.perf_counter() - began
             pending_keys.append(keys[idx])
             pending += len(idx)
             stats["encoded"] += len(idx)
             bar.update(len(idx))
             while pending >= shard_size:
-                k, v = np.concatenate(pending_keys), np.concatenate(pending_vecs)
-                pending_keys, pending_vecs, pending = [k[shard_size:]], [v[shard_size:]], pending - shard_size
-                writer.write(k[:shard_size], v[:shard_size])
+                flush(shard_size)
     finally:
         if pending:  # keep what was finished on Ctrl-C or an encoder error
-            writer.write(np.concatenate(pending_keys), np.concatenate(pending_vecs))
+            flush(pending)
         bar.close()
         stats["truncated"] = encoder.truncated - truncated_before
         stats["mostly_unknown"] = encoder.mostly_unknown - unknown_before

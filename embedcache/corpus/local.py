@@ -43,6 +43,7 @@ def precompute(
     rank: int | None = None,
     world_size: int | None = None,
     lock_timeout: float = LOCK_TIMEOUT,
+    layers=None,
 ) -> dict:
     """Encode the texts of ``inputs`` (data files) into the cache directory ``cache``; return a summary.
 
@@ -60,7 +61,8 @@ def precompute(
     distinct texts into its own part of the cache, on GPU ``local_rank % device_count``
     when there are GPUs; the summary then also holds rank, world_size, part and
     slice (distinct texts of this rank).  ``lock_timeout``: seconds to wait while another process writes
-    the cache (0: fail at once).
+    the cache (0: fail at once).  ``layers`` (``"all"``, ``"last:K"``, ``"0,3,6"``) also stores each text's
+    layer vectors, the means of those hidden states (a new cache; an existing one keeps the layers it has).
     """
     start = time.perf_counter()
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
@@ -84,7 +86,7 @@ def precompute(
         distinct = list(dict.fromkeys(texts))
         mine = [t for t, owned in zip(distinct, me.owns(text_keys(distinct))) if owned]
         device = device or _device_of(me.local_rank)
-    store = _open(cache, mine, model, options, device, batch_size, dtype, shard_size, me.part, lock_timeout)
+    store = _open(cache, mine, model, options, device, batch_size, dtype, shard_size, me.part, lock_timeout, layers)
     stats = store.add(mine, progress=progress)
     if me.part is not None:
         stats.update(
@@ -108,6 +110,7 @@ def precompute(
         cache=str(store.path),
         cache_rows=len(store),
         backend=store.backend,
+        layers=list(store.layers) if store.layers is not None else None,
     )
     choice = getattr(store.encoder, "choice", None)
     if choice and choice.get("measured"):  # backend auto: what it measured and why it chose
@@ -176,19 +179,23 @@ def _open(
     shard_size,
     part=None,
     lock_timeout: float = LOCK_TIMEOUT,
+    layers=None,
 ) -> EmbeddingCache:
     """The cache to add ``texts`` to: with its encoder loaded, unless every text is cached and the encoder
-    asked for is one the cache verified before (then no model is loaded)."""
+    asked for is one the cache verified before (then no model is loaded; with ``layers`` asked for, the
+    model is loaded to check them)."""
     cache = Path(cache)
     if cache.exists() and not cache.is_dir():
         raise CacheError(f"cache {cache} is a file, not a directory")
     known = (cache / MANIFEST).exists() and EmbeddingCache(cache, dtype=dtype, lock_timeout=lock_timeout)
     model, options = recorded_encoder(known or None, model, options)
     key = quick_key(model, device=device, **options)
-    if known and known.knows(key) and known.contains(texts).all():
+    if known and layers is None and known.knows(key) and known.contains(texts).all():
         return known  # everything is cached: no need to load the model
     calibration = {"calibration": texts} if options.get("backend") in ("auto", "openvino-int8") else {}
     encoder = load_encoder(model, device=device, batch_size=batch_size, **options, **calibration)
-    store = EmbeddingCache(cache, encoder, dtype=dtype, shard_size=shard_size, part=part, lock_timeout=lock_timeout)
+    store = EmbeddingCache(
+        cache, encoder, dtype=dtype, shard_size=shard_size, part=part, lock_timeout=lock_timeout, layers=layers
+    )
     store.remember(key)
     return store

@@ -129,11 +129,10 @@ def _texts(batch: pd.DataFrame, text_cols, template, skip_empty) -> pd.DataFrame
 class _EncodingActor:
     """One encoder on one device, writing its own part of the cache."""
 
-    def __init__(self, cache, model, options, batch_size, shard_size, dtype):
+    def __init__(self, cache, model, options, batch_size, shard_size, dtype, layers=None):
         encoder = load_encoder(model, batch_size=batch_size, **options)
-        self.cache = EmbeddingCache(
-            cache, encoder, dtype=dtype, shard_size=shard_size, part=f"ray-{uuid.uuid4().hex[:12]}"
-        )
+        part = f"ray-{uuid.uuid4().hex[:12]}"
+        self.cache = EmbeddingCache(cache, encoder, dtype=dtype, shard_size=shard_size, part=part, layers=layers)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         stats = self.cache.add(batch["text"].tolist())
@@ -233,6 +232,7 @@ def precompute(
     precision: str | None = None,
     normalize: bool = False,
     backend: str | None = None,
+    layers=None,
 ) -> dict:
     """Encode the texts of ``data`` (paths, glob patterns or a Ray Dataset) into ``cache`` on a Ray cluster.
 
@@ -267,6 +267,7 @@ def precompute(
             "batch_size": batch_size,
             "shard_size": shard_size,
             "dtype": dtype,
+            "layers": layers,
         },
         workers=workers,
         gpus_per_worker=gpus_per_worker,

@@ -9,6 +9,7 @@ network wait), ``registry`` (aliases, ``register_encoder``, ``load_encoder``,
 
 from .base import UNKNOWN_SHARE, Encoder, installed_version, unknown_warning
 from .device import PRECISIONS, resolve_device, resolve_precision
+from .layers import LAYER_CHOICES, describe_layers, resolve_layers
 from .record import RecordedEncoder
 from .registry import (
     DEFAULT_ENCODER,
@@ -30,6 +31,7 @@ from .use import USE_LANGUAGES, USEEncoder
 
 __all__ = [
     "DEFAULT_ENCODER",
+    "LAYER_CHOICES",
     "PRECISIONS",
     "UNKNOWN_SHARE",
     "USE_LANGUAGES",
@@ -38,6 +40,7 @@ __all__ = [
     "RecordedEncoder",
     "SentenceTransformerEncoder",
     "USEEncoder",
+    "describe_layers",
     "encoder_aliases",
     "installed_version",
     "load_encoder",
@@ -47,6 +50,7 @@ __all__ = [
     "quiet_sentence_transformers",
     "quiet_transformers",
     "register_encoder",
+    "resolve_layers",
     "resolve_device",
     "resolve_precision",
     "spec_difference",

@@ -49,6 +49,15 @@ def resolve_layers(spec, count: int) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
+def describe_layers(layers) -> str:
+    """``0-6`` for a run, else the indices; ``none`` for a cache of sentence vectors only."""
+    if not layers:
+        return "none"
+    if list(layers) == list(range(layers[0], layers[-1] + 1)) and len(layers) > 2:
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(map(str, layers))
+
+
 def masked_means(hidden_states, attention_mask, layers: tuple[int, ...]):
     """``(batch, len(layers), dim)`` float32 torch tensor: the mean over each text's real tokens of each chosen
     hidden state (``hidden_states``: one ``(batch, tokens, dim)`` tensor per layer)."""

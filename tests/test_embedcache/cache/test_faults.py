@@ -205,12 +205,12 @@ def test_a_malformed_manifest_is_one_line_naming_the_field(cache_dir, capsys, ch
 
 
 def test_a_field_a_newer_version_wrote_survives_every_rewrite_of_the_manifest(cache_dir):
-    edit_manifest(cache_dir, lambda m: m.update(layers={"kept": [1, 2]}))
+    edit_manifest(cache_dir, lambda m: m.update(zones={"kept": [1, 2]}))
     cache = EmbeddingCache(cache_dir, HashEncoder(), shard_size=10)
     cache.add([f"new text {i}" for i in range(25)])  # three shards, each a rewrite of the manifest
     cache.remember("quick-1")
     manifest = json.loads((cache_dir / "manifest.json").read_text())
-    assert manifest["layers"] == {"kept": [1, 2]}
+    assert manifest["zones"] == {"kept": [1, 2]}
     assert manifest["encoder"]["quick_keys"] == ["quick-1"] and len(manifest["shards"]) == 6
 
 

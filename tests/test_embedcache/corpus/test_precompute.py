@@ -302,7 +302,8 @@ def test_script_and_console_command_teach_with_help():
 
 
 @pytest.mark.slow
-def test_a_killed_precompute_leaves_a_whole_cache_and_a_rerun_completes_it(tmp_path, tiny_bert_dir):
+@pytest.mark.parametrize("layers", [None, "all"])
+def test_a_killed_precompute_leaves_a_whole_cache_and_a_rerun_completes_it(tmp_path, tiny_bert_dir, layers):
     n = 60_000
     data = write(
         pd.DataFrame({"prompt": [f"prompt {i} about {i % 97} things" for i in range(n)]}), tmp_path / "big.csv"
@@ -321,6 +322,7 @@ def test_a_killed_precompute_leaves_a_whole_cache_and_a_rerun_completes_it(tmp_p
         "1000",
         "--quiet",
         "--json",
+        *(["--layers", layers] if layers else []),
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -345,6 +347,9 @@ def test_a_killed_precompute_leaves_a_whole_cache_and_a_rerun_completes_it(tmp_p
     assert len(cache) == n and cache.verify() == []
     sample = [f"prompt {i} about {i % 97} things" for i in (0, 1234, n - 1)]
     np.testing.assert_allclose(cache.get(sample), load_encoder(str(tiny_bert_dir)).encode(sample), atol=2e-3)
+    if layers:  # every text, before and after the kill, has its layer vectors
+        _, expected = load_encoder(str(tiny_bert_dir)).encode_layers(sample, (0, 1, 2))
+        np.testing.assert_allclose(cache.get(sample, features="layers"), expected, atol=2e-3)
 
 
 def test_a_rerun_with_nothing_new_skips_loading_the_model_but_notices_new_weights(tmp_path, capsys, monkeypatch):

@@ -97,6 +97,7 @@ def test_ray_precompute_with_an_actor_killed_mid_run_then_batch_scoring(local_ra
             workers=2,  # no CPU flag: sized to fit
             rows_per_batch=500,
             progress=False,
+            layers="last:1",  # the actors store layer vectors too
         )
     )
     killed = _kill_one_when(lambda: _part_shards(cache) >= 2, "MapBatches(_EncodingActor)", thread)
@@ -110,7 +111,9 @@ def test_ray_precompute_with_an_actor_killed_mid_run_then_batch_scoring(local_ra
     whole = EmbeddingCache(cache)
     assert len(whole) == len(texts) and whole.verify() == []  # every text, whatever the kill cost
     sample = texts[:: len(texts) // 40]
-    np.testing.assert_allclose(whole.get(sample), load_encoder(str(tiny_bert_dir)).encode(sample), atol=2e-3)
+    vectors, layers = load_encoder(str(tiny_bert_dir)).encode_layers(sample, (2,))
+    np.testing.assert_allclose(whole.get(sample), vectors, atol=2e-3)
+    np.testing.assert_allclose(whole.get(sample, features="layers"), layers, atol=2e-3)
     again = precompute(str(root / "*.parquet"), cache, ["prompt"], workers=2, cpus_per_worker=0.5, progress=False)
     assert again["encoded"] == 0 and again["cached"] == len(texts)  # a rerun finds everything
     merged = compact(cache)

@@ -121,3 +121,13 @@ def test_the_multilingual_example_scores_bengali_it_never_trained_on(tmp_path):
     scores = dict(re.findall(r"'(talks about [^']+)': ([\d.]+)", run.stdout))
     assert float(scores["talks about health or medicine"]) > float(scores["talks about the weather"]) + 2
     assert (tmp_path / "out" / "plots" / "per_group.png").exists()
+
+
+def test_e5_layer_vectors_are_transformers_own_hidden_states_mean_pooled(e5):
+    from helpers import min_cosine, transformers_layer_means
+
+    texts = ["A short one.", "एक छोटा वाक्य", "একটি ছোট বাক্য", "Ein längerer deutscher Satz mit mehr Wörtern darin."]
+    vectors, layers = e5.encode_layers(texts, tuple(range(e5.layer_count)))
+    assert e5.layer_count == 13 and layers.shape == (4, 13, 384)
+    np.testing.assert_array_equal(vectors, e5.encode(texts))  # the same forward pass gives the sentence vectors
+    assert min_cosine(layers.astype(np.float16).astype(np.float32), transformers_layer_means(e5, texts)) >= 0.999
