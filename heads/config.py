@@ -14,6 +14,7 @@ from embedcache import ParameterError
 from embedcache.toolkit import PRECISIONS, check_choice, check_float, check_int, check_label_range, flag_type
 
 LOSSES = ("mse", "huber", "l1")
+FEATURES = ("final", "layers")
 
 
 def setting(default, help: str, check=None, convert=int, **bounds):
@@ -53,6 +54,15 @@ class TrainConfig:
         "auto",
         "head type: auto (two-tower for a pair of texts, as it starts from their calibrated "
         "cosine; concat otherwise) or a registered type (default: %(default)s)",
+    )
+    features: str = setting(
+        "final",
+        "what the head reads: final (each text's sentence vector) or layers (its layer vectors, from a cache "
+        "built with embedcache precompute --layers; the neural heads learn a softmax-weighted mix of the layers, "
+        "ridge reads them standardised side by side) (default: %(default)s)",
+        check_choice,
+        str,
+        choices=FEATURES,
     )
     width: int = setting(256, "projection width (default %(default)s)", check_int)
     dropout: float = setting(0.1, "dropout (default %(default)s)", check_float, float, low=0, high=1, high_open=True)

@@ -19,25 +19,40 @@ SIDES = ("text", "pair", "condition")
 
 
 def embed(
-    cache: EmbeddingCache | Encoder, texts: list[str], add_missing: bool = False, progress: bool = True
+    cache: EmbeddingCache | Encoder,
+    texts: list[str],
+    add_missing: bool = False,
+    progress: bool = True,
+    layers: tuple[int, ...] | None = None,
 ) -> np.ndarray:
-    """Vectors of ``texts`` from the cache, or from an encoder.
+    """Vectors of ``texts`` from the cache, or from an encoder; with ``layers``, their ``(n, n_layers, dim)``
+    layer vectors of those hidden states (a cache must hold exactly those).
 
     Texts missing from the cache are encoded in memory by the cache's encoder and
     the cache is left as it was; ``add_missing=True`` stores them in it.
     """
     if isinstance(cache, Encoder):
-        return cache.encode(texts)
+        return cache.encode(texts) if layers is None else cache.encode_layers(texts, layers)[1]
+    features = "final"
+    if layers is not None:
+        if cache.layers != tuple(layers):
+            held = f"layers {', '.join(map(str, cache.layers))}" if cache.layers else "no layer vectors"
+            raise ParameterError(
+                f"the model reads the layer vectors of layers {', '.join(map(str, layers))}, but cache {cache.path} "
+                f"holds {held}: give the cache it was trained on (or one built with the same --layers)"
+            )
+        features = "layers"
     if add_missing:
         if cache.encoder is None and not cache.contains(texts).all():
             cache.load_encoder()
-        return cache.encode(texts, progress=progress)
-    return cache.get(texts, encode_missing=True, progress=progress)
+        return cache.encode(texts, progress=progress, features=features)
+    return cache.get(texts, encode_missing=True, progress=progress, features=features)
 
 
 @dataclass
 class Inputs:
-    """Rows of one dataset: ``tables[side]`` (m, dim) distinct vectors, ``index[side]`` (n,) rows into them."""
+    """Rows of one dataset: ``tables[side]`` (m, dim) distinct vectors (or (m, n_layers, dim) layer vectors),
+    ``index[side]`` (n,) rows into them."""
 
     tables: dict[str, np.ndarray]
     index: dict[str, np.ndarray]
@@ -123,10 +138,17 @@ def joint_inputs(encoder, df: pd.DataFrame, columns: dict, path, progress: bool 
 
 
 def load_inputs(
-    cache: EmbeddingCache, df: pd.DataFrame, columns: dict, path, add_missing: bool = False, progress: bool = True
+    cache: EmbeddingCache,
+    df: pd.DataFrame,
+    columns: dict,
+    path,
+    add_missing: bool = False,
+    progress: bool = True,
+    layers: tuple[int, ...] | None = None,
 ) -> Inputs:
     """``columns`` maps side -> column name (``text`` required, ``pair`` and ``condition`` optional;
-    ``template`` composes the text side from columns instead).
+    ``template`` composes the text side from columns instead); ``layers``: layer vectors of those hidden
+    states instead of sentence vectors (see ``embed``).
 
     Texts missing from the cache are encoded in memory, or stored in it with ``add_missing``.
     """
@@ -137,7 +159,7 @@ def load_inputs(
         index[side] = np.fromiter(
             (position.setdefault(v, len(position)) for v in values), dtype=np.int64, count=len(values)
         )
-        tables[side] = embed(cache, list(position), add_missing, progress)
+        tables[side] = embed(cache, list(position), add_missing, progress, layers)
     return Inputs(tables, index, texts.get("condition"))
 
 

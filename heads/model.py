@@ -32,7 +32,7 @@ from .data import (
     plain_table,
     sides_of,
 )
-from .head_types import check_frozen_head, check_head_name, head_type, resolve_head
+from .head_types import check_frozen_head, check_head_name, head_type, layer_weights, reading_layers, resolve_head
 from .intervals import half_widths, interval_report, residual_quantiles
 from .metrics import report
 from .model_files import ModelError, load_model, model_config, write_model
@@ -45,7 +45,14 @@ from .training_rows import (
     table_of,
     warn_unknown,
 )
-from .vectors import encoder_record, load_recorded_encoder, open_source, prediction_inputs, usable_cache
+from .vectors import (
+    encoder_record,
+    feature_layers,
+    load_recorded_encoder,
+    open_source,
+    prediction_inputs,
+    usable_cache,
+)
 
 __all__ = ["ArgumentOrderWarning", "HeadModel", "ModelError", "UnknownTokensWarning", "UnseenConditionWarning"]
 
@@ -121,10 +128,11 @@ class HeadModel:
         check_frozen_head(self.config.head, sides_of(self.columns_))
         df, path, y = labelled_table(data, label_cols, self.config.label_range)  # bad labels stop us before encoding
         weights = row_weights(df, weight_col, sample_weight, path)
-        inputs = load_inputs(source, df, self.columns_, path, add_missing, progress)
+        self.layers_ = feature_layers(source, self.config.features)
+        inputs = load_inputs(source, df, self.columns_, path, add_missing, progress, self.layers_)
         if val_data is not None:
             vdf, vpath, y_val = labelled_table(val_data, label_cols, self.config.label_range, "val_data")
-            val, train = load_inputs(source, vdf, self.columns_, vpath, add_missing, progress), inputs
+            val, train = load_inputs(source, vdf, self.columns_, vpath, add_missing, progress, self.layers_), inputs
             self.validation_rows_ = f"{len(vdf)} rows of {vpath}"
         else:
             train_rows, val_rows, self.validation_rows_ = split_rows(
@@ -157,9 +165,12 @@ class HeadModel:
         if not len(train):
             raise InputError(f"{path}: no training rows")
         self.mean_, self.std_ = label_scaling(y, self.labels_, path)
-        self.sides_, self.dim_ = train.sides, next(iter(train.tables.values())).shape[1]
+        first = next(iter(train.tables.values()))  # (m, dim), or (m, n_layers, dim) layer vectors
+        self.sides_, self.dim_ = train.sides, first.shape[-1]
         with torch.device("meta"):  # its fit draws the weights, from the seed
             unit = head_type(self.head_).build(self.dim_, self.sides_, len(self.labels_), self.config)
+            if first.ndim == 3:
+                unit = reading_layers(unit, first.shape[1])
         self.history_ = unit.fit(
             train,
             (y - self.mean_) / self.std_,
@@ -172,6 +183,7 @@ class HeadModel:
             progress=progress,
         )
         self.unit_ = unit
+        self.layer_weights_ = layer_weights(unit)  # what a mix of layer vectors learned, per layer
         self.validation_ = self.calibration_ = None
         if val is not None:
             self.validate(y_val, self.predict_inputs(val), val.condition_values)
@@ -333,12 +345,14 @@ class HeadModel:
         finetuned: dict | None = None,
         directory=None,
         own_encoder=None,
+        layers=None,
     ) -> HeadModel:
         """A model around a head trained elsewhere (fine-tuning trains it with the encoder) or loaded.
 
         ``head`` names its type, ``unit`` is the trained head; ``encoder`` records the fingerprint of the
         vectors it reads; ``finetuned`` (with ``directory``) says where its own encoder is, and
-        ``own_encoder`` is that encoder when already in memory.
+        ``own_encoder`` is that encoder when already in memory; ``layers``: the hidden states whose layer
+        vectors it reads (None: sentence vectors).
         """
         model = cls(config)
         model.head_, model.unit_, model.sides_, model.dim_ = head, unit, tuple(sides), dim
@@ -347,4 +361,6 @@ class HeadModel:
         model.encoder_, model.history_, model.finetuned_ = encoder, list(history), finetuned
         model.directory_, model._own_encoder = None if directory is None else Path(directory), own_encoder
         model.conditions_, model.validation_rows_, model.validation_, model.calibration_ = None, None, None, None
+        model.layers_ = None if layers is None else tuple(layers)
+        model.layer_weights_ = layer_weights(unit)
         return model

@@ -22,7 +22,7 @@ from embedcache import EmbedcacheError, ParameterError
 from embedcache.toolkit import atomic_directory, check_output, installed_version
 
 from .config import TrainConfig
-from .head_types import head_type
+from .head_types import head_type, layer_weights, reading_layers
 
 REQUIRED = ("head", "params", "dim", "sides", "columns", "labels", "label_mean", "label_std", "encoder")
 
@@ -150,11 +150,22 @@ def check_config(config, where) -> None:
         _bad(where, "finetuned", "null or an object with a string 'encoder' (a folder inside the model)", finetuned)
     if not isinstance(config["columns"], dict):
         _bad(where, "columns", "an object", config["columns"])
+    layers = config.get("layers")
+    if layers is not None and not (
+        isinstance(layers, list) and layers and all(isinstance(i, int) and not isinstance(i, bool) for i in layers)
+    ):
+        _bad(where, "layers", "null or a non-empty list of layer indices", layers)
     _check_head_config(config, where)
+
+
+ADDED_SETTINGS = {"features": "final"}  # TrainConfig fields newer than some saved models, with their value then
 
 
 def _check_params(params, where) -> None:
     known = [f for f in TrainConfig.__dataclass_fields__]
+    # settings added since a model was saved take their defaults (the model was trained as they say)
+    if isinstance(params, dict):
+        params = {**{k: v for k, v in ADDED_SETTINGS.items() if k not in params}, **params}
     if not isinstance(params, dict) or set(params) != set(known):
         unknown = sorted(set(params) - set(known)) if isinstance(params, dict) else []
         _bad(
@@ -190,7 +201,10 @@ def saved_unit(config: dict, tensors: dict, settings: TrainConfig, directory: Pa
     dim, sides, n_outputs = config["dim"], tuple(config["sides"]), len(config["labels"])
     kind = head_type(config["head"])
     with torch.device("meta"):  # shapes only: a tampered width must not allocate terabytes
-        built = kind.build(dim, sides, n_outputs, settings).config()
+        built_unit = kind.build(dim, sides, n_outputs, settings)
+        if config.get("layers"):
+            built_unit = reading_layers(built_unit, len(config["layers"]))
+        built = built_unit.config()
         # the model's own fields (dim, sides, labels) are the truth; models saved before head_config have none
         saved = config.get("head_config") or {"alphas": config.get("ridge_alphas")}
         head_config = {k: v for k, v in {**built, **saved}.items() if k in built}
@@ -226,6 +240,8 @@ def model_config(model) -> dict:
         "history": model.history_,
         "finetuned": getattr(model, "finetuned_", None),
         "calibration": getattr(model, "calibration_", None),
+        "layers": None if getattr(model, "layers_", None) is None else list(model.layers_),
+        "layer_weights": layer_weights(model.unit_),
     }
 
 
@@ -241,6 +257,7 @@ def trained_fields(config: dict) -> dict:
         "encoder": config["encoder"],
         "history": config.get("history", []),
         "finetuned": config.get("finetuned"),
+        "layers": config.get("layers"),
     }
 
 

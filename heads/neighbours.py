@@ -130,7 +130,9 @@ def unseen_conditions(trained, source, inputs) -> list[tuple[str, str, float]]:
     unseen = sorted(set(first) - set(trained))
     if not unseen:
         return []
-    cosine, position = nearest(embed(source, trained), inputs.tables["condition"][[first[c] for c in unseen]], k=1)
+    table = inputs.tables["condition"]  # sentence vectors, or layer vectors: then the conditions' own vectors
+    queries = table[[first[c] for c in unseen]] if table.ndim == 2 else embed(source, unseen)
+    cosine, position = nearest(embed(source, trained), queries, k=1)
     return [(c, trained[int(j)], float(cos)) for c, cos, j in zip(unseen, cosine[:, 0], position[:, 0])]
 
 

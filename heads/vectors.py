@@ -119,6 +119,21 @@ def prediction_inputs(model, cache, data, columns=None, add_missing=False, condi
     source = model.vector_source(cache)
     if head_type(model.head_).joint:  # both texts in one sequence: nothing to cache per text
         return joint_inputs(source, df, columns, path, progress)
-    inputs = load_inputs(source, df, columns, path, add_missing, progress)
+    inputs = load_inputs(source, df, columns, path, add_missing, progress, getattr(model, "layers_", None))
     warn_unseen_conditions(getattr(model, "conditions_", None), source, inputs)
     return inputs
+
+
+def feature_layers(source, features: str) -> tuple[int, ...] | None:
+    """The hidden states whose layer vectors a head trained on ``features`` reads from ``source``: None for
+    ``final``; for ``layers``, those ``source`` (a cache built with them) holds."""
+    if features == "final":
+        return None
+    layers = source.layers if isinstance(source, EmbeddingCache) else None
+    if layers is None:
+        where = f"cache {source.path} holds" if isinstance(source, EmbeddingCache) else "an encoder without a cache has"
+        raise ParameterError(
+            f"features='layers' (--features layers) reads layer vectors, and {where} none: build a cache with "
+            "them (embedcache precompute ... --cache DIR --layers all) and train on it"
+        )
+    return layers

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from embedcache import Encoder
@@ -121,3 +122,28 @@ def transformers_layer_means(encoder, texts):
 
 def min_cosine(a, b) -> float:
     return float(((a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)).min())
+
+
+# -- a topic task: texts about food score 1, about sport 0 (the heads tests' data) --------------------------
+
+FOOD = ["pizza", "pasta", "soup", "salad", "bread", "cake", "sushi", "tacos", "curry", "pancakes"]
+SPORT = ["football", "tennis", "basketball", "swimming", "cycling", "golf", "rugby", "hockey", "baseball", "skiing"]
+TEMPLATES = [
+    "I really enjoy {}.",
+    "Tell me more about {}.",
+    "{} is my favourite thing.",
+    "We talked about {} all evening.",
+    "Is {} popular in your country?",
+    "My friend cannot stop thinking about {}.",
+    "Yesterday was all about {}.",
+    "What do you know about {}?",
+]
+
+
+def topic_rows(words_food, words_sport):
+    rows = [(t.format(w), 1.0) for w in words_food for t in TEMPLATES]
+    rows += [(t.format(w), 0.0) for w in words_sport for t in TEMPLATES]
+    return pd.DataFrame(rows, columns=["text", "food"])
+
+
+TRAIN, TEST = topic_rows(FOOD[:7], SPORT[:7]), topic_rows(FOOD[7:], SPORT[7:])  # test words never seen in training

@@ -133,12 +133,16 @@ def train(args) -> dict:
     )
     model.save(args.out, overwrite=args.overwrite)
     print(f"validation on {model.validation_rows_}")
+    if model.layer_weights_ is not None:  # what the mix of layer vectors learned
+        shown = ", ".join(f"{i}: {w:.2f}" for i, w in zip(model.layers_, model.layer_weights_))
+        print(f"layer weights (layer: weight) {shown}")
     print_metrics(f"{model.head_} saved to {args.out}; validation", model.validation_)
     return {
         **json_safe(model.validation_),
         "model": args.out,
         "epochs": len(model.history_),
         "seconds": round(time.perf_counter() - start, 2),
+        **({"layer_weights": model.layer_weights_} if model.layer_weights_ is not None else {}),
     }
 
 

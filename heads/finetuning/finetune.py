@@ -70,6 +70,10 @@ def _configs(
     encoder = FinetuneConfig(**{**encoder.to_dict(), **{k: v for k, v in settings.items() if k in encoder_fields}})
     config.check(zero_lr=True)  # lr 0 freezes the head: the encoder alone learns
     encoder.check()
+    if config.features != "final":
+        raise ParameterError(
+            "fine-tuning trains the encoder through its sentence vectors: --features layers is for heads on a cache"
+        )
     config = config.replace(head=resolve_head(config.head, sides))
     if not issubclass(head_type(config.head), TorchHead):
         raise ParameterError(

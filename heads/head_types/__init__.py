@@ -32,6 +32,8 @@ __all__ = [
     "TwoTowerHead",
     "check_head_name",
     "head_type",
+    "layer_weights",
+    "reading_layers",
     "register_head",
     "resolve_head",
 ]
@@ -86,3 +88,16 @@ def check_frozen_head(head: str, sides) -> str:
         )
     head_type(name).check_sides(sides)
     return name
+
+
+def reading_layers(unit, n_layers: int):
+    """``unit`` made to read ``(m, n_layers, dim)`` layer vectors; ParameterError for a type that cannot."""
+    if not callable(getattr(unit, "with_layers", None)):
+        raise ParameterError(f"the {type(unit).__name__} head cannot read layer vectors: use --features final")
+    return unit.with_layers(n_layers)
+
+
+def layer_weights(unit) -> list[float] | None:
+    """What ``unit`` learned of each layer's worth (a head on layer vectors that mixes them); else None."""
+    weights = getattr(unit, "layer_weights", None)
+    return weights() if callable(weights) else None

@@ -30,12 +30,21 @@ from embedcache import ParameterError
 
 from ..train import fit as fit_module
 from ..train import predict_scaled, seeded, to_device
+from .layers import ScalarMix, mix_tables
 
 
 class Head:
     """What head types share by default: they read no joint sequence and need a text side first."""
 
     joint = False
+
+    def with_layers(self, n_layers: int) -> Head:
+        """This head reading ``(m, n_layers, dim)`` layer vectors instead of ``(m, dim)`` sentence vectors."""
+        raise ParameterError(f"the {type(self).__name__} head cannot read layer vectors: use --features final")
+
+    def layer_weights(self) -> list[float] | None:
+        """What a head that reads layer vectors learned of each layer's worth (None where it has nothing to say)."""
+        return None
 
     @classmethod
     def check_sides(cls, sides) -> None:
@@ -74,12 +83,30 @@ class TorchHead(Head, nn.Module):
             shared=settings.shared,
         )
 
+    def with_layers(self, n_layers: int) -> TorchHead:
+        """Read layer vectors: a ``ScalarMix`` turns each table into one vector per text before ``forward``."""
+        self.mix = ScalarMix(n_layers)
+        self._config["layers"] = n_layers
+        self.register_forward_pre_hook(mix_tables)
+        return self
+
+    def layer_weights(self) -> list[float] | None:
+        mix = getattr(self, "mix", None)
+        return None if mix is None or mix.logits.is_meta else mix.weights()
+
+    def mixed(self, tables: dict) -> dict:
+        """The tables as ``forward`` sees them (layer vectors mixed)."""
+        mix = getattr(self, "mix", None)
+        return tables if mix is None else {s: mix(t) for s, t in tables.items()}
+
     def config(self) -> dict:
         return dict(self._config)
 
     @classmethod
     def from_config(cls, config: dict) -> TorchHead:
-        return cls(**{**config, "sides": tuple(config["sides"])})
+        layers = config.get("layers")
+        head = cls(**{**{k: v for k, v in config.items() if k != "layers"}, "sides": tuple(config["sides"])})
+        return head.with_layers(layers) if layers else head
 
     def state(self) -> dict:
         return {k: v.contiguous() for k, v in self.state_dict().items()}
@@ -100,7 +127,10 @@ class TorchHead(Head, nn.Module):
     def fit(self, train, y, val, y_val, settings, *, scale, sample_weight=None, device="cpu", progress=True) -> list:
         with seeded(settings.seed, device):  # the initial weights too: a fixed seed gives identical models
             self.load_state(type(self).from_config(self.config()).state_dict())
-            self.prepare(*to_device(train.tables, train.index, "cpu"), y)
+            tables, index = to_device(train.tables, train.index, "cpu")
+            with torch.no_grad():
+                tables = self.mixed(tables)
+            self.prepare(tables, index, y)
             history = fit_module(
                 self,
                 train.tables,

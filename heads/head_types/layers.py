@@ -28,3 +28,35 @@ def project(module: nn.Module, table: torch.Tensor, index: torch.Tensor) -> torc
     if len(table) < len(index):
         return module(table)[index]  # one dropout mask per distinct vector in this batch
     return module(table[index])
+
+
+class ScalarMix(nn.Module):
+    """``(m, n_layers, dim)`` layer vectors -> ``(m, dim)``: each layer normalised, then mixed by softmax weights
+    and scaled (ELMo's scalar mix).  The weights start equal; ``weights()`` gives them after training."""
+
+    def __init__(self, n_layers: int):
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(n_layers))
+        self.gamma = nn.Parameter(torch.ones(()))
+
+    def weights(self) -> list[float]:
+        return [round(float(w), 4) for w in torch.softmax(self.logits.detach().float().cpu(), 0)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.layer_norm(x, x.shape[-1:])
+        return self.gamma * torch.einsum("l,mld->md", torch.softmax(self.logits, 0).to(x.dtype), x)
+
+
+def mix_tables(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook of a head that reads layer vectors: its tables mixed before its own forward sees them,
+    only the rows a batch uses (a table holds every distinct text of the training set)."""
+    tables, index = args
+    mix = module.get_submodule("mix")
+    mixed, rows = {}, {}
+    for side, table in tables.items():
+        if len(index[side]) < len(table):
+            used, rows[side] = torch.unique(index[side], return_inverse=True)
+            mixed[side] = mix(table[used])
+        else:
+            mixed[side], rows[side] = mix(table), index[side]
+    return mixed, rows

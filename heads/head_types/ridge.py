@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
+from scipy.linalg import LinAlgWarning
 
 from .base import Head
 
@@ -53,68 +56,110 @@ def fit_ridge(
     Without validation rows the relative alpha is 1e-2.  Returns the relative
     alphas chosen.
     """
-    from sklearn.linear_model import Ridge
-
     mean_diag = float(np.einsum("ij,ij->", X, X, dtype=np.float64)) / X.shape[1]
     relative = np.asarray(alphas if X_val is not None and len(X_val) else (1e-2,), dtype=float)
     candidates = relative * max(mean_diag, 1e-12)
     coef, intercept, chosen = [], [], []
-    for j in range(y.shape[1]):
-        keep = ~np.isnan(y[:, j])
-        Xj = X if keep.all() else X[keep]
-        wj = None if sample_weight is None else np.asarray(sample_weight, dtype=float)[keep]
-        ridge = Ridge(alpha=candidates, solver="cholesky", copy_X=False).fit(
-            Xj, np.repeat(y[keep, j : j + 1], len(candidates), axis=1), sample_weight=wj
-        )
-        ridge_coef = ridge.coef_.reshape(len(candidates), -1)  # scikit-learn drops the axis for a single alpha
-        best = 0
-        if len(candidates) > 1:
-            vkeep = ~np.isnan(y_val[:, j])
-            errors = ((X_val[vkeep] @ ridge_coef.T + ridge.intercept_ - y_val[vkeep, j : j + 1]) ** 2).mean(axis=0)
-            best = int(np.argmin(errors))
-        coef.append(ridge_coef[best])
-        intercept.append(ridge.intercept_[best])
-        chosen.append(float(relative[best]))
+    with warnings.catch_warnings():
+        # the smallest alphas may be ill-conditioned on many features (layer vectors): validation picks the alpha
+        warnings.simplefilter("ignore", LinAlgWarning)
+        for j in range(y.shape[1]):
+            coef_j, intercept_j, chosen_j = _fit_label(X, y, X_val, y_val, j, candidates, relative, sample_weight)
+            coef.append(coef_j)
+            intercept.append(intercept_j)
+            chosen.append(chosen_j)
     return np.asarray(coef, dtype=np.float32), np.asarray(intercept, dtype=np.float32), chosen
 
 
-class RidgeHead(Head):
-    """Ridge regression on the joined sides (see ``ridge_features``), alpha per label chosen on the validation rows."""
+def _fit_label(X, y, X_val, y_val, j, candidates, relative, sample_weight) -> tuple:
+    """Label ``j``'s coefficients, intercept and relative alpha, on the rows where it is present."""
+    from sklearn.linear_model import Ridge
 
-    def __init__(self, dim: int, sides=("text",), n_outputs: int = 1, alphas=None):
-        self.dim, self.sides, self.n_outputs, self.alphas = dim, tuple(sides), n_outputs, alphas
+    keep = ~np.isnan(y[:, j])
+    Xj = X if keep.all() else X[keep]
+    wj = None if sample_weight is None else np.asarray(sample_weight, dtype=float)[keep]
+    ridge = Ridge(alpha=candidates, solver="cholesky", copy_X=False).fit(
+        Xj, np.repeat(y[keep, j : j + 1], len(candidates), axis=1), sample_weight=wj
+    )
+    ridge_coef = ridge.coef_.reshape(len(candidates), -1)  # scikit-learn drops the axis for a single alpha
+    best = 0
+    if len(candidates) > 1:
+        vkeep = ~np.isnan(y_val[:, j])
+        errors = ((X_val[vkeep] @ ridge_coef.T + ridge.intercept_ - y_val[vkeep, j : j + 1]) ** 2).mean(axis=0)
+        best = int(np.argmin(errors))
+    return ridge_coef[best], ridge.intercept_[best], float(relative[best])
+
+
+class RidgeHead(Head):
+    """Ridge regression on the joined sides (see ``ridge_features``), alpha per label chosen on the validation rows.
+
+    On layer vectors (``with_layers``) the layers of each side stand side by side, each feature standardised
+    on the training rows (the layers' scales differ), the means and scales kept with the weights."""
+
+    def __init__(self, dim: int, sides=("text",), n_outputs: int = 1, alphas=None, layers: int | None = None):
+        self.dim, self.sides, self.n_outputs, self.alphas, self.layers = dim, tuple(sides), n_outputs, alphas, layers
         self.coef, self.intercept = None, None
+        self.center: np.ndarray | None = None  # per feature, of a head on layer vectors
+        self.scale: np.ndarray | None = None
 
     @classmethod
     def build(cls, dim: int, sides, n_outputs: int, settings) -> RidgeHead:
         return cls(dim, sides, n_outputs)
 
+    def with_layers(self, n_layers: int) -> RidgeHead:
+        self.layers = n_layers
+        return self
+
     def config(self) -> dict:
         """``alphas``: the relative alpha chosen per label (None before fitting)."""
-        return {"dim": self.dim, "sides": list(self.sides), "n_outputs": self.n_outputs, "alphas": self.alphas}
+        out = {"dim": self.dim, "sides": list(self.sides), "n_outputs": self.n_outputs, "alphas": self.alphas}
+        return out if self.layers is None else {**out, "layers": self.layers}
 
     @classmethod
     def from_config(cls, config: dict) -> RidgeHead:
-        return cls(config["dim"], tuple(config["sides"]), config["n_outputs"], config.get("alphas"))
+        return cls(
+            config["dim"], tuple(config["sides"]), config["n_outputs"], config.get("alphas"), config.get("layers")
+        )
 
     def state(self) -> dict:
-        return {"coef": torch.from_numpy(self.coef), "intercept": torch.from_numpy(self.intercept)}
+        out = {"coef": torch.from_numpy(self.coef), "intercept": torch.from_numpy(self.intercept)}
+        if self.center is not None and self.scale is not None:
+            out |= {"center": torch.from_numpy(self.center), "scale": torch.from_numpy(self.scale)}
+        return out
 
     def load_state(self, tensors: dict) -> RidgeHead:
         self.coef, self.intercept = tensors["coef"].numpy(), tensors["intercept"].numpy()
+        if "center" in tensors:
+            self.center, self.scale = tensors["center"].numpy(), tensors["scale"].numpy()
         return self
 
     def state_shapes(self) -> dict:
-        return {"coef": (self.n_outputs, self.dim * len(_parts(self.sides))), "intercept": (self.n_outputs,)}
+        width = self.dim * (self.layers or 1) * len(_parts(self.sides))
+        out = {"coef": (self.n_outputs, width), "intercept": (self.n_outputs,)}
+        return out if self.layers is None else {**out, "center": (width,), "scale": (width,)}
+
+    def features(self, inputs) -> np.ndarray:
+        """The features of ``inputs`` (layer vectors flattened and standardised)."""
+        tables = {s: t.reshape(len(t), -1) for s, t in inputs.tables.items()}
+        X = ridge_features(tables, inputs.index, self.sides)
+        if self.center is not None and self.scale is not None:
+            X -= self.center
+            X /= self.scale
+        return X
 
     def fit(self, train, y, val, y_val, settings, *, scale, sample_weight=None, device="cpu", progress=True) -> list:
-        X = ridge_features(train.tables, train.index, self.sides)
-        X_val = None if val is None else ridge_features(val.tables, val.index, self.sides)
+        self.center = self.scale = None
+        X = self.features(train)
+        if self.layers is not None:
+            self.center, self.scale = X.mean(axis=0), np.maximum(X.std(axis=0), 1e-6).astype(np.float32)
+            X -= self.center
+            X /= self.scale
+        X_val = None if val is None else self.features(val)
         self.coef, self.intercept, self.alphas = fit_ridge(X, y, X_val, y_val, sample_weight=sample_weight)
         return []
 
     def predict(self, inputs) -> np.ndarray:
         # float64, as the torch heads: float32 BLAS sums in an order that depends on the
         # row blocking, so a row's score would change with the rows predicted beside it
-        X = ridge_features(inputs.tables, inputs.index, self.sides).astype(np.float64)
+        X = self.features(inputs).astype(np.float64)
         return X @ self.coef.T.astype(np.float64) + self.intercept.astype(np.float64)

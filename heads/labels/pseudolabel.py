@@ -182,6 +182,8 @@ def pseudolabel(
         summary.update(details, labeling_functions=list(details["functions"]))
         scores = scores[:, None]
     else:
+        if model is not None and model.config.features != "final":
+            raise ParameterError("pseudolabel reads sentence vectors: --features layers is for heads train")
         rest_inputs = load_inputs(cache, rest, columns, paths[0], add_missing)
         lab_inputs = load_inputs(cache, labeled, columns, paths[1], add_missing)
         if method == "knn":

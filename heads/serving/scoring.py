@@ -51,13 +51,21 @@ class RecentVectors(Encoder):
         return {"recent": True}
 
     def encode(self, texts: list[str]) -> np.ndarray:
+        return self.recalled(texts, None)
+
+    def encode_layers(self, texts: list[str], layers: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Only the layer vectors are kept: the first of the pair is None."""
+        return None, self.recalled(texts, tuple(layers))  # type: ignore[return-value]
+
+    def recalled(self, texts: list[str], layers: tuple[int, ...] | None) -> np.ndarray:
+        """Vectors (with ``layers``: layer vectors) of ``texts``, the recent ones from memory."""
         out, missing = [None] * len(texts), []
         for i, text in enumerate(texts):
-            vector = self.recent.get(text)
+            vector = self.recent.get((layers, text))
             if vector is None:
                 missing.append(i)
             else:
-                self.recent.move_to_end(text)
+                self.recent.move_to_end((layers, text))
                 out[i] = vector
         self.memory_hits += len(texts) - len(missing)
         if missing:
@@ -68,9 +76,9 @@ class RecentVectors(Encoder):
                 self.encoded += len(new) - held
             else:
                 self.encoded += len(new)
-            for i, text, vector in zip(missing, new, embed(self.source, new)):
+            for i, text, vector in zip(missing, new, embed(self.source, new, layers=layers)):
                 out[i] = vector
-                self.recent[text] = vector
+                self.recent[(layers, text)] = vector
             while len(self.recent) > self.size:
                 self.recent.popitem(last=False)
         return np.stack(out) if out else np.zeros((0, 1), dtype=np.float32)
@@ -177,7 +185,9 @@ class Scorer:
         before = (self.vectors.encoded, self.vectors.cache_hits)
         try:
             df, path = as_table(items, model.columns_, model.sides_)
-            return model.predict_inputs(load_inputs(self.vectors, df, model.columns_, path))
+            return model.predict_inputs(
+                load_inputs(self.vectors, df, model.columns_, path, layers=getattr(model, "layers_", None))
+            )
         finally:
             if self.metrics is not None:
                 self.metrics.texts.inc(self.vectors.encoded - before[0])

@@ -4,38 +4,17 @@ import textwrap
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import FOOD, SPORT, TEST, TRAIN, topic_rows
 
 from embedcache import EmbeddingCache, FingerprintMismatchError
 from embedcache.inputs import InputError
 from heads import HeadModel
 from heads.cli import main
 
-FOOD = ["pizza", "pasta", "soup", "salad", "bread", "cake", "sushi", "tacos", "curry", "pancakes"]
-SPORT = ["football", "tennis", "basketball", "swimming", "cycling", "golf", "rugby", "hockey", "baseball", "skiing"]
-TEMPLATES = [
-    "I really enjoy {}.",
-    "Tell me more about {}.",
-    "{} is my favourite thing.",
-    "We talked about {} all evening.",
-    "Is {} popular in your country?",
-    "My friend cannot stop thinking about {}.",
-    "Yesterday was all about {}.",
-    "What do you know about {}?",
-]
-
-
-def topic_rows(words_food, words_sport):
-    rows = [(t.format(w), 1.0) for w in words_food for t in TEMPLATES]
-    rows += [(t.format(w), 0.0) for w in words_sport for t in TEMPLATES]
-    return pd.DataFrame(rows, columns=["text", "food"])
-
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory, minilm):
     return EmbeddingCache(tmp_path_factory.mktemp("heads") / "cache", minilm)
-
-
-TRAIN, TEST = topic_rows(FOOD[:7], SPORT[:7]), topic_rows(FOOD[7:], SPORT[7:])  # test words never seen in training
 
 
 @pytest.mark.parametrize("head", ["concat", "ridge"])
