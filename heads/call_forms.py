@@ -33,15 +33,20 @@ def squeezed(scores: np.ndarray, one: bool):
     return (scores[0].item() if scores.ndim == 1 else scores[0]) if one else scores
 
 
-def score_table(df: pd.DataFrame, pred: np.ndarray, labels: list, bounds, decimals, id_col) -> pd.DataFrame:
+def score_table(
+    df: pd.DataFrame, pred: np.ndarray, labels: list, bounds, decimals, id_col, spread=None
+) -> pd.DataFrame:
     """Predictions as ``predict_table`` writes them: ``id`` (from ``id_col``, else an ``id`` column, else the
-    row number), ``score`` (a column per label when there are several), ``lower``/``upper`` for ``bounds``."""
+    row number), ``score`` (a column per label when there are several), ``lower``/``upper`` for ``bounds``,
+    ``std`` for an ensemble's ``spread``."""
     names = ["score"] if len(labels) == 1 else labels
     out = {n: pred[:, j] for j, n in enumerate(names)}
-    if bounds is not None:
-        for j, n in enumerate(names):
-            prefix = "" if len(names) == 1 else f"{n}_"
+    for j, n in enumerate(names):
+        prefix = "" if len(names) == 1 else f"{n}_"
+        if bounds is not None:
             out[f"{prefix}lower"], out[f"{prefix}upper"] = bounds[0][:, j], bounds[1][:, j]
+        if spread is not None:
+            out[f"{prefix}std"] = spread[:, j]
     if decimals is not None:
         out = {n: (v.round(decimals).astype(np.int64) if decimals <= 0 else v.round(decimals)) for n, v in out.items()}
     id_col = id_col or ("id" if "id" in df.columns else None)

@@ -88,6 +88,12 @@ class TrainConfig:
         high_open=True,
     )
     label_range: tuple | None = setting(None, "bound predictions to [LO, HI]", check_label_range)
+    ensemble: int = setting(
+        1,
+        "train K heads, each validated on its own fold of the training rows, and predict their mean; their "
+        "spread per row (predict --std) makes the intervals narrow where they agree (default %(default)s: one head)",
+        check_int,
+    )
     seed: int = setting(
         0, "random seed: the same seed gives the same model (default %(default)s)", check_int, minimum=0
     )

@@ -8,6 +8,15 @@ finite-sample correction of split conformal prediction, n validation rows):
 for rows drawn like the validation rows, at least ``c`` of the intervals hold
 the truth.  The validation rows also chose the early-stopping epoch, which
 makes the residuals very slightly optimistic; the coverage test measures it.
+
+An ensemble also keeps the quantiles of its residuals divided by its members'
+spread on each row plus a floor, the median spread of the validation rows (so
+a row where the members happen to agree is not given a zero width, and a weak
+signal widens few rows; on EmoBank a tenth of the median gave intervals 16%
+wider on average than one width per label, the median 2% narrower): its
+intervals are that quantile times the row's own spread plus the floor, narrow
+where the members agree and wide where they do not, with the same
+finite-sample guarantee.
 """
 
 from __future__ import annotations
@@ -62,3 +71,26 @@ def interval_report(y_true: np.ndarray, lower: np.ndarray, upper: np.ndarray, co
         "coverage": float(inside[keep].mean()),
         "mean_width": float((upper - lower)[keep].mean()),
     }
+
+
+def normalized_quantiles(y_true: np.ndarray, y_pred: np.ndarray, spread: np.ndarray) -> dict:
+    """Per label: the floor added to each row's ``spread`` and the GRID quantiles of |residual| / (spread + floor)."""
+    floors, n, quantiles = [], [], []
+    for j in range(y_true.shape[1]):
+        keep = ~np.isnan(y_true[:, j])
+        floor = max(float(np.median(spread[keep, j])), 1e-9) if keep.any() else 1e-9
+        scores = np.abs(y_true[keep, j] - y_pred[keep, j]) / (spread[keep, j] + floor)
+        floors.append(round(floor, 9))
+        n.append(int(keep.sum()))
+        quantiles.append(np.quantile(scores, GRID, method="inverted_cdf").round(6).tolist() if keep.any() else None)
+    return {"n": n, "quantiles": quantiles, "floor": floors}
+
+
+def row_half_widths(calibration: dict | None, coverage: float, spread: np.ndarray | None) -> np.ndarray:
+    """Half-widths of the intervals: ``(n, n_labels)`` from the rows' ``spread`` where the model kept normalised
+    residuals (an ensemble), else one per label."""
+    normalized = (calibration or {}).get("normalized")
+    if normalized is None or spread is None:
+        return half_widths(calibration, coverage)
+    factor = half_widths(normalized, coverage)
+    return factor * (spread + np.asarray(normalized["floor"]))

@@ -32,8 +32,9 @@ from .data import (
     plain_table,
     sides_of,
 )
+from .ensemble import Ensemble, fit_ensemble
 from .head_types import check_frozen_head, check_head_name, head_type, layer_weights, reading_layers, resolve_head
-from .intervals import half_widths, interval_report, residual_quantiles
+from .intervals import interval_report, normalized_quantiles, residual_quantiles, row_half_widths
 from .metrics import report
 from .model_files import ModelError, load_model, model_config, write_model
 from .neighbours import UnseenConditionWarning
@@ -167,35 +168,46 @@ class HeadModel:
         self.mean_, self.std_ = label_scaling(y, self.labels_, path)
         first = next(iter(train.tables.values()))  # (m, dim), or (m, n_layers, dim) layer vectors
         self.sides_, self.dim_ = train.sides, first.shape[-1]
-        with torch.device("meta"):  # its fit draws the weights, from the seed
-            unit = head_type(self.head_).build(self.dim_, self.sides_, len(self.labels_), self.config)
-            if first.ndim == 3:
-                unit = reading_layers(unit, first.shape[1])
-        self.history_ = unit.fit(
-            train,
-            (y - self.mean_) / self.std_,
-            val,
-            None if val is None else (y_val - self.mean_) / self.std_,
-            self.config,
-            scale=self.std_,
-            sample_weight=sample_weight,
-            device=resolve_device(self.device),
-            progress=progress,
-        )
-        self.unit_ = unit
-        self.layer_weights_ = layer_weights(unit)  # what a mix of layer vectors learned, per layer
+
+        def new_unit():
+            with torch.device("meta"):  # its fit draws the weights, from the seed
+                unit = head_type(self.head_).build(self.dim_, self.sides_, len(self.labels_), self.config)
+                return reading_layers(unit, first.shape[1]) if first.ndim == 3 else unit
+
+        fitting = {"scale": self.std_, "device": resolve_device(self.device), "progress": progress}
+        y_std = (y - self.mean_) / self.std_
+        if self.config.ensemble > 1:  # each member validated on its own fold; val is left for calibration
+            self.unit_, self.history_ = fit_ensemble(
+                new_unit, train, y_std, self.config, sample_weight=sample_weight, **fitting
+            )
+        else:
+            self.unit_ = new_unit()
+            y_val_std = None if val is None else (y_val - self.mean_) / self.std_
+            self.history_ = self.unit_.fit(
+                train, y_std, val, y_val_std, self.config, sample_weight=sample_weight, **fitting
+            )
+        self.layer_weights_ = layer_weights(self.unit_)  # what a mix of layer vectors learned, per layer
         self.validation_ = self.calibration_ = None
         if val is not None:
-            self.validate(y_val, self.predict_inputs(val), val.condition_values)
+            self.validate(y_val, self.predict_inputs(val), val.condition_values, self.spread_inputs(val))
         return self
 
-    def validate(self, y_val: np.ndarray, pred: np.ndarray, conditions=None) -> HeadModel:
-        """Record the validation metrics and the residuals that intervals are drawn from."""
+    def validate(self, y_val: np.ndarray, pred: np.ndarray, conditions=None, spread=None) -> HeadModel:
+        """Record the validation metrics and the residuals that intervals are drawn from (an ensemble's also
+        divided by its ``spread`` on each row)."""
         self.validation_ = report(y_val, pred, self.labels_, conditions)
         self.calibration_ = residual_quantiles(y_val, pred)
+        if spread is not None:
+            self.calibration_["normalized"] = normalized_quantiles(y_val, pred, spread)
         return self
 
     # -- prediction -----------------------------------------------------------
+
+    def spread_inputs(self, inputs: Inputs) -> np.ndarray | None:
+        """``(n, n_labels)``: an ensemble's members' standard deviation per row, in label units (None for one head)."""
+        if not isinstance(self.unit_, Ensemble):
+            return None
+        return self.unit_.predictions(inputs.compact()).std(axis=0, ddof=1) * self.std_
 
     def predict_inputs(self, inputs: Inputs) -> np.ndarray:
         """``(n, n_labels)`` predictions in label units, bounded by ``label_range``."""
@@ -230,12 +242,14 @@ class HeadModel:
         add_missing=False,
         progress: bool = True,
         squeeze: bool = True,
+        std: bool = False,
     ):
         """Scores for ``data``, shaped as sentence-transformers and SetFit return them: a float for one text,
         ``(n,)`` for a model of one label, ``(n, n_labels)`` for several (``(n_labels,)`` for one text);
         ``squeeze=False`` always gives ``(n, n_labels)``.  With ``interval=0.9``, ``(scores, lower, upper)``,
         bounds shaped like the scores that hold the truth for at least 90% of rows like the validation rows
-        (split conformal).
+        (split conformal; an ensemble's are as wide as its members disagree on the row).  ``std=True`` (an
+        ensemble) appends the members' standard deviation per row, shaped like the scores.
 
         ``data``: one text, a list of texts, of ``(text, pair)`` / ``(text, condition)`` tuples or of dicts
         (``{"text": ..., "condition": ...}``, or the trained column names), a DataFrame, or a file path;
@@ -247,15 +261,20 @@ class HeadModel:
         data, cache = data_first(data, cache, "predict")
         inputs = prediction_inputs(self, cache, data, columns, add_missing, conditions, progress)
         scores = self.predict_inputs(inputs)
-        out = [scores] if interval is None else [scores, *self.bounds(scores, interval)]
+        spread = self.spread_inputs(inputs) if interval is not None or std else None
+        if std and spread is None:
+            raise ParameterError("std=True (--std) is the spread of an ensemble's members: train with ensemble=K")
+        out = [scores] if interval is None else [scores, *self.bounds(scores, interval, spread)]
+        out += [spread] if std else []
         if squeeze:
             one = isinstance(data, str) and not is_data_file(data)
             out = [squeezed(a, one) for a in out]
-        return out[0] if interval is None else tuple(out)
+        return out[0] if len(out) == 1 else tuple(out)
 
-    def bounds(self, scores: np.ndarray, interval: float) -> tuple[np.ndarray, np.ndarray]:
-        """Lower and upper bounds around ``scores`` holding the truth for at least ``interval`` of rows."""
-        half = half_widths(getattr(self, "calibration_", None), interval)
+    def bounds(self, scores: np.ndarray, interval: float, spread=None) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper bounds around ``scores`` holding the truth for at least ``interval`` of rows (as wide
+        as an ensemble's members disagree, given their ``spread``)."""
+        half = row_half_widths(getattr(self, "calibration_", None), interval, spread)
         lower, upper = scores - half, scores + half
         if self.config.label_range is not None:
             lower, upper = np.clip(lower, *self.config.label_range), np.clip(upper, *self.config.label_range)
@@ -271,18 +290,22 @@ class HeadModel:
         add_missing=False,
         interval: float | None = None,
         progress: bool = True,
+        std: bool = False,
     ) -> pd.DataFrame:
         """Predictions as a table: ``id`` (from ``id_col``, else an ``id`` column, else the row number) and
         ``score`` (a column per label when there are several), with ``lower`` and ``upper`` for an
-        ``interval``, rounded to ``decimals`` when given.  ``predict_table(cache, data)``, the order before,
+        ``interval`` and ``std`` (an ensemble's spread) for ``std=True``, rounded to ``decimals`` when given.  ``predict_table(cache, data)``, the order before,
         still works, with a FutureWarning."""
         data, cache = data_first(data, cache, "predict_table")
         df, path = table_of(data)
         if id_col is not None and id_col not in df.columns:
             raise InputError(f"{path}: no column {id_col!r}; available columns: {', '.join(map(str, df.columns))}")
-        pred = self.predict(df, cache, columns=columns, add_missing=add_missing, progress=progress, squeeze=False)
-        bounds = None if interval is None else self.bounds(pred, interval)
-        return score_table(df, pred, self.labels_, bounds, decimals, id_col)
+        inputs = prediction_inputs(self, cache, df, columns, add_missing, progress=progress)
+        pred, spread = self.predict_inputs(inputs), self.spread_inputs(inputs)
+        if std and spread is None:
+            raise ParameterError("std=True (--std) is the spread of an ensemble's members: train with ensemble=K")
+        bounds = None if interval is None else self.bounds(pred, interval, spread)
+        return score_table(df, pred, self.labels_, bounds, decimals, id_col, spread if std else None)
 
     def evaluate(
         self,
@@ -308,7 +331,10 @@ class HeadModel:
         groups = group_values(df, group_col, path)
         metrics = report(y, pred, list(label_cols or self.labels_), inputs.condition_values, groups)
         if interval is not None:
-            metrics["interval"] = interval_report(y, *self.bounds(pred, interval), interval)
+            spread = self.spread_inputs(inputs)
+            metrics["interval"] = interval_report(y, *self.bounds(pred, interval, spread), interval)
+            if spread is not None:  # against the one width per label of a plain split-conformal interval
+                metrics["interval_constant_width"] = interval_report(y, *self.bounds(pred, interval), interval)
         return metrics, y, pred, inputs
 
     # -- saving ---------------------------------------------------------------

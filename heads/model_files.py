@@ -22,6 +22,7 @@ from embedcache import EmbedcacheError, ParameterError
 from embedcache.toolkit import atomic_directory, check_output, installed_version
 
 from .config import TrainConfig
+from .ensemble import Ensemble, member_tensors
 from .head_types import head_type, layer_weights, reading_layers
 
 REQUIRED = ("head", "params", "dim", "sides", "columns", "labels", "label_mean", "label_std", "encoder")
@@ -150,6 +151,9 @@ def check_config(config, where) -> None:
         _bad(where, "finetuned", "null or an object with a string 'encoder' (a folder inside the model)", finetuned)
     if not isinstance(config["columns"], dict):
         _bad(where, "columns", "an object", config["columns"])
+    members = config.get("ensemble")
+    if members is not None and not (isinstance(members, int) and not isinstance(members, bool) and members >= 2):
+        _bad(where, "ensemble", "null or a whole number >= 2 (the members of an ensemble)", members)
     layers = config.get("layers")
     if layers is not None and not (
         isinstance(layers, list) and layers and all(isinstance(i, int) and not isinstance(i, bool) for i in layers)
@@ -158,7 +162,10 @@ def check_config(config, where) -> None:
     _check_head_config(config, where)
 
 
-ADDED_SETTINGS = {"features": "final"}  # TrainConfig fields newer than some saved models, with their value then
+ADDED_SETTINGS = {
+    "features": "final",
+    "ensemble": 1,
+}  # TrainConfig fields newer than some saved models, with their value then
 
 
 def _check_params(params, where) -> None:
@@ -197,7 +204,27 @@ def _check_head_config(config: dict, where) -> None:
 
 
 def saved_unit(config: dict, tensors: dict, settings: TrainConfig, directory: Path):
-    """The trained head of a saved model, its tensors' shapes checked against its config before any is allocated."""
+    """The trained head (an Ensemble of them, for a model trained with ``ensemble``) of a saved model, its
+    tensors' shapes checked against its config before any is allocated."""
+    members = config.get("ensemble")
+    if not members:
+        return _saved_head(config, config.get("head_config"), tensors, settings, directory)
+    saved = (config.get("head_config") or {}).get("members")
+    if not (isinstance(saved, list) and len(saved) == members and all(isinstance(c, dict) for c in saved)):
+        raise ModelError(
+            f"{directory / 'config.json'}: field 'head_config' must hold the configs of the {members} members "
+            "of the ensemble ('members'); train the model again"
+        )
+    units = [_saved_head(config, saved[k], member_tensors(tensors, k), settings, directory) for k in range(members)]
+    left = set(tensors) - {f"member{k}.{name}" for k in range(members) for name in member_tensors(tensors, k)}
+    if left:
+        raise ModelError(
+            f"{directory}: tensor {sorted(left)[0]!r} belongs to no member; the files do not belong together"
+        )
+    return Ensemble(units)
+
+
+def _saved_head(config: dict, saved: dict | None, tensors: dict, settings: TrainConfig, directory: Path):
     dim, sides, n_outputs = config["dim"], tuple(config["sides"]), len(config["labels"])
     kind = head_type(config["head"])
     with torch.device("meta"):  # shapes only: a tampered width must not allocate terabytes
@@ -206,7 +233,7 @@ def saved_unit(config: dict, tensors: dict, settings: TrainConfig, directory: Pa
             built_unit = reading_layers(built_unit, len(config["layers"]))
         built = built_unit.config()
         # the model's own fields (dim, sides, labels) are the truth; models saved before head_config have none
-        saved = config.get("head_config") or {"alphas": config.get("ridge_alphas")}
+        saved = saved or {"alphas": config.get("ridge_alphas")}
         head_config = {k: v for k, v in {**built, **saved}.items() if k in built}
         head_config.update(dim=dim, sides=list(sides), n_outputs=n_outputs)
         try:
@@ -242,6 +269,7 @@ def model_config(model) -> dict:
         "calibration": getattr(model, "calibration_", None),
         "layers": None if getattr(model, "layers_", None) is None else list(model.layers_),
         "layer_weights": layer_weights(model.unit_),
+        "ensemble": len(model.unit_.members) if isinstance(model.unit_, Ensemble) else None,
     }
 
 

@@ -50,6 +50,11 @@ def predict_parsers(sub) -> None:
     option(p, "--id-col")
     p.add_argument("--round", type=NON_NEGATIVE_INT, metavar="N", help="round predictions to N decimals")
     option(p, "--interval", help=OPTIONS["--interval"]["help"] + ": columns lower and upper")
+    p.add_argument(
+        "--std",
+        action="store_true",
+        help="a column std: the spread of an ensemble's members on each row (a model trained with --ensemble K)",
+    )
     ray_arguments(p)
     run_arguments(p)
 
@@ -120,6 +125,7 @@ def predict(args) -> dict:
             gpus_per_worker=args.gpus_per_worker,
             cpus_per_worker=args.cpus_per_worker,
             progress=not args.quiet,
+            std=args.std,
         )
         print(
             f"scored {summary['files'] - summary['skipped']} files ({summary['rows']} rows) into {args.out} on Ray; "
@@ -138,6 +144,7 @@ def predict(args) -> dict:
         add_missing=args.add_missing,
         interval=args.interval,
         progress=not args.quiet,
+        std=args.std,
     )
     write_csv(out, args.out)
     print(f"wrote {len(out)} predictions to {args.out}")
@@ -169,6 +176,9 @@ def evaluate(args) -> dict:
     if "interval" in metrics:
         i = metrics["interval"]
         print(f"{i['level']:g} intervals: coverage {i['coverage']:.3f}, mean width {i['mean_width']:.4f}")
+    if "interval_constant_width" in metrics:  # an ensemble's, against one width per label
+        c = metrics["interval_constant_width"]
+        print(f"  (one width per label instead: coverage {c['coverage']:.3f}, mean width {c['mean_width']:.4f})")
     if args.plots:
         from ..plots import write_plots
 

@@ -70,6 +70,8 @@ def _configs(
     encoder = FinetuneConfig(**{**encoder.to_dict(), **{k: v for k, v in settings.items() if k in encoder_fields}})
     config.check(zero_lr=True)  # lr 0 freezes the head: the encoder alone learns
     encoder.check()
+    if config.ensemble != 1:
+        raise ParameterError("fine-tuning trains one encoder with one head: --ensemble is for heads on a cache")
     if config.features != "final":
         raise ParameterError(
             "fine-tuning trains the encoder through its sentence vectors: --features layers is for heads on a cache"

@@ -18,18 +18,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from embedcache import EmbeddingCache, InputError, read_table
+from embedcache import EmbeddingCache, InputError, ParameterError, read_table
 from embedcache.toolkit import atomic_file, check_not_input, connect_ray, expand_inputs, map_with_actors, writing
 
 from ..model import HeadModel
 
 
 class _ScoringActor:
-    def __init__(self, model, cache, out, columns, id_col, interval, decimals, header):
+    def __init__(self, model, cache, out, columns, id_col, interval, decimals, header, std=False):
         self.model = HeadModel.load(model)
         self.cache = EmbeddingCache(cache) if cache else None
         self.out, self.columns, self.id_col = Path(out), columns, id_col
-        self.interval, self.decimals, self.header = interval, decimals, header
+        self.interval, self.decimals, self.header, self.std = interval, decimals, header, std
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         done = []
@@ -42,6 +42,7 @@ class _ScoringActor:
                 id_col=self.id_col,
                 decimals=self.decimals,
                 interval=self.interval,
+                std=self.std,
             )
             with atomic_file(output_of(self.out, Path(path))) as tmp:
                 table.to_parquet(tmp, index=False)
@@ -69,6 +70,7 @@ def score_files(
     gpus_per_worker: float = 0,
     cpus_per_worker: float | None = None,
     progress: bool = True,
+    std: bool = False,
 ) -> dict:
     """Score every file of ``data`` (paths or glob patterns) with the model directory ``model`` into the
     directory ``out``, one Parquet file per input; return files, skipped (outputs there already), rows, seconds."""
@@ -85,7 +87,9 @@ def score_files(
                 f"{other} and {path} would both be scored into {output_of(out, path)}: give files "
                 "with different names, or score them into different --out directories"
             )
-    HeadModel.load(model)  # a wrong directory fails here, in one line, before any actor starts
+    loaded = HeadModel.load(model)  # a wrong directory fails here, in one line, before any actor starts
+    if std and loaded.config.ensemble == 1:
+        raise ParameterError("std=True (--std) is the spread of an ensemble's members: train with ensemble=K")
     with writing(out, "creating"):
         out.mkdir(parents=True, exist_ok=True)
     todo = [p for p in files if not output_of(out, p).exists()]
@@ -105,6 +109,7 @@ def score_files(
                 "interval": interval,
                 "decimals": decimals,
                 "header": header,
+                "std": std,
             },
             workers=workers,
             gpus_per_worker=gpus_per_worker,
