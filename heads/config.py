@@ -53,7 +53,9 @@ class TrainConfig:
     head: str = setting(
         "auto",
         "head type: auto (two-tower for a pair of texts, as it starts from their calibrated "
-        "cosine; concat otherwise) or a registered type (default: %(default)s)",
+        "cosine; concat otherwise), search (every head type on every feature set the cache holds, "
+        "ranked by validation Pearson; the best is saved with the leaderboard) or a registered type "
+        "(default: %(default)s)",
     )
     features: str = setting(
         "final",

@@ -18,9 +18,7 @@ from embedcache import (
     ParameterError,
     UnknownTokensWarning,
 )
-from embedcache.toolkit import (
-    resolve_device,
-)
+from embedcache.toolkit import resolve_device
 
 from .call_forms import ArgumentOrderWarning, data_first, group_values, score_table, squeezed, warn_old_order
 from .config import TrainConfig
@@ -38,6 +36,7 @@ from .intervals import interval_report, normalized_quantiles, residual_quantiles
 from .metrics import report
 from .model_files import ModelError, load_model, model_config, write_model
 from .neighbours import UnseenConditionWarning
+from .search import search_fit
 from .training_rows import (
     label_scaling,
     labelled_table,
@@ -120,6 +119,10 @@ class HeadModel:
         ``sample_weight`` weights each row's loss; ``add_missing`` stores texts missing from a cache."""
         self.config.check()
         label_cols = [label_cols] if isinstance(label_cols, str) else list(label_cols)
+        if self.config.head == "search":  # each candidate fits these rows; self becomes the best
+            columns = {"text_col": text_col, "pair_col": pair_col, "condition_col": condition_col, "template": template}
+            rest = {"weight_col": weight_col, "sample_weight": sample_weight, "add_missing": add_missing}
+            return search_fit(self, source, data, label_cols, val_data, {**columns, **rest, "progress": progress})
         self.columns_ = {
             "text": None if template else text_col,
             "pair": pair_col,

@@ -270,6 +270,7 @@ def model_config(model) -> dict:
         "layers": None if getattr(model, "layers_", None) is None else list(model.layers_),
         "layer_weights": layer_weights(model.unit_),
         "ensemble": len(model.unit_.members) if isinstance(model.unit_, Ensemble) else None,
+        "leaderboard": getattr(model, "leaderboard_", None),
     }
 
 
@@ -299,4 +300,5 @@ def load_model(cls, directory):
     model = cls.from_trained(settings, config["head"], unit, directory=directory, **trained_fields(config))
     model.conditions_, model.validation_rows_ = config.get("conditions"), config.get("validation_rows")
     model.validation_, model.calibration_ = config.get("validation"), config.get("calibration")
+    model.leaderboard_ = config.get("leaderboard")
     return model

@@ -133,6 +133,13 @@ def train(args) -> dict:
     )
     model.save(args.out, overwrite=args.overwrite)
     print(f"validation on {model.validation_rows_}")
+    if getattr(model, "leaderboard_", None):  # a head search: every candidate, best first
+        print("head search, by validation Pearson:")
+        for row in model.leaderboard_:
+            print(
+                f"  {row['head']:10s} {row['features']:7s} pearson {row['pearson']:.4f} spearman "
+                f"{row['spearman']:.4f} rmse {row['rmse']:.4f} ({row['seconds']:.1f} s)"
+            )
     if model.layer_weights_ is not None:  # what the mix of layer vectors learned
         shown = ", ".join(f"{i}: {w:.2f}" for i, w in zip(model.layers_, model.layer_weights_))
         print(f"layer weights (layer: weight) {shown}")

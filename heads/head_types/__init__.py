@@ -59,9 +59,10 @@ def register_head(name: str, cls: type) -> type:
 
 
 def check_head_name(name, allow_auto: bool = False) -> str:
-    if name not in HEAD_TYPES and not (allow_auto and name == "auto"):
+    """``name`` when it is a registered head type (or, with ``allow_auto``, ``auto`` or ``search``)."""
+    if name not in HEAD_TYPES and not (allow_auto and name in ("auto", "search")):
         raise ParameterError(
-            f"unknown head {name!r}; choose one of: {'auto, ' if allow_auto else ''}{', '.join(HEAD_TYPES)}"
+            f"unknown head {name!r}; choose one of: {'auto, search, ' if allow_auto else ''}{', '.join(HEAD_TYPES)}"
         )
     return name
 

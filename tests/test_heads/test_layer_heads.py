@@ -78,3 +78,23 @@ def test_a_model_saved_before_features_existed_still_loads(layer_cache, tmp_path
     loaded = HeadModel.load(tmp_path / "m")
     assert loaded.config.features == "final"
     np.testing.assert_array_equal(loaded.predict(TEST, cache=layer_cache), model.predict(TEST, cache=layer_cache))
+
+
+def test_a_head_search_ranks_every_head_on_every_feature_set_and_keeps_the_best(layer_cache, tmp_path, capsys):
+    TRAIN.to_csv(tmp_path / "train.csv", index=False)
+    args = ["train", "--data", tmp_path / "train.csv", "--label-col", "food", "--head", "search", "--quiet"]
+    code, out, _ = run(main, capsys, *args, "--cache", layer_cache.path, "--out", tmp_path / "m")
+    assert code == 0 and "head search, by validation Pearson:" in out
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    board = config["leaderboard"]
+    assert {(r["head"], r["features"]) for r in board} == {
+        (h, f) for h in ("concat", "ridge") for f in ("final", "layers")
+    }  # two-tower needs a pair, cross the encoder
+    assert [r["pearson"] for r in board] == sorted((r["pearson"] for r in board), reverse=True)
+    best = board[0]
+    assert (config["head"], config["params"]["features"]) == (best["head"], best["features"])
+    assert config["validation"]["pearson"] == best["pearson"]
+    loaded = HeadModel.load(tmp_path / "m")
+    assert loaded.leaderboard_ == board
+    again = HeadModel(head=best["head"], features=best["features"]).fit(TRAIN, "food", cache=layer_cache)
+    np.testing.assert_array_equal(loaded.predict(TEST, cache=layer_cache), again.predict(TEST, cache=layer_cache))
