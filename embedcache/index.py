@@ -12,12 +12,21 @@ import hashlib
 
 import numpy as np
 
+from .errors import InputError
 from .shards import KEY_BYTES
 
 
 def text_keys(texts: list[str]) -> np.ndarray:
-    """``(n, 16)`` uint8 keys of ``texts``: BLAKE2b-128 of the exact UTF-8 bytes."""
-    blob = b"".join([hashlib.blake2b(t.encode("utf-8"), digest_size=KEY_BYTES).digest() for t in texts])
+    """``(n, 16)`` uint8 keys of ``texts``: BLAKE2b-128 of the exact UTF-8 bytes.  A text that is not a string
+    (a NaN from an empty CSV cell, a number) is an InputError naming its position."""
+    try:
+        blob = b"".join([hashlib.blake2b(t.encode("utf-8"), digest_size=KEY_BYTES).digest() for t in texts])
+    except AttributeError:
+        i, bad = next((i, t) for i, t in enumerate(texts) if not isinstance(t, str))
+        raise InputError(
+            f"text {i} (0-based, among the distinct texts given) is {type(bad).__name__} {bad!r}, not a string: "
+            "drop or fill empty values before caching"
+        ) from None
     return np.frombuffer(blob, dtype=np.uint8).reshape(len(texts), KEY_BYTES)
 
 

@@ -171,3 +171,12 @@ def test_any_unicode_text_round_trips_to_its_own_vector(tmp_path_factory, texts)
     np.testing.assert_array_equal(vectors, np.stack([encoder.vector(t) for t in texts]).reshape(len(texts), -1))
     np.testing.assert_array_equal(first, vectors[: len(texts) // 2])
     assert len(cache) == len(set(texts))
+
+
+def test_a_text_that_is_not_a_string_is_one_clear_error_and_nothing_is_written(tmp_path):
+    from embedcache import InputError
+
+    cache = EmbeddingCache(tmp_path / "c", HashEncoder())
+    with pytest.raises(InputError, match=r"text 1 .* is float nan, not a string: drop or fill empty values"):
+        cache.add(["a text", float("nan"), "another"])  # an empty CSV cell read by pandas
+    assert len(cache) == 0 and not list((tmp_path / "c").glob("shard-*"))
