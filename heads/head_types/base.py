@@ -59,6 +59,8 @@ class TorchHead(Head, nn.Module):
     Subclasses take ``(dim, sides, width, dropout, n_outputs, shared)``; the rest comes from here.
     """
 
+    mix_start = "equal"  # how a mix of layer vectors starts (see ScalarMix)
+
     def __init__(
         self, dim: int, sides=("text",), width: int = 256, dropout: float = 0.1, n_outputs: int = 1, shared: bool = True
     ):
@@ -85,7 +87,7 @@ class TorchHead(Head, nn.Module):
 
     def with_layers(self, n_layers: int) -> TorchHead:
         """Read layer vectors: a ``ScalarMix`` turns each table into one vector per text before ``forward``."""
-        self.mix = ScalarMix(n_layers)
+        self.mix = ScalarMix(n_layers, self.mix_start)
         self._config["layers"] = n_layers
         self.register_forward_pre_hook(mix_tables)
         return self

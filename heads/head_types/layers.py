@@ -32,11 +32,15 @@ def project(module: nn.Module, table: torch.Tensor, index: torch.Tensor) -> torc
 
 class ScalarMix(nn.Module):
     """``(m, n_layers, dim)`` layer vectors -> ``(m, dim)``: each layer normalised, then mixed by softmax weights
-    and scaled (ELMo's scalar mix).  The weights start equal; ``weights()`` gives them after training."""
+    and scaled (ELMo's scalar mix).  The weights start equal, or (``start="last"``) mostly on the last layer
+    (e^4 against 1 each), for a head that starts from the vectors' cosine; ``weights()`` gives them."""
 
-    def __init__(self, n_layers: int):
+    def __init__(self, n_layers: int, start: str = "equal"):
         super().__init__()
         self.logits = nn.Parameter(torch.zeros(n_layers))
+        if start == "last":
+            with torch.no_grad():
+                self.logits[-1] = 4.0
         self.gamma = nn.Parameter(torch.ones(()))
 
     def weights(self) -> list[float]:

@@ -33,6 +33,8 @@ class TwoTowerHead(TorchHead):
     similarity calibrated to the labels.
     """
 
+    mix_start = "last"  # on layer vectors too, training starts from the cosine of the last layer's
+
     def __init__(
         self,
         dim: int,
