@@ -147,3 +147,13 @@ def topic_rows(words_food, words_sport):
 
 
 TRAIN, TEST = topic_rows(FOOD[:7], SPORT[:7]), topic_rows(FOOD[7:], SPORT[7:])  # test words never seen in training
+
+
+def similarity_pairs(words) -> pd.DataFrame:
+    """Pairs ``a``, ``b`` with a similarity ``sim``: 5 (the same topic, said warmly), 2.5, 0 (unrelated)."""
+    rows = []
+    for i, w in enumerate(words):
+        rows.append((f"I really enjoy {w}.", f"{w} is something I love.", 5.0))
+        rows.append((f"I really enjoy {w}.", f"Tell me more about {w}.", 2.5))
+        rows.append((f"I really enjoy {w}.", f"The train to {['Paris', 'Rome', 'Oslo'][i % 3]} was late.", 0.0))
+    return pd.DataFrame(rows, columns=["a", "b", "sim"])

@@ -4,7 +4,7 @@ import textwrap
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import FOOD, SPORT, TEST, TRAIN, topic_rows
+from helpers import FOOD, SPORT, TEST, TRAIN, similarity_pairs, topic_rows
 
 from embedcache import EmbeddingCache, FingerprintMismatchError
 from embedcache.inputs import InputError
@@ -50,18 +50,10 @@ def test_text_and_condition_to_score_with_an_unseen_condition(cache, head):
 
 @pytest.mark.parametrize("head", ["concat", "two-tower", "ridge"])
 def test_pair_to_score(cache, head):
-    def pairs(words):
-        rows = []
-        for i, w in enumerate(words):
-            rows.append((f"I really enjoy {w}.", f"{w} is something I love.", 5.0))
-            rows.append((f"I really enjoy {w}.", f"Tell me more about {w}.", 2.5))
-            rows.append((f"I really enjoy {w}.", f"The train to {['Paris', 'Rome', 'Oslo'][i % 3]} was late.", 0.0))
-        return pd.DataFrame(rows, columns=["a", "b", "sim"])
-
     model = HeadModel(head=head).fit(
-        pairs(FOOD[:7] + SPORT[:7]), "sim", cache=cache, text_col="a", pair_col="b", progress=False
+        similarity_pairs(FOOD[:7] + SPORT[:7]), "sim", cache=cache, text_col="a", pair_col="b", progress=False
     )
-    metrics, _, _, _ = model.evaluate(pairs(FOOD[7:] + SPORT[7:]), cache=cache)
+    metrics, _, _, _ = model.evaluate(similarity_pairs(FOOD[7:] + SPORT[7:]), cache=cache)
     assert metrics["spearman"] > 0.7
 
 

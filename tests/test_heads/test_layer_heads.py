@@ -4,9 +4,8 @@ standardised side by side; saved, loaded, predicted from the cache or the record
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
-from helpers import FOOD, SPORT, TEST, TRAIN, one_line_error, run
+from helpers import FOOD, SPORT, TEST, TRAIN, one_line_error, run, similarity_pairs
 
 from embedcache import EmbeddingCache, ParameterError
 from heads import HeadModel
@@ -36,18 +35,10 @@ def test_a_head_on_layer_vectors_learns_saves_loads_and_predicts_with_or_without
 
 
 def test_a_two_tower_head_on_layer_vectors_scores_pairs(layer_cache):
-    def pairs(words):
-        rows = []
-        for i, w in enumerate(words):
-            rows.append((f"I really enjoy {w}.", f"{w} is something I love.", 5.0))
-            rows.append((f"I really enjoy {w}.", f"Tell me more about {w}.", 2.5))
-            rows.append((f"I really enjoy {w}.", f"The train to {['Paris', 'Rome', 'Oslo'][i % 3]} was late.", 0.0))
-        return pd.DataFrame(rows, columns=["a", "b", "sim"])
-
     model = HeadModel(head="two-tower", features="layers").fit(
-        pairs(FOOD[:7] + SPORT[:7]), "sim", cache=layer_cache, text_col="a", pair_col="b", progress=False
+        similarity_pairs(FOOD[:7] + SPORT[:7]), "sim", cache=layer_cache, text_col="a", pair_col="b", progress=False
     )
-    metrics, _, _, _ = model.evaluate(pairs(FOOD[7:] + SPORT[7:]), cache=layer_cache)
+    metrics, _, _, _ = model.evaluate(similarity_pairs(FOOD[7:] + SPORT[7:]), cache=layer_cache)
     assert metrics["spearman"] > 0.7
 
 
