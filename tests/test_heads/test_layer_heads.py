@@ -89,3 +89,19 @@ def test_a_head_search_ranks_every_head_on_every_feature_set_and_keeps_the_best(
     assert loaded.leaderboard_ == board
     again = HeadModel(head=best["head"], features=best["features"]).fit(TRAIN, "food", cache=layer_cache)
     np.testing.assert_array_equal(loaded.predict(TEST, cache=layer_cache), again.predict(TEST, cache=layer_cache))
+
+
+def test_a_served_model_on_layer_vectors_scores_as_predict_does(layer_cache, tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from heads.serving.serve import create_app
+
+    model = HeadModel(head="concat", features="layers", epochs=5).fit(TRAIN, "food", cache=layer_cache)
+    model.save(tmp_path / "m")
+    texts = TEST.text.tolist()[:6]
+    with TestClient(create_app(tmp_path / "m", cache=layer_cache.path)) as client:
+        reply = client.post("/score", json={"items": [{"text": t} for t in texts]})
+        assert reply.status_code == 200, reply.text
+        served = np.asarray(reply.json()["scores"])[:, 0]
+    np.testing.assert_allclose(served, model.predict(texts, cache=layer_cache), atol=1e-6)
