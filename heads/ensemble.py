@@ -79,3 +79,12 @@ def fit_ensemble(new_unit, train, y: np.ndarray, settings, *, scale, sample_weig
         members.append(unit)
         history += [{"member": k, **row} for row in rows]
     return Ensemble(members), history
+
+
+def fit_units(new_unit, train, y, val, y_val, settings, *, sample_weight, **fitting) -> tuple:
+    """The trained head and its history: one from ``new_unit()`` validated on ``val``, or (``settings.ensemble``
+    > 1) an Ensemble whose members validate on their own folds, leaving ``val`` to calibrate its intervals."""
+    if settings.ensemble > 1:
+        return fit_ensemble(new_unit, train, y, settings, sample_weight=sample_weight, **fitting)
+    unit = new_unit()
+    return unit, unit.fit(train, y, val, y_val, settings, sample_weight=sample_weight, **fitting)

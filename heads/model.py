@@ -30,11 +30,11 @@ from .data import (
     plain_table,
     sides_of,
 )
-from .ensemble import Ensemble, fit_ensemble
+from .ensemble import Ensemble, fit_units
 from .head_types import check_frozen_head, check_head_name, head_type, layer_weights, reading_layers, resolve_head
 from .intervals import interval_report, normalized_quantiles, residual_quantiles, row_half_widths
 from .metrics import report
-from .model_files import ModelError, load_model, model_config, write_model
+from .model_files import ModelError, load_model, model_config, set_trained, write_model
 from .neighbours import UnseenConditionWarning
 from .search import search_fit
 from .training_rows import (
@@ -177,18 +177,11 @@ class HeadModel:
                 unit = head_type(self.head_).build(self.dim_, self.sides_, len(self.labels_), self.config)
                 return reading_layers(unit, first.shape[1]) if first.ndim == 3 else unit
 
-        fitting = {"scale": self.std_, "device": resolve_device(self.device), "progress": progress}
-        y_std = (y - self.mean_) / self.std_
-        if self.config.ensemble > 1:  # each member validated on its own fold; val is left for calibration
-            self.unit_, self.history_ = fit_ensemble(
-                new_unit, train, y_std, self.config, sample_weight=sample_weight, **fitting
-            )
-        else:
-            self.unit_ = new_unit()
-            y_val_std = None if val is None else (y_val - self.mean_) / self.std_
-            self.history_ = self.unit_.fit(
-                train, y_std, val, y_val_std, self.config, sample_weight=sample_weight, **fitting
-            )
+        y_std, y_val_std = (y - self.mean_) / self.std_, None if val is None else (y_val - self.mean_) / self.std_
+        fitting = {"sample_weight": sample_weight, "scale": self.std_, "device": resolve_device(self.device)}
+        self.unit_, self.history_ = fit_units(
+            new_unit, train, y_std, val, y_val_std, self.config, **fitting, progress=progress
+        )
         self.layer_weights_ = layer_weights(self.unit_)  # what a mix of layer vectors learned, per layer
         self.validation_ = self.calibration_ = None
         if val is not None:
@@ -206,9 +199,12 @@ class HeadModel:
 
     # -- prediction -----------------------------------------------------------
 
-    def spread_inputs(self, inputs: Inputs) -> np.ndarray | None:
-        """``(n, n_labels)``: an ensemble's members' standard deviation per row, in label units (None for one head)."""
+    def spread_inputs(self, inputs: Inputs, needed: bool = False) -> np.ndarray | None:
+        """``(n, n_labels)``: an ensemble's members' standard deviation per row, in label units (None for one
+        head, or a ParameterError where it is ``needed``)."""
         if not isinstance(self.unit_, Ensemble):
+            if needed:
+                raise ParameterError("std=True (--std) is the spread of an ensemble's members: train with ensemble=K")
             return None
         return self.unit_.predictions(inputs.compact()).std(axis=0, ddof=1) * self.std_
 
@@ -264,9 +260,7 @@ class HeadModel:
         data, cache = data_first(data, cache, "predict")
         inputs = prediction_inputs(self, cache, data, columns, add_missing, conditions, progress)
         scores = self.predict_inputs(inputs)
-        spread = self.spread_inputs(inputs) if interval is not None or std else None
-        if std and spread is None:
-            raise ParameterError("std=True (--std) is the spread of an ensemble's members: train with ensemble=K")
+        spread = self.spread_inputs(inputs, needed=std) if interval is not None or std else None
         out = [scores] if interval is None else [scores, *self.bounds(scores, interval, spread)]
         out += [spread] if std else []
         if squeeze:
@@ -304,9 +298,7 @@ class HeadModel:
         if id_col is not None and id_col not in df.columns:
             raise InputError(f"{path}: no column {id_col!r}; available columns: {', '.join(map(str, df.columns))}")
         inputs = prediction_inputs(self, cache, df, columns, add_missing, progress=progress)
-        pred, spread = self.predict_inputs(inputs), self.spread_inputs(inputs)
-        if std and spread is None:
-            raise ParameterError("std=True (--std) is the spread of an ensemble's members: train with ensemble=K")
+        pred, spread = self.predict_inputs(inputs), self.spread_inputs(inputs, needed=std)
         bounds = None if interval is None else self.bounds(pred, interval, spread)
         return score_table(df, pred, self.labels_, bounds, decimals, id_col, spread if std else None)
 
@@ -357,39 +349,11 @@ class HeadModel:
         return load_model(cls, directory)
 
     @classmethod
-    def from_trained(
-        cls,
-        config: TrainConfig,
-        head: str,
-        unit,
-        *,
-        sides,
-        dim: int,
-        columns: dict,
-        labels,
-        mean,
-        std,
-        encoder: dict,
-        history=(),
-        finetuned: dict | None = None,
-        directory=None,
-        own_encoder=None,
-        layers=None,
-    ) -> HeadModel:
-        """A model around a head trained elsewhere (fine-tuning trains it with the encoder) or loaded.
-
-        ``head`` names its type, ``unit`` is the trained head; ``encoder`` records the fingerprint of the
-        vectors it reads; ``finetuned`` (with ``directory``) says where its own encoder is, and
-        ``own_encoder`` is that encoder when already in memory; ``layers``: the hidden states whose layer
-        vectors it reads (None: sentence vectors).
-        """
-        model = cls(config)
-        model.head_, model.unit_, model.sides_, model.dim_ = head, unit, tuple(sides), dim
-        model.columns_, model.labels_ = columns, list(labels)
-        model.mean_, model.std_ = np.asarray(mean, dtype=float), np.asarray(std, dtype=float)
-        model.encoder_, model.history_, model.finetuned_ = encoder, list(history), finetuned
-        model.directory_, model._own_encoder = None if directory is None else Path(directory), own_encoder
-        model.conditions_, model.validation_rows_, model.validation_, model.calibration_ = None, None, None, None
-        model.layers_ = None if layers is None else tuple(layers)
-        model.layer_weights_ = layer_weights(unit)
+    def from_trained(cls, config: TrainConfig, head: str, unit, **fitted) -> HeadModel:
+        """A model around a head trained elsewhere (fine-tuning trains it with the encoder) or loaded: ``head``
+        names its type, ``unit`` is the trained head, ``fitted`` the rest (see ``heads.model_files.set_trained``);
+        ``own_encoder``: a fine-tuned model's encoder, when already in memory."""
+        own = fitted.pop("own_encoder", None)
+        model = set_trained(cls(config), head, unit, **fitted)
+        model._own_encoder = own
         return model

@@ -15,6 +15,7 @@ import os
 import platform
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import save as save_tensors
 
@@ -301,4 +302,38 @@ def load_model(cls, directory):
     model.conditions_, model.validation_rows_ = config.get("conditions"), config.get("validation_rows")
     model.validation_, model.calibration_ = config.get("validation"), config.get("calibration")
     model.leaderboard_ = config.get("leaderboard")
+    return model
+
+
+def set_trained(
+    model,
+    head: str,
+    unit,
+    *,
+    sides,
+    dim: int,
+    columns: dict,
+    labels,
+    mean,
+    std,
+    encoder: dict,
+    history=(),
+    finetuned: dict | None = None,
+    directory=None,
+    layers=None,
+):
+    """``model`` (a new HeadModel) given the fitted state of a head trained elsewhere or loaded; returns it.
+
+    ``unit`` is the trained head of type ``head``; ``encoder`` records the fingerprint of the vectors it
+    reads; ``finetuned`` (with ``directory``) says where its own encoder is; ``layers``: the hidden states
+    whose layer vectors it reads (None: sentence vectors).
+    """
+    model.head_, model.unit_, model.sides_, model.dim_ = head, unit, tuple(sides), dim
+    model.columns_, model.labels_ = columns, list(labels)
+    model.mean_, model.std_ = np.asarray(mean, dtype=float), np.asarray(std, dtype=float)
+    model.encoder_, model.history_, model.finetuned_ = encoder, list(history), finetuned
+    model.directory_ = None if directory is None else Path(directory)
+    model.conditions_, model.validation_rows_, model.validation_, model.calibration_ = None, None, None, None
+    model.layers_ = None if layers is None else tuple(layers)
+    model.layer_weights_ = layer_weights(unit)
     return model

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..encoders import Encoder, RecordedEncoder, describe_layers
+from ..encoders import Encoder, RecordedEncoder
 from ..errors import (
     NotCachedError,
     ParameterError,
@@ -41,7 +41,7 @@ from .lock import LOCK_TIMEOUT, WriteLock
 from .manifest import Manifest
 from .reader import Reader
 from .recovery import tidy
-from .view import backend_description, check_arguments, create_if_missing, wanted_layers
+from .view import backend_description, check_arguments, check_layers, create_if_missing, dataset_of, wanted_layers
 from .writer import ShardWriter, encode_in_batches, encode_into, new_stats
 
 
@@ -89,14 +89,9 @@ class EmbeddingCache:
         self._refresh()
         if dtype is not None and dtype != self.dtype:
             raise ParameterError(f"cache {self.path} stores {self.dtype}, but dtype={dtype!r} was asked for")
-        if wanted is not None and wanted != self.layers:
-            raise ParameterError(
-                f"cache {self.path} stores layer vectors of layers {describe_layers(self.layers)}, but "
-                f"layers={layers!r} asks for {describe_layers(wanted)}: a cache keeps one set of layers for every "
-                "text; use another cache directory for these"
-            )
+        check_layers(self.path, self.layers, wanted, layers)
         if encoder is not None:
-            self._check_encoder(encoder)
+            self.recorded_encoder.check(encoder, "use another cache directory for it")
 
     # -- manifests ------------------------------------------------------------
 
@@ -125,9 +120,6 @@ class EmbeddingCache:
     @property
     def _manifest(self) -> Manifest:
         return self._view.top
-
-    def _check_encoder(self, encoder: Encoder) -> None:
-        self.recorded_encoder.check(encoder, "use another cache directory for it")
 
     # -- properties -----------------------------------------------------------
 
@@ -188,14 +180,9 @@ class EmbeddingCache:
     def load_encoder(self, device: str | None = None, **kwargs) -> Encoder:
         """Load the encoder that built this cache (as recorded in the manifest) and make it this cache's encoder."""
         with self._mutex:  # threads that need it at once load it once
-            if self.encoder is not None and device is None and not kwargs:
-                return self.encoder
-            return self._load_encoder(device, **kwargs)
-
-    def _load_encoder(self, device, **kwargs) -> Encoder:
-        encoder = self.recorded_encoder.load(device, "pass that encoder to EmbeddingCache", **kwargs)
-        self.encoder = encoder
-        return encoder
+            if self.encoder is None or device is not None or kwargs:
+                self.encoder = self.recorded_encoder.load(device, "pass that encoder to EmbeddingCache", **kwargs)
+            return self.encoder
 
     def writable(self) -> bool:
         """Whether this process may write into the cache directory."""
@@ -265,14 +252,14 @@ class EmbeddingCache:
         return self._add(unique, keys, len(texts), progress)
 
     def _add(self, unique: list[str], keys: np.ndarray, n_texts: int, progress: bool) -> dict:
-        absent = int((self._lookup_keys(keys) < 0).sum())
+        absent = int((self._reader.lookup(keys) < 0).sum())
         if not absent:  # nothing to write: no lock (a read-only cache stays usable)
             return new_stats(n_texts, len(unique), 0)
         if self.encoder is None:
             raise NotCachedError(f"{absent} texts are not in cache {self.path}, and it was opened without an encoder")
         self._open_part()
         with self._write_lock(self.part):
-            missing = np.flatnonzero(self._lookup_keys(keys) < 0)  # again: another writer may have added some
+            missing = np.flatnonzero(self._reader.lookup(keys) < 0)  # again: another writer may have added some
             stats = new_stats(n_texts, len(unique), len(missing))
             if len(missing):
                 encode_into(self._shard_writer(), self.encoder, unique, keys, missing, self.shard_size, stats, progress)
@@ -287,26 +274,18 @@ class EmbeddingCache:
     def encode(self, texts, progress: bool = False, features: str = "final") -> np.ndarray:
         """``(n, dim)`` float32 vectors of ``texts`` in input order, encoding only what is missing
         (``features="layers"``: their ``(n, n_layers, dim)`` layer vectors, see ``get``)."""
-        dataset = self._dataset(features)
+        dataset = dataset_of(features, self.layers, self.path)
         texts = list(texts)
         unique, inverse, keys = _distinct(texts)
         self._add(unique, keys, len(texts), progress)
-        return self._vectors(keys[inverse], dataset=dataset)
+        return self._reader.vectors(keys[inverse], None, dataset)
 
     # -- reading --------------------------------------------------------------
 
-    def _lookup_keys(self, keys: np.ndarray) -> np.ndarray:
-        return self._reader.lookup(keys)
-
-    def _lookup(self, texts) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """Row of each distinct text (-1 where absent), the map back to ``texts``, the distinct texts."""
-        unique, inverse, keys = _distinct(list(texts))
-        return self._lookup_keys(keys), inverse, unique
-
     def contains(self, texts) -> np.ndarray:
         """Boolean array: which of ``texts`` are cached."""
-        rows, inverse, _ = self._lookup(texts)
-        return (rows >= 0)[inverse]
+        _, inverse, keys = _distinct(list(texts))
+        return (self._reader.lookup(keys) >= 0)[inverse]
 
     def get(self, texts, encode_missing: bool = False, progress: bool = False, features: str = "final") -> np.ndarray:
         """``(n, dim)`` float32 vectors of ``texts`` in input order; never writes.
@@ -318,12 +297,12 @@ class EmbeddingCache:
         (loaded from the manifest on first need) and not stored: ``encode()``
         is the call that stores them.
         """
-        dataset = self._dataset(features)
+        dataset = dataset_of(features, self.layers, self.path)
         unique, inverse, keys = _distinct(list(texts))
-        rows = self._lookup_keys(keys)
+        rows = self._reader.lookup(keys)
         missing = np.flatnonzero(rows < 0)
         if not len(missing):  # in input order: one copy of the vectors, not two
-            return self._vectors(keys[inverse], rows[inverse], dataset)
+            return self._reader.vectors(keys[inverse], rows[inverse], dataset)
         if not encode_missing:
             raise NotCachedError(
                 f"{len(missing)} of {len(unique)} distinct texts are not in cache {self.path} "
@@ -334,26 +313,12 @@ class EmbeddingCache:
         out = np.empty(shape, dtype=np.float32)
         present = np.flatnonzero(rows >= 0)
         if len(present):
-            out[present] = self._vectors(keys[present], rows[present], dataset)
+            out[present] = self._reader.vectors(keys[present], rows[present], dataset)
         encoder = self.encoder or self.load_encoder()
         new = encode_in_batches(encoder, [unique[i] for i in missing], progress, self.path.name, layers)
         # rounded as if stored, so a text scores the same before and after it is cached
         out[missing] = new.astype(self.dtype if layers is None else LAYER_DTYPE)
         return out[inverse]
-
-    def _dataset(self, features: str) -> str:
-        """The shard dataset ``features`` reads: ``vectors`` (``"final"``) or ``layers``."""
-        if features not in ("final", "layers"):
-            raise ParameterError(f"features must be 'final' or 'layers', got {features!r}")
-        if features == "layers" and self.layers is None:
-            raise ParameterError(
-                f"cache {self.path} stores sentence vectors only, no layer vectors: build a cache with them "
-                f"(embedcache precompute --layers all, or EmbeddingCache(..., layers='all')) in another directory"
-            )
-        return "vectors" if features == "final" else "layers"
-
-    def _vectors(self, keys: np.ndarray, rows: np.ndarray | None = None, dataset: str = "vectors") -> np.ndarray:
-        return self._reader.vectors(keys, rows, dataset)
 
     def iter_shards(self):
         """Yield ``(keys, vectors)`` per shard, vectors in the stored dtype: one shard in memory at a time.

@@ -7,7 +7,7 @@ import os
 import stat
 from pathlib import Path
 
-from ..encoders import Encoder, resolve_layers
+from ..encoders import Encoder, describe_layers, resolve_layers
 from ..errors import CacheDamagedError, CacheError, CacheNotFoundError, ParameterError
 from ..files import check_not_input, create_json_once, writing
 from ..shards import DTYPES
@@ -179,3 +179,26 @@ def backend_description(encoder_record: ManifestEncoder) -> str:
     if runtime.get("int8"):
         return f"{name} (int8 weights, {precision} float operations)"
     return f"{name} {precision}"
+
+
+def check_layers(path: Path, stored: tuple[int, ...] | None, wanted: tuple[int, ...] | None, asked) -> None:
+    """ParameterError unless the layers a handle ``asked`` for (``wanted``, resolved; None: whatever the cache
+    has) are those the cache at ``path`` stores."""
+    if wanted is not None and wanted != stored:
+        raise ParameterError(
+            f"cache {path} stores layer vectors of layers {describe_layers(stored)}, but layers={asked!r} asks "
+            f"for {describe_layers(wanted)}: a cache keeps one set of layers for every text; use another cache "
+            "directory for these"
+        )
+
+
+def dataset_of(features: str, layers: tuple[int, ...] | None, path: Path) -> str:
+    """The shard dataset ``features`` reads: ``vectors`` (``"final"``) or ``layers`` (a cache that has them)."""
+    if features not in ("final", "layers"):
+        raise ParameterError(f"features must be 'final' or 'layers', got {features!r}")
+    if features == "layers" and layers is None:
+        raise ParameterError(
+            f"cache {path} stores sentence vectors only, no layer vectors: build a cache with them "
+            f"(embedcache precompute --layers all, or EmbeddingCache(..., layers='all')) in another directory"
+        )
+    return "vectors" if features == "final" else "layers"

@@ -127,7 +127,7 @@ def test_bad_training_data_is_a_clear_error(cache, change, message):
 
 
 def test_unknown_head_lists_the_choices():
-    with pytest.raises(ValueError, match="unknown head 'mlp'; choose one of: auto, concat, two-tower, ridge"):
+    with pytest.raises(ValueError, match="unknown head 'mlp'; choose one of: auto, search, concat, two-tower, ridge"):
         HeadModel(head="mlp")
 
 
@@ -288,7 +288,7 @@ def test_cli_errors_name_the_problem(cache, tmp_path, capsys):
     TRAIN.to_csv(tmp_path / "train.csv", index=False)
     base = ["train", "--cache", str(cache.path), "--data", str(tmp_path / "train.csv"), "--out", str(tmp_path / "m")]
     assert main(base + ["--label-col", "food", "--head", "lasso"]) == 1
-    assert "unknown head 'lasso'; choose one of: auto, concat, two-tower, ridge" in capsys.readouterr().err
+    assert "unknown head 'lasso'; choose one of: auto, search, concat, two-tower, ridge" in capsys.readouterr().err
     assert main(base + ["--label-col", "quality"]) == 1
     assert "no column 'quality'; available columns: text, food" in capsys.readouterr().err
     assert (
