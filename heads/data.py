@@ -15,6 +15,8 @@ import pandas as pd
 from embedcache import EmbeddingCache, Encoder, InputError, ParameterError
 from embedcache.toolkit import bad_rows, check_columns, compose, template_columns
 
+from .sources import Joined
+
 SIDES = ("text", "pair", "condition")
 
 
@@ -31,6 +33,10 @@ def embed(
     Texts missing from the cache are encoded in memory by the cache's encoder and
     the cache is left as it was; ``add_missing=True`` stores them in it.
     """
+    if isinstance(cache, Joined):  # several encoders' vectors side by side
+        if layers is not None:
+            raise ParameterError("layer vectors are read from one cache: --features layers takes one --cache")
+        return cache.vectors(embed, texts, add_missing, progress)
     if isinstance(cache, Encoder):
         return cache.encode(texts) if layers is None else cache.encode_layers(texts, layers)[1]
     features = "final"

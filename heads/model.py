@@ -47,7 +47,9 @@ from .training_rows import (
 )
 from .vectors import (
     encoder_record,
+    encoder_records,
     feature_layers,
+    joined_source,
     load_recorded_encoder,
     open_source,
     prediction_inputs,
@@ -144,7 +146,7 @@ class HeadModel:
             )
             train, val, y, y_val = inputs.subset(train_rows), inputs.subset(val_rows), y[train_rows], y[val_rows]
             weights = None if weights is None else weights[train_rows]
-        self.encoder_ = encoder_record(source)
+        self.encoder_, self.encoders_ = encoder_record(source), encoder_records(source)
         warn_unknown(source, df, path)
         return self.fit_inputs(
             train, y, val, y_val, labels=label_cols, path=path, sample_weight=weights, progress=progress
@@ -189,8 +191,7 @@ class HeadModel:
         return self
 
     def validate(self, y_val: np.ndarray, pred: np.ndarray, conditions=None, spread=None) -> HeadModel:
-        """Record the validation metrics and the residuals that intervals are drawn from (an ensemble's also
-        divided by its ``spread`` on each row)."""
+        """Record the validation metrics and the residuals intervals are drawn from (divided by ``spread``: an ensemble's)."""
         self.validation_ = report(y_val, pred, self.labels_, conditions)
         self.calibration_ = residual_quantiles(y_val, pred)
         if spread is not None:
@@ -200,8 +201,7 @@ class HeadModel:
     # -- prediction -----------------------------------------------------------
 
     def spread_inputs(self, inputs: Inputs, needed: bool = False) -> np.ndarray | None:
-        """``(n, n_labels)``: an ensemble's members' standard deviation per row, in label units (None for one
-        head, or a ParameterError where it is ``needed``)."""
+        """``(n, n_labels)``: an ensemble's members' standard deviation per row in label units; None for one head."""
         if not isinstance(self.unit_, Ensemble):
             if needed:
                 raise ParameterError("std=True (--std) is the spread of an ensemble's members: train with ensemble=K")
@@ -226,6 +226,8 @@ class HeadModel:
     def vector_source(self, cache: EmbeddingCache | None):
         """Where this model's vectors come from: ``cache`` when it holds the model's encoder's vectors (a
         frozen head's cache must), else the model's own encoder (``own_encoder``)."""
+        if getattr(self, "encoders_", None):  # several encoders' vectors side by side, each loaded once
+            return joined_source(self.encoders_, cache, self.__dict__.setdefault("_own_encoders", {}), self.device)
         if usable_cache(self.encoder_, getattr(self, "finetuned_", None), cache) and not head_type(self.head_).joint:
             return cache
         return self.own_encoder()

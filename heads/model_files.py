@@ -152,6 +152,13 @@ def check_config(config, where) -> None:
         _bad(where, "finetuned", "null or an object with a string 'encoder' (a folder inside the model)", finetuned)
     if not isinstance(config["columns"], dict):
         _bad(where, "columns", "an object", config["columns"])
+    encoders = config.get("encoders")
+    if encoders is not None and not (
+        isinstance(encoders, list)
+        and len(encoders) >= 2
+        and all(isinstance(e, dict) and isinstance(e.get("fingerprint"), str) for e in encoders)
+    ):
+        _bad(where, "encoders", "null or a list of 2 or more objects with a string 'fingerprint'", encoders)
     members = config.get("ensemble")
     if members is not None and not (isinstance(members, int) and not isinstance(members, bool) and members >= 2):
         _bad(where, "ensemble", "null or a whole number >= 2 (the members of an ensemble)", members)
@@ -272,6 +279,7 @@ def model_config(model) -> dict:
         "layer_weights": layer_weights(model.unit_),
         "ensemble": len(model.unit_.members) if isinstance(model.unit_, Ensemble) else None,
         "leaderboard": getattr(model, "leaderboard_", None),
+        "encoders": getattr(model, "encoders_", None),
     }
 
 
@@ -288,6 +296,7 @@ def trained_fields(config: dict) -> dict:
         "history": config.get("history", []),
         "finetuned": config.get("finetuned"),
         "layers": config.get("layers"),
+        "encoders": config.get("encoders"),
     }
 
 
@@ -321,12 +330,14 @@ def set_trained(
     finetuned: dict | None = None,
     directory=None,
     layers=None,
+    encoders=None,
 ):
     """``model`` (a new HeadModel) given the fitted state of a head trained elsewhere or loaded; returns it.
 
     ``unit`` is the trained head of type ``head``; ``encoder`` records the fingerprint of the vectors it
     reads; ``finetuned`` (with ``directory``) says where its own encoder is; ``layers``: the hidden states
-    whose layer vectors it reads (None: sentence vectors).
+    whose layer vectors it reads (None: sentence vectors); ``encoders``: the records of several encoders whose
+    vectors it reads side by side, in order (None: one encoder's).
     """
     model.head_, model.unit_, model.sides_, model.dim_ = head, unit, tuple(sides), dim
     model.columns_, model.labels_ = columns, list(labels)
@@ -335,5 +346,6 @@ def set_trained(
     model.directory_ = None if directory is None else Path(directory)
     model.conditions_, model.validation_rows_, model.validation_, model.calibration_ = None, None, None, None
     model.layers_ = None if layers is None else tuple(layers)
+    model.encoders_ = encoders
     model.layer_weights_ = layer_weights(unit)
     return model

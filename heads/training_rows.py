@@ -12,6 +12,7 @@ from embedcache import EmbeddingCache, InputError, ParameterError, UnknownTokens
 from embedcache.toolkit import check_columns, check_label_range, first_rows, table_source, unknown_warning
 
 from .data import Inputs, grouped_split, load_labels
+from .sources import Joined
 
 PSEUDO_SOURCES = {"labeled", "data"}  # the source column of a heads pseudolabel table
 
@@ -111,6 +112,10 @@ def table_of(data, name: str = "data") -> tuple[pd.DataFrame, str]:
 
 def warn_unknown(source, df: pd.DataFrame, path) -> None:
     """Warn once when the encoder met texts that were mostly unknown tokens (a language it does not cover)."""
+    if isinstance(source, Joined):  # each encoder of vectors side by side for itself
+        for each in source.sources:
+            warn_unknown(each, df, path)
+        return
     seen = source.unknown_report()
     if not seen["mostly_unknown"]:
         return

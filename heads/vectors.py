@@ -19,10 +19,16 @@ from .data import as_table, joint_inputs, load_inputs
 from .head_types import head_type
 from .model_files import ModelError
 from .neighbours import warn_unseen_conditions
+from .sources import Joined
 
 
 def open_source(cache, encoder):
-    """A cache (opened, or built with ``encoder`` where the directory is new) or an encoder."""
+    """A cache (opened, or built with ``encoder`` where the directory is new) or an encoder; several caches
+    (a list) are read side by side (``Joined``)."""
+    if isinstance(cache, (list, tuple)):
+        if len(cache) == 1:
+            return open_source(cache[0], encoder)
+        return Joined([c if isinstance(c, EmbeddingCache) else EmbeddingCache(c) for c in cache])
     if isinstance(cache, EmbeddingCache):
         return cache
     if encoder is not None and not isinstance(encoder, Encoder):
@@ -39,9 +45,38 @@ MODEL_RECORDS = "the model was trained on vectors of"
 
 
 def encoder_record(source) -> dict:
-    """What a model keeps of the encoder of its vectors: fingerprint, name and how to load it again."""
+    """What a model keeps of the encoder of its vectors: fingerprint, name and how to load it again (of the
+    first, for vectors of several side by side)."""
+    if isinstance(source, Joined):
+        return encoder_record(source.sources[0])
     recorded = source.recorded_encoder if isinstance(source, EmbeddingCache) else RecordedEncoder.of(source)
     return recorded.to_json()
+
+
+def encoder_records(source) -> list[dict] | None:
+    """The record of each encoder of vectors read side by side, in order; None for one encoder's."""
+    return [encoder_record(s) for s in source.sources] if isinstance(source, Joined) else None
+
+
+def joined_source(records: list[dict], caches, loaded: dict, device=None) -> Joined:
+    """The sources of a model trained on several encoders' vectors (``records``), in that order: each cache
+    given (checked against its record: a swapped or foreign one is refused by name), else the recorded encoder,
+    loaded once (kept in ``loaded``, by position)."""
+    caches = list(caches) if isinstance(caches, (list, tuple)) else ([] if caches is None else [caches])
+    if len(caches) > len(records):
+        raise ParameterError(f"the model reads {len(records)} caches side by side, {len(caches)} were given")
+    sources = []
+    for i, record in enumerate(records):
+        cache = caches[i] if i < len(caches) else None
+        if cache is not None and not isinstance(cache, EmbeddingCache):
+            cache = EmbeddingCache(cache)
+        if usable_cache(record, None, cache):
+            sources.append(cache)
+        else:
+            if i not in loaded:
+                loaded[i] = load_recorded_encoder(record, None, None, False, device)
+            sources.append(loaded[i])
+    return Joined(sources)
 
 
 def recorded(record: dict) -> RecordedEncoder:
@@ -116,6 +151,10 @@ def prediction_inputs(model, cache, data, columns=None, add_missing=False, condi
             )
     columns = {**model.columns_, **{k: v for k, v in (columns or {}).items() if v is not None}}
     df, path = as_table(data, columns, model.sides_, conditions)
+    if isinstance(cache, (list, tuple)) and not getattr(model, "encoders_", None):  # a model of one encoder
+        if len(cache) != 1:
+            raise ParameterError(f"the model reads the vectors of one encoder: give one cache, not {len(cache)}")
+        cache = cache[0]
     source = model.vector_source(cache)
     if head_type(model.head_).joint:  # both texts in one sequence: nothing to cache per text
         return joint_inputs(source, df, columns, path, progress)
@@ -129,6 +168,8 @@ def feature_layers(source, features: str) -> tuple[int, ...] | None:
     ``final``; for ``layers``, those ``source`` (a cache built with them) holds."""
     if features == "final":
         return None
+    if isinstance(source, Joined):
+        raise ParameterError("features='layers' (--features layers) reads the layer vectors of one cache")
     layers = source.layers if isinstance(source, EmbeddingCache) else None
     if layers is None:
         where = f"cache {source.path} holds" if isinstance(source, EmbeddingCache) else "an encoder without a cache has"

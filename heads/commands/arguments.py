@@ -45,11 +45,12 @@ POSITIVE_INT = flag_type(check_int)  # a whole number >= 1
 NON_NEGATIVE_INT = flag_type(check_int, minimum=0)
 
 
-def data_arguments(p, cache: str = "required", trained: bool = False) -> None:
-    """Where the texts come from.  ``cache``: required, optional (a fine-tuned model needs none) or none.
+def data_arguments(p, cache: str = "required", trained: bool = False, several: bool = False) -> None:
+    """Where the texts come from.  ``cache``: required, optional (a fine-tuned model needs none) or none;
+    ``several``: --cache may be given again, for the vectors of other encoders side by side.
     ``trained``: the columns default to the model's."""
     if cache != "none":
-        cache_argument(p, required=cache == "required")
+        cache_argument(p, required=cache == "required", several=several)
     p.add_argument("--data", required=True, metavar="FILE", help=f"data file: {', '.join(sorted(FORMATS))}")
     default = "default: the model's" if trained else "default: text"
     p.add_argument(
@@ -73,12 +74,14 @@ def table_arguments(p, trained: bool) -> None:
     )
 
 
-def cache_argument(p, required: bool = True, help: str = "") -> None:
+def cache_argument(p, required: bool = True, help: str = "", several: bool = False) -> None:
     p.add_argument(
         "--cache",
         required=required,
         metavar="DIR",
+        action="append" if several else "store",
         help="embedcache cache directory of the vectors"
+        + ("; give --cache again for the caches of other encoders, read side by side in that order" if several else "")
         + (
             help or ""
             if required
@@ -172,7 +175,10 @@ def inputs_of(args) -> list[tuple[str, str]]:
     """Every input a command reads (data files, caches, models): an output may be none of them, nor contain
     one, nor lie inside one."""
     flags = ("data", "val_data", "labeled", "train", "test", "cache", "model", "init_head")
-    return [(f"--{f.replace('_', '-')}", getattr(args, f)) for f in flags if getattr(args, f, None) is not None]
+    given = [(f"--{f.replace('_', '-')}", getattr(args, f, None)) for f in flags]
+    return [
+        (flag, v) for flag, value in given if value is not None for v in (value if isinstance(value, list) else [value])
+    ]
 
 
 def read_data(args, path):
@@ -180,7 +186,13 @@ def read_data(args, path):
 
 
 def cache_of(args):
-    return EmbeddingCache(args.cache, lock_timeout=args.lock_timeout) if args.cache else None
+    """The cache of ``--cache``, or (given several times) the list of caches; None without one."""
+    if not args.cache:
+        return None
+    if isinstance(args.cache, list):
+        caches = [EmbeddingCache(c, lock_timeout=args.lock_timeout) for c in args.cache]
+        return caches[0] if len(caches) == 1 else caches
+    return EmbeddingCache(args.cache, lock_timeout=args.lock_timeout)
 
 
 def template_of(args) -> str | None:

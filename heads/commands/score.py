@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from embedcache import ParameterError
 from embedcache.toolkit import (
     check_float,
     check_not_input,
@@ -45,7 +46,7 @@ def predict_parsers(sub) -> None:
         "files without an output.",
     )
     option(p, "--model")
-    data_arguments(p, cache="optional", trained=True)
+    data_arguments(p, cache="optional", trained=True, several=True)
     out_arguments(p, "CSV", "predictions file")
     option(p, "--id-col")
     p.add_argument("--round", type=NON_NEGATIVE_INT, metavar="N", help="round predictions to N decimals")
@@ -65,7 +66,7 @@ def predict_parsers(sub) -> None:
         "Metrics of a model on a labelled file: overall, per label and per condition.",
     )
     option(e, "--model")
-    data_arguments(e, cache="optional", trained=True)
+    data_arguments(e, cache="optional", trained=True, several=True)
     labels_argument(e, required=False, help="label columns (default: the model's)")
     e.add_argument("--plots", metavar="DIR", help="write predicted-vs-true, residual and per-condition PNGs here")
     e.add_argument("--overwrite", action="store_true", help="replace PNGs of the same names in --plots")
@@ -110,11 +111,13 @@ def predict(args) -> dict:
     if args.ray is not None:
         from ..serving.batch_scoring import score_files
 
+        if args.cache and len(args.cache) > 1:
+            raise ParameterError("--ray scores with one --cache (a model of several encoders loads the others)")
         summary = score_files(
             args.model,
             [args.data],
             args.out,
-            args.cache,
+            args.cache[0] if args.cache else None,
             columns_of(args),
             id_col=args.id_col,
             interval=args.interval,

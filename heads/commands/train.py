@@ -58,7 +58,7 @@ def train_parser(sub) -> None:
         "Train a head on the cached vectors of a labelled file and save it as a directory.",
         EXAMPLES,
     )
-    data_arguments(t)
+    data_arguments(t, several=True)
     labels_argument(t)
     t.add_argument(
         "--weight-col", metavar="COL", help="per-row loss weight, e.g. the confidence column of heads pseudolabel"
@@ -118,10 +118,10 @@ def train(args) -> dict:
     model = HeadModel(from_arguments(TrainConfig, args), device=args.device)
     check_output(args.out, inputs_of(args), args.overwrite, "--out", kind="model")
     val = read_data(args, args.val_data) if args.val_data else None
-    model.fit_table(
-        cache_of(args),
+    model.fit(
         read_data(args, args.data),
         args.label_col,
+        cache=cache_of(args),  # several: their vectors side by side
         text_col=args.text_col,
         pair_col=args.pair_col,
         condition_col=args.condition_col,
