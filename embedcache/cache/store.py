@@ -19,7 +19,6 @@ killed at any instant leaves a cache that opens and holds whole shards only.
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +36,9 @@ from .layout import (
     MANIFEST,
     part_dir,
 )
-from .lock import LOCK_TIMEOUT, WriteLock
+from .lock import LOCK_TIMEOUT
 from .manifest import Manifest
 from .reader import Reader
-from .recovery import tidy
 from .view import backend_description, check_arguments, check_layers, create_if_missing, dataset_of, wanted_layers
 from .writer import ShardWriter, encode_in_batches, encode_into, new_stats
 
@@ -173,8 +171,8 @@ class EmbeddingCache:
         if quick_key is None or self.knows(quick_key) or self.encoder is None or not self.writable():
             return  # a shortcut for the next run only: a read-only cache does without
         self._open_part()
-        with self._write_lock(self.part):
-            self._shard_writer().record_quick_key(quick_key)
+        with self._writing() as writer:
+            writer.record_quick_key(quick_key)
         self._refresh()
 
     def load_encoder(self, device: str | None = None, **kwargs) -> Encoder:
@@ -218,27 +216,18 @@ class EmbeddingCache:
 
     # -- writing --------------------------------------------------------------
 
-    @contextmanager
-    def _write_lock(self, part: str | None = None, tidy_first: bool = True):
-        """Hold the one write lock of the top level (None) or of a part: other processes and threads that
-        write the same directory wait for it; writers of other parts never do.
-
-        ``tidy_first``: first remove what killed writers left and adopt their whole shards.
-        """
-        with WriteLock(self.path, part, self.lock_timeout):
-            if part is not None and part == self.part and self.encoder is not None:
-                self._open_part()  # a compaction may have merged and deleted it since this handle opened it
-            if tidy_first:
-                tidy(self.path, part)
-                self._refresh()
-            yield
-
     def shard_attributes(self) -> dict:
         """The attributes every shard of this cache carries, so a lost manifest can be rebuilt from shards."""
         return self._manifest.shard_attributes()
 
-    def _shard_writer(self) -> ShardWriter:
-        return ShardWriter(self.path, self.part, self.dtype, self.shard_attributes(), self._reader.appended)
+    def _writing(self) -> ShardWriter:
+        """The writer of this handle's directory (its part, else the top level); entered, it holds the one write
+        lock of that directory (other writers of it wait; writers of other parts never do) and has tidied it."""
+        opening = self._open_part if self.part is not None and self.encoder is not None else None
+        attributes, appended = self.shard_attributes(), self._reader.appended
+        return ShardWriter(
+            self.path, self.part, self.dtype, attributes, appended, self.lock_timeout, opening, self._refresh
+        )
 
     def add(self, texts, progress: bool = False) -> dict:
         """Encode and store the texts not cached yet; return counts.
@@ -258,11 +247,11 @@ class EmbeddingCache:
         if self.encoder is None:
             raise NotCachedError(f"{absent} texts are not in cache {self.path}, and it was opened without an encoder")
         self._open_part()
-        with self._write_lock(self.part):
+        with self._writing() as writer:
             missing = np.flatnonzero(self._reader.lookup(keys) < 0)  # again: another writer may have added some
             stats = new_stats(n_texts, len(unique), len(missing))
             if len(missing):
-                encode_into(self._shard_writer(), self.encoder, unique, keys, missing, self.shard_size, stats, progress)
+                encode_into(writer, self.encoder, unique, keys, missing, self.shard_size, stats, progress)
                 self._refresh()
         return stats
 

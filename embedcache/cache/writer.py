@@ -19,18 +19,57 @@ from tqdm.auto import tqdm
 from ..encoders import Encoder
 from ..shards import write_shard
 from .layout import next_shard_name, part_dir, relative
+from .lock import LOCK_TIMEOUT, WriteLock
 from .manifest import ShardRecord, Unknown, read_manifest, write_manifest
+from .recovery import tidy
 
 
 class ShardWriter:
-    """Appends shards and records to the manifest of ``part`` (None: the top level) of the cache at ``path``;
-    the caller holds that directory's write lock.  ``on_shard(rel, keys)`` is told of every shard written."""
+    """Appends shards and records to the manifest of ``part`` (None: the top level) of the cache at ``path``.
+    ``on_shard(rel, keys)`` is told of every shard written.
 
-    def __init__(self, path: Path, part: str | None, dtype: str, attributes: dict, on_shard: Callable | None = None):
+    A context manager: entering takes the directory's write lock (waiting up to ``lock_timeout`` seconds,
+    with the holder's message), runs ``prepare`` (the handle recreating its part, should a compaction have
+    merged it), tidies what killed writers left (``recovery.tidy``) and runs ``tidied`` (the handle reading
+    the manifests again); leaving releases the lock.  Writes happen inside.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        part: str | None,
+        dtype: str,
+        attributes: dict,
+        on_shard: Callable | None = None,
+        lock_timeout: float = LOCK_TIMEOUT,
+        prepare: Callable | None = None,
+        tidied: Callable | None = None,
+    ):
         self.path, self.part, self.dtype, self.attributes, self.on_shard = path, part, dtype, attributes, on_shard
+        self.lock_timeout, self.prepare, self.tidied = lock_timeout, prepare, tidied
         self.home = part_dir(path, part)
         layers = attributes.get("layers")
         self.layers: tuple[int, ...] | None = None if layers is None else tuple(layers)  # also stored per text
+        self.lock: WriteLock | None = None
+
+    def __enter__(self) -> ShardWriter:
+        lock = WriteLock(self.path, self.part, self.lock_timeout).__enter__()
+        try:
+            if self.prepare is not None:
+                self.prepare()
+            tidy(self.path, self.part)
+            if self.tidied is not None:
+                self.tidied()
+        except BaseException:
+            lock.__exit__(None, None, None)
+            raise
+        self.lock = lock
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.lock is not None:
+            self.lock.__exit__(*exc)
+            self.lock = None
 
     def write(self, keys: np.ndarray, vectors: np.ndarray, layers: np.ndarray | None = None) -> None:
         """One new shard of ``keys``, ``vectors`` (and layer vectors), then the manifest listing it."""
