@@ -178,11 +178,13 @@ def test_get_with_encode_missing_encodes_in_memory_as_stored(tmp_path, hash_enco
 
 @pytest.mark.slow
 def test_a_writer_waits_for_the_lock_and_names_who_holds_it(tmp_path, hash_encoder, caplog):
-    holder = EmbeddingCache(tmp_path / "c", hash_encoder)
+    from embedcache.cache.lock import WriteLock
+
+    EmbeddingCache(tmp_path / "c", hash_encoder)
     held, release = threading.Event(), threading.Event()
 
     def hold():
-        with holder._write_lock():
+        with WriteLock(tmp_path / "c"):  # what a writer of the top level holds while it writes
             held.set()
             release.wait(10)
 
@@ -202,9 +204,8 @@ def test_a_writer_waits_for_the_lock_and_names_who_holds_it(tmp_path, hash_encod
     # another process: named by its pid and host
     script = (
         f"import sys, time; sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
-        "from helpers import HashEncoder\nfrom embedcache import EmbeddingCache\n"
-        f"c = EmbeddingCache({str(tmp_path / 'c')!r}, HashEncoder())\n"
-        "with c._write_lock():\n    print('held', flush=True)\n    time.sleep(3)\n"
+        "from pathlib import Path\nfrom embedcache.cache.lock import WriteLock\n"
+        f"with WriteLock(Path({str(tmp_path / 'c')!r})):\n    print('held', flush=True)\n    time.sleep(3)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
