@@ -134,7 +134,9 @@ def select_parser(sub) -> None:
         "select",
         "choose the rows to label next",
         "Choose the --budget rows of --data to label next from their cached vectors: random (the default, the "
-        "baseline) or diversity, which picks each row farthest from everything labelled or picked so far. Rows "
+        "baseline); diversity, which picks each row farthest from everything labelled or picked so far; "
+        "uncertainty, the rows an ensemble (--model, trained with --ensemble K on the labels so far) disagrees "
+        "on most; hybrid, their disagreement times their distance from what is labelled or picked. Rows "
         "that nearly duplicate a labelled one are never picked.",
         SELECT_EXAMPLES,
     )
@@ -145,8 +147,10 @@ def select_parser(sub) -> None:
         "--strategy",
         choices=STRATEGIES,
         default="random",
-        help="random (the default: no strategy has beaten it on a benchmark here yet) or diversity",
+        help="random (the default: no strategy has beaten it on a benchmark here yet), diversity, uncertainty "
+        "or hybrid (these two need --model)",
     )
+    c.add_argument("--model", metavar="DIR", help="a model trained with --ensemble K: its members' disagreement")
     c.add_argument("--group-col", metavar="COL", help="split the budget over this column's values in proportion")
     c.add_argument(
         "--skip-above",
@@ -179,6 +183,7 @@ def select(args) -> dict:
         paths=(args.data, args.labeled),
         add_missing=args.add_missing,
         progress=not args.quiet,
+        model=HeadModel.load(args.model) if args.model else None,
     )
     write_csv(out, args.out)
     per = (

@@ -7,6 +7,10 @@ Strategies (``random`` is the default until a benchmark shows another beating it
 - ``diversity``: greedy k-center (farthest-first traversal) on the rows' unit vectors: each pick is the row
   farthest, in cosine, from everything labelled or picked so far, so the batch covers the corpus and avoids
   what is labelled already.  The first pick with nothing labelled is random (the seed decides).
+- ``uncertainty`` (needs ``model``, trained with ``ensemble=K``): the rows its members disagree on most
+  (their spread over the label's scale, averaged over the labels), near-duplicates of picked rows skipped.
+- ``hybrid`` (needs the same): uncertainty-weighted diversity, in the spirit of BADGE and LCMD for regression:
+  each pick maximises the spread times the cosine distance to everything labelled or picked so far.
 
 Rows whose text nearly duplicates a labelled one (cosine >= ``skip_above``) are never picked, and diversity
 never picks two near-duplicates of each other.  ``group_col`` splits the budget over the values of a column (a language,
@@ -19,14 +23,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from embedcache import InputError
+from embedcache import InputError, ParameterError
 from embedcache.toolkit import check_choice, check_float, check_int
 
 from ..data import load_inputs
 from ..neighbours import unit_rows
 from .pseudolabel import row_vectors
 
-STRATEGIES = ("random", "diversity")
+STRATEGIES = ("random", "diversity", "uncertainty", "hybrid")
 
 
 def select(
@@ -43,9 +47,14 @@ def select(
     paths=("data", "labeled"),
     add_missing: bool = False,
     progress: bool = True,
+    model=None,
 ) -> pd.DataFrame:
-    """The ``budget`` rows of ``data`` to label next (see the module's docstring); deterministic for a ``seed``."""
+    """The ``budget`` rows of ``data`` to label next (see the module's docstring); deterministic for a ``seed``.
+    ``model``: a HeadModel trained with ``ensemble=K``, for ``uncertainty`` and ``hybrid``."""
     check_choice(strategy, "strategy", STRATEGIES)
+    spread = None
+    if strategy in ("uncertainty", "hybrid"):
+        spread = disagreement(model, strategy, data, cache, columns, progress)
     check_int(budget, "budget")
     check_float(skip_above, "skip_above", -1, 1)
     columns = {s: c for s, c in columns.items() if c is not None}
@@ -60,7 +69,9 @@ def select(
     picked, reasons = [], []
     for group, quota in _quotas(groups, budget).items():
         rows = np.flatnonzero(groups == group)
-        chosen, why = _pick(vectors[rows], known, quota, strategy, skip_above, rng)
+        chosen, why = _pick(
+            vectors[rows], known, quota, strategy, skip_above, rng, None if spread is None else spread[rows]
+        )
         picked += rows[chosen].tolist()
         reasons += why
     if not picked:
@@ -107,8 +118,21 @@ def _quotas(groups: np.ndarray, budget: int) -> dict[str, int]:
     return {str(v): int(min(q, c)) for v, q, c in zip(values, quota, counts)}
 
 
-def _pick(vectors: np.ndarray, known: np.ndarray | None, quota: int, strategy: str, skip_above: float, rng):
-    """Positions of ``quota`` rows of ``vectors`` and why each was picked."""
+def disagreement(model, strategy: str, data: pd.DataFrame, cache, columns: dict, progress: bool) -> np.ndarray:
+    """Per row, how much ``model``'s ensemble members disagree: their spread over each label's standard
+    deviation in training, averaged over the labels."""
+    if model is None or getattr(model, "config", None) is None or model.config.ensemble < 2:
+        raise ParameterError(
+            f"strategy {strategy!r} ranks rows by how much an ensemble's members disagree: give the model of "
+            "the labels so far, trained with --ensemble K (model=..., --model DIR)"
+        )
+    _, spread = model.predict(data, cache=cache, std=True, squeeze=False, progress=progress, columns=columns)
+    return (spread / model.std_).mean(axis=1)
+
+
+def _pick(vectors, known, quota: int, strategy: str, skip_above: float, rng, spread=None):
+    """Positions of ``quota`` rows of ``vectors`` and why each was picked (``spread``: each row's disagreement,
+    for uncertainty and hybrid)."""
     n = len(vectors)
     # closeness of each row to the nearest labelled (then picked) row, as a cosine
     nearest = np.full(n, -np.inf, dtype=np.float32)
@@ -127,6 +151,17 @@ def _pick(vectors: np.ndarray, known: np.ndarray | None, quota: int, strategy: s
                 break
             i = int(order[cursor])
             reasons.append("random")
+        elif strategy == "uncertainty":
+            candidates = np.flatnonzero(available)
+            i = int(candidates[np.argmax(spread[candidates])])
+            reasons.append(f"uncertainty: the members disagree by {float(spread[i]):.3f} label std")
+        elif strategy == "hybrid":
+            candidates = np.flatnonzero(available)
+            distance = 1 - np.where(np.isneginf(nearest[candidates]), -1.0, nearest[candidates])
+            i = int(candidates[np.argmax(spread[candidates] * distance)])
+            reasons.append(
+                f"hybrid: disagreement {float(spread[i]):.3f} label std x distance {float(1 - max(nearest[i], -1)):.3f}"
+            )
         elif np.isneginf(nearest[available]).all():  # nothing labelled or picked yet
             i = int(rng.choice(np.flatnonzero(available)))
             reasons.append("diversity: first pick (random)")
@@ -137,7 +172,7 @@ def _pick(vectors: np.ndarray, known: np.ndarray | None, quota: int, strategy: s
         chosen.append(i)
         closeness = vectors @ vectors[i]
         nearest = np.maximum(nearest, closeness)
-        if strategy == "diversity":  # its near-duplicates are taken with it (random stays a plain draw)
+        if strategy != "random":  # its near-duplicates are taken with it (random stays a plain draw)
             available &= closeness < skip_above
         available[i] = False
     return np.asarray(chosen, dtype=int), reasons

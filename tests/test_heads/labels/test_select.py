@@ -92,3 +92,46 @@ def test_the_command_writes_a_table_ready_to_annotate(cache, tmp_path, capsys):
     assert list(table.columns) == ["id", "text", "group", "reason"] and len(table) == 4
     code, _, err = run_command(main, capsys, *args, "--out", tmp_path / "data.csv", "--overwrite")
     one_line_error(code, err, "is the input --data")
+
+
+def test_uncertainty_and_hybrid_follow_the_ensembles_disagreement(cache, tmp_path, capsys):
+    from embedcache import ParameterError
+    from heads import HeadModel
+
+    data = corpus()
+    rated = data[data.text.str[1].astype(int) < 3].assign(y=lambda d: d.text.str[1].astype(float))
+    model = HeadModel(head="concat", ensemble=3, epochs=3, width=16).fit(rated, "y", cache=cache, progress=False)
+    _, spread = model.predict(data, cache=cache, std=True)
+    disagreement = spread / model.std_[0]
+    picked = select(cache, data, {"text": "text"}, 4, "uncertainty", skip_above=0.999, model=model, progress=False)
+    assert sorted(picked.id) == sorted(np.argsort(-disagreement)[:4])  # no near-duplicates among the top 4 here
+    assert picked.reason.iloc[0].startswith("uncertainty: the members disagree by")
+    hybrid = select(cache, data, {"text": "text"}, 3, "hybrid", skip_above=0.999, model=model, progress=False)
+    assert hybrid.id.iloc[0] == int(np.argmax(disagreement))  # nothing labelled: every distance is the same
+    assert len(set(cluster_of(hybrid))) == 3  # then far from what it picked: a cluster each
+    with pytest.raises(ParameterError, match="ranks rows by how much an ensemble's members disagree"):
+        select(cache, data, {"text": "text"}, 3, "uncertainty", model=HeadModel().fit(rated, "y", cache=cache))
+    model.save(tmp_path / "m")
+    data.to_csv(tmp_path / "d.csv", index=False)
+    code, out, err = run_command(
+        main,
+        capsys,
+        "select",
+        "--cache",
+        cache.path,
+        "--data",
+        tmp_path / "d.csv",
+        "--budget",
+        "4",
+        "--strategy",
+        "uncertainty",
+        "--model",
+        tmp_path / "m",
+        "--skip-above",
+        "0.999",
+        "--out",
+        tmp_path / "pick.csv",
+        "--quiet",
+    )
+    assert code == 0, err
+    assert sorted(pd.read_csv(tmp_path / "pick.csv").id) == sorted(picked.id)
