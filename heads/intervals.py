@@ -94,3 +94,25 @@ def row_half_widths(calibration: dict | None, coverage: float, spread: np.ndarra
         return half_widths(calibration, coverage)
     factor = half_widths(normalized, coverage)
     return factor * (spread + np.asarray(normalized["floor"]))
+
+
+def interval_reports(
+    y_true: np.ndarray,
+    bounds: tuple[np.ndarray, np.ndarray],
+    constant: tuple[np.ndarray, np.ndarray] | None,
+    coverage: float,
+    groups=None,
+) -> dict:
+    """``interval``: coverage and mean width of the model's intervals (``bounds``); ``interval_constant_width``:
+    the same for one width per label (``constant``, an ensemble's comparison; None: left out);
+    ``interval_per_group``: the model's, per value of ``groups`` (one per row; None: left out)."""
+    out = {"interval": interval_report(y_true, bounds[0], bounds[1], coverage)}
+    if constant is not None:
+        out["interval_constant_width"] = interval_report(y_true, constant[0], constant[1], coverage)
+    if groups is not None:
+        values = np.asarray(groups, dtype=object)
+        out["interval_per_group"] = {
+            str(v): interval_report(y_true[values == v], bounds[0][values == v], bounds[1][values == v], coverage)
+            for v in dict.fromkeys(values.tolist())
+        }
+    return out

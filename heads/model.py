@@ -32,7 +32,7 @@ from .data import (
 )
 from .ensemble import Ensemble, fit_units
 from .head_types import check_frozen_head, check_head_name, head_type, layer_weights, reading_layers, resolve_head
-from .intervals import interval_report, normalized_quantiles, residual_quantiles, row_half_widths
+from .intervals import interval_reports, normalized_quantiles, residual_quantiles, row_half_widths
 from .metrics import report
 from .model_files import ModelError, load_model, model_config, set_trained, write_model
 from .neighbours import UnseenConditionWarning
@@ -327,11 +327,10 @@ class HeadModel:
         pred = self.predict_inputs(inputs)
         groups = group_values(df, group_col, path)
         metrics = report(y, pred, list(label_cols or self.labels_), inputs.condition_values, groups)
-        if interval is not None:
+        if interval is not None:  # an ensemble's also against one width per label; per group too
             spread = self.spread_inputs(inputs)
-            metrics["interval"] = interval_report(y, *self.bounds(pred, interval, spread), interval)
-            if spread is not None:  # against the one width per label of a plain split-conformal interval
-                metrics["interval_constant_width"] = interval_report(y, *self.bounds(pred, interval), interval)
+            constant = None if spread is None else self.bounds(pred, interval)
+            metrics |= interval_reports(y, self.bounds(pred, interval, spread), constant, interval, groups)
         return metrics, y, pred, inputs
 
     # -- saving ---------------------------------------------------------------

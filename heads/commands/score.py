@@ -182,6 +182,8 @@ def evaluate(args) -> dict:
     if "interval_constant_width" in metrics:  # an ensemble's, against one width per label
         c = metrics["interval_constant_width"]
         print(f"  (one width per label instead: coverage {c['coverage']:.3f}, mean width {c['mean_width']:.4f})")
+    for value, i in metrics.get("interval_per_group", {}).items():
+        print(f"  {' / '.join(args.group_col)}={value}: coverage {i['coverage']:.3f}, mean width {i['mean_width']:.4f}")
     if args.plots:
         from ..plots import write_plots
 

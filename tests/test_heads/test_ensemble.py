@@ -19,7 +19,8 @@ def synthetic(n: int, seed: int, encoder) -> pd.DataFrame:
     texts = [f"row {seed}-{i}" for i in range(n)]
     X = encoder.encode(texts)
     noise = rng.standard_normal(n) * (0.2 + 0.4 * (X[:, 2] > 0))
-    return pd.DataFrame({"text": texts, "y": X[:, 0] + 0.5 * X[:, 1] ** 2 + noise})
+    y = X[:, 0] + 0.5 * X[:, 1] ** 2 + noise
+    return pd.DataFrame({"text": texts, "y": y, "noise": np.where(X[:, 2] > 0, "high", "low")})
 
 
 def test_folds_keep_each_text_in_one_fold_and_cover_every_row_once():
@@ -40,8 +41,13 @@ def test_an_ensemble_keeps_coverage_narrows_where_members_agree_and_saves(tmp_pa
     assert abs(((y >= lower) & (y <= upper)).mean() - 0.9) <= 0.03  # split conformal on rows no member saw
     agree = spread < np.median(spread)
     assert width[agree].mean() < width[~agree].mean()  # narrower where the members agree
-    metrics = model.evaluate(test, cache=cache, interval=0.9)[0]
+    metrics = model.evaluate(test, cache=cache, interval=0.9, group_col="noise")[0]
     assert abs(metrics["interval_constant_width"]["coverage"] - 0.9) <= 0.03  # one width per label, compared
+    per_group = metrics["interval_per_group"]
+    share = (test.noise == "high").mean()
+    assert set(per_group) == {"high", "low"}
+    expected = share * per_group["high"]["coverage"] + (1 - share) * per_group["low"]["coverage"]
+    assert expected == pytest.approx(metrics["interval"]["coverage"])
 
     model.save(tmp_path / "m")
     config = json.loads((tmp_path / "m" / "config.json").read_text())
@@ -126,6 +132,9 @@ def test_the_commands_train_an_ensemble_write_its_spread_and_compare_its_interva
         tmp_path / "test.csv",
         "--interval",
         "0.8",
+        "--group-col",
+        "noise",
         *common,
     )
     assert code == 0 and "0.8 intervals: coverage" in out and "one width per label instead: coverage" in out
+    assert "noise=high: coverage" in out and "noise=low: coverage" in out
