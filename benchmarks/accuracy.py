@@ -92,8 +92,9 @@ def emobank_rows(cache: EmbeddingCache, e5: EmbeddingCache) -> list[dict]:
     for head, features, ensemble in configs:
         caches = {"e5 alone": e5, "MiniLM + e5": [cache, e5]}.get(features, cache)
         began = time.perf_counter()
-        model = HeadModel(head=head, features=features if features in ("final", "layers") else "final")
-        model.config = model.config.replace(ensemble=ensemble)
+        model = HeadModel(
+            head=head, features=features if features in ("final", "layers") else "final", ensemble=ensemble
+        )
         model.fit(train, LABELS, cache=caches, progress=False)
         seconds = time.perf_counter() - began
         got = score(model, dev, caches, LABELS)

@@ -187,7 +187,8 @@ class HeadModel:
         self.layer_weights_ = layer_weights(self.unit_)  # what a mix of layer vectors learned, per layer
         self.validation_ = self.calibration_ = None
         if val is not None:
-            self.validate(y_val, self.predict_inputs(val), val.condition_values, self.spread_inputs(val))
+            pred, spread = self.scored_inputs(val)
+            self.validate(y_val, pred, val.condition_values, spread)
         return self
 
     def validate(self, y_val: np.ndarray, pred: np.ndarray, conditions=None, spread=None) -> HeadModel:
@@ -200,20 +201,22 @@ class HeadModel:
 
     # -- prediction -----------------------------------------------------------
 
-    def spread_inputs(self, inputs: Inputs, needed: bool = False) -> np.ndarray | None:
-        """``(n, n_labels)``: an ensemble's members' standard deviation per row in label units; None for one head."""
-        if not isinstance(self.unit_, Ensemble):
-            if needed:
-                raise ParameterError("std=True (--std) is the spread of an ensemble's members: train with ensemble=K")
-            return None
-        return self.unit_.predictions(inputs.compact()).std(axis=0, ddof=1) * self.std_
+    def scored_inputs(self, inputs: Inputs, needed: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """``predict_inputs``' scores and an ensemble's members' standard deviation per row in label units (None
+        for one head; a ParameterError where ``needed``), from one pass of the members."""
+        if isinstance(self.unit_, Ensemble):
+            each = self.unit_.predictions(inputs.compact())
+            raw, spread = each.mean(axis=0), each.std(axis=0, ddof=1) * self.std_
+        elif needed:
+            raise ParameterError("std=True (--std) is the spread of an ensemble's members: train with ensemble=K")
+        else:
+            raw, spread = self.unit_.predict(inputs.compact()), None
+        out = raw * self.std_ + self.mean_
+        return (out if self.config.label_range is None else np.clip(out, *self.config.label_range)), spread
 
     def predict_inputs(self, inputs: Inputs) -> np.ndarray:
         """``(n, n_labels)`` predictions in label units, bounded by ``label_range``."""
-        out = self.unit_.predict(inputs.compact()) * self.std_ + self.mean_
-        if self.config.label_range is not None:
-            out = np.clip(out, *self.config.label_range)
-        return out
+        return self.scored_inputs(inputs)[0]
 
     def own_encoder(self):
         """The encoder of this model's vectors, loaded once (see ``heads.vectors.load_recorded_encoder``)."""
@@ -261,8 +264,7 @@ class HeadModel:
         """
         data, cache = data_first(data, cache, "predict")
         inputs = prediction_inputs(self, cache, data, columns, add_missing, conditions, progress)
-        scores = self.predict_inputs(inputs)
-        spread = self.spread_inputs(inputs, needed=std) if interval is not None or std else None
+        scores, spread = self.scored_inputs(inputs, needed=std)
         out = [scores] if interval is None else [scores, *self.bounds(scores, interval, spread)]
         out += [spread] if std else []
         if squeeze:
@@ -300,7 +302,7 @@ class HeadModel:
         if id_col is not None and id_col not in df.columns:
             raise InputError(f"{path}: no column {id_col!r}; available columns: {', '.join(map(str, df.columns))}")
         inputs = prediction_inputs(self, cache, df, columns, add_missing, progress=progress)
-        pred, spread = self.predict_inputs(inputs), self.spread_inputs(inputs, needed=std)
+        pred, spread = self.scored_inputs(inputs, needed=std)
         bounds = None if interval is None else self.bounds(pred, interval, spread)
         return score_table(df, pred, self.labels_, bounds, decimals, id_col, spread if std else None)
 
@@ -324,11 +326,10 @@ class HeadModel:
         df, path = table_of(data)
         y = load_labels(df, list(label_cols or self.labels_), path)
         inputs = prediction_inputs(self, cache, df, columns, add_missing, progress=progress)
-        pred = self.predict_inputs(inputs)
+        pred, spread = self.scored_inputs(inputs)
         groups = group_values(df, group_col, path)
         metrics = report(y, pred, list(label_cols or self.labels_), inputs.condition_values, groups)
         if interval is not None:  # an ensemble's also against one width per label; per group too
-            spread = self.spread_inputs(inputs)
             constant = None if spread is None else self.bounds(pred, interval)
             metrics |= interval_reports(y, self.bounds(pred, interval, spread), constant, interval, groups)
         return metrics, y, pred, inputs

@@ -138,10 +138,13 @@ class RidgeHead(Head):
         out = {"coef": (self.n_outputs, width), "intercept": (self.n_outputs,)}
         return out if self.layers is None else {**out, "center": (width,), "scale": (width,)}
 
-    def features(self, inputs) -> np.ndarray:
-        """The features of ``inputs`` (layer vectors flattened and standardised)."""
+    def features(self, inputs, fit: bool = False) -> np.ndarray:
+        """The features of ``inputs`` (layer vectors flattened and standardised; ``fit``: by these rows' own
+        means and scales, kept for later)."""
         tables = {s: t.reshape(len(t), -1) for s, t in inputs.tables.items()}
         X = ridge_features(tables, inputs.index, self.sides)
+        if fit and self.layers is not None:
+            self.center, self.scale = X.mean(axis=0), np.maximum(X.std(axis=0), 1e-6).astype(np.float32)
         if self.center is not None and self.scale is not None:
             X -= self.center
             X /= self.scale
@@ -149,11 +152,7 @@ class RidgeHead(Head):
 
     def fit(self, train, y, val, y_val, settings, *, scale, sample_weight=None, device="cpu", progress=True) -> list:
         self.center = self.scale = None
-        X = self.features(train)
-        if self.layers is not None:
-            self.center, self.scale = X.mean(axis=0), np.maximum(X.std(axis=0), 1e-6).astype(np.float32)
-            X -= self.center
-            X /= self.scale
+        X = self.features(train, fit=True)
         X_val = None if val is None else self.features(val)
         self.coef, self.intercept, self.alphas = fit_ridge(X, y, X_val, y_val, sample_weight=sample_weight)
         return []
